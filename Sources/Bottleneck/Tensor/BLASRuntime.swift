@@ -1,0 +1,86 @@
+import COpenBLAS
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Which OpenBLAS kernel runs, and getting a fast one on CPUs that Debian's
+/// OpenBLAS 0.3.21 does not recognise (it silently falls back to Prescott,
+/// ~8x slower sgemm on an AVX-512 machine).
+public enum BLASRuntime {
+    public static let coreTypeVariable = "OPENBLAS_CORETYPE"
+    static let reexecMarker = "BOTTLENECK_BLAS_REEXEC"
+
+    public static var coreName: String { String(cString: openblas_get_corename()) }
+    public static var configuration: String { String(cString: openblas_get_config()) }
+    public static var threads: Int { Int(openblas_get_num_threads()) }
+
+    /// The OpenBLAS core this CPU should run, from its SIMD features; nil when
+    /// OpenBLAS's own detection is as good as anything we could name.
+    public static func preferredCoreType(features: Set<String> = CPUInfo.features) -> String? {
+        let avx512 = ["avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd"]
+        if avx512.allSatisfy(features.contains) {
+            return features.contains("avx512_bf16") ? "Cooperlake" : "SkylakeX"
+        }
+        if features.contains("avx2") && features.contains("fma") { return "Haswell" }
+        return nil
+    }
+
+    /// Kernels no faster than SSE3; what OpenBLAS picks for a core it does not know.
+    static let slowCores: Set<String> = ["prescott", "core2", "penryn", "dunnington", "nehalem", "atom", "katmai",
+                                          "coppermine", "northwood", "banias", "opteron", "opteron_sse3", "barcelona"]
+
+    /// Re-executes this process once with OPENBLAS_CORETYPE set when the loaded
+    /// kernel is a slow fallback on a CPU that has a fast one. The variable is
+    /// read when libopenblas loads, before `main`, so setting it in-process is
+    /// too late. A value the user set is never overridden.
+    public static func reexecWithFastKernelIfNeeded() {
+        let environment = ProcessInfo.processInfo.environment
+        guard environment[coreTypeVariable] == nil, environment[reexecMarker] == nil,
+              slowCores.contains(coreName.lowercased()),
+              let preferred = preferredCoreType() else { return }
+        setenv(coreTypeVariable, preferred, 1)
+        setenv(reexecMarker, "1", 1)
+        let arguments = CommandLine.arguments
+        var cArguments = arguments.map { strdup($0) }
+        cArguments.append(nil)
+        execv("/proc/self/exe", cArguments)
+        // execv only returns on failure: carry on with the slow kernel rather than stop.
+        unsetenv(coreTypeVariable)
+        unsetenv(reexecMarker)
+    }
+
+    /// How the kernel was chosen, for `doctor`.
+    public static var selectionNote: String {
+        let environment = ProcessInfo.processInfo.environment
+        guard let value = environment[coreTypeVariable] else { return "chosen by OpenBLAS" }
+        return environment[reexecMarker] != nil
+            ? "\(coreTypeVariable)=\(value) set by bottleneck for this CPU"
+            : "\(coreTypeVariable)=\(value) set by the user"
+    }
+}
+
+import Foundation
+
+/// CPU facts read from /proc/cpuinfo (Linux).
+public enum CPUInfo {
+    public static let features: Set<String> = {
+        guard let text = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),
+              let line = text.split(separator: "\n").first(where: { $0.hasPrefix("flags") }),
+              let colon = line.firstIndex(of: ":") else { return [] }
+        return Set(line[line.index(after: colon)...].split(separator: " ").map(String.init))
+    }()
+
+    public static let modelName: String = {
+        guard let text = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),
+              let line = text.split(separator: "\n").first(where: { $0.hasPrefix("model name") }),
+              let colon = line.firstIndex(of: ":") else { return "unknown" }
+        return line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
+    }()
+
+    /// The SIMD extensions that matter for the kernels, in a stable order.
+    public static var simdSummary: String {
+        let interesting = ["sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+                           "avx512_bf16", "amx_tile", "amx_bf16"]
+        return interesting.filter(features.contains).joined(separator: " ")
+    }
+}

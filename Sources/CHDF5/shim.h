@@ -1,0 +1,42 @@
+#ifndef BOTTLENECK_CHDF5_SHIM_H
+#define BOTTLENECK_CHDF5_SHIM_H
+#include <hdf5.h>
+#include <hdf5_hl.h>
+
+/* HDF5's type ids and property-list classes are macros that expand to
+   library globals initialised by H5open(); Swift cannot import them, so
+   each becomes a function. H5P_DEFAULT and H5S_ALL import as Int32, not
+   hid_t, hence the typed constants. */
+static inline hid_t bn_H5P_DEFAULT(void) { return H5P_DEFAULT; }
+static inline hid_t bn_H5S_ALL(void) { return H5S_ALL; }
+static inline hid_t bn_H5T_NATIVE_FLOAT(void) { return H5T_NATIVE_FLOAT; }
+static inline hid_t bn_H5T_NATIVE_DOUBLE(void) { return H5T_NATIVE_DOUBLE; }
+static inline hid_t bn_H5T_NATIVE_INT32(void) { return H5T_NATIVE_INT32; }
+static inline hid_t bn_H5T_NATIVE_INT64(void) { return H5T_NATIVE_INT64; }
+static inline hid_t bn_H5T_NATIVE_UINT8(void) { return H5T_NATIVE_UINT8; }
+static inline hid_t bn_H5T_NATIVE_UINT16(void) { return H5T_NATIVE_UINT16; }
+static inline hid_t bn_H5T_IEEE_F16LE(void) {
+#ifdef H5T_IEEE_F16LE
+    return H5T_IEEE_F16LE;
+#else
+    return -1;
+#endif
+}
+static inline hid_t bn_H5T_C_S1(void) { return H5T_C_S1; }
+static inline hid_t bn_H5T_STD_I32LE(void) { return H5T_STD_I32LE; }
+static inline hid_t bn_H5T_IEEE_F32LE(void) { return H5T_IEEE_F32LE; }
+static inline hid_t bn_H5P_DATASET_CREATE(void) { return H5P_DATASET_CREATE; }
+static inline hid_t bn_H5P_FILE_ACCESS(void) { return H5P_FILE_ACCESS; }
+static inline hid_t bn_H5P_LINK_CREATE(void) { return H5P_LINK_CREATE; }
+static inline hid_t bn_H5P_DATASET_XFER(void) { return H5P_DATASET_XFER; }
+static inline unsigned bn_H5F_ACC_TRUNC(void) { return H5F_ACC_TRUNC; }
+static inline unsigned bn_H5F_ACC_EXCL(void) { return H5F_ACC_EXCL; }
+static inline unsigned bn_H5F_ACC_RDONLY(void) { return H5F_ACC_RDONLY; }
+static inline unsigned bn_H5F_ACC_RDWR(void) { return H5F_ACC_RDWR; }
+static inline hsize_t bn_H5S_UNLIMITED(void) { return H5S_UNLIMITED; }
+static inline size_t bn_H5T_VARIABLE(void) { return H5T_VARIABLE; }
+
+/* HDF5 prints a stack trace to stderr on every failed call by default;
+   the tool reports its own one-line errors instead. */
+static inline void bn_h5_silence_errors(void) { H5Eset_auto2(H5E_DEFAULT, NULL, NULL); }
+#endif

@@ -1,0 +1,5 @@
+import ArgumentParser
+import Bottleneck
+
+BLASRuntime.reexecWithFastKernelIfNeeded()
+Bottleneck.main()
