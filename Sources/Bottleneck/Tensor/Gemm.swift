@@ -2,14 +2,16 @@ import COpenBLAS
 
 /// C[M,N] = alpha * op(A) * op(B) + beta * C, all row-major, through OpenBLAS.
 /// op(A) is [M,K] (A stored [K,M] when transposeA); op(B) is [K,N] (B stored [N,K] when transposeB).
+/// Leading dimensions default to packed rows; pass them to work on a block of a larger matrix.
 @inline(__always)
 public func sgemm(
     transposeA: Bool = false, transposeB: Bool = false,
     m: Int, n: Int, k: Int,
     alpha: Float = 1,
-    a: UnsafePointer<Float>, b: UnsafePointer<Float>,
+    a: UnsafePointer<Float>, lda: Int? = nil,
+    b: UnsafePointer<Float>, ldb: Int? = nil,
     beta: Float = 0,
-    c: UnsafeMutablePointer<Float>
+    c: UnsafeMutablePointer<Float>, ldc: Int? = nil
 ) {
     cblas_sgemm(
         CblasRowMajor,
@@ -17,8 +19,22 @@ public func sgemm(
         transposeB ? CblasTrans : CblasNoTrans,
         Int32(m), Int32(n), Int32(k),
         alpha,
-        a, Int32(transposeA ? m : k),
-        b, Int32(transposeB ? k : n),
+        a, Int32(lda ?? (transposeA ? m : k)),
+        b, Int32(ldb ?? (transposeB ? k : n)),
         beta,
-        c, Int32(n))
+        c, Int32(ldc ?? n))
+}
+
+/// OpenBLAS's own threading suits one large gemm (the linear layers); convolutions
+/// instead run one single-threaded gemm per core on independent tiles, which keeps
+/// each tile's im2col buffer in cache and avoids OpenBLAS's spinning threads
+/// competing with ours.
+public enum BLASThreads {
+    public static func withSingleThreadedGemm<Result>(_ body: () throws -> Result) rethrows -> Result {
+        let previous = openblas_get_num_threads()
+        guard previous > 1 else { return try body() }
+        openblas_set_num_threads(1)
+        defer { openblas_set_num_threads(previous) }
+        return try body()
+    }
 }

@@ -1,0 +1,82 @@
+import Foundation
+
+/// `bottleneck bench forward`: the frozen network's throughput, the figure every
+/// other job is measured against.
+public struct ForwardBenchmark: Sendable {
+    public var config: VGGConfig
+    public var layer: String
+    public var batchSize: Int
+    public var imageSize: Int
+    public var iterations: Int
+    public var warmup: Int
+
+    public static func full(batchSize: Int = 8, layer: String = "fc7", iterations: Int = 3) -> ForwardBenchmark {
+        ForwardBenchmark(config: .vgg16, layer: layer, batchSize: batchSize, imageSize: 224, iterations: iterations, warmup: 1)
+    }
+
+    /// A network small enough to finish in a second, to check the benchmark itself runs.
+    public static func quick(layer: String = "fc7") -> ForwardBenchmark {
+        ForwardBenchmark(config: VGGConfig.vgg16.narrowed(by: 4, hidden: 256, classes: 10),
+                         layer: layer, batchSize: 4, imageSize: 64, iterations: 3, warmup: 1)
+    }
+
+    public struct Result: Sendable {
+        public var imagesPerSecond: Double
+        public var gigaflopsPerImage: Double
+        public var secondsPerBatch: [Double]
+        public var peakResidentBytes: Int
+        /// Median seconds per batch of each layer that took measurable time, in order.
+        public var layerSeconds: [(layer: LayerInfo, seconds: Double)]
+
+        public var effectiveGigaflops: Double { imagesPerSecond * gigaflopsPerImage }
+    }
+
+    public func run(progress: (String) -> Void = { _ in }) throws -> Result {
+        let cut = try CutPoint(layer, in: config)
+        let network = VGG.randomlyInitialized(config: config, through: cut, seed: 0)
+        var generator = SeededGenerator(seed: 1)
+        let input = Tensor(shape: [batchSize, 3, imageSize, imageSize]) { values in
+            for index in values.indices { values[index] = generator.nextNormal() }
+        }
+        var timings: [Double] = []
+        var layerTimings: [Int: [Double]] = [:]
+        for iteration in 0..<(warmup + iterations) {
+            let start = ResourceUsage.now
+            _ = try network.forward(input, through: cut) { layer, seconds in
+                if iteration >= warmup { layerTimings[layer.position, default: []].append(seconds) }
+            }
+            let seconds = ResourceUsage.now - start
+            if iteration >= warmup {
+                timings.append(seconds)
+                progress(String(format: "batch %d/%d: %.3f s (%.2f img/s)", iteration - warmup + 1, iterations,
+                                seconds, Double(batchSize) / seconds))
+            }
+        }
+        let median = timings.sorted()[timings.count / 2]
+        return Result(imagesPerSecond: Double(batchSize) / median,
+                      gigaflopsPerImage: Double(config.forwardFlops(through: cut, imageSize: imageSize)) / 1e9,
+                      secondsPerBatch: timings,
+                      peakResidentBytes: ResourceUsage.peakResidentBytes,
+                      layerSeconds: layerTimings.keys.sorted().map { position in
+                          let samples = layerTimings[position]!.sorted()
+                          return (config.layers[position], samples[samples.count / 2])
+                      })
+    }
+}
+
+extension VGGConfig {
+    /// Multiply-adds counted as two FLOPs, convs and linears only (VGG16 at 224 px: 30.9 GFLOP to fc8).
+    public func forwardFlops(through cut: CutPoint, imageSize: Int) -> Int {
+        var size = imageSize
+        var flops = 0
+        for layer in layers.prefix(cut.position + 1) {
+            switch layer.kind {
+            case .conv(let inChannels, let outChannels): flops += 2 * inChannels * 9 * outChannels * size * size
+            case .maxPool: size /= 2
+            case .linear(let inFeatures, let outFeatures): flops += 2 * inFeatures * outFeatures
+            default: break
+            }
+        }
+        return flops
+    }
+}

@@ -1,0 +1,43 @@
+/// Max pooling, torchvision's `nn.MaxPool2d(kernel, stride)` without padding, floor mode.
+public struct MaxPool2D: Sendable {
+    public let kernel: Int
+    public let stride: Int
+
+    public init(kernel: Int = 2, stride: Int = 2) {
+        self.kernel = kernel
+        self.stride = stride
+    }
+
+    public func outputSize(height: Int, width: Int) -> (height: Int, width: Int) {
+        ((height - kernel) / stride + 1, (width - kernel) / stride + 1)
+    }
+
+    /// x [N, C, H, W] -> y [N, C, (H-k)/s+1, (W-k)/s+1]
+    public func forward(_ x: Tensor) -> Tensor {
+        precondition(x.rank == 4, "max pool expects [N, C, H, W], got \(x.shape)")
+        let (planes, height, width) = (x.shape[0] * x.shape[1], x.shape[2], x.shape[3])
+        let (outHeight, outWidth) = outputSize(height: height, width: width)
+        precondition(outHeight > 0 && outWidth > 0, "max pool input \(height)x\(width) is smaller than its kernel")
+        let (kernel, stride) = (self.kernel, self.stride)
+        return Tensor(shape: [x.shape[0], x.shape[1], outHeight, outWidth]) { out in
+            x.data.withUnsafeBufferPointer { input in
+                let source = UncheckedSendable(input.baseAddress!)
+                let destination = UncheckedSendable(out.baseAddress!)
+                parallelFor(planes) { plane in
+                    let inPlane = source.value + plane * height * width
+                    let outPlane = destination.value + plane * outHeight * outWidth
+                    for oy in 0..<outHeight {
+                        for ox in 0..<outWidth {
+                            var best = -Float.infinity
+                            for ky in 0..<kernel {
+                                let row = inPlane + (oy * stride + ky) * width + ox * stride
+                                for kx in 0..<kernel where row[kx] > best || row[kx].isNaN { best = row[kx] }
+                            }
+                            outPlane[oy * outWidth + ox] = best
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,17 @@
+/// Errors of building or running a network, each a one-line message for the user.
+public enum ModelError: Error, CustomStringConvertible, Sendable {
+    case unknownLayer(String, known: [String])
+    case inputTooSmall(size: Int, layer: String)
+    case badInput(String)
+
+    public var description: String {
+        switch self {
+        case .unknownLayer(let name, let known):
+            return "unknown layer '\(name)'; use one of: \(known.joined(separator: ", "))"
+        case .inputTooSmall(let size, let layer):
+            return "a \(size) px input is too small to reach \(layer): every 2x2 pool halves it (use at least 32 px)"
+        case .badInput(let message):
+            return message
+        }
+    }
+}

@@ -1,0 +1,61 @@
+/// A VGG architecture as torchvision describes it: the `features` list of conv widths and
+/// pools ("cfgs" in torchvision/models/vgg.py), then avgpool to 7x7 and a three-layer classifier.
+public struct VGGConfig: Sendable, Equatable, Codable {
+    public enum Item: Sendable, Equatable, Codable {
+        case conv(Int)
+        case pool
+    }
+
+    public var name: String
+    public var features: [Item]
+    public var inputChannels: Int
+    public var hidden: Int
+    public var classes: Int
+    public var pooledSize: Int
+
+    public init(name: String, features: [Item], inputChannels: Int = 3, hidden: Int = 4096, classes: Int = 1000,
+                pooledSize: Int = 7) {
+        self.name = name
+        self.features = features
+        self.inputChannels = inputChannels
+        self.hidden = hidden
+        self.classes = classes
+        self.pooledSize = pooledSize
+    }
+
+    /// torchvision's cfgs "A", "B", "D", "E": 64/128/256/512 widths, "M" for a pool.
+    private static func torchvisionFeatures(_ convsPerBlock: [Int]) -> [Item] {
+        zip(convsPerBlock, [64, 128, 256, 512, 512]).flatMap { count, width in
+            Array(repeating: Item.conv(width), count: count) + [.pool]
+        }
+    }
+
+    public static let vgg11 = VGGConfig(name: "vgg11", features: torchvisionFeatures([1, 1, 2, 2, 2]))
+    public static let vgg13 = VGGConfig(name: "vgg13", features: torchvisionFeatures([2, 2, 2, 2, 2]))
+    public static let vgg16 = VGGConfig(name: "vgg16", features: torchvisionFeatures([2, 2, 3, 3, 3]))
+    public static let vgg19 = VGGConfig(name: "vgg19", features: torchvisionFeatures([2, 2, 4, 4, 4]))
+
+    public static func named(_ name: String) -> VGGConfig? {
+        [vgg11, vgg13, vgg16, vgg19].first { $0.name == name.lowercased() }
+    }
+
+    /// The same topology with every width divided by `factor`: the test-suite networks.
+    public func narrowed(by factor: Int, hidden: Int, classes: Int) -> VGGConfig {
+        VGGConfig(name: "\(name)-narrow\(factor)",
+                  features: features.map { item in
+                      if case .conv(let width) = item { return .conv(max(1, width / factor)) }
+                      return item
+                  },
+                  inputChannels: inputChannels, hidden: hidden, classes: classes, pooledSize: pooledSize)
+    }
+
+    /// Channels entering the classifier after the last conv block.
+    public var lastConvWidth: Int {
+        features.reversed().compactMap { item -> Int? in
+            if case .conv(let width) = item { return width }
+            return nil
+        }.first ?? inputChannels
+    }
+
+    public var flattenedFeatures: Int { lastConvWidth * pooledSize * pooledSize }
+}

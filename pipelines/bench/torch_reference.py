@@ -1,0 +1,82 @@
+"""PyTorch's side of `bottleneck bench`: the same jobs, same sizes, same machine.
+
+    python3 pipelines/bench/torch_reference.py forward [--batch-size 8] [--channels-last]
+    python3 pipelines/bench/torch_reference.py finetune [--batch-size 8]
+    python3 pipelines/bench/torch_reference.py head [--batch-size 64]
+
+Prints img/s (or samples/s) and peak RSS. Random weights: speed does not depend on them.
+"""
+import argparse
+import resource
+import time
+
+import torch
+import torchvision
+
+
+def peak_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def forward(args):
+    model = torchvision.models.vgg16().eval()
+    extractor = torch.nn.Sequential(model.features, model.avgpool, torch.nn.Flatten(1), *list(model.classifier)[:5])
+    x = torch.randn(args.batch_size, 3, 224, 224)
+    if args.channels_last:
+        extractor = extractor.to(memory_format=torch.channels_last)
+        x = x.to(memory_format=torch.channels_last)
+    times = []
+    with torch.inference_mode():
+        for i in range(args.iterations + 1):
+            start = time.perf_counter()
+            extractor(x)
+            if i > 0:
+                times.append(time.perf_counter() - start)
+    median = sorted(times)[len(times) // 2]
+    print(f"torch forward to fc7: {args.batch_size / median:.2f} img/s (batch {args.batch_size}, "
+          f"{'channels_last' if args.channels_last else 'NCHW'}, {torch.get_num_threads()} threads), "
+          f"peak RSS {peak_rss_mb():.0f} MB")
+
+
+def finetune(args):
+    model = torchvision.models.vgg16(num_classes=10).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    x = torch.randn(args.batch_size, 3, 224, 224)
+    y = torch.randint(0, 10, (args.batch_size,))
+    times = []
+    for i in range(args.iterations + 1):
+        start = time.perf_counter()
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        if i > 0:
+            times.append(time.perf_counter() - start)
+    median = sorted(times)[len(times) // 2]
+    print(f"torch full fine-tune step: {args.batch_size / median:.2f} img/s (batch {args.batch_size}), "
+          f"peak RSS {peak_rss_mb():.0f} MB")
+
+
+def head(args):
+    features = torch.randn(20000, 4096)
+    labels = torch.randint(0, 10, (20000,))
+    head = torch.nn.Sequential(torch.nn.Dropout(0.5), torch.nn.Linear(4096, 10))
+    optimizer = torch.optim.SGD(head.parameters(), lr=1e-2, momentum=0.9)
+    start = time.perf_counter()
+    for first in range(0, 20000, args.batch_size):
+        optimizer.zero_grad()
+        xb, yb = features[first:first + args.batch_size], labels[first:first + args.batch_size]
+        torch.nn.functional.cross_entropy(head(xb), yb).backward()
+        optimizer.step()
+    seconds = time.perf_counter() - start
+    print(f"torch head epoch: {20000 / seconds:.0f} samples/s (batch {args.batch_size})")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("job", choices=["forward", "finetune", "head"])
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--iterations", type=int, default=3)
+    parser.add_argument("--channels-last", action="store_true")
+    args = parser.parse_args()
+    args.batch_size = args.batch_size or (64 if args.job == "head" else 8)
+    {"forward": forward, "finetune": finetune, "head": head}[args.job](args)
