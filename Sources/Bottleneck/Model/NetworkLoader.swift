@@ -1,0 +1,51 @@
+/// What identifies the weights a network runs with: recorded in caches and models so
+/// that features from different weights are never mixed.
+public struct WeightsIdentity: Sendable, Equatable, Codable {
+    /// The file's path, or "random".
+    public var source: String
+    /// sha256 of the file, or "random-seed-N" for seeded random initialisation.
+    public var fingerprint: String
+    public var isPretrained: Bool { !fingerprint.hasPrefix("random-seed-") }
+
+    public static func random(seed: UInt64) -> WeightsIdentity {
+        WeightsIdentity(source: "random", fingerprint: "random-seed-\(seed)")
+    }
+}
+
+public struct LoadedNetwork: Sendable {
+    public var network: VGG
+    public var weights: WeightsIdentity
+    /// What the weights reader had to do (dtype conversion, a removed `module.` prefix): worth telling the user.
+    public var notes: [String]
+}
+
+public enum NetworkLoader {
+    /// Builds the network through `cut` (all of it when nil) with the chosen weights,
+    /// checking every key and shape it needs against the file first.
+    public static func load(config: VGGConfig = .vgg16, through cut: CutPoint? = nil,
+                            weights choice: WeightsChoice) throws -> LoadedNetwork {
+        switch choice {
+        case .random(let seed):
+            return LoadedNetwork(network: VGG.randomlyInitialized(config: config, through: cut, seed: seed),
+                                 weights: .random(seed: seed), notes: [])
+        case .file(let path):
+            let file = try StateDictFile.open(path: path)
+            let needed = config.stateDictShapes(through: cut)
+            try file.validate(expected: Dictionary(uniqueKeysWithValues: needed.map { ($0.key, $0.shape) }),
+                              allowingExtraKeys: true)
+            let network = try VGG(config: config, through: cut) { key, _ in try file.tensor(key) }
+            return LoadedNetwork(network: network,
+                                 weights: WeightsIdentity(source: path, fingerprint: try file.sha256()),
+                                 notes: file.notes)
+        }
+    }
+}
+
+extension VGGConfig {
+    /// The state-dict keys a prefix through `cut` needs (all of them when nil).
+    public func stateDictShapes(through cut: CutPoint?) -> [(key: String, shape: [Int])] {
+        guard let cut else { return stateDictShapes }
+        let paths = Set(layers.prefix(cut.position + 1).compactMap(\.parameterPrefix))
+        return stateDictShapes.filter { paths.contains(String($0.key.prefix(upTo: $0.key.lastIndex(of: ".")!))) }
+    }
+}

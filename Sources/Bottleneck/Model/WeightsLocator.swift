@@ -1,0 +1,59 @@
+import Foundation
+
+/// Which weights a command runs with: `--weights FILE`, `--weights random[:SEED]`, or,
+/// with no flag, torchvision's cached download when there is one.
+public enum WeightsChoice: Sendable, Equatable, CustomStringConvertible {
+    case file(String)
+    case random(seed: UInt64)
+
+    public static let torchvisionFileName = "vgg16-397923af.pth"
+    public static let torchvisionSHA256 = "397923af8e79cdbb6a7127f12361acd7a2f83e06b05044ddf496e83de57a5bf0"
+    public static let defaultRandomSeed: UInt64 = 0
+
+    /// Parses the `--weights` value; nil means the flag was not given.
+    public static func resolve(_ argument: String?, environment: [String: String] = ProcessInfo.processInfo.environment)
+        -> (choice: WeightsChoice, fellBackToRandom: Bool)
+    {
+        if let argument {
+            let lowered = argument.lowercased()
+            if lowered == "random" { return (.random(seed: defaultRandomSeed), false) }
+            if lowered.hasPrefix("random:"), let seed = UInt64(lowered.dropFirst("random:".count)) {
+                return (.random(seed: seed), false)
+            }
+            return (.file(argument), false)
+        }
+        if let found = torchvisionCandidates(environment: environment).first(where: FileManager.default.fileExists) {
+            return (.file(found), false)
+        }
+        return (.random(seed: defaultRandomSeed), true)
+    }
+
+    /// Where torch.hub keeps downloads: $TORCH_HOME/hub/checkpoints, else
+    /// $XDG_CACHE_HOME/torch/hub/checkpoints, else ~/.cache/torch/hub/checkpoints.
+    public static func torchvisionCandidates(environment: [String: String]) -> [String] {
+        var roots: [String] = []
+        if let torchHome = environment["TORCH_HOME"], !torchHome.isEmpty { roots.append(torchHome) }
+        if let cache = environment["XDG_CACHE_HOME"], !cache.isEmpty { roots.append(cache + "/torch") }
+        let home = environment["HOME"] ?? NSHomeDirectory()
+        roots.append(home + "/.cache/torch")
+        var seen = Set<String>()
+        return roots.map { $0 + "/hub/checkpoints/" + torchvisionFileName }.filter { seen.insert($0).inserted }
+    }
+
+    public var description: String {
+        switch self {
+        case .file(let path): return path
+        case .random(let seed): return "random (torchvision init, seed \(seed))"
+        }
+    }
+
+    /// The warning printed whenever random weights stand in for pretrained ones by default.
+    public static func randomFallbackWarning(environment: [String: String] = ProcessInfo.processInfo.environment) -> String {
+        """
+        WARNING: no pretrained weights found; using RANDOM weights (seed \(defaultRandomSeed)). \
+        Features from a random network are not ImageNet features. Looked for \
+        \(torchvisionCandidates(environment: environment).joined(separator: ", ")); pass --weights FILE \
+        (torchvision .pth, .safetensors or .h5) or --weights random to silence this.
+        """
+    }
+}
