@@ -16,9 +16,11 @@ let package = Package(
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
         .systemLibrary(name: "CJPEG", pkgConfig: "libjpeg", providers: [.apt(["libjpeg-dev"])]),
         .systemLibrary(name: "CPNG", pkgConfig: "libpng", providers: [.apt(["libpng-dev"])]),
+        // JPEG/PNG decoding with setjmp-protected error handling (Swift cannot survive libjpeg/libpng's longjmp).
+        .target(name: "CImageCodecs", dependencies: ["CJPEG", "CPNG"]),
         .target(
             name: "Bottleneck",
-            dependencies: ["CHDF5", "COpenBLAS", "CJPEG", "CPNG"],
+            dependencies: ["CHDF5", "COpenBLAS", "CJPEG", "CPNG", "CImageCodecs"],
             swiftSettings: [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]
         ),
         .executableTarget(

@@ -1,0 +1,201 @@
+import Foundation
+
+/// torchvision's ImageNet eval transform on a decoded image:
+/// `Resize(resize)` (shorter side, PIL bilinear with antialiasing) →
+/// `CenterCrop(crop)` (zero padding when the image is smaller) → `ToTensor()` →
+/// `Normalize(mean, std)`, giving a float32 [3, crop, crop] tensor.
+///
+/// Stored as JSON with the feature cache, so a cache made with other
+/// preprocessing is recognised.
+public struct Preprocessing: Codable, Equatable, Sendable {
+    public enum Interpolation: String, Codable, Sendable {
+        /// PIL's `Image.BILINEAR`, which always antialiases when downscaling, exactly as Pillow 13
+        /// computes it (the order of its two passes included).
+        case bilinearAntialias = "bilinear-antialias"
+    }
+
+    /// Length the shorter side is resized to.
+    public let resize: Int
+    /// Side of the square center crop.
+    public let crop: Int
+    /// Per-channel R, G, B values subtracted after scaling to [0, 1], then divided by `std`.
+    public let mean: [Float]
+    public let std: [Float]
+    public let interpolation: Interpolation
+
+    public init(resize: Int = 256, crop: Int = 224,
+                mean: [Float] = [0.485, 0.456, 0.406], std: [Float] = [0.229, 0.224, 0.225],
+                interpolation: Interpolation = .bilinearAntialias) {
+        self.resize = resize
+        self.crop = crop
+        self.mean = mean
+        self.std = std
+        self.interpolation = interpolation
+        if let problem { preconditionFailure(problem) }
+    }
+
+    /// The transform every torchvision ImageNet model card uses.
+    public static let imageNet = Preprocessing()
+
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        resize = try container.decode(Int.self, forKey: .resize)
+        crop = try container.decode(Int.self, forKey: .crop)
+        mean = try container.decode([Float].self, forKey: .mean)
+        std = try container.decode([Float].self, forKey: .std)
+        interpolation = try container.decode(Interpolation.self, forKey: .interpolation)
+        if let problem {
+            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: problem))
+        }
+    }
+
+    private var problem: String? {
+        if resize < 1 || crop < 1 { return "resize (\(resize)) and crop (\(crop)) must be at least 1" }
+        if mean.count != 3 || std.count != 3 { return "mean and std need 3 values (R, G, B), got \(mean.count) and \(std.count)" }
+        if std.contains(0) { return "std must not contain 0" }
+        return nil
+    }
+
+    /// Single-line JSON with sorted keys, stable enough to compare as a string.
+    public var jsonDescription: String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = .sortedKeys
+        // Encoding plain numbers, strings and arrays cannot fail.
+        return String(decoding: try! encoder.encode(self), as: UTF8.self)
+    }
+
+    public init(jsonDescription: String) throws {
+        self = try JSONDecoder().decode(Preprocessing.self, from: Data(jsonDescription.utf8))
+    }
+
+    public var outputShape: [Int] { [3, crop, crop] }
+    public var outputCount: Int { 3 * crop * crop }
+
+    /// torchvision's `_compute_resized_output_size` for an int size: the shorter
+    /// side becomes `resize`, the longer `int(resize * long / short)` (truncated).
+    public func resizedSize(width: Int, height: Int) -> (width: Int, height: Int) {
+        let (short, long) = width <= height ? (width, height) : (height, width)
+        let newLong = Int(Double(resize * long) / Double(short))
+        return width <= height ? (resize, newLong) : (newLong, resize)
+    }
+
+    /// The uint8 image after Resize and CenterCrop, as PIL produces it.
+    public func resizedAndCropped(_ image: RGBImage) -> RGBImage {
+        let placed = cropRegion(of: image)
+        return placed.region.padded(toWidth: crop, height: crop, left: placed.left, top: placed.top)
+    }
+
+    public func tensor(from image: RGBImage) -> Tensor {
+        Tensor(shape: outputShape, unsafeUninitialized: { write(image, into: $0) })
+    }
+
+    /// Writes the [3, crop, crop] values for `image` into `buffer` (exactly `outputCount` floats).
+    public func write(_ image: RGBImage, into buffer: UnsafeMutableBufferPointer<Float>) {
+        let placed = cropRegion(of: image)
+        writeNormalized(placed.region, left: placed.left, top: placed.top, width: crop, height: crop, into: buffer)
+    }
+
+    /// Writes image `slot` of a [batch, 3, crop, crop] buffer. Different slots
+    /// may be written from different threads at once.
+    public func write(_ image: RGBImage, into batch: UnsafeMutableBufferPointer<Float>, slot: Int) {
+        precondition(slot >= 0 && (slot + 1) * outputCount <= batch.count,
+                     "slot \(slot) outside a batch buffer of \(batch.count / outputCount) images")
+        write(image, into: UnsafeMutableBufferPointer(rebasing: batch[(slot * outputCount)..<((slot + 1) * outputCount)]))
+    }
+
+    /// ToTensor + Normalize alone: [3, height, width] from the image's own size.
+    public func normalized(_ image: RGBImage) -> Tensor {
+        Tensor(shape: [3, image.height, image.width], unsafeUninitialized: { buffer in
+            writeNormalized(image, left: 0, top: 0, width: image.width, height: image.height, into: buffer)
+        })
+    }
+
+    /// The part of the resized image the center crop keeps, resized without the
+    /// rest, and where it lands in the crop (off the corner only when padding).
+    private func cropRegion(of image: RGBImage) -> (region: RGBImage, left: Int, top: Int) {
+        let size = resizedSize(width: image.width, height: image.height)
+        let columns = CenterCropAxis(imageSize: size.width, cropSize: crop)
+        let rows = CenterCropAxis(imageSize: size.height, cropSize: crop)
+        let region = image.resampledRegion(width: size.width, height: size.height, columns: columns.source, rows: rows.source)
+        return (region, columns.padding, rows.padding)
+    }
+
+    /// Normalizes `region` into a `width` x `height` canvas at (`left`, `top`);
+    /// the rest of the canvas gets the value of a zero pixel, as torchvision's padding does.
+    private func writeNormalized(_ region: RGBImage, left: Int, top: Int, width: Int, height: Int,
+                                 into buffer: UnsafeMutableBufferPointer<Float>) {
+        precondition(buffer.count == 3 * width * height, "need \(3 * width * height) floats, got \(buffer.count)")
+        precondition(left + region.width <= width && top + region.height <= height, "region does not fit the canvas")
+        // Only 256 inputs per channel: a table computed with torch's float32 operations in torch's order
+        // ((x / 255 - mean) / std) gives its exact values and saves the divisions.
+        var table = [Float](repeating: 0, count: 3 * 256)
+        for channel in 0..<3 {
+            for value in 0..<256 {
+                table[channel * 256 + value] = (Float(value) / 255 - mean[channel]) / std[channel]
+            }
+        }
+        let planeSize = width * height
+        table.withUnsafeBufferPointer { table in
+            region.pixels.withUnsafeBufferPointer { pixels in
+                for channel in 0..<3 {
+                    let values = table.baseAddress! + channel * 256
+                    let plane = buffer.baseAddress! + channel * planeSize
+                    plane.update(repeating: values[0], count: planeSize)
+                    for y in 0..<region.height {
+                        let output = plane + (top + y) * width + left
+                        var input = pixels.baseAddress! + y * region.bytesPerRow + channel
+                        for x in 0..<region.width {
+                            output[x] = values[Int(input.pointee)]
+                            input += 3
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One axis of torchvision's `center_crop`: which part of the image it keeps
+/// and, when the crop is larger than the image, the zero padding before it.
+struct CenterCropAxis {
+    let source: Range<Int>
+    let padding: Int
+
+    init(imageSize: Int, cropSize: Int) {
+        if cropSize > imageSize {
+            // torchvision pads (crop - size) // 2 before and the rest after.
+            source = 0..<imageSize
+            padding = (cropSize - imageSize) / 2
+        } else {
+            // int(round((size - crop) / 2.0)): Python rounds halves to even.
+            let start = Int((Double(imageSize - cropSize) / 2).rounded(.toNearestOrEven))
+            source = start..<(start + cropSize)
+            padding = 0
+        }
+    }
+}
+
+extension RGBImage {
+    /// torchvision's `CenterCrop((height, width))`, zero-padding a dimension smaller than the crop.
+    public func centerCropped(width cropWidth: Int, height cropHeight: Int) -> RGBImage {
+        let columns = CenterCropAxis(imageSize: width, cropSize: cropWidth)
+        let rows = CenterCropAxis(imageSize: height, cropSize: cropHeight)
+        return resampledRegion(width: width, height: height, columns: columns.source, rows: rows.source)
+            .padded(toWidth: cropWidth, height: cropHeight, left: columns.padding, top: rows.padding)
+    }
+
+    /// This image inside a black canvas, its top-left corner at (`left`, `top`).
+    func padded(toWidth canvasWidth: Int, height canvasHeight: Int, left: Int, top: Int) -> RGBImage {
+        if canvasWidth == width && canvasHeight == height { return self }
+        var canvas = [UInt8](repeating: 0, count: canvasWidth * canvasHeight * 3)
+        canvas.withUnsafeMutableBufferPointer { canvas in
+            pixels.withUnsafeBufferPointer { pixels in
+                for y in 0..<height {
+                    (canvas.baseAddress! + ((top + y) * canvasWidth + left) * 3)
+                        .update(from: pixels.baseAddress! + y * bytesPerRow, count: bytesPerRow)
+                }
+            }
+        }
+        return RGBImage(width: canvasWidth, height: canvasHeight, pixels: canvas)
+    }
+}

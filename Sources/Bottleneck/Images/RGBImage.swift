@@ -1,0 +1,26 @@
+/// An 8-bit RGB image as PIL holds it after `convert("RGB")`: rows top to
+/// bottom, pixels interleaved R, G, B.
+public struct RGBImage: Sendable, Equatable {
+    public let width: Int
+    public let height: Int
+    public var pixels: [UInt8]
+
+    public init(width: Int, height: Int, pixels: [UInt8]) {
+        precondition(width >= 0 && height >= 0 && pixels.count == width * height * 3,
+                     "a \(width)x\(height) RGB image needs \(width * height * 3) bytes, got \(pixels.count)")
+        self.width = width
+        self.height = height
+        self.pixels = pixels
+    }
+
+    /// Allocates without zeroing; `fill` must write all `width * height * 3` bytes.
+    public init(width: Int, height: Int, unsafeUninitialized fill: (UnsafeMutableBufferPointer<UInt8>) -> Void) {
+        let count = width * height * 3
+        self.init(width: width, height: height, pixels: [UInt8](unsafeUninitializedCapacity: count) { buffer, initialized in
+            fill(buffer)
+            initialized = count
+        })
+    }
+
+    public var bytesPerRow: Int { width * 3 }
+}
