@@ -25,6 +25,20 @@ static inline hid_t bn_H5T_IEEE_F16LE(void) {
 static inline hid_t bn_H5T_C_S1(void) { return H5T_C_S1; }
 static inline hid_t bn_H5T_STD_I32LE(void) { return H5T_STD_I32LE; }
 static inline hid_t bn_H5T_IEEE_F32LE(void) { return H5T_IEEE_F32LE; }
+static inline hid_t bn_H5T_IEEE_F64LE(void) { return H5T_IEEE_F64LE; }
+static inline hid_t bn_H5T_STD_I64LE(void) { return H5T_STD_I64LE; }
+static inline hid_t bn_H5T_STD_U8LE(void) { return H5T_STD_U8LE; }
+static inline hid_t bn_H5E_DEFAULT(void) { return H5E_DEFAULT; }
+
+/* Frees the strings H5Dread/H5Aread allocated for variable-length string
+   buffers; the function was renamed in HDF5 1.12. */
+static inline herr_t bn_vlen_reclaim(hid_t type_id, hid_t space_id, void *buffer) {
+#if H5_VERSION_GE(1, 12, 0)
+    return H5Treclaim(type_id, space_id, H5P_DEFAULT, buffer);
+#else
+    return H5Dvlen_reclaim(type_id, space_id, H5P_DEFAULT, buffer);
+#endif
+}
 static inline hid_t bn_H5P_DATASET_CREATE(void) { return H5P_DATASET_CREATE; }
 static inline hid_t bn_H5P_FILE_ACCESS(void) { return H5P_FILE_ACCESS; }
 static inline hid_t bn_H5P_LINK_CREATE(void) { return H5P_LINK_CREATE; }

@@ -1,0 +1,75 @@
+/// Everything that can be wrong with a weights file, as one line naming the file.
+public struct WeightsError: Error, CustomStringConvertible, Sendable {
+    public enum Kind: Sendable {
+        case missingFile, unreadable, emptyFile, truncated
+        /// Not a PyTorch, safetensors or HDF5 weights file at all.
+        case unrecognizedFormat
+        /// A weights file, but using something this reader does not handle (compressed zip entries,
+        /// an unknown pickle opcode, the pre-0.4 tar format, ...).
+        case unsupported
+        /// Internally inconsistent: offsets that disagree, bad JSON, a pickle that does not add up.
+        case malformed
+        case missingKey
+        case nonFloatTensor
+        /// The keys or shapes do not match what the model expects.
+        case mismatch
+        case writeFailed
+    }
+
+    public let kind: Kind
+    public let path: String
+    public let detail: String
+
+    public init(_ kind: Kind, path: String, _ detail: String) {
+        self.kind = kind
+        self.path = path
+        self.detail = detail
+    }
+
+    public var description: String {
+        let line = "weights file \(path): \(detail)"
+        return line.contains("\n") ? line.split(whereSeparator: \.isNewline).joined(separator: " ") : line
+    }
+}
+
+/// A problem found while parsing, before the path is known to the code that finds it;
+/// `StateDictFile` turns it into a `WeightsError` naming the file.
+struct WeightFileProblem: Error {
+    let kind: WeightsError.Kind
+    let detail: String
+
+    init(_ kind: WeightsError.Kind, _ detail: String) {
+        self.kind = kind
+        self.detail = detail
+    }
+
+    static func truncated(_ detail: String) -> WeightFileProblem { WeightFileProblem(.truncated, detail) }
+    static func malformed(_ detail: String) -> WeightFileProblem { WeightFileProblem(.malformed, detail) }
+    static func unsupported(_ detail: String) -> WeightFileProblem { WeightFileProblem(.unsupported, detail) }
+}
+
+/// Runs `body`, attaching `path` to any problem it reports and to HDF5 failures.
+func namingFile<Result>(_ path: String, _ body: () throws -> Result) throws(WeightsError) -> Result {
+    do {
+        return try body()
+    } catch let error as WeightsError {
+        throw error
+    } catch let problem as WeightFileProblem {
+        throw WeightsError(problem.kind, path: path, problem.detail)
+    } catch let error as HDF5Error {
+        throw WeightsError(.malformed, path: path, error.description)
+    } catch {
+        throw WeightsError(.malformed, path: path, "\(error)")
+    }
+}
+
+/// "1 key", "3 keys".
+func counted(_ count: Int, _ noun: String) -> String {
+    "\(count) \(noun)\(count == 1 ? "" : "s")"
+}
+
+/// "a, b, c and 7 more": keeps one-line messages short whatever the count.
+func listFew(_ items: [String], limit: Int = 3) -> String {
+    let shown = items.prefix(limit).joined(separator: ", ")
+    return items.count > limit ? "\(shown) and \(items.count - limit) more" : shown
+}

@@ -1,0 +1,655 @@
+import CHDF5
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A failed HDF5 call: which operation, on what, and HDF5's own innermost reason, on one line.
+public struct HDF5Error: Error, CustomStringConvertible, Sendable {
+    public let operation: String
+    public let reason: String
+
+    public var description: String {
+        reason.isEmpty ? "HDF5: cannot \(operation)" : "HDF5: cannot \(operation): \(reason)"
+    }
+}
+
+/// Element types that map one to one onto an HDF5 native type (memory) and a
+/// fixed little-endian type (what goes into files, so files look the same
+/// whichever machine wrote them).
+public protocol HDF5Scalar: Sendable {
+    static var hdf5MemoryType: hid_t { get }
+    static var hdf5FileType: hid_t { get }
+}
+
+extension Float: HDF5Scalar {
+    public static var hdf5MemoryType: hid_t { bn_H5T_NATIVE_FLOAT() }
+    public static var hdf5FileType: hid_t { bn_H5T_IEEE_F32LE() }
+}
+
+extension Double: HDF5Scalar {
+    public static var hdf5MemoryType: hid_t { bn_H5T_NATIVE_DOUBLE() }
+    public static var hdf5FileType: hid_t { bn_H5T_IEEE_F64LE() }
+}
+
+extension Int32: HDF5Scalar {
+    public static var hdf5MemoryType: hid_t { bn_H5T_NATIVE_INT32() }
+    public static var hdf5FileType: hid_t { bn_H5T_STD_I32LE() }
+}
+
+extension Int64: HDF5Scalar {
+    public static var hdf5MemoryType: hid_t { bn_H5T_NATIVE_INT64() }
+    public static var hdf5FileType: hid_t { bn_H5T_STD_I64LE() }
+}
+
+extension UInt8: HDF5Scalar {
+    public static var hdf5MemoryType: hid_t { bn_H5T_NATIVE_UINT8() }
+    public static var hdf5FileType: hid_t { bn_H5T_STD_U8LE() }
+}
+
+/// What a dataset or attribute stores, as far as a reader needs to know.
+public enum HDF5ElementKind: Equatable, Sendable {
+    case float(bytes: Int)
+    case integer(bytes: Int, signed: Bool)
+    case string
+    case other
+}
+
+public enum HDF5ObjectKind: Sendable {
+    case group, dataset, other
+}
+
+/// How a new dataset is laid out on disk.
+public enum HDF5Layout: Sendable {
+    /// One block, fixed shape: model weights, small tables.
+    case contiguous
+    /// Chunks of `chunkRows` rows along the first axis, which can grow without limit (rows appended in
+    /// batches); `deflateLevel` 1–9 adds shuffle + deflate compression.
+    case extendibleRows(chunkRows: Int, deflateLevel: Int? = nil)
+}
+
+/// Runs one HDF5 call and turns a negative result into `HDF5Error`.
+/// A thread-safe HDF5 keeps the error stack and its auto-print setting per
+/// thread, so printing is switched off on whichever thread makes the call.
+@discardableResult
+func hdf5Call<Result: BinaryInteger>(_ operation: @autoclosure () -> String, _ call: () -> Result) throws -> Result {
+    bn_h5_silence_errors()
+    let result = call()
+    guard result >= 0 else { throw HDF5Error(operation: operation(), reason: innermostHDF5ErrorMessage()) }
+    return result
+}
+
+/// Where HDF5's C iteration callbacks put the names they visit (passed as their client data).
+private final class StringCollector {
+    var strings: [String] = []
+
+    static func from(_ clientData: UnsafeMutableRawPointer) -> StringCollector {
+        Unmanaged<StringCollector>.fromOpaque(clientData).takeUnretainedValue()
+    }
+
+    var clientData: UnsafeMutableRawPointer { Unmanaged.passUnretained(self).toOpaque() }
+}
+
+/// The deepest entry of the current thread's error stack: the one that says
+/// what actually went wrong ("No such file or directory", "object 'x' doesn't exist").
+private func innermostHDF5ErrorMessage() -> String {
+    let messages = StringCollector()
+    withExtendedLifetime(messages) {
+        _ = H5Ewalk2(bn_H5E_DEFAULT(), H5E_WALK_DOWNWARD, { _, error, clientData in
+            guard let error, let clientData, let description = error.pointee.desc else { return 0 }
+            StringCollector.from(clientData).strings.append(String(cString: description))
+            return 0
+        }, messages.clientData)
+    }
+    H5Eclear2(bn_H5E_DEFAULT())
+    guard let innermost = messages.strings.last else { return "" }
+    // sec2 open failures bury errno's text inside a long key=value list.
+    if let quoted = innermost.range(of: "error message = '"),
+       let end = innermost[quoted.upperBound...].firstIndex(of: "'") {
+        return String(innermost[quoted.upperBound..<end])
+    }
+    return innermost
+}
+
+/// Closes a short-lived HDF5 id (type, space, property list, attribute) when it goes out of scope.
+private final class ScopedID {
+    let id: hid_t
+    init(_ id: hid_t) { self.id = id }
+    deinit { H5Idec_ref(id) }
+}
+
+private func dimensions(_ shape: [Int]) -> [hsize_t] { shape.map { hsize_t($0) } }
+
+private func simpleSpace(_ shape: [Int], maxShape: [hsize_t]? = nil, what: @autoclosure () -> String) throws -> ScopedID {
+    var dims = dimensions(shape)
+    if shape.isEmpty { return ScopedID(try hdf5Call("create a scalar dataspace for \(what())") { H5Screate(H5S_SCALAR) }) }
+    let id: hid_t
+    if var maxShape {
+        id = try hdf5Call("create a dataspace for \(what())") { H5Screate_simple(Int32(dims.count), &dims, &maxShape) }
+    } else {
+        id = try hdf5Call("create a dataspace for \(what())") { H5Screate_simple(Int32(dims.count), &dims, nil) }
+    }
+    return ScopedID(id)
+}
+
+/// UTF-8 variable-length strings, h5py's `str` type.
+private func variableStringType() throws -> ScopedID {
+    let type = ScopedID(try hdf5Call("copy the string type") { H5Tcopy(bn_H5T_C_S1()) })
+    try hdf5Call("make a variable-length string type") { H5Tset_size(type.id, bn_H5T_VARIABLE()) }
+    try hdf5Call("make a UTF-8 string type") { H5Tset_cset(type.id, H5T_CSET_UTF8) }
+    return type
+}
+
+private func kindOfType(_ type: hid_t) -> HDF5ElementKind {
+    let size = H5Tget_size(type)
+    switch H5Tget_class(type) {
+    case H5T_FLOAT: return .float(bytes: size)
+    case H5T_INTEGER: return .integer(bytes: size, signed: H5Tget_sign(type) == H5T_SGN_2)
+    case H5T_STRING: return .string
+    default: return .other
+    }
+}
+
+/// Strings read through a buffer of C string pointers that HDF5 allocated (variable-length) or
+/// fixed-size, NUL-padded cells.
+private func readStringValues(count: Int, storedType: hid_t, what: String,
+                         read: (hid_t, UnsafeMutableRawPointer) -> herr_t) throws -> [String] {
+    guard count > 0 else { return [] }
+    if H5Tis_variable_str(storedType) > 0 {
+        let memoryType = try variableStringType()
+        var pointers = [UnsafeMutablePointer<CChar>?](repeating: nil, count: count)
+        try hdf5Call("read \(what)") { pointers.withUnsafeMutableBytes { read(memoryType.id, $0.baseAddress!) } }
+        let strings = pointers.map { $0.map { String(cString: $0) } ?? "" }
+        let space = ScopedID(H5Screate_simple(1, [hsize_t(count)], nil))
+        pointers.withUnsafeMutableBytes { _ = bn_vlen_reclaim(memoryType.id, space.id, $0.baseAddress!) }
+        return strings
+    }
+    let cellSize = H5Tget_size(storedType)
+    guard cellSize > 0 else { throw HDF5Error(operation: "read \(what)", reason: "its string type has no size") }
+    let memoryType = ScopedID(try hdf5Call("copy the type of \(what)") { H5Tcopy(storedType) })
+    var cells = [UInt8](repeating: 0, count: count * cellSize)
+    try hdf5Call("read \(what)") { cells.withUnsafeMutableBytes { read(memoryType.id, $0.baseAddress!) } }
+    return (0..<count).map { index in
+        let cell = cells[(index * cellSize)..<((index + 1) * cellSize)]
+        return String(decoding: cell.prefix { $0 != 0 }, as: UTF8.self)
+    }
+}
+
+/// An open HDF5 object: file, group or dataset. The id is released when the
+/// Swift object goes away; HDF5 keeps a file open until its last object is
+/// released, so a dataset stays usable after its file object is gone.
+///
+/// @unchecked Sendable: the only state is an immutable id, and Debian's HDF5
+/// is built thread-safe (H5_HAVE_THREADSAFE), serialising calls behind its own
+/// global lock.
+public class HDF5Object: @unchecked Sendable {
+    let id: hid_t
+    /// "file.h5:/group/name", for messages.
+    public let location: String
+
+    init(id: hid_t, location: String) {
+        self.id = id
+        self.location = location
+    }
+
+    deinit { H5Idec_ref(id) }
+
+    public func attributeNames() throws -> [String] {
+        let names = StringCollector()
+        var index: hsize_t = 0
+        _ = try withExtendedLifetime(names) {
+            try hdf5Call("list the attributes of \(location)") {
+                H5Aiterate2(id, H5_INDEX_NAME, H5_ITER_INC, &index, { _, name, _, clientData in
+                    guard let name, let clientData else { return 0 }
+                    StringCollector.from(clientData).strings.append(String(cString: name))
+                    return 0
+                }, names.clientData)
+            }
+        }
+        return names.strings
+    }
+
+    /// nil when there is no attribute of that name.
+    public func attributeKind(_ name: String) throws -> HDF5ElementKind? {
+        guard try hasAttribute(name) else { return nil }
+        let attribute = try openAttribute(name)
+        let type = ScopedID(try hdf5Call("get the type of attribute \(name) of \(location)") { H5Aget_type(attribute.id) })
+        return kindOfType(type.id)
+    }
+
+    public func setAttribute(_ name: String, _ value: String) throws {
+        let type = try variableStringType()
+        let space = try simpleSpace([], what: "attribute \(name)")
+        let attribute = try createAttribute(name, type: type.id, space: space.id)
+        try value.withCString { characters in
+            var pointer: UnsafePointer<CChar>? = characters
+            try hdf5Call("write attribute \(name) of \(location)") { H5Awrite(attribute.id, type.id, &pointer) }
+        }
+    }
+
+    public func setAttribute<T: HDF5Scalar>(_ name: String, _ value: T) throws {
+        let space = try simpleSpace([], what: "attribute \(name)")
+        let attribute = try createAttribute(name, type: T.hdf5FileType, space: space.id)
+        try withUnsafeBytes(of: value) { bytes in
+            _ = try hdf5Call("write attribute \(name) of \(location)") {
+                H5Awrite(attribute.id, T.hdf5MemoryType, bytes.baseAddress)
+            }
+        }
+    }
+
+    /// nil when there is no attribute of that name; throws when it is not a string.
+    public func stringAttribute(_ name: String) throws -> String? {
+        guard try hasAttribute(name) else { return nil }
+        let attribute = try openAttribute(name)
+        let type = ScopedID(try hdf5Call("get the type of attribute \(name) of \(location)") { H5Aget_type(attribute.id) })
+        guard H5Tget_class(type.id) == H5T_STRING else {
+            throw HDF5Error(operation: "read attribute \(name) of \(location)", reason: "it is not a string")
+        }
+        return try readStringValues(count: 1, storedType: type.id, what: "attribute \(name) of \(location)") {
+            H5Aread(attribute.id, $0, $1)
+        }.first
+    }
+
+    /// nil when there is no attribute of that name; HDF5 converts numeric types as needed.
+    public func attribute<T: HDF5Scalar>(_ name: String, as type: T.Type) throws -> T? {
+        guard try hasAttribute(name) else { return nil }
+        let attribute = try openAttribute(name)
+        let space = ScopedID(try hdf5Call("get the shape of attribute \(name)") { H5Aget_space(attribute.id) })
+        guard H5Sget_simple_extent_npoints(space.id) == 1 else {
+            throw HDF5Error(operation: "read attribute \(name) of \(location)", reason: "it is not a single value")
+        }
+        return try withUnsafeTemporaryAllocation(of: T.self, capacity: 1) { value in
+            try hdf5Call("read attribute \(name) of \(location)") { H5Aread(attribute.id, T.hdf5MemoryType, value.baseAddress!) }
+            return value[0]
+        }
+    }
+
+    private func hasAttribute(_ name: String) throws -> Bool {
+        try hdf5Call("look up attribute \(name) of \(location)") { H5Aexists(id, name) } > 0
+    }
+
+    private func openAttribute(_ name: String) throws -> ScopedID {
+        ScopedID(try hdf5Call("open attribute \(name) of \(location)") { H5Aopen(id, name, bn_H5P_DEFAULT()) })
+    }
+
+    /// Replaces an existing attribute: attributes are small and rewritten whole (e.g. `rows_done`).
+    private func createAttribute(_ name: String, type: hid_t, space: hid_t) throws -> ScopedID {
+        if try hasAttribute(name) {
+            try hdf5Call("replace attribute \(name) of \(location)") { H5Adelete(id, name) }
+        }
+        return ScopedID(try hdf5Call("create attribute \(name) of \(location)") {
+            H5Acreate2(id, name, type, space, bn_H5P_DEFAULT(), bn_H5P_DEFAULT())
+        })
+    }
+}
+
+public class HDF5Group: HDF5Object, @unchecked Sendable {
+    private func childLocation(_ name: String) -> String {
+        location.hasSuffix("/") ? location + name : location + "/" + name
+    }
+
+    /// Names of the links in this group, in name order.
+    public func memberNames() throws -> [String] {
+        var info = H5G_info_t()
+        try hdf5Call("list \(location)") { H5Gget_info(id, &info) }
+        return try (0..<info.nlinks).map { index in
+            let length = try hdf5Call("read a member name of \(location)") {
+                H5Lget_name_by_idx(id, ".", H5_INDEX_NAME, H5_ITER_INC, index, nil, 0, bn_H5P_DEFAULT())
+            }
+            var name = [CChar](repeating: 0, count: Int(length) + 1)
+            try hdf5Call("read a member name of \(location)") {
+                H5Lget_name_by_idx(id, ".", H5_INDEX_NAME, H5_ITER_INC, index, &name, name.count, bn_H5P_DEFAULT())
+            }
+            return String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        }
+    }
+
+    /// Whether a direct member of this group has this name.
+    public func contains(_ name: String) throws -> Bool {
+        try hdf5Call("look up \(childLocation(name))") { H5Lexists(id, name, bn_H5P_DEFAULT()) } > 0
+    }
+
+    public func kind(of name: String) throws -> HDF5ObjectKind {
+        let object = ScopedID(try hdf5Call("open \(childLocation(name))") { H5Oopen(id, name, bn_H5P_DEFAULT()) })
+        switch H5Iget_type(object.id) {
+        case H5I_GROUP: return .group
+        case H5I_DATASET: return .dataset
+        default: return .other
+        }
+    }
+
+    public func openGroup(_ name: String) throws -> HDF5Group {
+        let location = childLocation(name)
+        return HDF5Group(id: try hdf5Call("open group \(location)") { H5Gopen2(id, name, bn_H5P_DEFAULT()) },
+                         location: location)
+    }
+
+    public func createGroup(_ name: String) throws -> HDF5Group {
+        let location = childLocation(name)
+        return HDF5Group(id: try hdf5Call("create group \(location)") {
+            H5Gcreate2(id, name, bn_H5P_DEFAULT(), bn_H5P_DEFAULT(), bn_H5P_DEFAULT())
+        }, location: location)
+    }
+
+    public func openDataset(_ name: String) throws -> HDF5Dataset {
+        let location = childLocation(name)
+        return HDF5Dataset(id: try hdf5Call("open dataset \(location)") { H5Dopen2(id, name, bn_H5P_DEFAULT()) },
+                           location: location)
+    }
+
+    /// A numeric dataset. With `.extendibleRows` the first axis of `shape` is the initial row count (often 0).
+    public func createDataset<T: HDF5Scalar>(_ name: String, of type: T.Type, shape: [Int],
+                                             layout: HDF5Layout = .contiguous) throws -> HDF5Dataset {
+        try createDataset(name, fileType: T.hdf5FileType, shape: shape, layout: layout)
+    }
+
+    /// A dataset of UTF-8 variable-length strings (h5py reads it as `str`).
+    public func createStringDataset(_ name: String, count: Int, layout: HDF5Layout = .contiguous) throws -> HDF5Dataset {
+        let type = try variableStringType()
+        return try createDataset(name, fileType: type.id, shape: [count], layout: layout)
+    }
+
+    private func createDataset(_ name: String, fileType: hid_t, shape: [Int], layout: HDF5Layout) throws -> HDF5Dataset {
+        let location = childLocation(name)
+        let properties = ScopedID(try hdf5Call("create dataset properties for \(location)") {
+            H5Pcreate(bn_H5P_DATASET_CREATE())
+        })
+        var maxShape: [hsize_t]?
+        if case .extendibleRows(let chunkRows, let deflateLevel) = layout {
+            guard !shape.isEmpty, chunkRows > 0 else {
+                throw HDF5Error(operation: "create dataset \(location)",
+                                reason: "extendible rows need a shape with a first axis and chunkRows > 0")
+            }
+            maxShape = [bn_H5S_UNLIMITED()] + dimensions(Array(shape.dropFirst()))
+            var chunk = [hsize_t(chunkRows)] + dimensions(shape.dropFirst().map { max($0, 1) })
+            try hdf5Call("set the chunk shape of \(location)") { H5Pset_chunk(properties.id, Int32(chunk.count), &chunk) }
+            if let deflateLevel {
+                try hdf5Call("enable shuffle on \(location)") { H5Pset_shuffle(properties.id) }
+                try hdf5Call("enable deflate on \(location)") { H5Pset_deflate(properties.id, UInt32(deflateLevel)) }
+            }
+        }
+        let space = try simpleSpace(shape, maxShape: maxShape, what: location)
+        return HDF5Dataset(id: try hdf5Call("create dataset \(location)") {
+            H5Dcreate2(id, name, fileType, space.id, bn_H5P_DEFAULT(), properties.id, bn_H5P_DEFAULT())
+        }, location: location)
+    }
+}
+
+public final class HDF5File: HDF5Group, @unchecked Sendable {
+    public enum Mode: Sendable {
+        case readOnly, readWrite
+        /// Create, replacing any existing file.
+        case truncate
+        /// Create, failing if the file exists.
+        case createNew
+    }
+
+    public let path: String
+
+    public init(path: String, mode: Mode) throws {
+        let id: hid_t
+        switch mode {
+        case .readOnly:
+            id = try hdf5Call("open \(path)") { H5Fopen(path, bn_H5F_ACC_RDONLY(), bn_H5P_DEFAULT()) }
+        case .readWrite:
+            id = try hdf5Call("open \(path) for writing") { H5Fopen(path, bn_H5F_ACC_RDWR(), bn_H5P_DEFAULT()) }
+        case .truncate:
+            id = try hdf5Call("create \(path)") { H5Fcreate(path, bn_H5F_ACC_TRUNC(), bn_H5P_DEFAULT(), bn_H5P_DEFAULT()) }
+        case .createNew:
+            id = try hdf5Call("create \(path)") { H5Fcreate(path, bn_H5F_ACC_EXCL(), bn_H5P_DEFAULT(), bn_H5P_DEFAULT()) }
+        }
+        self.path = path
+        super.init(id: id, location: path + ":/")
+    }
+
+    /// Pushes everything written so far to the operating system: what a
+    /// resumable writer calls before recording progress.
+    public func flush() throws {
+        try hdf5Call("flush \(path)") { H5Fflush(id, H5F_SCOPE_GLOBAL) }
+    }
+}
+
+public final class HDF5Dataset: HDF5Object, @unchecked Sendable {
+    /// The current extent (it grows as rows are appended).
+    public func shape() throws -> [Int] {
+        let space = ScopedID(try hdf5Call("get the shape of \(location)") { H5Dget_space(id) })
+        let rank = try hdf5Call("get the rank of \(location)") { H5Sget_simple_extent_ndims(space.id) }
+        var dims = [hsize_t](repeating: 0, count: Int(rank))
+        try hdf5Call("get the shape of \(location)") { H5Sget_simple_extent_dims(space.id, &dims, nil) }
+        return dims.map { Int($0) }
+    }
+
+    public func elementKind() throws -> HDF5ElementKind {
+        let type = ScopedID(try hdf5Call("get the type of \(location)") { H5Dget_type(id) })
+        return kindOfType(type.id)
+    }
+
+    /// The whole dataset, converted by HDF5 to `T` (float16 or float64 data read as Float, for example).
+    public func read<T: HDF5Scalar>(as type: T.Type) throws -> [T] {
+        let count = try shape().reduce(1, *)
+        return try [T](unsafeUninitializedCapacity: count) { buffer, initialized in
+            if count > 0 {
+                try hdf5Call("read \(location)") {
+                    H5Dread(id, T.hdf5MemoryType, bn_H5S_ALL(), bn_H5S_ALL(), bn_H5P_DEFAULT(), buffer.baseAddress!)
+                }
+            }
+            initialized = count
+        }
+    }
+
+    /// Rows `rows` along the first axis, flattened.
+    public func readRows<T: HDF5Scalar>(_ rows: Range<Int>, as type: T.Type) throws -> [T] {
+        let shape = try shape()
+        let rowSize = shape.dropFirst().reduce(1, *)
+        let count = rows.count * rowSize
+        let selection = try rowSelection(rows, shape: shape)
+        return try [T](unsafeUninitializedCapacity: count) { buffer, initialized in
+            if count > 0 {
+                try hdf5Call("read rows \(rows) of \(location)") {
+                    H5Dread(id, T.hdf5MemoryType, selection.memory.id, selection.file.id, bn_H5P_DEFAULT(), buffer.baseAddress!)
+                }
+            }
+            initialized = count
+        }
+    }
+
+    /// Writes the whole dataset; `values` must have as many elements as the dataset.
+    public func write<T: HDF5Scalar>(_ values: [T]) throws {
+        let count = try shape().reduce(1, *)
+        guard values.count == count else {
+            throw HDF5Error(operation: "write \(location)", reason: "\(values.count) values for \(count) elements")
+        }
+        guard count > 0 else { return }
+        _ = try values.withUnsafeBufferPointer { buffer in
+            try hdf5Call("write \(location)") {
+                H5Dwrite(id, T.hdf5MemoryType, bn_H5S_ALL(), bn_H5S_ALL(), bn_H5P_DEFAULT(), buffer.baseAddress!)
+            }
+        }
+    }
+
+    /// Writes whole rows starting at row `firstRow`, growing an extendible
+    /// dataset when they reach past its end. `values.count` must be a multiple of the row size.
+    public func writeRows<T: HDF5Scalar>(_ values: UnsafeBufferPointer<T>, startingAt firstRow: Int) throws {
+        let rows = try rowsToWrite(values.count, startingAt: firstRow)
+        guard !rows.isEmpty else { return }
+        let selection = try rowSelection(rows, shape: try shape())
+        try hdf5Call("write rows \(rows) of \(location)") {
+            H5Dwrite(id, T.hdf5MemoryType, selection.memory.id, selection.file.id, bn_H5P_DEFAULT(), values.baseAddress!)
+        }
+    }
+
+    /// Sets the number of rows of an extendible dataset (growing or cutting it).
+    public func setRowCount(_ rows: Int) throws {
+        var newShape = try shape()
+        guard !newShape.isEmpty else {
+            throw HDF5Error(operation: "resize \(location)", reason: "a scalar dataset has no rows")
+        }
+        newShape[0] = rows
+        var dims = dimensions(newShape)
+        try hdf5Call("resize \(location) to \(rows) rows") { H5Dset_extent(id, &dims) }
+    }
+
+    /// All strings of a one-dimensional string dataset (variable or fixed length).
+    public func readStrings() throws -> [String] {
+        let type = ScopedID(try hdf5Call("get the type of \(location)") { H5Dget_type(id) })
+        guard H5Tget_class(type.id) == H5T_STRING else {
+            throw HDF5Error(operation: "read strings from \(location)", reason: "it does not hold strings")
+        }
+        let count = try shape().reduce(1, *)
+        return try readStringValues(count: count, storedType: type.id, what: location) {
+            H5Dread(id, $0, bn_H5S_ALL(), bn_H5S_ALL(), bn_H5P_DEFAULT(), $1)
+        }
+    }
+
+    /// Writes strings into a string dataset from row `firstRow`, growing it if it is extendible.
+    public func writeStrings(_ strings: [String], startingAt firstRow: Int = 0) throws {
+        let rows = try rowsToWrite(strings.count, startingAt: firstRow)
+        guard !rows.isEmpty else { return }
+        let selection = try rowSelection(rows, shape: try shape())
+        let type = try variableStringType()
+        // strdup'd copies: the C pointers must outlive one withCString scope per string.
+        let copies = strings.map { strdup($0) }
+        defer { copies.forEach { free($0) } }
+        var pointers = copies.map { UnsafePointer<CChar>($0) }
+        try hdf5Call("write strings to \(location)") {
+            H5Dwrite(id, type.id, selection.memory.id, selection.file.id, bn_H5P_DEFAULT(), &pointers)
+        }
+    }
+
+    /// The rows `count` elements fill from `firstRow`, after growing the dataset to hold them.
+    private func rowsToWrite(_ count: Int, startingAt firstRow: Int) throws -> Range<Int> {
+        let shape = try shape()
+        guard !shape.isEmpty else {
+            throw HDF5Error(operation: "write rows of \(location)", reason: "a scalar dataset has no rows")
+        }
+        let rowSize = shape.dropFirst().reduce(1, *)
+        guard rowSize > 0, count % rowSize == 0 else {
+            throw HDF5Error(operation: "write rows of \(location)",
+                            reason: "\(count) values are not whole rows of \(rowSize)")
+        }
+        let rows = firstRow..<(firstRow + count / rowSize)
+        if rows.upperBound > shape[0] { try setRowCount(rows.upperBound) }
+        return rows
+    }
+
+    private func rowSelection(_ rows: Range<Int>, shape: [Int]) throws -> (memory: ScopedID, file: ScopedID) {
+        guard !shape.isEmpty, rows.lowerBound >= 0, rows.upperBound <= shape[0] else {
+            throw HDF5Error(operation: "select rows \(rows) of \(location)",
+                            reason: "the dataset has \(shape.first ?? 0) rows")
+        }
+        var start = [hsize_t(rows.lowerBound)] + [hsize_t](repeating: 0, count: shape.count - 1)
+        var count = [hsize_t(rows.count)] + dimensions(Array(shape.dropFirst()))
+        let file = ScopedID(try hdf5Call("get the shape of \(location)") { H5Dget_space(id) })
+        try hdf5Call("select rows \(rows) of \(location)") {
+            H5Sselect_hyperslab(file.id, H5S_SELECT_SET, &start, nil, &count, nil)
+        }
+        let memory = ScopedID(try hdf5Call("create a dataspace for rows of \(location)") {
+            H5Screate_simple(Int32(count.count), &count, nil)
+        })
+        return (memory, file)
+    }
+}
+
+// MARK: - Array attributes, storage description, scattered row reads (used by the feature cache)
+
+/// How a dataset is stored, as `h5dump -p` or h5py's `.chunks` / `.compression` describe it.
+public struct HDF5Storage: Sendable, Equatable {
+    public struct Filter: Sendable, Equatable {
+        /// HDF5's own filter name: "shuffle", "deflate", ...
+        public let name: String
+        /// The filter's client data: deflate's is its level.
+        public let parameters: [UInt32]
+    }
+
+    /// nil for contiguous (or compact) data.
+    public let chunkShape: [Int]?
+    /// In pipeline order.
+    public let filters: [Filter]
+}
+
+extension HDF5Object {
+    /// A one-dimensional numeric attribute: h5py shows it as a numpy array.
+    public func setAttribute<T: HDF5Scalar>(_ name: String, values: [T]) throws {
+        let space = try simpleSpace([values.count], what: "attribute \(name)")
+        let attribute = try createAttribute(name, type: T.hdf5FileType, space: space.id)
+        guard !values.isEmpty else { return }
+        _ = try values.withUnsafeBytes { bytes in
+            try hdf5Call("write attribute \(name) of \(location)") {
+                H5Awrite(attribute.id, T.hdf5MemoryType, bytes.baseAddress)
+            }
+        }
+    }
+
+    /// Every value of a numeric attribute of any shape, flattened; nil when there is no attribute of that name.
+    public func attributeValues<T: HDF5Scalar>(_ name: String, as type: T.Type) throws -> [T]? {
+        guard try hasAttribute(name) else { return nil }
+        let attribute = try openAttribute(name)
+        let space = ScopedID(try hdf5Call("get the shape of attribute \(name)") { H5Aget_space(attribute.id) })
+        let count = Int(try hdf5Call("count the values of attribute \(name)") { H5Sget_simple_extent_npoints(space.id) })
+        return try [T](unsafeUninitializedCapacity: count) { buffer, initialized in
+            if count > 0 {
+                try hdf5Call("read attribute \(name) of \(location)") {
+                    H5Aread(attribute.id, T.hdf5MemoryType, buffer.baseAddress!)
+                }
+            }
+            initialized = count
+        }
+    }
+}
+
+extension HDF5Dataset {
+    public func storage() throws -> HDF5Storage {
+        let properties = ScopedID(try hdf5Call("get the creation properties of \(location)") { H5Dget_create_plist(id) })
+        var chunkShape: [Int]?
+        if H5Pget_layout(properties.id) == H5D_CHUNKED {
+            var chunk = [hsize_t](repeating: 0, count: Int(H5S_MAX_RANK))
+            let rank = try hdf5Call("get the chunk shape of \(location)") {
+                H5Pget_chunk(properties.id, Int32(chunk.count), &chunk)
+            }
+            chunkShape = chunk.prefix(Int(rank)).map { Int($0) }
+        }
+        let filterCount = try hdf5Call("count the filters of \(location)") { H5Pget_nfilters(properties.id) }
+        let filters = try (0..<UInt32(filterCount)).map { index in
+            var flags: UInt32 = 0
+            var parameterCount = 8
+            var parameters = [UInt32](repeating: 0, count: parameterCount)
+            var name = [CChar](repeating: 0, count: 64)
+            var configuration: UInt32 = 0
+            try hdf5Call("read filter \(index) of \(location)") {
+                H5Pget_filter2(properties.id, index, &flags, &parameterCount, &parameters, name.count, &name, &configuration)
+            }
+            return HDF5Storage.Filter(name: String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self),
+                                      parameters: Array(parameters.prefix(min(parameterCount, parameters.count))))
+        }
+        return HDF5Storage(chunkShape: chunkShape, filters: filters)
+    }
+
+    /// The rows of several ranges in one read, one after another in file order (ranges
+    /// sorted, not overlapping): HDF5 then visits each chunk once, however the rows are spread.
+    public func readRows<T: HDF5Scalar>(_ ranges: [Range<Int>], into buffer: UnsafeMutableBufferPointer<T>) throws {
+        let shape = try shape()
+        let rowSize = shape.dropFirst().reduce(1, *)
+        let rowCount = ranges.reduce(0) { $0 + $1.count }
+        guard buffer.count == rowCount * rowSize else {
+            throw HDF5Error(operation: "read rows of \(location)",
+                            reason: "a buffer of \(buffer.count) values for \(rowCount) rows of \(rowSize)")
+        }
+        guard rowCount > 0 else { return }
+        let file = ScopedID(try hdf5Call("get the shape of \(location)") { H5Dget_space(id) })
+        var operation = H5S_SELECT_SET
+        for rows in ranges where !rows.isEmpty {
+            guard rows.lowerBound >= 0, rows.upperBound <= shape[0] else {
+                throw HDF5Error(operation: "select rows \(rows) of \(location)", reason: "the dataset has \(shape[0]) rows")
+            }
+            var start = [hsize_t(rows.lowerBound)] + [hsize_t](repeating: 0, count: shape.count - 1)
+            var count = [hsize_t(rows.count)] + dimensions(Array(shape.dropFirst()))
+            try hdf5Call("select rows \(rows) of \(location)") {
+                H5Sselect_hyperslab(file.id, operation, &start, nil, &count, nil)
+            }
+            operation = H5S_SELECT_OR
+        }
+        let memory = try simpleSpace([rowCount] + shape.dropFirst(), what: "rows of \(location)")
+        try hdf5Call("read \(rowCount) rows of \(location)") {
+            H5Dread(id, T.hdf5MemoryType, memory.id, file.id, bn_H5P_DEFAULT(), buffer.baseAddress!)
+        }
+    }
+}
