@@ -1,0 +1,125 @@
+import Foundation
+
+/// What made a feature cache: everything that decides the numbers in `/features`.
+/// A cache or journal is only continued by a run with a compatible fingerprint
+/// (`differences(from:)` empty); `weightsSource` and `toolVersion` are recorded
+/// for people, not compared: the same weights under another path give the same features.
+///
+/// Coded with the names of the cache's root attributes, so the journal header
+/// and the HDF5 file spell every field the same way.
+public struct CacheFingerprint: Codable, Equatable, Sendable {
+    public static let currentSchema = "bottleneck-cache/1"
+
+    public var schema: String
+    /// The network configuration, "vgg16".
+    public var backbone: String
+    /// The conventional name of the cut, "fc7" (a ReLU is named after the layer it follows).
+    public var layer: String
+    /// torchvision's module path of the cut, "classifier.4": what identifies it.
+    public var layerPath: String
+    /// One image's activation, [4096] or [512, 7, 7].
+    public var activationShape: [Int]
+    /// sha256 of the weights file, or "random-seed-N".
+    public var weightsSHA256: String
+    public var weightsSource: String
+    /// `Preprocessing.jsonDescription`: compared by meaning (key order and spacing do not count).
+    public var preprocess: String
+    /// Absolute; `/paths` are relative to it.
+    public var imageRoot: String
+    public var toolVersion: String
+
+    enum CodingKeys: String, CodingKey {
+        case schema, backbone, layer
+        case layerPath = "layer_path"
+        case activationShape = "activation_shape"
+        case weightsSHA256 = "weights_sha256"
+        case weightsSource = "weights_source"
+        case preprocess
+        case imageRoot = "image_root"
+        case toolVersion = "tool_version"
+    }
+
+    public init(schema: String = CacheFingerprint.currentSchema, backbone: String, layer: String, layerPath: String,
+                activationShape: [Int], weightsSHA256: String, weightsSource: String, preprocess: String,
+                imageRoot: String, toolVersion: String = BottleneckVersion.current) {
+        self.schema = schema
+        self.backbone = backbone
+        self.layer = layer
+        self.layerPath = layerPath
+        self.activationShape = activationShape
+        self.weightsSHA256 = weightsSHA256
+        self.weightsSource = weightsSource
+        self.preprocess = preprocess
+        self.imageRoot = imageRoot
+        self.toolVersion = toolVersion
+    }
+
+    /// The fingerprint of an extraction through `cut` of `config` with these weights and preprocessing,
+    /// over the images below `imageRoot` (made absolute here).
+    public init(config: VGGConfig, cut: CutPoint, weights: WeightsIdentity, preprocessing: Preprocessing,
+                imageRoot: String) {
+        let layers = config.layers
+        // fc7 and conv4_3 mean the output after their ReLU, so the ReLU at the cut takes their name.
+        var layerName = cut.layer.name
+        if case .relu = cut.layer.kind, cut.position > 0 {
+            switch layers[cut.position - 1].kind {
+            case .conv, .linear: layerName = layers[cut.position - 1].name
+            default: break
+            }
+        }
+        self.init(backbone: config.name, layer: layerName, layerPath: cut.layer.path,
+                  activationShape: cut.activationShape(config: config, imageSize: preprocessing.crop),
+                  weightsSHA256: weights.fingerprint, weightsSource: weights.source,
+                  preprocess: preprocessing.jsonDescription,
+                  imageRoot: URL(fileURLWithPath: imageRoot).standardizedFileURL.path)
+    }
+
+    public var rowSize: Int { activationShape.reduce(1, *) }
+
+    /// What in `self` (a file's fingerprint) differs from `wanted` (the run's), each as
+    /// "layer fc7 (classifier.4), not pool5 (features.30)"; empty when the two are compatible.
+    public func differences(from wanted: CacheFingerprint) -> [String] {
+        var found: [String] = []
+        if schema != wanted.schema { found.append("schema \(schema), not \(wanted.schema)") }
+        if backbone != wanted.backbone { found.append("backbone \(backbone), not \(wanted.backbone)") }
+        if layerPath != wanted.layerPath {
+            found.append("layer \(layer) (\(layerPath)), not \(wanted.layer) (\(wanted.layerPath))")
+        } else if activationShape != wanted.activationShape {
+            found.append("activation shape \(activationShape), not \(wanted.activationShape)")
+        }
+        if weightsSHA256 != wanted.weightsSHA256 {
+            found.append("weights \(Self.describeWeights(weightsSHA256, weightsSource)), "
+                         + "not \(Self.describeWeights(wanted.weightsSHA256, wanted.weightsSource))")
+        }
+        if let preprocessing = Self.preprocessDifference(preprocess, wanted.preprocess) { found.append(preprocessing) }
+        if imageRoot != wanted.imageRoot { found.append("image root \(imageRoot), not \(wanted.imageRoot)") }
+        return found
+    }
+
+    private static func describeWeights(_ sha256: String, _ source: String) -> String {
+        WeightsIdentity(source: source, fingerprint: sha256).isPretrained
+            ? "sha256 \(sha256.prefix(12))… (\(source))" : sha256
+    }
+
+    /// "preprocessing crop 224, not crop 256", naming only the keys whose values differ.
+    private static func preprocessDifference(_ mine: String, _ theirs: String) -> String? {
+        guard let myFields = jsonFields(mine), let theirFields = jsonFields(theirs) else {
+            return mine == theirs ? nil : "preprocessing \(mine), not \(theirs)"
+        }
+        let keys = Set(myFields.keys).union(theirFields.keys).sorted().filter { myFields[$0] != theirFields[$0] }
+        guard !keys.isEmpty else { return nil }
+        func listed(_ fields: [String: String]) -> String {
+            keys.map { "\($0) \(fields[$0] ?? "(none)")" }.joined(separator: " ")
+        }
+        return "preprocessing \(listed(myFields)), not \(listed(theirFields))"
+    }
+
+    /// A JSON object's members, each value re-serialised canonically so that equal values compare equal.
+    private static func jsonFields(_ json: String) -> [String: String]? {
+        guard let object = try? JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any] else { return nil }
+        return object.mapValues { value in
+            let data = try? JSONSerialization.data(withJSONObject: value, options: [.fragmentsAllowed, .sortedKeys])
+            return data.map { String(decoding: $0, as: UTF8.self) } ?? "\(value)"
+        }
+    }
+}

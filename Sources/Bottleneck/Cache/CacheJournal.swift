@@ -1,0 +1,361 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import Foundation
+
+#if _endian(big)
+#error("the journal stores float32 rows as raw little-endian bytes")
+#endif
+
+/// An input that could not be turned into a row, and why.
+public struct CacheFailure: Codable, Equatable, Sendable {
+    public let path: String
+    public let reason: String
+
+    public init(path: String, reason: String) {
+        self.path = path
+        self.reason = reason
+    }
+}
+
+/// A row as the writer tracks it: the class by name, because the final class
+/// list (the union over runs) is only known when the cache is finished.
+struct CacheRowInfo: Sendable {
+    let path: String
+    let className: String?
+    let split: ImageFolder.Split
+}
+
+/// `rowCount` rows of float32 features stored one after another from byte `offset` of the journal.
+struct JournalFeatureRun {
+    let offset: Int64
+    let rowCount: Int
+}
+
+struct JournalHeader: Codable, Equatable {
+    var fingerprint: CacheFingerprint
+    /// What the labels of the first batches index.
+    var classes: [String]
+}
+
+/// What a journal holds up to its last whole record.
+struct JournalContents {
+    var header: JournalHeader
+    var rows: [CacheRowInfo] = []
+    var failures: [CacheFailure] = []
+    /// One per batch record; their rows, in order, are `rows`.
+    var featureRuns: [JournalFeatureRun] = []
+    /// What the labels of the next batch index: the header's list or the latest classes record's.
+    var currentClasses: [String]
+    /// End of the last whole record: what a kill left after it is a torn tail.
+    var durableLength: Int64
+    var fileLength: Int64
+
+    var tornBytes: Int64 { fileLength - durableLength }
+}
+
+/// The append-only journal of a cache under construction (`CACHE.h5.partial`).
+/// HDF5 is not crash-safe, so finished batches land here first; `finish` copies
+/// them into a new HDF5 file. Little-endian throughout:
+///
+///     header   "BNJOURNL" | version u32 | length u32 | crc32 u32 | JSON {fingerprint, classes}
+///     record   crc32 u32 (of the rest of the record) | kind u8 | length u64 | payload
+///       batch    rows u32 | failed u32 | rows × (label i32 | split str | path str)
+///                | failed × (path str | reason str) | rows × row size × float32
+///       classes  count u32 | count × str   (the list later labels index)
+///     str      length u32 | UTF-8 bytes
+///
+/// A record counts once its write returned (a killed process loses nothing the
+/// kernel accepted); a record cut short or failing its CRC ends the journal.
+final class CacheJournal {
+    private static let magic = Array("BNJOURNL".utf8)
+    private static let version: UInt32 = 1
+    private static let headerPrefixSize = 20
+    private static let recordPrefixSize = 13
+
+    private enum RecordKind: UInt8 {
+        case batch = 1, classes = 2
+    }
+
+    let path: String
+    private let descriptor: Int32
+    /// Where the next record goes.
+    private var length: Int64
+    /// Rows in the journal, for the message when appending fails.
+    private var rowCount: Int
+    /// Reused between records so appending allocates once.
+    private var record: [UInt8] = []
+
+    private init(path: String, descriptor: Int32, length: Int64, rowCount: Int) {
+        self.path = path
+        self.descriptor = descriptor
+        self.length = length
+        self.rowCount = rowCount
+    }
+
+    deinit { close(descriptor) }
+
+    /// Starts a new journal. The header goes to a temporary file that is renamed into place,
+    /// so a journal either exists with its whole header or not at all.
+    static func create(path: String, header: JournalHeader) throws -> CacheJournal {
+        var bytes = magic
+        bytes.appendLittleEndian(version)
+        let json = try JSONEncoder().encode(header)
+        bytes.appendLittleEndian(UInt32(json.count))
+        bytes.appendLittleEndian(json.withUnsafeBytes { CRC32.checksum($0) })
+        bytes.append(contentsOf: json)
+
+        let temporaryPath = path + ".new"
+        let temporary = try openFile(temporaryPath, flags: O_WRONLY | O_CREAT | O_TRUNC)
+        defer { close(temporary) }
+        if let error = bytes.withUnsafeBytes({ DurableFiles.write($0, to: temporary, at: 0) }) {
+            throw FeatureCacheError(.writeFailed, "cannot write \(temporaryPath): \(systemMessage(error))")
+        }
+        try DurableFiles.sync(temporary, path: temporaryPath)
+        guard rename(temporaryPath, path) == 0 else {
+            throw FeatureCacheError(.writeFailed, "cannot rename \(temporaryPath) to \(path): \(systemMessage(errno))")
+        }
+        try DurableFiles.syncFolder(of: path)
+        let descriptor = try openFile(path, flags: O_RDWR)
+        let journal = CacheJournal(path: path, descriptor: descriptor, length: Int64(bytes.count), rowCount: 0)
+        try lock(descriptor, path: path)
+        return journal
+    }
+
+    /// Opens an existing journal for appending after checking it was made for `fingerprint`,
+    /// and cuts off a torn tail.
+    static func resume(path: String, fingerprint: CacheFingerprint) throws -> (journal: CacheJournal, contents: JournalContents) {
+        let descriptor = try openFile(path, flags: O_RDWR)
+        let contents: JournalContents
+        do {
+            try lock(descriptor, path: path)
+            contents = try read(descriptor: descriptor, path: path)
+        } catch {
+            close(descriptor)
+            throw error
+        }
+        let journal = CacheJournal(path: path, descriptor: descriptor, length: contents.durableLength,
+                                   rowCount: contents.rows.count)
+        let differences = contents.header.fingerprint.differences(from: fingerprint)
+        guard differences.isEmpty else { throw FeatureCacheError.mismatch(path, differences) }
+        if contents.tornBytes > 0 { try journal.truncate(to: contents.durableLength) }
+        return (journal, contents)
+    }
+
+    /// Everything up to the last whole record, without changing the file.
+    static func read(path: String) throws -> JournalContents {
+        let descriptor = try openFile(path, flags: O_RDONLY)
+        defer { close(descriptor) }
+        return try read(descriptor: descriptor, path: path)
+    }
+
+    private static func read(descriptor: Int32, path: String) throws -> JournalContents {
+        let fileLength = Int64(lseek(descriptor, 0, SEEK_END))
+        var contents = try readHeader(descriptor: descriptor, path: path, fileLength: fileLength)
+        let rowBytes = contents.header.fingerprint.rowSize * MemoryLayout<Float>.size
+        var payload: [UInt8] = []
+        var offset = contents.durableLength
+        var prefix = [UInt8](repeating: 0, count: recordPrefixSize)
+        while fileLength - offset >= Int64(recordPrefixSize) {
+            guard try prefix.withUnsafeMutableBytes({ try DurableFiles.read(into: $0, from: descriptor, at: offset, path: path) })
+            else { break }
+            let (storedCRC, kindByte, payloadLength) = prefix.withUnsafeBytes {
+                (UInt32(littleEndian: $0.loadUnaligned(as: UInt32.self)), $0[4],
+                 UInt64(littleEndian: $0.loadUnaligned(fromByteOffset: 5, as: UInt64.self)))
+            }
+            let payloadStart = offset + Int64(recordPrefixSize)
+            guard payloadLength <= UInt64(fileLength - payloadStart) else { break }
+            payload = [UInt8](repeating: 0, count: Int(payloadLength))
+            guard try payload.withUnsafeMutableBytes({ try DurableFiles.read(into: $0, from: descriptor, at: payloadStart, path: path) })
+            else { break }
+            let crc = payload.withUnsafeBytes { body in
+                prefix.withUnsafeBytes { CRC32.checksum(body, continuing: CRC32.checksum(UnsafeRawBufferPointer(rebasing: $0[4...]))) }
+            }
+            guard crc == storedCRC else { break }
+            // From here on the record is whole: anything wrong inside it is damage, not a torn write.
+            guard let kind = RecordKind(rawValue: kindByte) else {
+                throw FeatureCacheError(.damaged, "\(path): unknown record kind \(kindByte) at byte \(offset); "
+                                        + "written by a newer bottleneck? use --overwrite to start afresh")
+            }
+            do {
+                try payload.withUnsafeBytes { bytes in
+                    var reader = ByteReader(bytes, fileOffset: Int(payloadStart))
+                    switch kind {
+                    case .batch: try contents.readBatch(&reader, rowBytes: rowBytes, payloadStart: payloadStart)
+                    case .classes: contents.currentClasses = try reader.readStrings()
+                    }
+                }
+            } catch let problem as WeightFileProblem {
+                throw FeatureCacheError(.damaged, "\(path): the record at byte \(offset) is malformed (\(problem.detail)); "
+                                        + "use --overwrite to start afresh")
+            }
+            offset = payloadStart + Int64(payloadLength)
+            contents.durableLength = offset
+        }
+        return contents
+    }
+
+    private static func readHeader(descriptor: Int32, path: String, fileLength: Int64) throws -> JournalContents {
+        let notAJournal = FeatureCacheError(.damaged, "\(path) is not a bottleneck journal or its header is damaged; "
+                                            + "use --overwrite to start afresh")
+        var prefix = [UInt8](repeating: 0, count: headerPrefixSize)
+        guard try prefix.withUnsafeMutableBytes({ try DurableFiles.read(into: $0, from: descriptor, at: 0, path: path) }),
+              prefix.starts(with: magic) else { throw notAJournal }
+        let (version, jsonLength, storedCRC) = prefix.withUnsafeBytes {
+            (UInt32(littleEndian: $0.loadUnaligned(fromByteOffset: 8, as: UInt32.self)),
+             UInt32(littleEndian: $0.loadUnaligned(fromByteOffset: 12, as: UInt32.self)),
+             UInt32(littleEndian: $0.loadUnaligned(fromByteOffset: 16, as: UInt32.self)))
+        }
+        guard version == Self.version else {
+            throw FeatureCacheError(.damaged, "\(path) is a journal of format \(version), this bottleneck writes \(Self.version); "
+                                    + "use --overwrite to start afresh")
+        }
+        var json = [UInt8](repeating: 0, count: Int(jsonLength))
+        guard try json.withUnsafeMutableBytes({ try DurableFiles.read(into: $0, from: descriptor, at: Int64(headerPrefixSize), path: path) }),
+              json.withUnsafeBytes({ CRC32.checksum($0) }) == storedCRC,
+              let header = try? JSONDecoder().decode(JournalHeader.self, from: Data(json)) else { throw notAJournal }
+        return JournalContents(header: header, currentClasses: header.classes,
+                               durableLength: Int64(headerPrefixSize + json.count), fileLength: fileLength)
+    }
+
+    /// Appends one batch; `labels` index the class list of the latest header or classes record.
+    /// Returns where its features start in the journal.
+    func appendBatch(_ rows: [ImageFolder.Item], failures: [CacheFailure],
+                     features: UnsafeBufferPointer<Float>) throws -> Int64 {
+        beginRecord(.batch)
+        record.appendLittleEndian(UInt32(rows.count))
+        record.appendLittleEndian(UInt32(failures.count))
+        for row in rows {
+            record.appendLittleEndian(row.label)
+            record.appendString(row.split.rawValue)
+            record.appendString(row.path)
+        }
+        for failure in failures {
+            record.appendString(failure.path)
+            record.appendString(failure.reason)
+        }
+        let featuresOffset = length + Int64(record.count)
+        record.append(contentsOf: UnsafeRawBufferPointer(features))
+        try endRecord(addingRows: rows.count)
+        return featuresOffset
+    }
+
+    /// Records that the labels of later batches index `classes`.
+    func appendClasses(_ classes: [String]) throws {
+        beginRecord(.classes)
+        record.appendStrings(classes)
+        try endRecord(addingRows: 0)
+    }
+
+    /// Copies whole rows of features stored from `offset` into `buffer`.
+    func readFeatures(from offset: Int64, into buffer: UnsafeMutableBufferPointer<Float>) throws {
+        guard try DurableFiles.read(into: UnsafeMutableRawBufferPointer(buffer), from: descriptor, at: offset, path: path) else {
+            throw FeatureCacheError(.damaged, "\(path) ends inside the features at byte \(offset); was it changed by another process?")
+        }
+    }
+
+    /// Called once its records are safely in the finished cache.
+    func delete() throws {
+        try DurableFiles.remove(path)
+    }
+
+    private func beginRecord(_ kind: RecordKind) {
+        record.removeAll(keepingCapacity: true)
+        record.append(contentsOf: [0, 0, 0, 0, kind.rawValue, 0, 0, 0, 0, 0, 0, 0, 0])
+    }
+
+    /// Fills in the length and CRC, then writes the record in place. A failed write
+    /// (disk full) is cut off again so the journal stays a sequence of whole records.
+    private func endRecord(addingRows rows: Int) throws {
+        let payloadLength = UInt64(record.count - Self.recordPrefixSize).littleEndian
+        record.withUnsafeMutableBytes { bytes in
+            bytes.storeBytes(of: payloadLength, toByteOffset: 5, as: UInt64.self)
+            let crc = CRC32.checksum(UnsafeRawBufferPointer(rebasing: bytes[4...])).littleEndian
+            bytes.storeBytes(of: crc, toByteOffset: 0, as: UInt32.self)
+        }
+        if let error = record.withUnsafeBytes({ DurableFiles.write($0, to: descriptor, at: length) }) {
+            _ = ftruncate(descriptor, off_t(length))
+            throw FeatureCacheError(.writeFailed, "cannot append to \(path): \(systemMessage(error)); "
+                                    + "the \(rowCount) rows written before are kept, rerun the same command to continue")
+        }
+        length += Int64(record.count)
+        rowCount += rows
+    }
+
+    private func truncate(to newLength: Int64) throws {
+        guard ftruncate(descriptor, off_t(newLength)) == 0 else {
+            throw FeatureCacheError(.writeFailed, "cannot cut the torn end off \(path): \(systemMessage(errno))")
+        }
+        try DurableFiles.sync(descriptor, path: path)
+    }
+
+    /// One extraction at a time per cache: a second one would interleave records.
+    private static func lock(_ descriptor: Int32, path: String) throws {
+        guard flock(descriptor, LOCK_EX | LOCK_NB) == 0 else {
+            throw FeatureCacheError(.busy, "\(path) is in use: another bottleneck extract is writing this cache")
+        }
+    }
+
+    private static func openFile(_ path: String, flags: Int32) throws -> Int32 {
+        let descriptor = open(path, flags | O_CLOEXEC, 0o644)
+        guard descriptor >= 0 else {
+            throw FeatureCacheError(flags & O_ACCMODE == O_RDONLY ? .missing : .writeFailed,
+                                    "cannot open \(path): \(systemMessage(errno))")
+        }
+        return descriptor
+    }
+}
+
+private extension JournalContents {
+    mutating func readBatch(_ reader: inout ByteReader, rowBytes: Int, payloadStart: Int64) throws {
+        let rowCount = try reader.readCount(UInt32.self, "the row count")
+        let failureCount = try reader.readCount(UInt32.self, "the failure count")
+        for _ in 0..<rowCount {
+            let label = try reader.readInteger(Int32.self, "a label")
+            guard let split = ImageFolder.Split(rawValue: try reader.readString("a split")) else {
+                throw WeightFileProblem.malformed("unknown split at byte \(reader.absolutePosition)")
+            }
+            guard label >= -1, label < currentClasses.count else {
+                throw WeightFileProblem.malformed("label \(label) for \(currentClasses.count) classes")
+            }
+            rows.append(CacheRowInfo(path: try reader.readString("a path"),
+                                     className: label < 0 ? nil : currentClasses[Int(label)], split: split))
+        }
+        for _ in 0..<failureCount {
+            failures.append(CacheFailure(path: try reader.readString("a failed path"), reason: try reader.readString("a reason")))
+        }
+        guard reader.remaining == rowCount * rowBytes else {
+            throw WeightFileProblem.malformed("\(reader.remaining) bytes of features for \(rowCount) rows of \(rowBytes)")
+        }
+        featureRuns.append(JournalFeatureRun(offset: payloadStart + Int64(reader.position), rowCount: rowCount))
+    }
+}
+
+private extension ByteReader {
+    mutating func readString(_ what: @autoclosure () -> String) throws -> String {
+        let count = try readCount(UInt32.self, "the length of \(what())")
+        return String(decoding: try read(count, what()), as: UTF8.self)
+    }
+
+    mutating func readStrings() throws -> [String] {
+        try (0..<readCount(UInt32.self, "a string count")).map { _ in try readString("a class name") }
+    }
+}
+
+private extension Array where Element == UInt8 {
+    mutating func appendLittleEndian<T: FixedWidthInteger>(_ value: T) {
+        Swift.withUnsafeBytes(of: value.littleEndian) { append(contentsOf: $0) }
+    }
+
+    mutating func appendString(_ string: String) {
+        appendLittleEndian(UInt32(string.utf8.count))
+        append(contentsOf: string.utf8)
+    }
+
+    mutating func appendStrings(_ strings: [String]) {
+        appendLittleEndian(UInt32(strings.count))
+        strings.forEach { appendString($0) }
+    }
+}

@@ -1,0 +1,33 @@
+/// Everything that stops a feature cache from being written or read, as one line naming the file.
+public struct FeatureCacheError: Error, CustomStringConvertible, Sendable {
+    public enum Kind: Sendable {
+        case missing
+        /// Not HDF5, or HDF5 without the cache's schema.
+        case notACache
+        /// A cache missing a dataset, or with datasets that disagree; a journal with a bad header.
+        case damaged
+        /// `complete` is 0 and the reader was not asked to accept that.
+        case incomplete
+        /// Made with other weights, layer, preprocessing, backbone or image root.
+        case mismatch
+        /// The output folder is missing or read-only, or writing failed (disk full).
+        case writeFailed
+        /// Another process is extracting into the same cache.
+        case busy
+        /// The caller handed in rows that do not fit (wrong feature count, a path already cached).
+        case invalidInput
+    }
+
+    public let kind: Kind
+    public let description: String
+
+    init(_ kind: Kind, _ description: String) {
+        self.kind = kind
+        self.description = description
+    }
+
+    static func mismatch(_ path: String, _ differences: [String]) -> FeatureCacheError {
+        FeatureCacheError(.mismatch, "\(path) was made with \(differences.joined(separator: ", ")); "
+                          + "use --overwrite to start afresh, or another --out")
+    }
+}

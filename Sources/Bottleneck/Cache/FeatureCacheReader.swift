@@ -1,0 +1,177 @@
+import Foundation
+
+/// A finished feature cache, opened for training: all per-row metadata in memory
+/// (paths, labels, splits: small), features read from disk on demand.
+///
+/// For shuffled training over a cache larger than memory, read blocks of
+/// `chunkRows`-aligned rows in a shuffled block order and shuffle the rows within
+/// a buffer of a few blocks: every chunk is then read (and decompressed) once per
+/// epoch. `readRows(at:)` reads arbitrary rows in one call, but each chunk it
+/// touches is read whole, so scattered indices over a big compressed cache cost more.
+public final class FeatureCacheReader: Sendable {
+    public let path: String
+    public let fingerprint: CacheFingerprint
+    public let count: Int
+    public let classes: [String]
+    /// Index into `classes`, -1 for unlabeled rows.
+    public let labels: [Int32]
+    /// Relative to `fingerprint.imageRoot`.
+    public let paths: [String]
+    public let splits: [ImageFolder.Split]
+    public let failed: [CacheFailure]
+    public let isComplete: Bool
+    /// ISO 8601, when the file was written.
+    public let created: String
+    /// Every root attribute as text (numbers and arrays printed), for display.
+    public let attributes: [String: String]
+    /// How `/features` is stored: chunk shape, compression filters.
+    public let storage: HDF5Storage
+    private let features: HDF5Dataset
+
+    public var activationShape: [Int] { fingerprint.activationShape }
+    public var rowSize: Int { fingerprint.rowSize }
+    /// Rows per chunk of `/features`: the natural unit of reading.
+    public var chunkRows: Int { storage.chunkShape?.first ?? max(count, 1) }
+
+    /// Opens `path`, refusing (one line) a missing file, a foreign or damaged file, and a cache whose
+    /// `complete` attribute is 0 unless `allowIncomplete`.
+    public init(path: String, allowIncomplete: Bool = false) throws {
+        guard FileManager.default.fileExists(atPath: path) else {
+            if FileManager.default.fileExists(atPath: FeatureCacheBuilder.journalPath(for: path)) {
+                throw FeatureCacheError(.incomplete, "\(path) does not exist yet: extraction in progress or interrupted "
+                                        + "(see \(FeatureCacheBuilder.journalPath(for: path))); rerun the same extract command to finish it")
+            }
+            throw FeatureCacheError(.missing, "\(path): no such file")
+        }
+        let file: HDF5File
+        do {
+            file = try HDF5File(path: path, mode: .readOnly)
+        } catch let error as HDF5Error {
+            throw FeatureCacheError(.notACache, "\(path) is not a bottleneck feature cache: not a readable HDF5 file (\(error.reason))")
+        }
+        self.path = path
+        do {
+            guard let schema = try file.stringAttribute(CacheFingerprint.CodingKeys.schema.rawValue) else {
+                throw FeatureCacheError(.notACache, "\(path) is an HDF5 file but not a bottleneck feature cache (no 'schema' attribute)")
+            }
+            guard schema == CacheFingerprint.currentSchema else {
+                throw FeatureCacheError(.notACache, "\(path) has schema \(schema); this bottleneck reads \(CacheFingerprint.currentSchema)")
+            }
+            fingerprint = try CacheFingerprint(attributesOf: file)
+            isComplete = try file.attribute(CacheSchema.complete, as: Int32.self) == 1
+            let rowsDone = try file.attribute(CacheSchema.rowsDone, as: Int64.self) ?? 0
+            guard isComplete || allowIncomplete else {
+                throw FeatureCacheError(.incomplete, "\(path) is incomplete (complete = 0 after \(rowsDone) rows): "
+                                        + "not every image was processed; rerun the same extract command to finish it")
+            }
+            created = try file.stringAttribute(CacheSchema.created) ?? ""
+
+            func dataset(_ name: String, in group: HDF5Group = file) throws -> HDF5Dataset {
+                guard try group.contains(name), try group.kind(of: name) == .dataset else {
+                    throw FeatureCacheError(.damaged, "\(path) is damaged: no \(group === file ? "" : "/\(CacheSchema.failed)")/\(name) dataset")
+                }
+                return try group.openDataset(name)
+            }
+            features = try dataset(CacheSchema.features)
+            let shape = try features.shape()
+            let rowCount = shape.first ?? 0
+            count = rowCount
+            guard Array(shape.dropFirst()) == fingerprint.activationShape else {
+                throw FeatureCacheError(.damaged, "\(path) is damaged: /features has shape \(shape) but activation_shape is \(fingerprint.activationShape)")
+            }
+            storage = try features.storage()
+            let classNames = try dataset(CacheSchema.classes).readStrings()
+            let labelValues = try dataset(CacheSchema.labels).read(as: Int32.self)
+            classes = classNames
+            labels = labelValues
+            paths = try dataset(CacheSchema.paths).readStrings()
+            let splitNames = try dataset(CacheSchema.split).readStrings()
+            splits = try splitNames.map { name in
+                guard let split = ImageFolder.Split(rawValue: name) else {
+                    throw FeatureCacheError(.damaged, "\(path) is damaged: /split holds '\(name)' (expected train, val, test or none)")
+                }
+                return split
+            }
+            for (name, length) in [(CacheSchema.labels, labelValues.count), (CacheSchema.paths, paths.count), (CacheSchema.split, splits.count)]
+            where length != rowCount {
+                throw FeatureCacheError(.damaged, "\(path) is damaged: /\(name) has \(length) entries for \(rowCount) rows of /features")
+            }
+            if let label = labelValues.first(where: { $0 < -1 || $0 >= Int32(classNames.count) }) {
+                throw FeatureCacheError(.damaged, "\(path) is damaged: label \(label) for \(classNames.count) classes")
+            }
+            guard try file.contains(CacheSchema.failed) else {
+                throw FeatureCacheError(.damaged, "\(path) is damaged: no /\(CacheSchema.failed) group")
+            }
+            let failedGroup = try file.openGroup(CacheSchema.failed)
+            let failedPaths = try dataset(CacheSchema.failedPaths, in: failedGroup).readStrings()
+            let reasons = try dataset(CacheSchema.failedReasons, in: failedGroup).readStrings()
+            guard failedPaths.count == reasons.count else {
+                throw FeatureCacheError(.damaged, "\(path) is damaged: \(failedPaths.count) failed paths but \(reasons.count) reasons")
+            }
+            failed = zip(failedPaths, reasons).map { CacheFailure(path: $0, reason: $1) }
+            attributes = try Self.attributesAsText(of: file)
+        } catch let error as HDF5Error {
+            throw FeatureCacheError(.damaged, "\(path) is damaged: \(error)")
+        }
+    }
+
+    /// Rows `range` as a tensor [range.count, ...activationShape].
+    public func readRows(_ range: Range<Int>) throws -> Tensor {
+        var rows = Tensor(zeros: [range.count] + activationShape)
+        try rows.data.withUnsafeMutableBufferPointer { try readRows(range, into: $0) }
+        return rows
+    }
+
+    /// Rows `range` into a caller's buffer of exactly `range.count * rowSize` floats.
+    public func readRows(_ range: Range<Int>, into buffer: UnsafeMutableBufferPointer<Float>) throws {
+        try checkRows(range.isEmpty ? [] : [range.lowerBound, range.upperBound - 1])
+        try features.readRows([range], into: buffer)
+    }
+
+    /// The rows at `indices`, in that order (repeats allowed), read in one pass over the file.
+    public func readRows(at indices: [Int]) throws -> Tensor {
+        try checkRows(indices)
+        let sortedRows = Array(Set(indices)).sorted()
+        var runs: [Range<Int>] = []
+        for row in sortedRows {
+            if let last = runs.last, last.upperBound == row {
+                runs[runs.count - 1] = last.lowerBound..<(row + 1)
+            } else {
+                runs.append(row..<(row + 1))
+            }
+        }
+        var gathered = [Float](repeating: 0, count: sortedRows.count * rowSize)
+        try gathered.withUnsafeMutableBufferPointer { try features.readRows(runs, into: $0) }
+        let position = Dictionary(uniqueKeysWithValues: sortedRows.enumerated().map { ($1, $0) })
+        let rowSize = rowSize
+        return Tensor(shape: [indices.count] + activationShape) { output in
+            for (outputRow, row) in indices.enumerated() {
+                let source = position[row]! * rowSize
+                for column in 0..<rowSize { output[outputRow * rowSize + column] = gathered[source + column] }
+            }
+        }
+    }
+
+    private func checkRows(_ rows: [Int]) throws {
+        if let bad = rows.first(where: { $0 < 0 || $0 >= count }) {
+            throw FeatureCacheError(.invalidInput, "\(path): row \(bad) is out of range (the cache has \(count) rows)")
+        }
+    }
+
+    private static func attributesAsText(of file: HDF5File) throws -> [String: String] {
+        func text<T>(_ values: [T]?) -> String {
+            guard let values else { return "" }
+            return values.count == 1 ? "\(values[0])" : "[\(values.map { "\($0)" }.joined(separator: ", "))]"
+        }
+        var attributes: [String: String] = [:]
+        for name in try file.attributeNames() {
+            switch try file.attributeKind(name) {
+            case .string: attributes[name] = try file.stringAttribute(name)
+            case .integer: attributes[name] = text(try file.attributeValues(name, as: Int64.self))
+            case .float: attributes[name] = text(try file.attributeValues(name, as: Double.self))
+            case .other, nil: attributes[name] = "(not shown: neither text nor a number)"
+            }
+        }
+        return attributes
+    }
+}

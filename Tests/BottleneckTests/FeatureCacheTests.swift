@@ -1,0 +1,422 @@
+import Foundation
+import XCTest
+@testable import Bottleneck
+
+/// The HDF5 feature cache: round trip, crash recovery from every torn journal, refusals,
+/// incremental runs, failures, compression, readability by other tools.
+final class FeatureCacheTests: XCTestCase {
+    private static let activationShape = [2, 3]
+    private static let rowSize = 6
+
+    private var folder: URL!
+
+    override func setUpWithError() throws {
+        folder = FileManager.default.temporaryDirectory.appendingPathComponent("feature-cache-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+    }
+
+    override func tearDownWithError() throws {
+        try? FileManager.default.removeItem(at: folder)
+    }
+
+    // MARK: - Synthetic runs
+
+    private func fingerprint(layer: String = "fc7", layerPath: String = "classifier.4",
+                             weights: String = String(repeating: "ab", count: 32)) -> CacheFingerprint {
+        CacheFingerprint(backbone: "vgg16", layer: layer, layerPath: layerPath, activationShape: Self.activationShape,
+                         weightsSHA256: weights, weightsSource: "/weights/vgg16.pth",
+                         preprocess: Preprocessing.imageNet.jsonDescription, imageRoot: "/data/pets")
+    }
+
+    /// Image `index` of a synthetic folder: class `index % classes.count` (every fifth unlabeled), split by index.
+    private func item(_ index: Int, classes: [String] = ["cat", "dog"]) -> ImageFolder.Item {
+        let label = index % 5 == 4 ? -1 : index % classes.count
+        let split: ImageFolder.Split = index % 3 == 0 ? .val : .train
+        let folderName = label < 0 ? "" : "\(classes[label])/"
+        return ImageFolder.Item(path: "\(split.rawValue)/\(folderName)image\(index).jpg", label: Int32(label), split: split)
+    }
+
+    /// Features that depend on the image only, with all kinds of bit patterns.
+    private func features(of items: [ImageFolder.Item]) -> [Float] {
+        items.flatMap { item in
+            let seed = Float(item.path.utf8.reduce(UInt32(7)) { $0 &* 31 &+ UInt32($1) } % 10_007)
+            return (0..<Self.rowSize).map { column in (seed + Float(column)).squareRoot() * (column % 2 == 0 ? 1 : -1.5) }
+        }
+    }
+
+    private func cachePath(_ name: String = "cache.h5") -> String { folder.appendingPathComponent(name).path }
+
+    private func openBuilder(_ path: String? = nil, fingerprint: CacheFingerprint? = nil, classes: [String] = ["cat", "dog"],
+                             overwrite: Bool = false) throws -> FeatureCacheBuilder {
+        try FeatureCacheBuilder.open(path: path ?? cachePath(), fingerprint: fingerprint ?? self.fingerprint(), classes: classes,
+                                     overwrite: overwrite)
+    }
+
+    /// A cache at `cachePath()` holding `items`, written by one run in one batch.
+    @discardableResult
+    private func writeCache(_ items: [ImageFolder.Item], failed: [(path: String, reason: String)] = [],
+                            compress: Bool = false, complete: Bool = true) throws -> CacheSummary {
+        let builder = try openBuilder()
+        try append(items, failed: failed, to: builder)
+        return try builder.finish(compress: compress, complete: complete)
+    }
+
+    private func append(_ items: [ImageFolder.Item], failed: [(path: String, reason: String)] = [],
+                        to builder: FeatureCacheBuilder) throws {
+        try features(of: items).withUnsafeBufferPointer { try builder.append(features: $0, items: items, failed: failed) }
+    }
+
+    /// `/features` exactly as stored, as bit patterns.
+    private func storedFeatureBits(_ path: String) throws -> [UInt32] {
+        try HDF5File(path: path, mode: .readOnly).openDataset("features").read(as: Float.self).map(\.bitPattern)
+    }
+
+    private func assertFails(_ kind: FeatureCacheError.Kind, mentioning phrases: [String], file: StaticString = #filePath,
+                             line: UInt = #line, _ body: () throws -> Void) {
+        XCTAssertThrowsError(try body(), file: file, line: line) { error in
+            guard let error = error as? FeatureCacheError else {
+                return XCTFail("not a FeatureCacheError: \(error)", file: file, line: line)
+            }
+            XCTAssertEqual(error.kind, kind, error.description, file: file, line: line)
+            XCTAssertFalse(error.description.contains("\n"), "one line: \(error.description)", file: file, line: line)
+            for phrase in phrases {
+                XCTAssertTrue(error.description.contains(phrase), "'\(phrase)' in: \(error.description)", file: file, line: line)
+            }
+        }
+    }
+
+    // MARK: - Round trip
+
+    func testBatchesReadBackExactly() throws {
+        let items = (0..<12).map { item($0) }
+        let builder = try openBuilder()
+        XCTAssertTrue(FileManager.default.fileExists(atPath: builder.journalPath), "the journal is created at open")
+        for batch in [0..<4, 4..<7, 7..<12] { try append(Array(items[batch]), to: builder) }
+        let summary = try builder.finish(compress: false)
+        XCTAssertEqual(summary.rows, 12)
+        XCTAssertEqual(summary.extractedRows, 12)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: builder.journalPath), "the journal is gone after finish")
+
+        let cache = try FeatureCacheReader(path: cachePath())
+        XCTAssertEqual(cache.fingerprint, fingerprint())
+        XCTAssertEqual(cache.count, 12)
+        XCTAssertTrue(cache.isComplete)
+        XCTAssertEqual(cache.classes, ["cat", "dog"])
+        XCTAssertEqual(cache.paths, items.map(\.path))
+        XCTAssertEqual(cache.labels, items.map(\.label))
+        XCTAssertEqual(cache.splits, items.map(\.split))
+        XCTAssertEqual(cache.failed, [])
+        XCTAssertEqual(cache.attributes["schema"], "bottleneck-cache/1")
+        XCTAssertEqual(cache.attributes["rows_done"], "12")
+        XCTAssertEqual(cache.attributes["activation_shape"], "[2, 3]")
+        XCTAssertEqual(try cache.readRows(0..<12), Tensor(shape: [12, 2, 3], data: features(of: items)))
+        XCTAssertEqual(try cache.readRows(5..<7).data, features(of: Array(items[5..<7])))
+        let picked = [9, 2, 3, 9, 0]
+        XCTAssertEqual(try cache.readRows(at: picked).data, features(of: picked.map { items[$0] }))
+        assertFails(.invalidInput, mentioning: ["row 12"]) { _ = try cache.readRows(at: [12]) }
+    }
+
+    func testEmptyRunGivesAnEmptyCache() throws {
+        let builder = try openBuilder(classes: [])
+        XCTAssertEqual(try builder.finish(compress: true).rows, 0)
+        let cache = try FeatureCacheReader(path: cachePath())
+        XCTAssertEqual(cache.count, 0)
+        XCTAssertEqual(try cache.readRows(0..<0).shape, [0, 2, 3])
+    }
+
+    // MARK: - Crash safety
+
+    /// A kill at any byte of the journal, then the same run again: it recovers every whole
+    /// record, drops the torn one, and ends with `/features` identical to an uninterrupted run.
+    func testContinuesAfterTheJournalIsCutAnywhere() throws {
+        let items = (0..<14).map { item($0) }
+        let batches = [0..<3, 3..<5, 5..<9, 9..<10, 10..<14]
+        let failedInBatch = [1: [(path: "train/cat/broken.jpg", reason: "not a JPEG file")]]
+
+        let reference = cachePath("reference.h5")
+        let uninterrupted = try openBuilder(reference)
+        for (index, batch) in batches.enumerated() {
+            try append(Array(items[batch]), failed: failedInBatch[index] ?? [], to: uninterrupted)
+        }
+        _ = try uninterrupted.finish(compress: false)
+        let referenceBits = try storedFeatureBits(reference)
+
+        // The journal a run leaves when killed after its last batch, and its record boundaries.
+        let journalOnly = cachePath("killed.h5")
+        var boundaries: [(bytes: Int, rows: Int)] = []
+        do {
+            let killed = try openBuilder(journalOnly)
+            boundaries.append((try journalSize(killed.journalPath), 0))
+            for (index, batch) in batches.enumerated() {
+                try append(Array(items[batch]), failed: failedInBatch[index] ?? [], to: killed)
+                boundaries.append((try journalSize(killed.journalPath), batch.upperBound))
+            }
+        }
+        let journal = try Data(contentsOf: URL(fileURLWithPath: FeatureCacheBuilder.journalPath(for: journalOnly)))
+
+        var generator = SystemRandomNumberGenerator()
+        var cuts = boundaries.map(\.bytes)
+        for (start, end) in zip(boundaries.dropLast(), boundaries.dropFirst()) {
+            cuts += [start.bytes + 1, start.bytes + 12, start.bytes + 13, end.bytes - 1]
+            cuts += (0..<2).map { _ in Int.random(in: (start.bytes + 1)..<end.bytes, using: &generator) }
+        }
+        for cut in Set(cuts).sorted() {
+            let path = cachePath("cut-\(cut).h5")
+            try journal.prefix(cut).write(to: URL(fileURLWithPath: FeatureCacheBuilder.journalPath(for: path)))
+            let whole = boundaries.last { $0.bytes <= cut }!
+
+            let resumed = try openBuilder(path)
+            XCTAssertEqual(resumed.recoveredRowCount, whole.rows, "cut at byte \(cut)")
+            XCTAssertEqual(resumed.tornJournalBytes, cut - whole.bytes, "cut at byte \(cut)")
+            XCTAssertEqual(resumed.donePaths, Set(items[0..<whole.rows].map(\.path)), "cut at byte \(cut)")
+            // The rerun processes what is not done, in batches of its own.
+            let remaining = items.filter { !resumed.donePaths.contains($0.path) }
+            for start in stride(from: 0, to: remaining.count, by: 4) {
+                let retriedFailure = start == 0 && whole.rows < 5 ? failedInBatch[1]! : []
+                try append(Array(remaining[start..<min(start + 4, remaining.count)]), failed: retriedFailure, to: resumed)
+            }
+            _ = try resumed.finish(compress: false)
+
+            XCTAssertEqual(try storedFeatureBits(path), referenceBits, "cut at byte \(cut)")
+            let cache = try FeatureCacheReader(path: path)
+            XCTAssertEqual(cache.paths, items.map(\.path), "cut at byte \(cut)")
+            XCTAssertEqual(cache.labels, items.map(\.label), "cut at byte \(cut)")
+            XCTAssertEqual(cache.failed, [CacheFailure(path: "train/cat/broken.jpg", reason: "not a JPEG file")],
+                           "cut at byte \(cut)")
+        }
+    }
+
+    private func journalSize(_ path: String) throws -> Int {
+        (try FileManager.default.attributesOfItem(atPath: path)[.size] as! NSNumber).intValue
+    }
+
+    /// A kill after the finished cache was renamed into place but before the journal was deleted.
+    func testJournalAlreadyInTheCacheIsNotCopiedTwice() throws {
+        let items = (0..<6).map { item($0) }
+        let builder = try openBuilder()
+        try append(items, to: builder)
+        let journal = try Data(contentsOf: URL(fileURLWithPath: builder.journalPath))
+        _ = try builder.finish(compress: false)
+        try journal.write(to: URL(fileURLWithPath: builder.journalPath))
+
+        let rerun = try openBuilder()
+        XCTAssertEqual(rerun.reusedRowCount, 6)
+        XCTAssertEqual(rerun.recoveredRowCount, 0)
+        XCTAssertEqual(try rerun.finish(compress: false).rows, 6)
+        XCTAssertEqual(try FeatureCacheReader(path: cachePath()).paths, items.map(\.path))
+    }
+
+    func testSecondWriterIsRefused() throws {
+        let first = try openBuilder(classes: [])
+        assertFails(.busy, mentioning: [first.journalPath]) {
+            _ = try openBuilder(classes: [])
+        }
+    }
+
+    // MARK: - Refusals
+
+    func testJournalWithAnotherFingerprintIsRefused() throws {
+        let journalPath: String
+        do {
+            let builder = try openBuilder()
+            try append([item(0)], to: builder)
+            journalPath = builder.journalPath
+        }
+        let pool5 = fingerprint(layer: "pool5", layerPath: "features.30")
+        assertFails(.mismatch, mentioning: [journalPath, "was made with layer fc7 (classifier.4), not pool5 (features.30)",
+                                            "--overwrite"]) {
+            _ = try openBuilder(fingerprint: pool5)
+        }
+        XCTAssertEqual(try CacheJournal.read(path: journalPath).rows.count, 1, "a refused journal is left as it was")
+    }
+
+    func testCacheWithOtherWeightsIsRefusedAndOverwriteDiscardsBoth() throws {
+        try writeCache([item(0), item(1)])
+        do {
+            let interrupted = try openBuilder()
+            try append([item(2)], to: interrupted)
+        }
+
+        let otherWeights = fingerprint(weights: String(repeating: "cd", count: 32))
+        assertFails(.mismatch, mentioning: [cachePath(), "weights sha256 abababababab… (/weights/vgg16.pth), not sha256 cdcdcdcdcdcd…"]) {
+            _ = try openBuilder(fingerprint: otherWeights)
+        }
+        let fresh = try openBuilder(fingerprint: otherWeights, overwrite: true)
+        XCTAssertEqual(fresh.reusedRowCount, 0)
+        XCTAssertEqual(fresh.recoveredRowCount, 0)
+        XCTAssertEqual(fresh.donePaths, [])
+        try append([item(3)], to: fresh)
+        _ = try fresh.finish(compress: false)
+        let cache = try FeatureCacheReader(path: cachePath())
+        XCTAssertEqual(cache.paths, [item(3).path])
+        XCTAssertEqual(cache.fingerprint.weightsSHA256, otherWeights.weightsSHA256)
+    }
+
+    func testCRC32MatchesZlib() {
+        let bytes = Array("123456789".utf8)
+        bytes.withUnsafeBytes { all in
+            XCTAssertEqual(CRC32.checksum(all), 0xCBF4_3926)
+            let split = CRC32.checksum(UnsafeRawBufferPointer(rebasing: all[4...]),
+                                       continuing: CRC32.checksum(UnsafeRawBufferPointer(rebasing: all[..<4])))
+            XCTAssertEqual(split, 0xCBF4_3926)
+        }
+    }
+
+    func testDifferencesNameOnlyWhatChanged() {
+        var other = fingerprint()
+        other.weightsSource = "/elsewhere/vgg16.pth"
+        other.toolVersion = "9.9.9"
+        XCTAssertEqual(fingerprint().differences(from: other), [], "the weights' path and the tool version are not compared")
+        other.preprocess = Preprocessing(resize: 288, crop: 256).jsonDescription
+        other.imageRoot = "/data/cars"
+        XCTAssertEqual(fingerprint().differences(from: other),
+                       ["preprocessing crop 224 resize 256, not crop 256 resize 288", "image root /data/pets, not /data/cars"])
+    }
+
+    func testMissingOutputFolderFailsBeforeAnyWork() {
+        let path = folder.appendingPathComponent("no-such-folder/cache.h5").path
+        assertFails(.writeFailed, mentioning: [path, "does not exist"]) {
+            _ = try openBuilder(path, classes: [])
+        }
+    }
+
+    func testReaderRefusesForeignDamagedAndIncompleteFiles() throws {
+        let foreign = cachePath("foreign.h5")
+        try HDF5File(path: foreign, mode: .truncate).createDataset("x", of: Float.self, shape: [1]).write([1])
+        assertFails(.notACache, mentioning: [foreign, "no 'schema' attribute"]) { _ = try FeatureCacheReader(path: foreign) }
+
+        let damaged = cachePath("damaged.h5")
+        do {
+            let file = try HDF5File(path: damaged, mode: .truncate)
+            try fingerprint().writeAttributes(to: file)
+            try file.setAttribute("complete", Int32(1))
+        }
+        assertFails(.damaged, mentioning: [damaged, "no /features dataset"]) { _ = try FeatureCacheReader(path: damaged) }
+
+        try writeCache([item(0)], complete: false)
+        assertFails(.incomplete, mentioning: [cachePath(), "incomplete"]) { _ = try FeatureCacheReader(path: cachePath()) }
+        XCTAssertFalse(try FeatureCacheReader(path: cachePath(), allowIncomplete: true).isComplete)
+
+        assertFails(.missing, mentioning: ["nothing.h5: no such file"]) { _ = try FeatureCacheReader(path: cachePath("nothing.h5")) }
+    }
+
+    // MARK: - Incremental runs and failures
+
+    func testIncrementalRunReusesRowsAndRemapsLabelsByName() throws {
+        let first = (0..<5).map { item($0) }
+        try writeCache(first)
+
+        // Images added later, with a new class that sorts first and shifts the old indices.
+        let classes = ["bird", "cat", "dog"]
+        let all = first.map { old in
+            ImageFolder.Item(path: old.path, label: old.label < 0 ? -1 : old.label + 1, split: old.split)
+        } + (5..<9).map { item($0, classes: classes) }
+        let rerun = try openBuilder(classes: classes)
+        XCTAssertEqual(rerun.reusedRowCount, 5)
+        XCTAssertEqual(rerun.donePaths, Set(first.map(\.path)))
+        let added = all.filter { !rerun.donePaths.contains($0.path) }
+        XCTAssertEqual(added.count, 4)
+        try append(added, to: rerun)
+        let summary = try rerun.finish(compress: false)
+        XCTAssertEqual(summary.reusedRows, 5)
+        XCTAssertEqual(summary.extractedRows, 4)
+
+        let cache = try FeatureCacheReader(path: cachePath())
+        XCTAssertEqual(cache.classes, classes)
+        XCTAssertEqual(cache.paths, all.map(\.path), "old rows first, then new")
+        XCTAssertEqual(cache.labels, all.map(\.label))
+        XCTAssertEqual(try cache.readRows(0..<9).data, features(of: first) + features(of: added))
+    }
+
+    /// An interrupted run continued after a class folder appeared: the journal's earlier
+    /// labels still name their classes.
+    func testInterruptedRunContinuesWithANewClass() throws {
+        do {
+            let interrupted = try openBuilder()
+            try append([item(0), item(1)], to: interrupted)
+        }
+        let classes = ["ant", "cat", "dog"]
+        let rerun = try openBuilder(classes: classes)
+        XCTAssertEqual(rerun.recoveredRowCount, 2)
+        let ant = ImageFolder.Item(path: "train/ant/a.jpg", label: 0, split: .train)
+        let dog = ImageFolder.Item(path: "train/dog/d.jpg", label: 2, split: .train)
+        try append([ant, dog], to: rerun)
+        _ = try rerun.finish(compress: false)
+
+        let cache = try FeatureCacheReader(path: cachePath())
+        XCTAssertEqual(cache.classes, classes)
+        XCTAssertEqual(cache.paths, [item(0).path, item(1).path, ant.path, dog.path])
+        XCTAssertEqual(cache.labels, [1, 2, 0, 2], "cat and dog shift by one, by name")
+    }
+
+    func testFailedPathsAreRecordedAndRetried() throws {
+        XCTAssertEqual(try writeCache([item(0)], failed: [("train/cat/a.jpg", "truncated JPEG"), ("train/dog/b.png", "not a PNG file")]).failed, 2)
+        XCTAssertEqual(try FeatureCacheReader(path: cachePath()).failed,
+                       [CacheFailure(path: "train/cat/a.jpg", reason: "truncated JPEG"),
+                        CacheFailure(path: "train/dog/b.png", reason: "not a PNG file")])
+
+        let rerun = try openBuilder()
+        XCTAssertEqual(rerun.donePaths, [item(0).path], "failed paths are tried again")
+        let repaired = ImageFolder.Item(path: "train/cat/a.jpg", label: 0, split: .train)
+        try append([repaired], failed: [("train/dog/b.png", "still not a PNG file")], to: rerun)
+        _ = try rerun.finish(compress: false)
+        let cache = try FeatureCacheReader(path: cachePath())
+        XCTAssertEqual(cache.paths, [item(0).path, repaired.path])
+        XCTAssertEqual(cache.failed, [CacheFailure(path: "train/dog/b.png", reason: "still not a PNG file")])
+    }
+
+    // MARK: - Storage and other readers
+
+    func testCompressedCacheReadsTheSame() throws {
+        let items = (0..<40).map { item($0) }
+        try writeCache(items, compress: true)
+        let cache = try FeatureCacheReader(path: cachePath())
+        XCTAssertEqual(cache.storage.filters.map(\.name), ["shuffle", "deflate"])
+        XCTAssertEqual(cache.storage.filters.last?.parameters, [4])
+        XCTAssertEqual(cache.chunkRows, 40, "a chunk never exceeds the row count")
+        XCTAssertEqual(try cache.readRows(0..<40).data, features(of: items))
+    }
+
+    func testInspectionReportsCacheAndJournal() throws {
+        let builder = try openBuilder()
+        try append((0..<5).map { item($0) }, failed: [("val/dog/x.jpg", "cannot decode")], to: builder)
+        let inProgress = try CacheInspection(path: cachePath()).report
+        XCTAssertTrue(inProgress.contains("extraction in progress or interrupted: 5 rows durable in \(builder.journalPath); "
+                                          + "rerun the same extract command to continue"), inProgress)
+        _ = try builder.finish(compress: true)
+
+        let inspection = try CacheInspection(path: cachePath())
+        XCTAssertNil(inspection.journal)
+        XCTAssertEqual(inspection.classes, [
+            .init(name: "cat", perSplit: ["val": 1, "train": 1], total: 2),
+            .init(name: "dog", perSplit: ["train": 1, "val": 1], total: 2),
+            .init(name: nil, perSplit: ["train": 1], total: 1),
+        ])
+        let report = inspection.report
+        for line in ["schema: bottleneck-cache/1", "layer: fc7 (classifier.4)", "activation shape: [2, 3]", "rows: 5",
+                     "  class         train     val   total", "  cat               1       1       2",
+                     "  (unlabeled)       1       0       1",
+                     "image root: /data/pets", "storage: chunks of 5 rows, shuffle+deflate level 4", "failed: 1",
+                     "  val/dog/x.jpg: cannot decode"] {
+            XCTAssertTrue(report.contains(line), "'\(line)' in:\n\(report)")
+        }
+    }
+
+    func testH5dumpReadsTheCache() throws {
+        let h5dump = "/usr/bin/h5dump"
+        guard FileManager.default.isExecutableFile(atPath: h5dump) else { throw XCTSkip("h5dump is not installed") }
+        try writeCache((0..<3).map { item($0) }, compress: true)
+
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: h5dump)
+        process.arguments = ["-H", cachePath()]
+        let output = Pipe()
+        process.standardOutput = output
+        try process.run()
+        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        XCTAssertEqual(process.terminationStatus, 0)
+        XCTAssertTrue(text.contains("DATASET \"features\""), text)
+        XCTAssertTrue(text.contains("GROUP \"failed\""), text)
+    }
+}
