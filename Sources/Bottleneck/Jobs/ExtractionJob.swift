@@ -1,0 +1,204 @@
+import Foundation
+
+/// `bottleneck extract`: every image of a folder through the frozen network once, into
+/// the HDF5 feature cache. Decoding runs on its own thread ahead of the network; each
+/// finished batch is durable before the next starts, so a crash loses at most one batch.
+public struct ExtractionJob: Sendable {
+    public var imagesRoot: String
+    public var outputPath: String
+    public var weights: WeightsChoice
+    public var layer: String = "fc7"
+    public var batchSize: Int = 16
+    public var compress: Bool = false
+    public var overwrite: Bool = false
+    public var preprocessing: Preprocessing = .imageNet
+    public var config: VGGConfig = .vgg16
+
+    /// `--layer input` stores the preprocessed images themselves.
+    public static let inputLayer = "input"
+
+    public init(imagesRoot: String, outputPath: String, weights: WeightsChoice) {
+        self.imagesRoot = imagesRoot
+        self.outputPath = outputPath
+        self.weights = weights
+    }
+
+    public struct Summary: Sendable {
+        public var found = 0
+        public var extracted = 0
+        public var reused = 0
+        public var recovered = 0
+        public var failed: [(path: String, reason: String)] = []
+        public var seconds = 0.0
+        public var fileBytes = 0
+        public var path = ""
+        public var emptyClassFolders: [String] = []
+
+        /// Images this run put through the network, per second of the whole run.
+        public var imagesPerSecond: Double { seconds > 0 ? Double(extracted) / seconds : 0 }
+    }
+
+    /// Runs the job. `log` gets one-off messages (what was found, reused, warnings);
+    /// progress is drawn on stderr by a ProgressReporter.
+    public func run(log: (String) -> Void) throws -> Summary {
+        let start = ResourceUsage.now
+        guard batchSize >= 1 else { throw ExtractionError("--batch-size must be at least 1") }
+        let folder = try ImageFolder(root: imagesRoot)
+        guard !folder.items.isEmpty else {
+            throw ExtractionError("\(imagesRoot): no images found (.jpg, .jpeg or .png, in class subfolders or loose)")
+        }
+        var summary = Summary()
+        summary.found = folder.items.count
+        summary.emptyClassFolders = folder.emptyClassFolders
+        let splitNote = Set(folder.items.map(\.split)).subtracting([.none]).map(\.rawValue).sorted()
+        log("found \(folder.items.count) images in \(folder.classes.count) classes"
+            + (splitNote.isEmpty ? "" : " (splits: \(splitNote.joined(separator: ", ")))") + " under \(folder.root.path)")
+        for empty in folder.emptyClassFolders { log("warning: class folder \(empty) holds no images") }
+
+        let isInputLayer = layer.lowercased() == Self.inputLayer
+        let cut = isInputLayer ? nil : try CutPoint(layer, in: config)
+        let activationShape = cut?.activationShape(config: config, imageSize: preprocessing.crop) ?? preprocessing.outputShape
+        let loaded = try cut.map { try NetworkLoader.load(config: config, through: $0, weights: weights) }
+        for note in loaded?.notes ?? [] { log("weights: \(note)") }
+
+        let fingerprint = if let cut, let loaded {
+            CacheFingerprint(config: config, cut: cut, weights: loaded.weights, preprocessing: preprocessing,
+                             imageRoot: folder.root.path)
+        } else {
+            CacheFingerprint(backbone: config.name, layer: Self.inputLayer, layerPath: Self.inputLayer,
+                             activationShape: activationShape, weightsSHA256: "none", weightsSource: "none",
+                             preprocess: preprocessing.jsonDescription, imageRoot: folder.root.path)
+        }
+        let builder = try FeatureCacheBuilder.open(path: outputPath, fingerprint: fingerprint, classes: folder.classes,
+                                                   overwrite: overwrite)
+        summary.reused = builder.reusedRowCount
+        summary.recovered = builder.recoveredRowCount
+        if summary.reused > 0 { log("reusing \(summary.reused) rows of the existing cache \(outputPath)") }
+        if summary.recovered > 0 { log("resuming: \(summary.recovered) rows were already durable from an interrupted run") }
+
+        let pending = folder.items.filter { !builder.donePaths.contains($0.path) }
+        if !pending.isEmpty {
+            log("extracting \(pending.count) images at \(fingerprint.layer) (\(fingerprint.layerPath)), "
+                + "activation \(activationShape), batch \(batchSize)")
+        }
+        let rowSize = activationShape.reduce(1, *)
+        let progress = ProgressReporter(label: "images", total: pending.count)
+        let decoder = BatchDecoder(folder: folder, items: pending, batchSize: batchSize, preprocessing: preprocessing)
+        defer { decoder.cancel() }
+        var processed = 0
+        while let batch = decoder.next() {
+            summary.failed += batch.failed
+            if batch.items.isEmpty {
+                try builder.append(features: UnsafeBufferPointer<Float>(start: nil, count: 0), items: [], failed: batch.failed)
+            } else if let loaded, let cut {
+                let features = try loaded.network.forward(batch.images, through: cut)
+                precondition(features.count == batch.items.count * rowSize, "activation shape disagrees with the cut")
+                try features.data.withUnsafeBufferPointer { rows in
+                    try builder.append(features: rows, items: batch.items, failed: batch.failed)
+                }
+            } else {
+                try batch.images.data.withUnsafeBufferPointer { rows in
+                    try builder.append(features: rows, items: batch.items, failed: batch.failed)
+                }
+            }
+            summary.extracted += batch.items.count
+            processed += batch.items.count + batch.failed.count
+            progress.update(done: processed, extra: summary.failed.isEmpty ? "" : "\(summary.failed.count) failed")
+        }
+        progress.finish()
+        let cache = try builder.finish(compress: compress)
+        summary.fileBytes = cache.fileBytes
+        summary.path = outputPath
+        summary.seconds = ResourceUsage.now - start
+        return summary
+    }
+}
+
+public struct ExtractionError: Error, CustomStringConvertible, Sendable {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// Decodes and preprocesses images on a background thread, one batch ahead of the
+/// network (two batches buffered), so the cores never wait for JPEG decoding.
+final class BatchDecoder: @unchecked Sendable {
+    struct Batch {
+        /// [items.count, 3, crop, crop]
+        var images: Tensor
+        var items: [ImageFolder.Item]
+        var failed: [(path: String, reason: String)]
+    }
+
+    private let condition = NSCondition()
+    private var ready: [Batch] = []
+    private var finished = false
+    private var cancelled = false
+    private let capacity = 2
+
+    init(folder: ImageFolder, items: [ImageFolder.Item], batchSize: Int, preprocessing: Preprocessing) {
+        let thread = Thread { [self] in
+            self.produce(folder: folder, items: items, batchSize: batchSize, preprocessing: preprocessing)
+        }
+        thread.name = "bottleneck-decode"
+        thread.start()
+    }
+
+    /// The next batch in order, or nil when every image has been handed out.
+    func next() -> Batch? {
+        condition.lock()
+        defer { condition.unlock() }
+        while ready.isEmpty && !finished { condition.wait() }
+        guard !ready.isEmpty else { return nil }
+        let batch = ready.removeFirst()
+        condition.signal()
+        return batch
+    }
+
+    func cancel() {
+        condition.lock()
+        cancelled = true
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    private func produce(folder: ImageFolder, items: [ImageFolder.Item], batchSize: Int, preprocessing: Preprocessing) {
+        var index = 0
+        let slotSize = preprocessing.outputCount
+        while index < items.count {
+            var batchItems: [ImageFolder.Item] = []
+            var failed: [(path: String, reason: String)] = []
+            var buffer = [Float](repeating: 0, count: batchSize * slotSize)
+            buffer.withUnsafeMutableBufferPointer { slots in
+                while batchItems.count < batchSize && index < items.count {
+                    let item = items[index]
+                    index += 1
+                    do {
+                        let image = try ImageDecoder.decode(path: folder.url(of: item).path)
+                        preprocessing.write(image, into: slots, slot: batchItems.count)
+                        batchItems.append(item)
+                    } catch let error as ImageDecodingError {
+                        failed.append((item.path, error.reason))
+                    } catch {
+                        failed.append((item.path, "\(error)"))
+                    }
+                }
+            }
+            buffer.removeLast((batchSize - batchItems.count) * slotSize)
+            let batch = Batch(images: Tensor(shape: [batchItems.count] + preprocessing.outputShape, data: buffer),
+                              items: batchItems, failed: failed)
+            condition.lock()
+            while ready.count >= capacity && !cancelled { condition.wait() }
+            if cancelled {
+                condition.unlock()
+                return
+            }
+            ready.append(batch)
+            condition.signal()
+            condition.unlock()
+        }
+        condition.lock()
+        finished = true
+        condition.broadcast()
+        condition.unlock()
+    }
+}

@@ -1,0 +1,60 @@
+import ArgumentParser
+import Bottleneck
+import Foundation
+
+struct Extract: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run the frozen VGG16 once over an image folder and store its activations in an HDF5 cache.",
+        discussion: """
+        DIR follows torchvision's ImageFolder convention: one subfolder per class (sorted names give the class \
+        indices). When DIR holds train/ val/ test/, each in that convention, the split is recorded. Loose images \
+        are stored unlabeled (label -1). .jpg, .jpeg and .png in any letter case.
+
+        The job is resumable: kill it at any moment and run the same command again; it continues from the last \
+        finished batch. Run it again after adding images and only the new ones are extracted. Images that cannot \
+        be read are skipped and listed in the cache's /failed group.
+
+        Examples:
+          bottleneck extract --images data/flowers --out runs/flowers-fc7.h5
+          bottleneck extract --images photos --out photos-pool5.h5 --layer pool5 --weights vgg16-397923af.pth --compress
+        """)
+
+    @Option(name: .long, help: ArgumentHelp("Image folder (ImageFolder layout).", valueName: "DIR"))
+    var images: String
+
+    @Option(name: .long, help: ArgumentHelp("The HDF5 feature cache to write or continue.", valueName: "CACHE.h5"))
+    var out: String
+
+    @OptionGroup var weights: WeightsOption
+
+    @Option(help: ArgumentHelp("""
+        Cut layer whose activation is stored: a name (conv4_3, pool5, fc6, fc7) or a torchvision path \
+        (features.23, classifier.4); names mean the output after the layer's ReLU. 'input' stores the \
+        preprocessed images.
+        """, valueName: "LAYER"))
+    var layer = "fc7"
+
+    @Option(help: "Images per forward pass.") var batchSize = 16
+    @Flag(help: "Compress /features with shuffle+deflate (smaller file, slower to write and read).") var compress = false
+    @Flag(help: "Discard an existing cache or interrupted run at --out that was made with other settings.") var overwrite = false
+    @Flag(help: "Exit non-zero if any image could not be read (default: only when none could).") var strict = false
+
+    func run() throws {
+        var job = ExtractionJob(imagesRoot: images, outputPath: out, weights: weights.resolved())
+        job.layer = layer
+        job.batchSize = batchSize
+        job.compress = compress
+        job.overwrite = overwrite
+        let summary = try job.run(log: printErr)
+        for failure in summary.failed { printErr("failed: \(failure.path): \(failure.reason)") }
+        print(String(format: "extract: %d images (%d extracted, %d reused, %d resumed, %d failed) in %.1f s, %.2f img/s; %@ (%@)",
+                     summary.found, summary.extracted, summary.reused, summary.recovered, summary.failed.count,
+                     summary.seconds, summary.imagesPerSecond, summary.path, summary.fileBytes.formattedBytes))
+        if summary.extracted + summary.reused + summary.recovered == 0 {
+            throw CommandFailure("no image could be extracted from \(images) (\(summary.failed.count) failed)")
+        }
+        if strict && !summary.failed.isEmpty {
+            throw CommandFailure("\(summary.failed.count) images could not be read (--strict)")
+        }
+    }
+}
