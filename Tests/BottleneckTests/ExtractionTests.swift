@@ -1,0 +1,139 @@
+import Bottleneck
+import Foundation
+import XCTest
+
+/// `extract` end to end at fixture size: the narrow VGG16, PIL-made images (some broken),
+/// Resize 73 / CenterCrop 64, into a real cache, then read back.
+final class ExtractionTests: XCTestCase {
+    static let config = VGGConfig.vgg16.narrowed(by: 16, hidden: 64, classes: 10)
+    static let preprocessing = Preprocessing(resize: 73, crop: 64)
+    static let weights = WeightsChoice.file(Fixtures.path("network/narrow_vgg16_legacy.pth"))
+
+    var folder: URL!
+
+    override func setUpWithError() throws {
+        folder = FileManager.default.temporaryDirectory.appendingPathComponent("bottleneck-extract-\(UUID().uuidString)")
+        let layout = [
+            "train/cats": ["rgb_q90_420_300x200.jpg", "gray_64x64.jpg", "rgba_64x64.png", "cmyk_40x500.jpg"],
+            "train/dogs": ["rgb_97x131.png", "p_trns_64x64.png", "rgb16_97x131.png"],
+            "val/cats": ["rgb_progressive_131x97.jpg"],
+            "val/dogs": ["photo_500x375_q90.jpg", "l_131x97.png"],
+        ]
+        for (subfolder, files) in layout {
+            let target = folder.appendingPathComponent("images/" + subfolder)
+            try FileManager.default.createDirectory(at: target, withIntermediateDirectories: true)
+            for file in files {
+                try FileManager.default.copyItem(atPath: Fixtures.path("images/" + file), toPath: target.appendingPathComponent(file).path)
+            }
+        }
+        for bad in ["empty.jpg", "truncated.jpg", "text.png", "bad_crc.png", "huge.png"] {
+            try FileManager.default.copyItem(atPath: Fixtures.path("images/bad/" + bad),
+                                             toPath: folder.appendingPathComponent("images/train/dogs/bad_" + bad).path)
+        }
+        // A class with an empty folder still gets its index.
+        try FileManager.default.createDirectory(at: folder.appendingPathComponent("images/val/zebras"), withIntermediateDirectories: true)
+    }
+
+    override func tearDownWithError() throws {
+        try? FileManager.default.removeItem(at: folder)
+    }
+
+    func job(layer: String = "pool5", batchSize: Int = 3, out: String = "cache.h5") -> ExtractionJob {
+        var job = ExtractionJob(imagesRoot: folder.appendingPathComponent("images").path,
+                                outputPath: folder.appendingPathComponent(out).path, weights: Self.weights)
+        job.config = Self.config
+        job.preprocessing = Self.preprocessing
+        job.layer = layer
+        job.batchSize = batchSize
+        return job
+    }
+
+    func testExtractsEveryReadableImageAndRecordsTheBrokenOnes() throws {
+        var messages: [String] = []
+        let summary = try job().run { messages.append($0) }
+        XCTAssertEqual(summary.found, 15)
+        XCTAssertEqual(summary.extracted, 10)
+        XCTAssertEqual(summary.failed.count, 5)
+        XCTAssertEqual(summary.emptyClassFolders, ["val/zebras"])
+        XCTAssertTrue(messages.contains { $0.contains("val/zebras") }, "\(messages)")
+
+        let cache = try FeatureCacheReader(path: folder.appendingPathComponent("cache.h5").path)
+        XCTAssertTrue(cache.isComplete)
+        XCTAssertEqual(cache.count, 10)
+        XCTAssertEqual(cache.classes, ["cats", "dogs", "zebras"])
+        XCTAssertEqual(cache.activationShape, [32, 2, 2])
+        XCTAssertEqual(cache.paths.first, "train/cats/cmyk_40x500.jpg")
+        XCTAssertEqual(cache.paths, cache.paths.sorted { a, b in
+            (a.hasPrefix("train") ? 0 : 1, a) < (b.hasPrefix("train") ? 0 : 1, b)
+        })
+        XCTAssertEqual(cache.labels, [0, 0, 0, 0, 1, 1, 1, 0, 1, 1])
+        XCTAssertEqual(cache.splits.map(\.rawValue), Array(repeating: "train", count: 7) + Array(repeating: "val", count: 3))
+        XCTAssertEqual(Set(cache.failed.map(\.path)), Set(["empty.jpg", "truncated.jpg", "text.png", "bad_crc.png", "huge.png"]
+            .map { "train/dogs/bad_" + $0 }))
+        for failure in cache.failed { XCTAssertFalse(failure.reason.isEmpty, failure.path) }
+        XCTAssertEqual(cache.fingerprint.layer, "pool5")
+        XCTAssertEqual(cache.fingerprint.layerPath, "features.30")
+    }
+
+    /// The stored features are the network applied to torchvision's own preprocessed tensor.
+    func testFeaturesEqualTheNetworkOnTorchvisionsTensor() throws {
+        _ = try job(layer: "fc7").run { _ in }
+        let cache = try FeatureCacheReader(path: folder.appendingPathComponent("cache.h5").path)
+        let row = try XCTUnwrap(cache.paths.firstIndex(of: "train/cats/rgb_q90_420_300x200.jpg"))
+        let reference = try Fixtures.float32("images/reference/rgb_q90_420_300x200.r73c64.f32", shape: [1, 3, 64, 64])
+        let network = try NetworkLoader.load(config: Self.config, weights: Self.weights).network
+        let expected = try network.forward(reference, through: try CutPoint("fc7", in: Self.config))
+        assertClose(try cache.readRows(row..<(row + 1)), expected, tolerance: 1e-5, "fc7 row of the cache")
+    }
+
+    func testBatchSizeDoesNotChangeTheBytes() throws {
+        _ = try job(batchSize: 1, out: "one.h5").run { _ in }
+        _ = try job(batchSize: 4, out: "four.h5").run { _ in }
+        let one = try FeatureCacheReader(path: folder.appendingPathComponent("one.h5").path)
+        let four = try FeatureCacheReader(path: folder.appendingPathComponent("four.h5").path)
+        XCTAssertEqual(try one.readRows(0..<one.count).data, try four.readRows(0..<four.count).data)
+    }
+
+    func testRerunExtractsOnlyNewImagesAndRefusesOtherSettings() throws {
+        _ = try job().run { _ in }
+        try FileManager.default.copyItem(atPath: Fixtures.path("images/rgb_q75_420_101x67.jpg"),
+                                         toPath: folder.appendingPathComponent("images/val/zebras/z.jpg").path)
+        let second = try job().run { _ in }
+        XCTAssertEqual(second.reused, 10)
+        XCTAssertEqual(second.extracted, 1)
+        let cache = try FeatureCacheReader(path: folder.appendingPathComponent("cache.h5").path)
+        XCTAssertEqual(cache.count, 11)
+        XCTAssertEqual(cache.paths.last, "val/zebras/z.jpg")
+        XCTAssertEqual(cache.labels.last, 2)
+
+        XCTAssertThrowsError(try job(layer: "fc7").run { _ in }) { error in
+            XCTAssertTrue("\(error)".contains("cache.h5") && "\(error)".contains("pool5"), "\(error)")
+        }
+        var overwrite = job(layer: "fc7")
+        overwrite.overwrite = true
+        XCTAssertEqual(try overwrite.run { _ in }.extracted, 11)
+    }
+
+    func testInputLayerStoresThePreprocessedTensor() throws {
+        _ = try job(layer: "input").run { _ in }
+        let cache = try FeatureCacheReader(path: folder.appendingPathComponent("cache.h5").path)
+        XCTAssertEqual(cache.activationShape, [3, 64, 64])
+        let row = try XCTUnwrap(cache.paths.firstIndex(of: "train/cats/rgb_q90_420_300x200.jpg"))
+        let reference = try Fixtures.float32("images/reference/rgb_q90_420_300x200.r73c64.f32", shape: [1, 3, 64, 64])
+        assertClose(try cache.readRows(row..<(row + 1)), reference, tolerance: 1e-6, "input row")
+    }
+
+    func testFoldersWithoutImagesAreClearErrors() throws {
+        let empty = folder.appendingPathComponent("nothing")
+        try FileManager.default.createDirectory(at: empty.appendingPathComponent("class"), withIntermediateDirectories: true)
+        var noImages = job()
+        noImages.imagesRoot = empty.path
+        XCTAssertThrowsError(try noImages.run { _ in }) { XCTAssertTrue("\($0)".contains("no images found"), "\($0)") }
+        var missing = job()
+        missing.imagesRoot = folder.appendingPathComponent("missing").path
+        XCTAssertThrowsError(try missing.run { _ in }) { XCTAssertTrue("\($0)".contains("no such folder"), "\($0)") }
+        var badOutput = job()
+        badOutput.outputPath = folder.appendingPathComponent("no/such/dir/cache.h5").path
+        XCTAssertThrowsError(try badOutput.run { _ in }) { XCTAssertTrue("\($0)".contains("does not exist"), "\($0)") }
+    }
+}
