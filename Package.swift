@@ -20,8 +20,7 @@ let package = Package(
         .target(name: "CImageCodecs", dependencies: ["CJPEG", "CPNG"]),
         .target(
             name: "Bottleneck",
-            dependencies: ["CHDF5", "COpenBLAS", "CJPEG", "CPNG", "CImageCodecs"],
-            swiftSettings: [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]
+            dependencies: ["CHDF5", "COpenBLAS", "CJPEG", "CPNG", "CImageCodecs"]
         ),
         .executableTarget(
             name: "bottleneck",
