@@ -47,9 +47,10 @@ struct Extract: ParsableCommand {
         job.overwrite = overwrite
         let summary = try job.run(log: printErr)
         for failure in summary.failed { printErr("failed: \(failure.path): \(failure.reason)") }
-        print(String(format: "extract: %d images (%d extracted, %d reused, %d resumed, %d failed) in %.1f s, %.2f img/s; %@ (%@)",
-                     summary.found, summary.extracted, summary.reused, summary.recovered, summary.failed.count,
-                     summary.seconds, summary.imagesPerSecond, summary.path, summary.fileBytes.formattedBytes))
+        let rate = summary.extracted > 0 ? String(format: ", %.2f img/s", summary.imagesPerSecond) : ""
+        print("extract: \(summary.found) images (\(summary.extracted) extracted, \(summary.reused) reused, "
+              + "\(summary.recovered) resumed, \(summary.failed.count) failed) in "
+              + String(format: "%.1f s", summary.seconds) + rate + "; \(summary.path) (\(summary.fileBytes.formattedBytes))")
         if summary.extracted + summary.reused + summary.recovered == 0 {
             throw CommandFailure("no image could be extracted from \(images) (\(summary.failed.count) failed)")
         }

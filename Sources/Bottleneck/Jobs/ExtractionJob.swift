@@ -58,11 +58,9 @@ public struct ExtractionJob: Sendable {
         let isInputLayer = layer.lowercased() == Self.inputLayer
         let cut = isInputLayer ? nil : try CutPoint(layer, in: config)
         let activationShape = cut?.activationShape(config: config, imageSize: preprocessing.crop) ?? preprocessing.outputShape
-        let loaded = try cut.map { try NetworkLoader.load(config: config, through: $0, weights: weights) }
-        for note in loaded?.notes ?? [] { log("weights: \(note)") }
-
-        let fingerprint = if let cut, let loaded {
-            CacheFingerprint(config: config, cut: cut, weights: loaded.weights, preprocessing: preprocessing,
+        let weightsIdentity = try cut.map { _ in try NetworkLoader.identity(of: weights) }
+        let fingerprint = if let cut, let weightsIdentity {
+            CacheFingerprint(config: config, cut: cut, weights: weightsIdentity, preprocessing: preprocessing,
                              imageRoot: folder.root.path)
         } else {
             CacheFingerprint(backbone: config.name, layer: Self.inputLayer, layerPath: Self.inputLayer,
@@ -77,6 +75,10 @@ public struct ExtractionJob: Sendable {
         if summary.recovered > 0 { log("resuming: \(summary.recovered) rows were already durable from an interrupted run") }
 
         let pending = folder.items.filter { !builder.donePaths.contains($0.path) }
+        // The network is only built when there is something to run it on: a rerun that finds
+        // nothing new does not read 500 MB of weights.
+        let loaded = pending.isEmpty ? nil : try cut.map { try NetworkLoader.load(config: config, through: $0, weights: weights) }
+        for note in loaded?.notes ?? [] { log("weights: \(note)") }
         if !pending.isEmpty {
             log("extracting \(pending.count) images at \(fingerprint.layer) (\(fingerprint.layerPath)), "
                 + "activation \(activationShape), batch \(batchSize)")

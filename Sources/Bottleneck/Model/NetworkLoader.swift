@@ -1,3 +1,5 @@
+import Foundation
+
 /// What identifies the weights a network runs with: recorded in caches and models so
 /// that features from different weights are never mixed.
 public struct WeightsIdentity: Sendable, Equatable, Codable {
@@ -33,11 +35,40 @@ public enum NetworkLoader {
             let needed = config.stateDictShapes(through: cut)
             try file.validate(expected: Dictionary(uniqueKeysWithValues: needed.map { ($0.key, $0.shape) }),
                               allowingExtraKeys: true)
+            let digest = try identity(ofWeightsFile: file).fingerprint
             let network = try VGG(config: config, through: cut) { key, _ in try file.tensor(key) }
-            return LoadedNetwork(network: network,
-                                 weights: WeightsIdentity(source: path, fingerprint: try file.sha256()),
+            return LoadedNetwork(network: network, weights: WeightsIdentity(source: path, fingerprint: digest),
                                  notes: file.notes)
         }
+    }
+}
+
+/// torch.hub names downloads `name-<first 8+ hex digits of sha256>.ext` and checks them
+/// (`check_hash`); a file so named whose digest disagrees is a damaged or partial download.
+func checkHubHashPrefix(path: String, sha256: String) throws {
+    let stem = URL(fileURLWithPath: path).deletingPathExtension().lastPathComponent
+    guard let dash = stem.lastIndex(of: "-") else { return }
+    let prefix = stem[stem.index(after: dash)...].lowercased()
+    guard prefix.count >= 8, prefix.allSatisfy(\.isHexDigit) else { return }
+    guard sha256.hasPrefix(prefix) else {
+        throw WeightsError(.malformed, path: path, "its sha256 is \(sha256.prefix(12))…, but torch.hub names a file by its sha256 "
+                           + "prefix (\(prefix)): a damaged or incomplete download; fetch it again")
+    }
+}
+
+extension NetworkLoader {
+    /// The identity of the weights without building the network: enough to check a cache's fingerprint.
+    public static func identity(of choice: WeightsChoice) throws -> WeightsIdentity {
+        switch choice {
+        case .random(let seed): return .random(seed: seed)
+        case .file(let path): return try identity(ofWeightsFile: StateDictFile.open(path: path))
+        }
+    }
+
+    static func identity(ofWeightsFile file: StateDictFile) throws -> WeightsIdentity {
+        let digest = try file.sha256()
+        try checkHubHashPrefix(path: file.path, sha256: digest)
+        return WeightsIdentity(source: file.path, fingerprint: digest)
     }
 }
 

@@ -149,9 +149,9 @@ public final class StateDictFile: Sendable {
     }
 
     /// SHA-256 of the whole file, hex: the fingerprint caches and runs record.
-    /// Streams the file, so it costs a read of the file but no memory.
+    /// Streams the file (no memory), once per file version: `DigestCache` remembers it.
     public func sha256() throws(WeightsError) -> String {
-        try SHA256.hexDigest(ofFileAt: path)
+        try DigestCache.sha256(ofFileAt: path)
     }
 
     /// Checks the file against the key → shape map the model expects, throwing

@@ -1,0 +1,60 @@
+import Foundation
+
+/// Remembers the SHA-256 of weight files by (path, size, modification time, inode), so
+/// that every command does not re-read 528 MB to fingerprint the same file: the same
+/// trade git's index makes. Kept in ~/.cache/bottleneck/digests.json (or under
+/// $XDG_CACHE_HOME); when that cannot be read or written the digest is simply computed.
+public enum DigestCache {
+    struct Entry: Codable, Equatable {
+        var size: Int64
+        var modified: Int64
+        var inode: UInt64
+        var sha256: String
+    }
+
+    static var storePath: String {
+        let environment = ProcessInfo.processInfo.environment
+        let base = environment["XDG_CACHE_HOME"].flatMap { $0.isEmpty ? nil : $0 }
+            ?? (environment["HOME"] ?? NSHomeDirectory()) + "/.cache"
+        return base + "/bottleneck/digests.json"
+    }
+
+    private static let lock = NSLock()
+
+    public static func sha256(ofFileAt path: String) throws(WeightsError) -> String {
+        let absolute = URL(fileURLWithPath: path).standardizedFileURL.path
+        guard let identity = identity(of: absolute) else { return try SHA256.hexDigest(ofFileAt: path) }
+        lock.lock()
+        defer { lock.unlock() }
+        var entries = load()
+        if let known = entries[absolute], known.size == identity.size, known.modified == identity.modified,
+           known.inode == identity.inode {
+            return known.sha256
+        }
+        let digest = try SHA256.hexDigest(ofFileAt: path)
+        entries[absolute] = Entry(size: identity.size, modified: identity.modified, inode: identity.inode, sha256: digest)
+        save(entries)
+        return digest
+    }
+
+    private static func identity(of path: String) -> (size: Int64, modified: Int64, inode: UInt64)? {
+        var status = stat()
+        guard stat(path, &status) == 0 else { return nil }
+        return (Int64(status.st_size), Int64(status.st_mtim.tv_sec) * 1_000_000_000 + Int64(status.st_mtim.tv_nsec),
+                UInt64(status.st_ino))
+    }
+
+    private static func load() -> [String: Entry] {
+        guard let data = FileManager.default.contents(atPath: storePath),
+              let entries = try? JSONDecoder().decode([String: Entry].self, from: data) else { return [:] }
+        return entries
+    }
+
+    /// Best effort: a read-only home only costs the re-hash next time.
+    private static func save(_ entries: [String: Entry]) {
+        let url = URL(fileURLWithPath: storePath)
+        try? FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
+        guard let data = try? JSONEncoder().encode(entries) else { return }
+        try? data.write(to: url, options: .atomic)
+    }
+}
