@@ -1,4 +1,8 @@
 /// Fully connected layer, torchvision's `nn.Linear`: y = x · weightᵀ + bias.
+///
+/// Every function has an `into:` form that writes a caller-owned tensor, so a training loop
+/// keeps its activations and gradients across steps instead of allocating them per batch;
+/// the target is reallocated only when its shape changes (a short last batch).
 public struct Linear: Sendable {
     /// [outFeatures, inFeatures]
     public var weight: Tensor
@@ -16,10 +20,18 @@ public struct Linear: Sendable {
 
     /// x [N, inFeatures] (any shape whose trailing size is inFeatures per row) -> y [N, outFeatures]
     public func forward(_ x: Tensor) -> Tensor {
+        var y = Tensor(zeros: [])
+        forward(x, into: &y)
+        return y
+    }
+
+    /// x [N, inFeatures] (any shape whose trailing size is inFeatures per row) -> y [N, outFeatures]
+    public func forward(_ x: Tensor, into y: inout Tensor) {
         let batch = x.shape[0]
         precondition(x.count == batch * inFeatures, "linear expects [N, \(inFeatures)], got \(x.shape)")
         let (inFeatures, outFeatures) = (self.inFeatures, self.outFeatures)
-        return Tensor(shape: [batch, outFeatures]) { out in
+        if y.shape != [batch, outFeatures] { y = Tensor(zeros: [batch, outFeatures]) }
+        y.data.withUnsafeMutableBufferPointer { out in
             bias.data.withUnsafeBufferPointer { biases in
                 for row in 0..<batch {
                     (out.baseAddress! + row * outFeatures).update(from: biases.baseAddress!, count: outFeatures)
@@ -29,6 +41,63 @@ public struct Linear: Sendable {
                 weight.data.withUnsafeBufferPointer { weights in
                     sgemm(transposeB: true, m: batch, n: outFeatures, k: inFeatures,
                           a: input.baseAddress!, b: weights.baseAddress!, beta: 1, c: out.baseAddress!)
+                }
+            }
+        }
+    }
+
+    /// x [N, in], dy [N, out] -> dx [N, in] (nil unless `computingGradInput`), dWeight [out, in], dBias [out].
+    /// Skip dx for the first trainable layer: nothing below it learns, and dx is the largest gemm.
+    public func backward(input x: Tensor, gradOutput dy: Tensor, computingGradInput: Bool = true)
+        -> (gradInput: Tensor?, gradWeight: Tensor, gradBias: Tensor) {
+        var gradWeight = Tensor(zeros: [])
+        var gradBias = Tensor(zeros: [])
+        parameterGradients(input: x, gradOutput: dy, weight: &gradWeight, bias: &gradBias)
+        guard computingGradInput else { return (nil, gradWeight, gradBias) }
+        var gradInput = Tensor(zeros: [])
+        inputGradient(gradOutput: dy, into: &gradInput)
+        return (gradInput, gradWeight, gradBias)
+    }
+
+    /// x [N, in], dy [N, out] -> dWeight [out, in] = dyᵀ · x, dBias [out] = Σ_n dy[n, :].
+    /// Overwrites (does not accumulate into) the two gradients.
+    public func parameterGradients(input x: Tensor, gradOutput dy: Tensor,
+                                   weight gradWeight: inout Tensor, bias gradBias: inout Tensor) {
+        let batch = x.shape[0]
+        let (inFeatures, outFeatures) = (self.inFeatures, self.outFeatures)
+        precondition(x.count == batch * inFeatures, "linear backward expects x [N, \(inFeatures)], got \(x.shape)")
+        precondition(dy.shape == [batch, outFeatures], "linear backward expects dy [\(batch), \(outFeatures)], got \(dy.shape)")
+        if gradWeight.shape != weight.shape { gradWeight = Tensor(zeros: weight.shape) }
+        if gradBias.shape != bias.shape { gradBias = Tensor(zeros: bias.shape) }
+        dy.data.withUnsafeBufferPointer { gradOut in
+            x.data.withUnsafeBufferPointer { input in
+                gradWeight.data.withUnsafeMutableBufferPointer { gradWeights in
+                    sgemm(transposeA: true, m: outFeatures, n: inFeatures, k: batch,
+                          a: gradOut.baseAddress!, b: input.baseAddress!, c: gradWeights.baseAddress!)
+                }
+            }
+            // A column sum of N×out values: a row-by-row vector add beats a gemm against a ones vector.
+            gradBias.data.withUnsafeMutableBufferPointer { gradBiases in
+                gradBiases.update(repeating: 0)
+                for row in 0..<batch {
+                    let gradRow = gradOut.baseAddress! + row * outFeatures
+                    for column in 0..<outFeatures { gradBiases[column] += gradRow[column] }
+                }
+            }
+        }
+    }
+
+    /// dy [N, out] -> dx [N, in] = dy · weight
+    public func inputGradient(gradOutput dy: Tensor, into dx: inout Tensor) {
+        let batch = dy.shape[0]
+        let (inFeatures, outFeatures) = (self.inFeatures, self.outFeatures)
+        precondition(dy.shape == [batch, outFeatures], "linear backward expects dy [N, \(outFeatures)], got \(dy.shape)")
+        if dx.shape != [batch, inFeatures] { dx = Tensor(zeros: [batch, inFeatures]) }
+        dy.data.withUnsafeBufferPointer { gradOut in
+            weight.data.withUnsafeBufferPointer { weights in
+                dx.data.withUnsafeMutableBufferPointer { gradIn in
+                    sgemm(m: batch, n: inFeatures, k: outFeatures,
+                          a: gradOut.baseAddress!, b: weights.baseAddress!, c: gradIn.baseAddress!)
                 }
             }
         }

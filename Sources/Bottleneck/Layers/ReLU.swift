@@ -6,4 +6,18 @@ public enum ReLU {
             for index in values.indices where values[index] < 0 { values[index] = 0 }
         }
     }
+
+    /// y [any], dy [same] -> dx [same] in dy's storage: dx = dy where y > 0, else 0.
+    /// Reads the forward's output, not its input, because the forward ran in place and the input is gone;
+    /// y > 0 exactly where x > 0, so the mask is the same (torch's threshold_backward on the result).
+    public static func backward(output y: Tensor, gradOutput dy: inout Tensor) {
+        precondition(y.shape == dy.shape, "relu backward: output \(y.shape) vs gradient \(dy.shape)")
+        y.data.withUnsafeBufferPointer { outputs in
+            dy.data.withUnsafeMutableBufferPointer { gradients in
+                for index in gradients.indices {
+                    gradients[index] = outputs[index] > 0 ? gradients[index] : 0
+                }
+            }
+        }
+    }
 }

@@ -39,8 +39,10 @@ public struct SeededGenerator: RandomNumberGenerator, Sendable {
         return Float((-2 * log(u1)).squareRoot() * cos(2 * Double.pi * u2))
     }
 
+    /// Masking shifts: the generator sits in the dropout loop, where checked shifts cost half its time.
+    @inline(__always)
     private func rotateLeft(_ value: UInt64, _ amount: UInt64) -> UInt64 {
-        (value << amount) | (value >> (64 - amount))
+        (value &<< amount) | (value &>> (64 &- amount))
     }
 }
 

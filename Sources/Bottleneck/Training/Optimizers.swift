@@ -1,0 +1,149 @@
+/// A torch.optim algorithm with its per-parameter state.
+///
+/// Parameters are updated one tensor at a time, each under a `slot` that names its state (momentum
+/// buffer, moment estimates): torch keys state by the parameter object, here the caller numbers the
+/// tensors and keeps each on its slot for the whole run. Updating in place through `inout` lets a
+/// trainer pass `&head.weight` directly, with no copy of the parameters per step. The learning rate
+/// comes with every update, so parameter groups (a pretrained backbone at `lr × multiplier`, a new
+/// head at `lr`) and per-epoch schedules need no optimizer of their own. Scalars are Double, as
+/// torch's Python floats are, and rounded to Float where torch rounds them: at the tensor operation.
+public protocol Optimizer: Sendable {
+    /// parameter [any] -= update(gradient [same], state of `slot`), in place.
+    mutating func update(_ parameter: inout Tensor, gradient: Tensor, slot: Int, learningRate: Double)
+}
+
+extension Optimizer {
+    /// parameters[i] updated from gradients[i] under slot i: torch's `optimizer.step()` for one group.
+    public mutating func step(parameters: inout [Tensor], gradients: [Tensor], learningRate: Double) {
+        precondition(parameters.count == gradients.count, "\(parameters.count) parameters but \(gradients.count) gradients")
+        for index in parameters.indices {
+            update(&parameters[index], gradient: gradients[index], slot: index, learningRate: learningRate)
+        }
+    }
+}
+
+/// `torch.optim.SGD(lr, momentum, weight_decay)` with dampening 0 and without Nesterov:
+/// g = grad + wd·param; buf = g on a slot's first step, then buf = momentum·buf + g; param -= lr·buf.
+/// Without momentum, param -= lr·g and no state is kept.
+public struct SGD: Optimizer {
+    public let momentum: Double
+    public let weightDecay: Double
+    /// Momentum buffer by slot; empty until the slot's first update.
+    private var momentumBuffers: [[Float]] = []
+
+    public init(momentum: Double = 0, weightDecay: Double = 0) {
+        precondition(momentum >= 0 && weightDecay >= 0, "SGD momentum and weight decay must not be negative")
+        self.momentum = momentum
+        self.weightDecay = weightDecay
+    }
+
+    public mutating func update(_ parameter: inout Tensor, gradient: Tensor, slot: Int, learningRate: Double) {
+        checkShapes(parameter, gradient)
+        let (decay, rate) = (Float(weightDecay), Float(learningRate))
+        guard momentum != 0 else {
+            parameter.data.withUnsafeMutableBufferPointer { values in
+                gradient.data.withUnsafeBufferPointer { gradients in
+                    for index in values.indices { values[index] -= rate * (gradients[index] + decay * values[index]) }
+                }
+            }
+            return
+        }
+        if momentumBuffers.count <= slot { momentumBuffers += Array(repeating: [], count: slot + 1 - momentumBuffers.count) }
+        // A fresh buffer of zeros kept at weight 0 makes the first step's buf exactly g, as torch's clone.
+        let isFirstStep = momentumBuffers[slot].isEmpty
+        if isFirstStep { momentumBuffers[slot] = Array(repeating: 0, count: parameter.count) }
+        let keep = isFirstStep ? 0 : Float(momentum)
+        parameter.data.withUnsafeMutableBufferPointer { values in
+            gradient.data.withUnsafeBufferPointer { gradients in
+                momentumBuffers[slot].withUnsafeMutableBufferPointer { buffer in
+                    for index in values.indices {
+                        buffer[index] = keep * buffer[index] + (gradients[index] + decay * values[index])
+                        values[index] -= rate * buffer[index]
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `torch.optim.Adam` and, with decoupled weight decay, `torch.optim.AdamW` (amsgrad off), per slot:
+///     t += 1
+///     Adam:  g = grad + wd·param            AdamW: param *= 1 - lr·wd, g = grad
+///     m = m + (1-β1)(g - m);  v = β2·v + (1-β2)·g²
+///     param -= lr/(1-β1ᵗ) · m / (√v / √(1-β2ᵗ) + ε)
+public struct Adam: Optimizer {
+    public let beta1: Double
+    public let beta2: Double
+    public let epsilon: Double
+    public let weightDecay: Double
+    /// AdamW's decay of the parameter itself, instead of Adam's L2 term in the gradient.
+    public let decoupledWeightDecay: Bool
+
+    private struct Moments: Sendable {
+        var step = 0
+        var first: [Float]
+        var second: [Float]
+    }
+    /// Moment estimates by slot; nil until the slot's first update.
+    private var moments: [Moments?] = []
+
+    /// torch.optim.Adam's defaults.
+    public init(beta1: Double = 0.9, beta2: Double = 0.999, epsilon: Double = 1e-8, weightDecay: Double = 0,
+                decoupledWeightDecay: Bool = false) {
+        precondition((0..<1).contains(beta1) && (0..<1).contains(beta2), "Adam betas must be in [0, 1)")
+        precondition(epsilon >= 0 && weightDecay >= 0, "Adam epsilon and weight decay must not be negative")
+        self.beta1 = beta1
+        self.beta2 = beta2
+        self.epsilon = epsilon
+        self.weightDecay = weightDecay
+        self.decoupledWeightDecay = decoupledWeightDecay
+    }
+
+    /// torch.optim.AdamW, with its defaults (weight decay 0.01, not Adam's 0).
+    public static func adamW(beta1: Double = 0.9, beta2: Double = 0.999, epsilon: Double = 1e-8,
+                             weightDecay: Double = 0.01) -> Adam {
+        Adam(beta1: beta1, beta2: beta2, epsilon: epsilon, weightDecay: weightDecay, decoupledWeightDecay: true)
+    }
+
+    public mutating func update(_ parameter: inout Tensor, gradient: Tensor, slot: Int, learningRate: Double) {
+        checkShapes(parameter, gradient)
+        if moments.count <= slot { moments += Array(repeating: nil, count: slot + 1 - moments.count) }
+        // Taken out while in use, so its two buffers can be written together without copying.
+        var state = moments[slot].take() ?? Moments(first: Array(repeating: 0, count: parameter.count),
+                                                    second: Array(repeating: 0, count: parameter.count))
+        defer { moments[slot] = state }
+        state.step += 1
+        let step = Double(state.step)
+        let stepSize = Float(learningRate / (1 - pow(beta1, step)))
+        let correction2Root = Float((1 - pow(beta2, step)).squareRoot())
+        let shrink = Float(decoupledWeightDecay ? 1 - learningRate * weightDecay : 1)
+        let l2 = Float(decoupledWeightDecay ? 0 : weightDecay)
+        let (firstWeight, keepSecond, secondWeight) = (Float(1 - beta1), Float(beta2), Float(1 - beta2))
+        let epsilon = Float(self.epsilon)
+        parameter.data.withUnsafeMutableBufferPointer { values in
+            gradient.data.withUnsafeBufferPointer { gradients in
+                state.first.withUnsafeMutableBufferPointer { first in
+                    state.second.withUnsafeMutableBufferPointer { second in
+                        for index in values.indices {
+                            let value = values[index] * shrink
+                            let g = gradients[index] + l2 * value
+                            first[index] += firstWeight * (g - first[index])
+                            second[index] = keepSecond * second[index] + secondWeight * g * g
+                            values[index] = value - stepSize * first[index] / (second[index].squareRoot() / correction2Root + epsilon)
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+private func checkShapes(_ parameter: Tensor, _ gradient: Tensor) {
+    precondition(parameter.shape == gradient.shape, "parameter \(parameter.shape) but gradient \(gradient.shape)")
+}
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
