@@ -24,6 +24,19 @@ enum DurableFiles {
         }
     }
 
+    /// Refuses to start a write of about `bytes` into the folder of `path` when the file system has
+    /// less free: HDF5 1.10 does not always report a full disk (and can crash on it), so the check
+    /// comes before HDF5 writes anything.
+    static func checkFreeSpace(for path: String, bytes: Int, keeping: String) throws {
+        var status = statvfs()
+        guard statvfs(folderPath(of: path), &status) == 0 else { return }
+        let free = Int(status.f_bavail) * Int(status.f_frsize)
+        guard free >= bytes else {
+            throw FeatureCacheError(.writeFailed, "not enough space to write \(path): it needs about "
+                                    + "\(bytes.formattedBytes), \(free.formattedBytes) are free; \(keeping)")
+        }
+    }
+
     static func folderPath(of path: String) -> String {
         let folder = (path as NSString).deletingLastPathComponent
         return folder.isEmpty ? "." : folder

@@ -168,6 +168,10 @@ public final class FeatureCacheBuilder {
         guard let journal else { throw FeatureCacheError(.invalidInput, "\(path) is already finished") }
         let temporaryPath = path + ".tmp"
         let failures = finalFailures()
+        let rowCount = reusedRowCount + journalRows.count
+        let metadataBytes = rowCount * 256 + failures.count * 512 + (1 << 20)
+        try DurableFiles.checkFreeSpace(for: temporaryPath, bytes: rowCount * fingerprint.rowSize * MemoryLayout<Float>.size + metadataBytes,
+                                        keeping: "the \(journalRows.count) extracted rows stay in \(journalPath): free some space and rerun")
         do {
             try writeCache(to: temporaryPath, from: journal, failures: failures, compress: compress, complete: complete)
             try DurableFiles.replace(path, with: temporaryPath)
@@ -243,7 +247,9 @@ public final class FeatureCacheBuilder {
         try file.setAttribute(CacheSchema.created, ISO8601DateFormatter().string(from: Date()))
         try file.setAttribute(CacheSchema.rowsDone, Int64(rowCount))
         try file.setAttribute(CacheSchema.complete, Int32(complete ? 1 : 0))
-        // The file closes when the last of its objects (all local here) is released on return.
+        // Everything reaches the file here, where a failure (a full disk) can still be reported and
+        // the journal kept; the close when the last object is released on return has nothing left to write.
+        try file.flush()
     }
 }
 
