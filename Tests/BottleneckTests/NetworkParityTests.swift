@@ -140,4 +140,13 @@ final class NetworkParityTests: XCTestCase {
         let std = (fc.weight.data.map { $0 * $0 }.reduce(0, +) / Float(fc.weight.count)).squareRoot()
         XCTAssertEqual(std, 0.01, accuracy: 0.001)
     }
+
+    func testWeightsInspectionSaysWhatAFileCanRun() throws {
+        let match = try WeightsInspection(path: Fixtures.path("network/narrow_vgg16.safetensors"), config: Self.config)
+        XCTAssertNil(match.problem)
+        XCTAssertEqual(match.deepestUsableLayer, "fc8")
+        let mismatch = try WeightsInspection(path: Fixtures.path("network/narrow_vgg16.safetensors"), config: .vgg16)
+        XCTAssertNotNil(mismatch.problem)
+        XCTAssertTrue(mismatch.report.contains("usable cut layers: none"), mismatch.report)
+    }
 }

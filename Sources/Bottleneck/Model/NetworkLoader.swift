@@ -76,7 +76,12 @@ extension VGGConfig {
     /// The state-dict keys a prefix through `cut` needs (all of them when nil).
     public func stateDictShapes(through cut: CutPoint?) -> [(key: String, shape: [Int])] {
         guard let cut else { return stateDictShapes }
-        let paths = Set(layers.prefix(cut.position + 1).compactMap(\.parameterPrefix))
+        return stateDictShapes(throughPosition: cut.position)
+    }
+
+    /// The state-dict keys the layers up to and including `position` need.
+    public func stateDictShapes(throughPosition position: Int) -> [(key: String, shape: [Int])] {
+        let paths = Set(layers.prefix(position + 1).compactMap(\.parameterPrefix))
         return stateDictShapes.filter { paths.contains(String($0.key.prefix(upTo: $0.key.lastIndex(of: ".")!))) }
     }
 }

@@ -1,0 +1,56 @@
+/// What a weights file holds and whether a VGG can run on it: `bottleneck inspect FILE.pth`.
+public struct WeightsInspection: Sendable {
+    public let path: String
+    public let format: WeightFileFormat
+    public let entries: [WeightEntry]
+    public let notes: [String]
+    public let sha256: String
+    /// nil when every key and shape of `config` is present; else the one-line reason.
+    public let problem: String?
+    /// The deepest layer a prefix can be cut at with this file (e.g. pool5 for a features-only file).
+    public let deepestUsableLayer: String?
+    public let config: VGGConfig
+
+    public init(path: String, config: VGGConfig = .vgg16) throws {
+        let file = try StateDictFile.open(path: path)
+        self.path = path
+        self.format = file.format
+        self.entries = file.entries
+        self.notes = file.notes
+        self.sha256 = try file.sha256()
+        self.config = config
+        let expected = Dictionary(uniqueKeysWithValues: config.stateDictShapes.map { ($0.key, $0.shape) })
+        do {
+            try file.validate(expected: expected)
+            problem = nil
+        } catch {
+            problem = error.description
+        }
+        let usable = config.layers.prefix { layer in
+            config.stateDictShapes(throughPosition: layer.position).allSatisfy { key, shape in
+                file.entry(key).map { $0.shape == shape && $0.dtype.isReadableAsFloat32 } ?? false
+            }
+        }
+        deepestUsableLayer = usable.last?.name
+    }
+
+    public var report: String {
+        let parameters = entries.reduce(0) { $0 + $1.elementCount }
+        let dtypes = Dictionary(grouping: entries, by: \.dtype).map { "\($0.value.count) \($0.key)" }.sorted()
+        var lines = [
+            "weights: \(path)",
+            "format: \(format.rawValue)",
+            "tensors: \(entries.count) (\(dtypes.joined(separator: ", "))), \(parameters) parameters",
+            "sha256: \(sha256)",
+        ]
+        if sha256 == WeightsChoice.torchvisionSHA256 { lines.append("identity: torchvision's vgg16-397923af.pth (ImageNet)") }
+        lines += notes.map { "note: \($0)" }
+        if let problem {
+            lines.append("\(config.name): not a complete match: \(problem)")
+            lines.append("usable cut layers: " + (deepestUsableLayer.map { "up to \($0)" } ?? "none"))
+        } else {
+            lines.append("\(config.name): every key and shape matches; usable at any cut layer")
+        }
+        return lines.joined(separator: "\n")
+    }
+}
