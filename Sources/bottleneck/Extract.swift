@@ -47,7 +47,9 @@ struct Extract: ParsableCommand {
         job.overwrite = overwrite
         let summary = try job.run(log: printErr)
         for failure in summary.failed { printErr("failed: \(failure.path): \(failure.reason)") }
-        let rate = summary.extracted > 0 ? String(format: ", %.2f img/s", summary.imagesPerSecond) : ""
+        let rate = summary.extracted > 0
+            ? String(format: ", %.2f img/s (%.2f img/s in the extraction loop)", summary.imagesPerSecond, summary.loopImagesPerSecond)
+            : ""
         print("extract: \(summary.found) images (\(summary.extracted) extracted, \(summary.reused) reused, "
               + "\(summary.recovered) resumed, \(summary.failed.count) failed) in "
               + String(format: "%.1f s", summary.seconds) + rate + "; \(summary.path) (\(summary.fileBytes.formattedBytes))")
