@@ -23,12 +23,14 @@ struct ForwardBench: ParsableCommand {
     @Option(help: "Cut layer: a name (conv4_3, pool5, fc7) or torchvision path (features.23).") var layer = "fc7"
     @Option(help: "Timed batches; the median is reported.") var iterations = 3
     @Flag(help: "Also print the median time of each layer.") var perLayer = false
+    @Option(help: "Convolution lowering: auto (per layer shape), im2col or winograd.") var algorithm = Conv2D.Algorithm.auto
     @Flag(help: "A tiny network at 64 px, to check the benchmark runs (seconds, not a measurement).") var quick = false
 
     func run() throws {
         var benchmark = quick ? ForwardBenchmark.quick(layer: layer) : ForwardBenchmark.full(batchSize: batchSize, layer: layer, iterations: iterations)
         if quick { benchmark.batchSize = min(batchSize, benchmark.batchSize) }
-        printErr("bench forward: \(benchmark.config.name), \(benchmark.imageSize) px, batch \(benchmark.batchSize), cut \(layer), BLAS core \(BLASRuntime.coreName), \(BLASRuntime.threads) threads")
+        benchmark.algorithm = algorithm
+        printErr("bench forward: \(benchmark.config.name), \(benchmark.imageSize) px, batch \(benchmark.batchSize), cut \(layer), conv \(algorithm), BLAS core \(BLASRuntime.coreName), \(BLASRuntime.threads) threads")
         let result = try benchmark.run { printErr("  " + $0) }
         print(String(format: "forward: %.2f img/s, %.1f GFLOP/s effective (%.2f GFLOP/img), core %@, peak RSS %@",
                      result.imagesPerSecond, result.effectiveGigaflops, result.gigaflopsPerImage,
@@ -40,3 +42,5 @@ struct ForwardBench: ParsableCommand {
         }
     }
 }
+
+extension Conv2D.Algorithm: ExpressibleByArgument {}

@@ -9,6 +9,8 @@ public struct ForwardBenchmark: Sendable {
     public var imageSize: Int
     public var iterations: Int
     public var warmup: Int
+    /// The convolution lowering to time (`.auto` is what extraction runs).
+    public var algorithm: Conv2D.Algorithm = .auto
 
     public static func full(batchSize: Int = 8, layer: String = "fc7", iterations: Int = 3) -> ForwardBenchmark {
         ForwardBenchmark(config: .vgg16, layer: layer, batchSize: batchSize, imageSize: 224, iterations: iterations, warmup: 1)
@@ -42,8 +44,10 @@ public struct ForwardBenchmark: Sendable {
         var layerTimings: [Int: [Double]] = [:]
         for iteration in 0..<(warmup + iterations) {
             let start = ResourceUsage.now
-            _ = try network.forward(input, through: cut) { layer, seconds in
-                if iteration >= warmup { layerTimings[layer.position, default: []].append(seconds) }
+            _ = try Conv2D.$algorithm.withValue(algorithm) {
+                try network.forward(input, through: cut) { layer, seconds in
+                    if iteration >= warmup { layerTimings[layer.position, default: []].append(seconds) }
+                }
             }
             let seconds = ResourceUsage.now - start
             if iteration >= warmup {

@@ -1,0 +1,124 @@
+import Dispatch
+import XCTest
+@testable import Bottleneck
+
+/// Winograd F(4x4, 3x3) against im2col and a direct convolution in Double. Tolerances are the
+/// relative measure of the suite, max|diff| / max|reference|. F(4x4, 3x3) also rounds in its
+/// transforms, whose terms are larger than the outputs: measured ≤ 1.4e-6 on these shapes (im2col
+/// ≤ 9e-7), except 1.7e-5 for a single 1x1 pixel after ReLU, where the largest output is small
+/// against the 17 x 9 terms summed into it. A wrong tile or edge shows up as errors near 1.
+final class WinogradTests: XCTestCase {
+    static let winogradTolerance: Float = 3e-5
+    static let im2colTolerance: Float = 2e-6
+
+    func testMatchesDirectConvolutionOnOddShapes() {
+        var generator = SeededGenerator(seed: 7)
+        let spatialSizes = [(1, 1), (2, 2), (5, 7), (13, 13), (14, 14), (17, 9)]
+        let channelPairs = [(1, 4), (3, 17), (4, 1), (17, 3), (17, 17)]
+        for (height, width) in spatialSizes {
+            for (index, (inChannels, outChannels)) in channelPairs.enumerated() {
+                for batch in [1, 3] {
+                    let fusingReLU = (index + batch) % 2 == 0
+                    let conv = Self.randomConv(inChannels: inChannels, outChannels: outChannels, using: &generator)
+                    let x = Self.randomTensor([batch, inChannels, height, width], using: &generator)
+                    let reference = Self.directConvolution(x, conv, fusingReLU: fusingReLU)
+                    let winograd = Conv2D.$algorithm.withValue(.winograd) { conv.forward(x, fusingReLU: fusingReLU) }
+                    let im2col = Conv2D.$algorithm.withValue(.im2col) { conv.forward(x, fusingReLU: fusingReLU) }
+                    let shape = "x \(x.shape) -> \(outChannels) channels, ReLU \(fusingReLU)"
+                    XCTAssertLessThanOrEqual(winograd.relativeDifference(to: reference), Self.winogradTolerance, shape)
+                    XCTAssertLessThanOrEqual(im2col.relativeDifference(to: reference), Self.im2colTolerance, shape)
+                    XCTAssertLessThanOrEqual(winograd.relativeDifference(to: im2col), Self.winogradTolerance, shape)
+                }
+            }
+        }
+    }
+
+    /// Blocks of 6 tiles over 3 images of 5x4 tiles: blocks start and end inside tile rows and
+    /// span images, and there are more blocks than cores.
+    func testSmallBlocksMatchIm2col() {
+        var generator = SeededGenerator(seed: 11)
+        let conv = Self.randomConv(inChannels: 6, outChannels: 5, using: &generator)
+        let x = Self.randomTensor([3, 6, 18, 15], using: &generator)
+        let winograd = Winograd.convolve(x, filters: Winograd.transformFilters(conv.weight), bias: conv.bias,
+                                         fusingReLU: true, tilesPerBlock: 6)
+        let im2col = Conv2D.$algorithm.withValue(.im2col) { conv.forward(x, fusingReLU: true) }
+        XCTAssertLessThanOrEqual(winograd.relativeDifference(to: im2col), Self.winogradTolerance)
+    }
+
+    func testChangedWeightsAreTransformedAgain() {
+        var generator = SeededGenerator(seed: 3)
+        var conv = Self.randomConv(inChannels: 5, outChannels: 6, using: &generator)
+        let x = Self.randomTensor([2, 5, 9, 9], using: &generator)
+        Conv2D.$algorithm.withValue(.winograd) {
+            _ = conv.forward(x)
+            conv.weight.data.withUnsafeMutableBufferPointer { weights in
+                for index in weights.indices { weights[index] = -weights[index] }
+            }
+            XCTAssertLessThanOrEqual(conv.forward(x).relativeDifference(to: Self.directConvolution(x, conv, fusingReLU: false)),
+                                     Self.winogradTolerance)
+        }
+    }
+
+    func testFirstUseFromManyThreadsAgrees() {
+        var generator = SeededGenerator(seed: 5)
+        let conv = Self.randomConv(inChannels: 8, outChannels: 8, using: &generator)
+        let x = Self.randomTensor([1, 8, 12, 12], using: &generator)
+        let reference = Self.directConvolution(x, conv, fusingReLU: false)
+        let differences = UnsafeMutableBufferPointer<Float>.allocate(capacity: 8)
+        defer { differences.deallocate() }
+        let shared = UncheckedSendable(differences)
+        DispatchQueue.concurrentPerform(iterations: differences.count) { index in
+            shared.value[index] = Conv2D.$algorithm.withValue(.winograd) { conv.forward(x) }.relativeDifference(to: reference)
+        }
+        XCTAssertLessThanOrEqual(differences.max()!, Self.winogradTolerance)
+    }
+
+    func testAutomaticChoice() {
+        var generator = SeededGenerator(seed: 1)
+        XCTAssertEqual(Self.randomConv(inChannels: 3, outChannels: 64, using: &generator).resolvedAlgorithm, .im2col)
+        XCTAssertEqual(Self.randomConv(inChannels: 64, outChannels: 64, using: &generator).resolvedAlgorithm, .winograd)
+        let strided = Conv2D(weight: Self.randomTensor([4, 64, 3, 3], using: &generator), bias: Tensor(zeros: [4]), stride: 2)
+        XCTAssertEqual(Conv2D.$algorithm.withValue(.winograd) { strided.resolvedAlgorithm }, .im2col)
+    }
+
+    // MARK: Helpers
+
+    static func randomTensor(_ shape: [Int], using generator: inout SeededGenerator) -> Tensor {
+        Tensor(shape: shape) { values in
+            for index in values.indices { values[index] = generator.nextNormal() }
+        }
+    }
+
+    static func randomConv(inChannels: Int, outChannels: Int, using generator: inout SeededGenerator) -> Conv2D {
+        Conv2D(weight: randomTensor([outChannels, inChannels, 3, 3], using: &generator),
+               bias: randomTensor([outChannels], using: &generator))
+    }
+
+    /// x [N, Cin, H, W] -> y [N, Cout, H, W], 3x3 / stride 1 / padding 1, summed in Double.
+    static func directConvolution(_ x: Tensor, _ conv: Conv2D, fusingReLU: Bool) -> Tensor {
+        let (batch, inChannels, height, width) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
+        let outChannels = conv.outChannels
+        var y = Tensor(zeros: [batch, outChannels, height, width])
+        for image in 0..<batch {
+            for out in 0..<outChannels {
+                for oy in 0..<height {
+                    for ox in 0..<width {
+                        var sum = Double(conv.bias.data[out])
+                        for channel in 0..<inChannels {
+                            for ky in 0..<3 {
+                                for kx in 0..<3 {
+                                    let (iy, ix) = (oy + ky - 1, ox + kx - 1)
+                                    guard (0..<height).contains(iy), (0..<width).contains(ix) else { continue }
+                                    sum += Double(x.data[((image * inChannels + channel) * height + iy) * width + ix])
+                                        * Double(conv.weight.data[((out * inChannels + channel) * 3 + ky) * 3 + kx])
+                                }
+                            }
+                        }
+                        y.data[((image * outChannels + out) * height + oy) * width + ox] = Float(fusingReLU ? max(sum, 0) : sum)
+                    }
+                }
+            }
+        }
+        return y
+    }
+}
