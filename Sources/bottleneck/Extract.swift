@@ -38,6 +38,11 @@ struct Extract: ParsableCommand {
     @Flag(help: "Compress /features with shuffle+deflate (smaller file, slower to write and read).") var compress = false
     @Flag(help: "Discard an existing cache or interrupted run at --out that was made with other settings.") var overwrite = false
     @Flag(help: "Exit non-zero if any image could not be read (default: only when none could).") var strict = false
+    @Option(help: ArgumentHelp("""
+        Extract only part I of N of the sorted image list (a contiguous slice), e.g. from a Slurm job array; \
+        join the shard caches with 'bottleneck merge'.
+        """, valueName: "I/N"))
+    var shard: String?
 
     func run() throws {
         var job = ExtractionJob(imagesRoot: images, outputPath: out, weights: weights.resolved())
@@ -45,6 +50,7 @@ struct Extract: ParsableCommand {
         job.batchSize = batchSize
         job.compress = compress
         job.overwrite = overwrite
+        job.shard = try shard.map(Shard.init)
         let summary = try job.run(log: printErr)
         for failure in summary.failed { printErr("failed: \(failure.path): \(failure.reason)") }
         let rate = summary.extracted > 0

@@ -136,4 +136,35 @@ final class ExtractionTests: XCTestCase {
         badOutput.outputPath = folder.appendingPathComponent("no/such/dir/cache.h5").path
         XCTAssertThrowsError(try badOutput.run { _ in }) { XCTAssertTrue("\($0)".contains("does not exist"), "\($0)") }
     }
+
+    /// Shards cut at whole batches and merged give the bytes of one process (the scale-out check).
+    func testShardsMergeIntoTheSingleProcessCache() throws {
+        for bad in try FileManager.default.contentsOfDirectory(atPath: folder.appendingPathComponent("images/train/dogs").path)
+            where bad.hasPrefix("bad_") {
+            try FileManager.default.removeItem(at: folder.appendingPathComponent("images/train/dogs/" + bad))
+        }
+        _ = try job(batchSize: 2, out: "single.h5").run { _ in }
+        var shardPaths: [String] = []
+        for index in [2, 1, 3] {
+            var shardJob = job(batchSize: 2, out: "shard\(index).h5")
+            shardJob.shard = try Shard("\(index)/3")
+            _ = try shardJob.run { _ in }
+            shardPaths.append(shardJob.outputPath)
+        }
+        let merged = folder.appendingPathComponent("merged.h5").path
+        XCTAssertEqual(try CacheMerge.merge(shards: shardPaths, into: merged).rows, 10)
+        let single = try FeatureCacheReader(path: folder.appendingPathComponent("single.h5").path)
+        let joined = try FeatureCacheReader(path: merged)
+        XCTAssertEqual(joined.paths, single.paths)
+        XCTAssertEqual(joined.labels, single.labels)
+        XCTAssertEqual(joined.splits, single.splits)
+        XCTAssertNil(joined.fingerprint.shard)
+        XCTAssertEqual(try joined.readRows(0..<joined.count).data, try single.readRows(0..<single.count).data)
+
+        XCTAssertThrowsError(try CacheMerge.merge(shards: Array(shardPaths.prefix(2)), into: merged + ".2")) { error in
+            XCTAssertTrue("\(error)".contains("missing 3/3"), "\(error)")
+        }
+        XCTAssertThrowsError(try Shard("4/3"))
+        XCTAssertEqual(try Shard("2/3").range(of: 10, alignedTo: 2), 2..<6)
+    }
 }

@@ -27,6 +27,8 @@ public struct CacheFingerprint: Codable, Equatable, Sendable {
     /// Absolute; `/paths` are relative to it.
     public var imageRoot: String
     public var toolVersion: String
+    /// "2/4" for one shard of a sharded extraction (`extract --shard 2/4`), nil for a whole collection.
+    public var shard: String?
 
     enum CodingKeys: String, CodingKey {
         case schema, backbone, layer
@@ -37,6 +39,7 @@ public struct CacheFingerprint: Codable, Equatable, Sendable {
         case preprocess
         case imageRoot = "image_root"
         case toolVersion = "tool_version"
+        case shard
     }
 
     public init(schema: String = CacheFingerprint.currentSchema, backbone: String, layer: String, layerPath: String,
@@ -93,6 +96,7 @@ public struct CacheFingerprint: Codable, Equatable, Sendable {
         }
         if let preprocessing = Self.preprocessDifference(preprocess, wanted.preprocess) { found.append(preprocessing) }
         if imageRoot != wanted.imageRoot { found.append("image root \(imageRoot), not \(wanted.imageRoot)") }
+        if shard != wanted.shard { found.append("shard \(shard ?? "none (all images)"), not \(wanted.shard ?? "none (all images)")") }
         return found
     }
 

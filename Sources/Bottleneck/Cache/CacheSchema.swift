@@ -42,10 +42,12 @@ extension CacheFingerprint {
             throw missing(.activationShape)
         }
         activationShape = shape.map { Int($0) }
+        shard = try file.stringAttribute(CodingKeys.shard.rawValue)
     }
 
     func writeAttributes(to file: HDF5File) throws {
         for (key, field) in Self.stringAttributes { try file.setAttribute(key.rawValue, self[keyPath: field]) }
         try file.setAttribute(CodingKeys.activationShape.rawValue, values: activationShape.map { Int64($0) })
+        if let shard { try file.setAttribute(CodingKeys.shard.rawValue, shard) }
     }
 }

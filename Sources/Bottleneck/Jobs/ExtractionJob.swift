@@ -13,6 +13,9 @@ public struct ExtractionJob: Sendable {
     public var overwrite: Bool = false
     public var preprocessing: Preprocessing = .imageNet
     public var config: VGGConfig = .vgg16
+    /// Only this contiguous part of the sorted image list (`--shard 2/4`), for scale-out; `bottleneck merge`
+    /// joins the shards' caches into what one process would have written.
+    public var shard: Shard?
 
     /// `--layer input` stores the preprocessed images themselves.
     public static let inputLayer = "input"
@@ -51,8 +54,10 @@ public struct ExtractionJob: Sendable {
         guard !folder.items.isEmpty else {
             throw ExtractionError("\(imagesRoot): no images found (.jpg, .jpeg or .png, in class subfolders or loose)")
         }
+        let items = shard.map { folder.items[$0.range(of: folder.items.count, alignedTo: batchSize)] }.map(Array.init)
+            ?? folder.items
         var summary = Summary()
-        summary.found = folder.items.count
+        summary.found = items.count
         summary.emptyClassFolders = folder.emptyClassFolders
         let splitNote = Set(folder.items.map(\.split)).subtracting([.none]).map(\.rawValue).sorted()
         log("found \(folder.items.count) images in \(folder.classes.count) classes"
@@ -63,7 +68,7 @@ public struct ExtractionJob: Sendable {
         let cut = isInputLayer ? nil : try CutPoint(layer, in: config)
         let activationShape = cut?.activationShape(config: config, imageSize: preprocessing.crop) ?? preprocessing.outputShape
         let weightsIdentity = try cut.map { _ in try NetworkLoader.identity(of: weights) }
-        let fingerprint = if let cut, let weightsIdentity {
+        var fingerprint = if let cut, let weightsIdentity {
             CacheFingerprint(config: config, cut: cut, weights: weightsIdentity, preprocessing: preprocessing,
                              imageRoot: folder.root.path)
         } else {
@@ -71,6 +76,8 @@ public struct ExtractionJob: Sendable {
                              activationShape: activationShape, weightsSHA256: "none", weightsSource: "none",
                              preprocess: preprocessing.jsonDescription, imageRoot: folder.root.path)
         }
+        fingerprint.shard = shard?.description
+        if let shard { log("shard \(shard): \(items.count) of the \(folder.items.count) images") }
         let builder = try FeatureCacheBuilder.open(path: outputPath, fingerprint: fingerprint, classes: folder.classes,
                                                    overwrite: overwrite)
         summary.reused = builder.reusedRowCount
@@ -78,7 +85,7 @@ public struct ExtractionJob: Sendable {
         if summary.reused > 0 { log("reusing \(summary.reused) rows of the existing cache \(outputPath)") }
         if summary.recovered > 0 { log("resuming: \(summary.recovered) rows were already durable from an interrupted run") }
 
-        let pending = folder.items.filter { !builder.donePaths.contains($0.path) }
+        let pending = items.filter { !builder.donePaths.contains($0.path) }
         // The network is only built when there is something to run it on: a rerun that finds
         // nothing new does not read 500 MB of weights.
         let loaded = pending.isEmpty ? nil : try cut.map { try NetworkLoader.load(config: config, through: $0, weights: weights) }
@@ -122,6 +129,31 @@ public struct ExtractionJob: Sendable {
     }
 }
 
+/// One of `count` contiguous, nearly equal parts of a sorted list: "2/4" is the second quarter.
+/// Parts are cut at whole batches, so that every shard runs the same batches as one process
+/// would, and the merged cache has the same bytes (while no image fails to decode: a failure
+/// shifts the later batches of a single run, and the merged rows then agree to float rounding).
+public struct Shard: Sendable, Equatable, CustomStringConvertible {
+    /// 1-based, as job arrays count.
+    public let index: Int
+    public let count: Int
+
+    public init(_ text: String) throws {
+        let parts = text.split(separator: "/")
+        guard parts.count == 2, let index = Int(parts[0]), let count = Int(parts[1]), count >= 1, (1...count).contains(index)
+        else { throw ExtractionError("--shard \(text): expected I/N with 1 <= I <= N, e.g. 2/4") }
+        self.index = index
+        self.count = count
+    }
+
+    public var description: String { "\(index)/\(count)" }
+
+    public func range(of total: Int, alignedTo batchSize: Int) -> Range<Int> {
+        let batches = (total + batchSize - 1) / batchSize
+        return min(total, (index - 1) * batches / count * batchSize)..<min(total, index * batches / count * batchSize)
+    }
+}
+
 public struct ExtractionError: Error, CustomStringConvertible, Sendable {
     public let description: String
     public init(_ description: String) { self.description = description }
@@ -143,9 +175,19 @@ final class BatchDecoder: @unchecked Sendable {
     private var cancelled = false
     private let capacity = 2
 
-    init(folder: ImageFolder, items: [ImageFolder.Item], batchSize: Int, preprocessing: Preprocessing) {
+    /// Writes image `items[index]` as a [3, S, S] tensor into a batch slot.
+    typealias Transform = @Sendable (_ image: RGBImage, _ index: Int, _ slot: UnsafeMutableBufferPointer<Float>) -> Void
+
+    convenience init(folder: ImageFolder, items: [ImageFolder.Item], batchSize: Int, preprocessing: Preprocessing) {
+        self.init(folder: folder, items: items, batchSize: batchSize, imageShape: preprocessing.outputShape) { image, _, slot in
+            preprocessing.write(image, into: slot)
+        }
+    }
+
+    /// `transform` runs on the decoding thread; training uses it for per-image random augmentation.
+    init(folder: ImageFolder, items: [ImageFolder.Item], batchSize: Int, imageShape: [Int], transform: @escaping Transform) {
         let thread = Thread { [self] in
-            self.produce(folder: folder, items: items, batchSize: batchSize, preprocessing: preprocessing)
+            self.produce(folder: folder, items: items, batchSize: batchSize, imageShape: imageShape, transform: transform)
         }
         thread.name = "bottleneck-decode"
         thread.start()
@@ -169,9 +211,9 @@ final class BatchDecoder: @unchecked Sendable {
         condition.unlock()
     }
 
-    private func produce(folder: ImageFolder, items: [ImageFolder.Item], batchSize: Int, preprocessing: Preprocessing) {
+    private func produce(folder: ImageFolder, items: [ImageFolder.Item], batchSize: Int, imageShape: [Int], transform: Transform) {
         var index = 0
-        let slotSize = preprocessing.outputCount
+        let slotSize = imageShape.reduce(1, *)
         while index < items.count {
             var batchItems: [ImageFolder.Item] = []
             var failed: [(path: String, reason: String)] = []
@@ -182,7 +224,8 @@ final class BatchDecoder: @unchecked Sendable {
                     index += 1
                     do {
                         let image = try ImageDecoder.decode(path: folder.url(of: item).path)
-                        preprocessing.write(image, into: slots, slot: batchItems.count)
+                        let slot = batchItems.count * slotSize
+                        transform(image, index - 1, UnsafeMutableBufferPointer(rebasing: slots[slot..<(slot + slotSize)]))
                         batchItems.append(item)
                     } catch let error as ImageDecodingError {
                         failed.append((item.path, error.reason))
@@ -192,7 +235,7 @@ final class BatchDecoder: @unchecked Sendable {
                 }
             }
             buffer.removeLast((batchSize - batchItems.count) * slotSize)
-            let batch = Batch(images: Tensor(shape: [batchItems.count] + preprocessing.outputShape, data: buffer),
+            let batch = Batch(images: Tensor(shape: [batchItems.count] + imageShape, data: buffer),
                               items: batchItems, failed: failed)
             condition.lock()
             while ready.count >= capacity && !cancelled { condition.wait() }
