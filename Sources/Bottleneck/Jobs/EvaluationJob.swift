@@ -1,0 +1,131 @@
+import Foundation
+
+/// `bottleneck evaluate`: a trained model's accuracy, per-class precision and recall and confusion
+/// matrix, on the rows of a feature cache (made like the model's training cache) or on an image folder
+/// (run through the frozen prefix first). Classes are matched by name.
+public struct EvaluationJob: Sendable {
+    public enum Source: Sendable {
+        case cache(String)
+        case images(String)
+    }
+
+    public var modelPath: String
+    public var source: Source
+    /// "train", "val", "test" or "all"; nil: test when there is one, else val, else all labeled rows.
+    public var split: String?
+    /// Backbone weights for `.images`; nil: the ones the model records.
+    public var weights: WeightsChoice?
+    /// Images per forward pass (images only).
+    public var batchSize = 8
+    public var allowIncomplete = false
+
+    public init(modelPath: String, source: Source) {
+        self.modelPath = modelPath
+        self.source = source
+    }
+
+    public struct Result: Sendable {
+        public var metrics: ClassificationMetrics
+        /// The split evaluated ("val", "all", …).
+        public var split: String
+        /// Images that could not be read (images only).
+        public var failed: [(path: String, reason: String)]
+    }
+
+    public func run(log: (String) -> Void) throws -> Result {
+        let model = try TrainedModel(contentsOf: modelPath)
+        switch source {
+        case .cache(let path): return try evaluateCache(path, model: model)
+        case .images(let root): return try evaluateImages(root, model: model, log: log)
+        }
+    }
+
+    private func evaluateCache(_ path: String, model: TrainedModel) throws -> Result {
+        let cache = try FeatureCacheReader(path: path, allowIncomplete: allowIncomplete)
+        var wanted = cache.fingerprint
+        wanted.backbone = model.config.name
+        wanted.layer = model.cutName
+        wanted.layerPath = model.cut.layer.path
+        wanted.activationShape = model.cut.activationShape(config: model.config, imageSize: model.preprocessing.crop)
+        wanted.weightsSHA256 = model.weights.fingerprint
+        wanted.weightsSource = model.weights.source
+        wanted.preprocess = model.preprocessing.jsonDescription
+        let differences = cache.fingerprint.differences(from: wanted)
+        guard differences.isEmpty else {
+            throw TrainingError(.mismatch, "\(path) was made with \(differences.joined(separator: ", ")): the model \(modelPath) "
+                                + "takes \(model.cutName) features of its own backbone weights and preprocessing")
+        }
+        let labels = try modelLabels(cache.labels, sourceClasses: cache.classes, model: model, source: path)
+        let (split, rows) = try selectRows(labels: labels, splits: cache.splits, source: path)
+        let head = try model.head()
+        var metrics = ClassificationMetrics(classes: model.classes)
+        let readRows = max(1, (64 << 20) / (cache.rowSize * MemoryLayout<Float>.size))
+        for start in stride(from: 0, to: rows.count, by: readRows) {
+            let group = Array(rows[start..<min(start + readRows, rows.count)])
+            metrics.add(logits: head.forward(try cache.readRows(at: group)), labels: group.map { labels[$0] })
+        }
+        return Result(metrics: metrics, split: split, failed: [])
+    }
+
+    private func evaluateImages(_ root: String, model: TrainedModel, log: (String) -> Void) throws -> Result {
+        guard batchSize >= 1 else { throw TrainingError(.invalidInput, "--batch-size must be at least 1") }
+        let folder = try ImageFolder(root: root)
+        let labels = try modelLabels(folder.items.map(\.label), sourceClasses: folder.classes, model: model, source: root)
+        let (split, rows) = try selectRows(labels: labels, splits: folder.items.map(\.split), source: root)
+        let classifier = try ImageClassifier(model: model, weights: weights)
+        log("evaluating \(rows.count) images of \(root) (split \(split)) through \(model.cutName) and the head")
+        let items = rows.map { folder.items[$0] }
+        let labelOfPath = Dictionary(uniqueKeysWithValues: rows.map { (folder.items[$0].path, labels[$0]) })
+        let decoder = BatchDecoder(folder: folder, items: items, batchSize: batchSize, preprocessing: model.preprocessing)
+        defer { decoder.cancel() }
+        let progress = ProgressReporter(label: "images", total: items.count)
+        var metrics = ClassificationMetrics(classes: model.classes)
+        var failed: [(path: String, reason: String)] = []
+        var done = 0
+        while let batch = decoder.next() {
+            failed += batch.failed
+            if !batch.items.isEmpty {
+                metrics.add(logits: try classifier.logits(batch.images), labels: batch.items.map { labelOfPath[$0.path]! })
+            }
+            done += batch.items.count + batch.failed.count
+            progress.update(done: done)
+        }
+        progress.finish()
+        guard metrics.count > 0 else {
+            throw TrainingError(.invalidInput, "no image of \(root) could be read (\(failed.count) failed)")
+        }
+        return Result(metrics: metrics, split: split, failed: failed)
+    }
+
+    /// Source labels (indices into `sourceClasses`, -1 unlabeled) as indices into the model's classes.
+    private func modelLabels(_ labels: [Int32], sourceClasses: [String], model: TrainedModel, source: String) throws -> [Int32] {
+        let modelIndex = Dictionary(uniqueKeysWithValues: model.classes.enumerated().map { ($1, Int32($0)) })
+        let used = Set(labels.filter { $0 >= 0 })
+        if let unknown = sourceClasses.indices.first(where: { used.contains(Int32($0)) && modelIndex[sourceClasses[$0]] == nil }) {
+            throw TrainingError(.mismatch, "\(source) has class '\(sourceClasses[unknown])', which the model does not know "
+                                + "(its classes: \(model.classes.joined(separator: ", ")))")
+        }
+        return labels.map { $0 < 0 ? -1 : modelIndex[sourceClasses[Int($0)]]! }
+    }
+
+    /// The split to evaluate and its labeled rows; refuses an empty one.
+    private func selectRows(labels: [Int32], splits: [ImageFolder.Split], source: String) throws -> (String, [Int]) {
+        let labeled = labels.indices.filter { labels[$0] >= 0 }
+        let present = Set(labeled.map { splits[$0] })
+        let chosen: String
+        if let split {
+            guard split == "all" || ImageFolder.Split(rawValue: split) != nil else {
+                throw TrainingError(.invalidInput, "--split \(split): use train, val, test or all")
+            }
+            chosen = split
+        } else {
+            chosen = present.contains(.test) ? "test" : present.contains(.val) ? "val" : "all"
+        }
+        let rows = chosen == "all" ? labeled : labeled.filter { splits[$0].rawValue == chosen }
+        guard !rows.isEmpty else {
+            throw TrainingError(.invalidInput, "\(source) has no labeled rows in split \(chosen)"
+                                + " (it has: \(present.map(\.rawValue).sorted().joined(separator: ", ")))")
+        }
+        return (chosen, rows)
+    }
+}

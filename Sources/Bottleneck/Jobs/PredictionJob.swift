@@ -1,0 +1,93 @@
+import Foundation
+
+/// `bottleneck predict`: the most probable classes of each image, through the frozen prefix (with
+/// the backbone weights the model was trained on) and the trained head.
+public struct PredictionJob: Sendable {
+    public var modelPath: String
+    /// Image files, or folders whose images (recursively, sorted) are all predicted.
+    public var inputs: [String]
+    /// Backbone weights; nil: the ones the model records.
+    public var weights: WeightsChoice?
+    public var topK = 5
+    public var batchSize = 8
+
+    public init(modelPath: String, inputs: [String]) {
+        self.modelPath = modelPath
+        self.inputs = inputs
+    }
+
+    public struct Prediction: Codable, Sendable, Equatable {
+        public struct Ranked: Codable, Sendable, Equatable {
+            public var className: String
+            public var probability: Double
+
+            enum CodingKeys: String, CodingKey {
+                case className = "class"
+                case probability
+            }
+        }
+
+        public var path: String
+        /// The top classes, most probable first; empty when the image could not be read.
+        public var predictions: [Ranked]
+        public var error: String?
+    }
+
+    /// Predicts every image, handing each result to `report` as its batch finishes (in input order).
+    public func run(report: (Prediction) -> Void) throws -> [Prediction] {
+        guard topK >= 1, batchSize >= 1 else { throw TrainingError(.invalidInput, "--top-k and --batch-size must be at least 1") }
+        let paths = try expandedInputs()
+        guard !paths.isEmpty else { throw TrainingError(.invalidInput, "no images given (.jpg, .jpeg or .png files or folders)") }
+        let model = try TrainedModel(contentsOf: modelPath)
+        let classifier = try ImageClassifier(model: model, weights: weights)
+        let preprocessing = model.preprocessing
+        var results: [Prediction] = []
+        for start in stride(from: 0, to: paths.count, by: batchSize) {
+            let batchPaths = Array(paths[start..<min(start + batchSize, paths.count)])
+            var decoded: [Int] = []
+            var errors: [Int: String] = [:]
+            var pixels = [Float](repeating: 0, count: batchPaths.count * preprocessing.outputCount)
+            pixels.withUnsafeMutableBufferPointer { slots in
+                for (index, path) in batchPaths.enumerated() {
+                    do throws(ImageDecodingError) {
+                        preprocessing.write(try ImageDecoder.decode(path: path), into: slots, slot: decoded.count)
+                        decoded.append(index)
+                    } catch {
+                        errors[index] = error.reason
+                    }
+                }
+            }
+            pixels.removeLast((batchPaths.count - decoded.count) * preprocessing.outputCount)
+            var probabilities = Tensor(zeros: [0, model.classes.count])
+            if !decoded.isEmpty {
+                let images = Tensor(shape: [decoded.count] + preprocessing.outputShape, data: pixels)
+                probabilities = SoftmaxCrossEntropy.probabilities(try classifier.logits(images))
+            }
+            let row = Dictionary(uniqueKeysWithValues: decoded.enumerated().map { ($1, $0) })
+            for (index, path) in batchPaths.enumerated() {
+                let prediction = row[index].map { Prediction(path: path, predictions: top(probabilities, row: $0, classes: model.classes)) }
+                    ?? Prediction(path: path, predictions: [], error: errors[index])
+                report(prediction)
+                results.append(prediction)
+            }
+        }
+        return results
+    }
+
+    /// probabilities [N, K] -> the `topK` largest of row `row`, largest first (ties: lower class index first).
+    private func top(_ probabilities: Tensor, row: Int, classes: [String]) -> [Prediction.Ranked] {
+        let values = probabilities.data[(row * classes.count)..<((row + 1) * classes.count)]
+        return values.indices.sorted { values[$0] > values[$1] || (values[$0] == values[$1] && $0 < $1) }
+            .prefix(topK)
+            .map { Prediction.Ranked(className: classes[$0 - values.startIndex], probability: Double(values[$0])) }
+    }
+
+    /// Files as given; folders replaced by their images, recursively, in sorted order.
+    private func expandedInputs() throws -> [String] {
+        try inputs.flatMap { input -> [String] in
+            guard ImageFolder.isDirectory(URL(fileURLWithPath: input)) else { return [input] }
+            return try ImageFolder.imageFiles(in: URL(fileURLWithPath: input), recursive: true)
+                .map { (input as NSString).appendingPathComponent($0) }
+        }
+    }
+}

@@ -1,0 +1,87 @@
+import Foundation
+
+/// Loss, accuracy, confusion matrix and per-class precision and recall of a classifier over some rows,
+/// accumulated batch by batch.
+public struct ClassificationMetrics: Codable, Sendable, Equatable {
+    public struct ClassFigures: Codable, Sendable, Equatable {
+        public var name: String
+        /// Of the rows predicted as this class, the share that are; nil when none was predicted.
+        public var precision: Double?
+        /// Of the rows of this class, the share predicted as it; nil when there are none.
+        public var recall: Double?
+        public var f1: Double?
+        /// Rows of this class.
+        public var support: Int
+    }
+
+    public let classes: [String]
+    /// confusion[true class][predicted class], counts of rows.
+    public private(set) var confusion: [[Int]]
+    public private(set) var count = 0
+    public private(set) var lossSum = 0.0
+
+    public init(classes: [String]) {
+        self.classes = classes
+        confusion = Array(repeating: Array(repeating: 0, count: classes.count), count: classes.count)
+    }
+
+    /// logits [N, K], labels [N] in 0..<K: adds the rows' cross-entropy and their predictions (the
+    /// first largest logit, as torch.argmax).
+    public mutating func add(logits: Tensor, labels: [Int32]) {
+        let classCount = classes.count
+        precondition(logits.shape == [labels.count, classCount], "metrics: logits \(logits.shape) for \(labels.count) labels, \(classCount) classes")
+        guard !labels.isEmpty else { return }
+        lossSum += SoftmaxCrossEntropy.loss(logits: logits, labels: labels).mean * Double(labels.count)
+        logits.data.withUnsafeBufferPointer { values in
+            for (row, label) in labels.enumerated() {
+                let rowLogits = values.baseAddress! + row * classCount
+                var predicted = 0
+                for k in 1..<classCount where rowLogits[k] > rowLogits[predicted] { predicted = k }
+                confusion[Int(label)][predicted] += 1
+            }
+        }
+        count += labels.count
+    }
+
+    public var correct: Int { classes.indices.reduce(0) { $0 + confusion[$1][$1] } }
+    public var accuracy: Double { count > 0 ? Double(correct) / Double(count) : 0 }
+    public var meanLoss: Double { count > 0 ? lossSum / Double(count) : .nan }
+
+    public var perClass: [ClassFigures] {
+        classes.indices.map { k in
+            let support = confusion[k].reduce(0, +)
+            let predicted = classes.indices.reduce(0) { $0 + confusion[$1][k] }
+            let precision = predicted > 0 ? Double(confusion[k][k]) / Double(predicted) : nil
+            let recall = support > 0 ? Double(confusion[k][k]) / Double(support) : nil
+            var f1: Double?
+            if let precision, let recall { f1 = precision + recall > 0 ? 2 * precision * recall / (precision + recall) : 0 }
+            return ClassFigures(name: classes[k], precision: precision, recall: recall, f1: f1, support: support)
+        }
+    }
+
+    /// Accuracy, the per-class table and the confusion matrix (rows: true class, columns: predicted), for people.
+    public var report: String {
+        let nameWidth = max(12, (classes.map(\.count).max() ?? 0) + 2)
+        func padded(_ text: String, _ width: Int) -> String {
+            text.count >= width ? text + " " : text + String(repeating: " ", count: width - text.count)
+        }
+        func figure(_ value: Double?) -> String { value.map { String(format: "%.3f", $0) } ?? "-" }
+        var lines = [String(format: "accuracy: %.4f (%d of %d), loss %.4f", accuracy, correct, count, meanLoss), ""]
+        lines.append(padded("class", nameWidth) + "precision  recall     f1      support")
+        for figures in perClass {
+            lines.append(padded(figures.name, nameWidth) + padded(figure(figures.precision), 11) + padded(figure(figures.recall), 11)
+                         + padded(figure(figures.f1), 8) + String(format: "%7d", figures.support))
+        }
+        lines.append("")
+        lines.append("confusion matrix (rows: true class, columns: predicted)")
+        let columnWidth = max(6, (classes.map(\.count).max() ?? 0) + 1)
+        func rightAligned(_ text: String) -> String {
+            String(repeating: " ", count: max(0, columnWidth - text.count)) + text
+        }
+        lines.append(padded("", nameWidth) + classes.map(rightAligned).joined())
+        for (k, name) in classes.enumerated() {
+            lines.append(padded(name, nameWidth) + confusion[k].map { rightAligned(String($0)) }.joined())
+        }
+        return lines.joined(separator: "\n")
+    }
+}

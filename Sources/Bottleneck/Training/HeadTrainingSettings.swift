@@ -1,0 +1,92 @@
+import Foundation
+
+/// Every setting of a train-head run, as `config.json` records it (after defaults are resolved).
+public struct HeadTrainingSettings: Codable, Sendable, Equatable {
+    public enum OptimizerKind: String, Codable, CaseIterable, Sendable {
+        case sgd, adam, adamw
+    }
+
+    public enum ScheduleKind: String, Codable, CaseIterable, Sendable {
+        case constant, step, cosine
+    }
+
+    public var epochs = 30
+    public var batchSize = 64
+    /// nil: 0.01 for SGD, 0.001 for Adam and AdamW.
+    public var learningRate: Double?
+    public var optimizer = OptimizerKind.sgd
+    /// SGD only.
+    public var momentum = 0.9
+    /// nil: torch's default, 0 for SGD and Adam, 0.01 for AdamW.
+    public var weightDecay: Double?
+    public var schedule = ScheduleKind.constant
+    /// StepLR's step size in epochs; nil: a third of the epochs.
+    public var stepSize: Int?
+    /// StepLR's factor.
+    public var gamma = 0.1
+    /// Epochs without a lower validation loss before stopping; 0 never stops early. The best epoch's
+    /// parameters are kept either way.
+    public var patience = 5
+    /// The share of each class held out for validation when the cache has no val split.
+    public var validationFraction = 0.2
+    public var seed: UInt64 = 0
+    /// torchvision's classifier dropout probability.
+    public var dropout = 0.5
+    /// The lowest layer that learns; the layers between the cut and it stay frozen.
+    public var trainFrom = "fc8"
+    /// Cores the per-row work (gathering rows, dropout) is split across.
+    public var threads = ProcessInfo.processInfo.activeProcessorCount
+    /// Above this many bytes of rows, training streams the cache instead of reading it once.
+    public var memoryBudgetBytes = Int(ProcessInfo.processInfo.physicalMemory / 2)
+
+    public init() {}
+
+    public var resolvedLearningRate: Double { learningRate ?? (optimizer == .sgd ? 0.01 : 0.001) }
+    public var resolvedWeightDecay: Double { weightDecay ?? (optimizer == .adamw ? 0.01 : 0) }
+    public var resolvedStepSize: Int { stepSize ?? max(1, epochs / 3) }
+
+    /// The settings with every default made explicit, as a run records them.
+    public var resolved: HeadTrainingSettings {
+        var copy = self
+        copy.learningRate = resolvedLearningRate
+        copy.weightDecay = resolvedWeightDecay
+        if schedule == .step { copy.stepSize = resolvedStepSize }
+        return copy
+    }
+
+    public func makeOptimizer() -> any Optimizer {
+        switch optimizer {
+        case .sgd: SGD(momentum: momentum, weightDecay: resolvedWeightDecay)
+        case .adam: Adam(weightDecay: resolvedWeightDecay)
+        case .adamw: Adam.adamW(weightDecay: resolvedWeightDecay)
+        }
+    }
+
+    public var learningRateSchedule: LearningRateSchedule {
+        switch schedule {
+        case .constant: .constant
+        case .step: .step(stepSize: resolvedStepSize, gamma: gamma)
+        case .cosine: .cosine(epochs: epochs)
+        }
+    }
+
+    /// Refuses values that cannot train, naming the flag.
+    public func validate() throws {
+        func check(_ condition: Bool, _ message: String) throws {
+            if !condition { throw TrainingError(.invalidInput, message) }
+        }
+        try check(epochs >= 1, "--epochs must be at least 1, got \(epochs)")
+        try check(batchSize >= 1, "--batch-size must be at least 1, got \(batchSize)")
+        try check(resolvedLearningRate > 0 && resolvedLearningRate.isFinite, "--lr must be a positive number, got \(resolvedLearningRate)")
+        try check(momentum >= 0 && momentum < 1, "--momentum must be in [0, 1), got \(momentum)")
+        try check(resolvedWeightDecay >= 0, "--weight-decay must not be negative, got \(resolvedWeightDecay)")
+        try check(resolvedStepSize >= 1, "--step-size must be at least 1 epoch, got \(resolvedStepSize)")
+        try check(gamma > 0, "--gamma must be positive, got \(gamma)")
+        try check(patience >= 0, "--patience must not be negative, got \(patience)")
+        try check(validationFraction > 0 && validationFraction < 1,
+                  "--val-fraction must be between 0 and 1 (exclusive), got \(validationFraction)")
+        try check(dropout >= 0 && dropout < 1, "--dropout must be in [0, 1), got \(dropout)")
+        try check(threads >= 1, "--threads must be at least 1, got \(threads)")
+        try check(memoryBudgetBytes > 0, "the memory budget must be positive")
+    }
+}

@@ -1,0 +1,54 @@
+/// Every random draw of a training run comes from a stream of its own, seeded from the run's seed and
+/// what the draw is for. A dropout mask is therefore a function of (seed, epoch, row, layer) alone: the
+/// same whether the row's activation came from the cache or from the frozen network run on its image,
+/// whatever batch it landed in and whichever thread drew it. That is what makes cached training equal
+/// to uncached training, and a run reproducible from its seed.
+public enum TrainingRandomness {
+    enum Purpose: UInt64 {
+        case headInitialisation = 1
+        case shuffle
+        case dropout
+        case validationSplit
+        /// Full fine-tuning's random crop and flip of an image in an epoch.
+        case augmentation
+    }
+
+    /// SplitMix64's finaliser folded over the parts: distinct inputs give unrelated seeds.
+    static func seed(_ seed: UInt64, _ purpose: Purpose, _ parts: UInt64...) -> UInt64 {
+        var state = seed
+        for part in [purpose.rawValue] + parts {
+            state = (state ^ part) &+ 0x9E37_79B9_7F4A_7C15
+            state = (state ^ (state >> 30)) &* 0xBF58_476D_1CE4_E5B9
+            state = (state ^ (state >> 27)) &* 0x94D0_49BB_1331_11EB
+            state ^= state >> 31
+        }
+        return state
+    }
+
+    /// The generator of the dropout mask that the layer at `layerPosition` (in `VGGConfig.layers`) puts on
+    /// cache row `row` in `epoch` (from 0).
+    public static func dropoutGenerator(seed: UInt64, epoch: Int, row: Int, layerPosition: Int) -> SeededGenerator {
+        SeededGenerator(seed: Self.seed(seed, .dropout, UInt64(epoch), UInt64(row), UInt64(layerPosition)))
+    }
+
+    /// `rows` in the order `epoch` visits them: a uniform shuffle that depends only on the seed and epoch.
+    public static func shuffled(_ rows: [Int], seed: UInt64, epoch: Int) -> [Int] {
+        var generator = SeededGenerator(seed: Self.seed(seed, .shuffle, UInt64(epoch)))
+        var order = rows
+        order.shuffleReproducibly(using: &generator)
+        return order
+    }
+}
+
+extension Array {
+    /// Fisher–Yates with a fixed way of drawing each index (Lemire's multiply-shift, its bias below
+    /// 2⁻⁶⁴ · count), so an order depends on the generator alone and not on the standard library's
+    /// `shuffle`, whose algorithm may change between Swift releases.
+    mutating func shuffleReproducibly(using generator: inout SeededGenerator) {
+        guard count > 1 else { return }
+        for index in stride(from: count - 1, to: 0, by: -1) {
+            let other = Int(generator.next().multipliedFullWidth(by: UInt64(index + 1)).high)
+            swapAt(index, other)
+        }
+    }
+}
