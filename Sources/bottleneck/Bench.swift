@@ -5,7 +5,7 @@ import Foundation
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Measure throughput on this machine (build with -c release).",
-        subcommands: [ForwardBench.self, HeadBench.self])
+        subcommands: [ForwardBench.self, HeadBench.self, FinetuneBench.self])
 }
 
 struct ForwardBench: ParsableCommand {

@@ -304,20 +304,20 @@ private struct TrainingFixture {
     }
 }
 
-private func randomTensor(_ shape: [Int], _ generator: inout SeededGenerator) -> Tensor {
+func randomTensor(_ shape: [Int], _ generator: inout SeededGenerator) -> Tensor {
     Tensor(shape: shape) { values in
         for index in values.indices { values[index] = generator.nextNormal() }
     }
 }
 
 /// Σ a ⊙ b in Double: a scalar objective whose gradient with respect to a is b.
-private func dot(_ a: Tensor, _ b: Tensor) -> Double {
+func dot(_ a: Tensor, _ b: Tensor) -> Double {
     zip(a.data, b.data).reduce(0) { $0 + Double($1.0) * Double($1.1) }
 }
 
 /// Central differences of `objective` at `point`, element by element. The denominator is the step as it
 /// landed in Float, not the step asked for.
-private func numericalGradient(at point: Tensor, step: Float, _ objective: (Tensor) -> Double) -> Tensor {
+func numericalGradient(at point: Tensor, step: Float, _ objective: (Tensor) -> Double) -> Tensor {
     var gradient = Tensor(zeros: point.shape)
     var probe = point
     for index in point.data.indices {

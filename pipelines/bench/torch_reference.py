@@ -1,7 +1,7 @@
 """PyTorch's side of `bottleneck bench`: the same jobs, same sizes, same machine.
 
     python3 pipelines/bench/torch_reference.py forward [--batch-size 8] [--channels-last]
-    python3 pipelines/bench/torch_reference.py finetune [--batch-size 8]
+    python3 pipelines/bench/torch_reference.py finetune [--batch-size 8] [--freeze-through conv4_3|fc7]
     python3 pipelines/bench/torch_reference.py head [--batch-size 64]
 
 Prints img/s (or samples/s) and peak RSS. Random weights: speed does not depend on them.
@@ -38,9 +38,21 @@ def forward(args):
           f"peak RSS {peak_rss_mb():.0f} MB")
 
 
+# bottleneck's --freeze-through names: the module (features.N / classifier.N) through which parameters freeze.
+FREEZE_THROUGH = {"conv4_3": ("features", 22), "pool4": ("features", 23), "pool5": ("features", 30), "fc7": ("classifier", 4)}
+
+
 def finetune(args):
     model = torchvision.models.vgg16(num_classes=10).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    if args.freeze_through:
+        part, last = FREEZE_THROUGH[args.freeze_through]
+        frozen = list(model.features) + (list(model.classifier)[:last + 1] if part == "classifier" else [])
+        if part == "features":
+            frozen = frozen[:last + 1]
+        for module in frozen:
+            for parameter in module.parameters():
+                parameter.requires_grad_(False)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
     x = torch.randn(args.batch_size, 3, 224, 224)
     y = torch.randint(0, 10, (args.batch_size,))
     times = []
@@ -52,7 +64,8 @@ def finetune(args):
         if i > 0:
             times.append(time.perf_counter() - start)
     median = sorted(times)[len(times) // 2]
-    print(f"torch full fine-tune step: {args.batch_size / median:.2f} img/s (batch {args.batch_size}), "
+    print(f"torch full fine-tune step: {args.batch_size / median:.2f} img/s (batch {args.batch_size}, "
+          f"frozen through {args.freeze_through or 'nothing'}), "
           f"peak RSS {peak_rss_mb():.0f} MB")
 
 
@@ -77,6 +90,7 @@ if __name__ == "__main__":
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--freeze-through", choices=sorted(FREEZE_THROUGH))
     args = parser.parse_args()
     args.batch_size = args.batch_size or (64 if args.job == "head" else 8)
     {"forward": forward, "finetune": finetune, "head": head}[args.job](args)

@@ -1,7 +1,8 @@
 import Foundation
 
 /// 2-D convolution, torchvision's `nn.Conv2d` with bias, lowered to gemm through im2col, or
-/// through Winograd F(4x4, 3x3) for 3x3 / stride 1 / padding 1 layers where that is faster.
+/// through Winograd F(4x4, 3x3) for 3x3 / stride 1 / padding 1 layers where that is faster. Backward: the
+/// parameter gradients through the same im2col tiles, the input gradient as a forward of the flipped kernels.
 public struct Conv2D: Sendable {
     /// [outChannels, inChannels, kernel, kernel]
     public var weight: Tensor {
@@ -111,6 +112,108 @@ public struct Conv2D: Sendable {
                 }
             }
         }
+    }
+
+    /// x [N, Cin, H, W] (the forward's input), dy [N, Cout, Ho, Wo] -> dWeight [Cout, Cin, k, k] = Σ dy · colᵀ,
+    /// dBias [Cout] = Σ dy over images and positions. Overwrites (does not accumulate into) the two gradients.
+    ///
+    /// Tiled like the forward: each core takes (image, band of output rows) tiles in turn, im2cols the band
+    /// and adds dy_band [Cout, band] · col [patch, band]ᵀ to a dW of its own with a single-threaded gemm;
+    /// the per-core partials are summed at the end.
+    public func parameterGradients(input x: Tensor, gradOutput dy: Tensor, weight gradWeight: inout Tensor,
+                                   bias gradBias: inout Tensor) {
+        let (batch, height, width) = (x.shape[0], x.shape[2], x.shape[3])
+        let (outHeight, outWidth) = outputSize(height: height, width: width)
+        let (outChannels, plane, patch) = (self.outChannels, outHeight * outWidth, inChannels * kernel * kernel)
+        precondition(x.rank == 4 && x.shape[1] == inChannels, "conv backward expects x [N, \(inChannels), H, W], got \(x.shape)")
+        precondition(dy.shape == [batch, outChannels, outHeight, outWidth],
+                     "conv backward: input \(x.shape) but gradient \(dy.shape)")
+        let rowsPerTile = max(1, min(outHeight, Self.tileBytes / (patch * outWidth * MemoryLayout<Float>.size)))
+        let tilesPerImage = (outHeight + rowsPerTile - 1) / rowsPerTile
+        let tiles = batch * tilesPerImage
+        let workers = min(tiles, ProcessInfo.processInfo.activeProcessorCount)
+        let weightCount = outChannels * patch
+        // Worker 0 accumulates straight into gradWeight; the others into their own slices of this.
+        var partialWeights = [Float](repeating: 0, count: (workers - 1) * weightCount)
+        var partialBiases = [Double](repeating: 0, count: workers * outChannels)
+        var columns = [Float](repeating: 0, count: workers * patch * rowsPerTile * outWidth)
+        if gradWeight.shape == weight.shape {
+            gradWeight.data.withUnsafeMutableBufferPointer { $0.update(repeating: 0) }
+        } else {
+            gradWeight = Tensor(zeros: weight.shape)
+        }
+        x.data.withUnsafeBufferPointer { input in
+            dy.data.withUnsafeBufferPointer { gradOut in
+                gradWeight.data.withUnsafeMutableBufferPointer { gradWeights in
+                    partialWeights.withUnsafeMutableBufferPointer { partials in
+                        partialBiases.withUnsafeMutableBufferPointer { biasSums in
+                            columns.withUnsafeMutableBufferPointer { columnBuffer in
+                                let shared = UncheckedSendable((input.baseAddress!, gradOut.baseAddress!, gradWeights.baseAddress!,
+                                                                partials.baseAddress, biasSums.baseAddress!, columnBuffer.baseAddress!))
+                                BLASThreads.withSingleThreadedGemm {
+                                    parallelFor(workers) { worker in
+                                        let (input, gradOut, gradWeights, partials, biasSums, columnBase) = shared.value
+                                        let target = worker == 0 ? gradWeights : partials! + (worker - 1) * weightCount
+                                        let biasTarget = biasSums + worker * outChannels
+                                        let col = columnBase + worker * patch * rowsPerTile * outWidth
+                                        for tile in Swift.stride(from: worker, to: tiles, by: workers) {
+                                            let image = tile / tilesPerImage
+                                            let firstRow = (tile % tilesPerImage) * rowsPerTile
+                                            let band = min(rowsPerTile, outHeight - firstRow) * outWidth
+                                            im2col(input + image * inChannels * height * width, height: height, width: width,
+                                                   outputRows: firstRow..<(firstRow + band / outWidth), into: col)
+                                            let gradBand = gradOut + image * outChannels * plane + firstRow * outWidth
+                                            sgemm(transposeB: true, m: outChannels, n: patch, k: band,
+                                                  a: gradBand, lda: plane, b: col, ldb: band, beta: 1, c: target)
+                                            for channel in 0..<outChannels {
+                                                let row = gradBand + channel * plane
+                                                var sum: Float = 0
+                                                for index in 0..<band { sum += row[index] }
+                                                biasTarget[channel] += Double(sum)
+                                            }
+                                        }
+                                    }
+                                }
+                                for worker in 1..<max(workers, 1) {
+                                    let partial = partials.baseAddress! + (worker - 1) * weightCount
+                                    for index in 0..<weightCount { gradWeights[index] += partial[index] }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        gradBias = Tensor(shape: [outChannels]) { biases in
+            for channel in 0..<outChannels {
+                var sum = 0.0
+                for worker in 0..<workers { sum += partialBiases[worker * outChannels + channel] }
+                biases[channel] = Float(sum)
+            }
+        }
+    }
+
+    /// dy [N, Cout, Ho, Wo] -> dx [N, Cin, H, W], the transposed convolution of dy. For stride 1 that is
+    /// itself a convolution: of dy, padded by k-1-padding, with the kernels flipped in both axes and the
+    /// channel axes swapped, so it runs through `forward` and gets its tiling (and Winograd) for free.
+    public func inputGradient(gradOutput dy: Tensor) -> Tensor {
+        precondition(stride == 1, "conv input gradient is implemented for stride 1 (VGG's), not \(stride)")
+        precondition(dy.rank == 4 && dy.shape[1] == outChannels, "conv backward expects dy [N, \(outChannels), Ho, Wo], got \(dy.shape)")
+        let (inChannels, outChannels, kernel) = (self.inChannels, self.outChannels, self.kernel)
+        let taps = kernel * kernel
+        let transposed = Tensor(shape: [inChannels, outChannels, kernel, kernel]) { flipped in
+            weight.data.withUnsafeBufferPointer { weights in
+                for output in 0..<outChannels {
+                    for input in 0..<inChannels {
+                        let source = weights.baseAddress! + (output * inChannels + input) * taps
+                        let target = flipped.baseAddress! + (input * outChannels + output) * taps
+                        for tap in 0..<taps { target[tap] = source[taps - 1 - tap] }
+                    }
+                }
+            }
+        }
+        return Conv2D(weight: transposed, bias: Tensor(zeros: [inChannels]), stride: 1, padding: kernel - 1 - padding)
+            .forward(dy)
     }
 
     /// image [Cin, H, W] -> col [(ci, ky, kx), outputRows × Wo]. Padding positions are written

@@ -1,3 +1,5 @@
+import Foundation
+
 /// A torch.optim algorithm with its per-parameter state.
 ///
 /// Parameters are updated one tensor at a time, each under a `slot` that names its state (momentum
@@ -10,6 +12,10 @@
 public protocol Optimizer: Sendable {
     /// parameter [any] -= update(gradient [same], state of `slot`), in place.
     mutating func update(_ parameter: inout Tensor, gradient: Tensor, slot: Int, learningRate: Double)
+
+    /// Every slot's state as named tensors (torch's state_dict names with the slot: "3.momentum_buffer"),
+    /// for checkpoints: setting it on a fresh optimizer of the same settings continues the run exactly.
+    var state: [String: Tensor] { get set }
 }
 
 extension Optimizer {
@@ -37,13 +43,33 @@ public struct SGD: Optimizer {
         self.weightDecay = weightDecay
     }
 
+    public var state: [String: Tensor] {
+        get {
+            var tensors: [String: Tensor] = [:]
+            for (slot, buffer) in momentumBuffers.enumerated() where !buffer.isEmpty {
+                tensors["\(slot).momentum_buffer"] = Tensor(shape: [buffer.count], data: buffer)
+            }
+            return tensors
+        }
+        set {
+            momentumBuffers = []
+            for (key, tensor) in newValue {
+                guard let slot = optimizerSlot(key, named: "momentum_buffer") else { continue }
+                if momentumBuffers.count <= slot { momentumBuffers += Array(repeating: [], count: slot + 1 - momentumBuffers.count) }
+                momentumBuffers[slot] = tensor.data
+            }
+        }
+    }
+
     public mutating func update(_ parameter: inout Tensor, gradient: Tensor, slot: Int, learningRate: Double) {
         checkShapes(parameter, gradient)
         let (decay, rate) = (Float(weightDecay), Float(learningRate))
         guard momentum != 0 else {
             parameter.data.withUnsafeMutableBufferPointer { values in
                 gradient.data.withUnsafeBufferPointer { gradients in
-                    for index in values.indices { values[index] -= rate * (gradients[index] + decay * values[index]) }
+                    forEachChunk(values.count) { chunk in
+                        for index in chunk { values[index] -= rate * (gradients[index] + decay * values[index]) }
+                    }
                 }
             }
             return
@@ -56,9 +82,11 @@ public struct SGD: Optimizer {
         parameter.data.withUnsafeMutableBufferPointer { values in
             gradient.data.withUnsafeBufferPointer { gradients in
                 momentumBuffers[slot].withUnsafeMutableBufferPointer { buffer in
-                    for index in values.indices {
-                        buffer[index] = keep * buffer[index] + (gradients[index] + decay * values[index])
-                        values[index] -= rate * buffer[index]
+                    forEachChunk(values.count) { chunk in
+                        for index in chunk {
+                            buffer[index] = keep * buffer[index] + (gradients[index] + decay * values[index])
+                            values[index] -= rate * buffer[index]
+                        }
                     }
                 }
             }
@@ -105,6 +133,28 @@ public struct Adam: Optimizer {
         Adam(beta1: beta1, beta2: beta2, epsilon: epsilon, weightDecay: weightDecay, decoupledWeightDecay: true)
     }
 
+    public var state: [String: Tensor] {
+        get {
+            var tensors: [String: Tensor] = [:]
+            for (slot, moment) in moments.enumerated() {
+                guard let moment else { continue }
+                tensors["\(slot).step"] = Tensor(shape: [1], data: [Float(moment.step)])
+                tensors["\(slot).exp_avg"] = Tensor(shape: [moment.first.count], data: moment.first)
+                tensors["\(slot).exp_avg_sq"] = Tensor(shape: [moment.second.count], data: moment.second)
+            }
+            return tensors
+        }
+        set {
+            moments = []
+            for (key, step) in newValue {
+                guard let slot = optimizerSlot(key, named: "step"), let first = newValue["\(slot).exp_avg"],
+                      let second = newValue["\(slot).exp_avg_sq"] else { continue }
+                if moments.count <= slot { moments += Array(repeating: nil, count: slot + 1 - moments.count) }
+                moments[slot] = Moments(step: Int(step.data[0]), first: first.data, second: second.data)
+            }
+        }
+    }
+
     public mutating func update(_ parameter: inout Tensor, gradient: Tensor, slot: Int, learningRate: Double) {
         checkShapes(parameter, gradient)
         if moments.count <= slot { moments += Array(repeating: nil, count: slot + 1 - moments.count) }
@@ -124,18 +174,34 @@ public struct Adam: Optimizer {
             gradient.data.withUnsafeBufferPointer { gradients in
                 state.first.withUnsafeMutableBufferPointer { first in
                     state.second.withUnsafeMutableBufferPointer { second in
-                        for index in values.indices {
-                            let value = values[index] * shrink
-                            let g = gradients[index] + l2 * value
-                            first[index] += firstWeight * (g - first[index])
-                            second[index] = keepSecond * second[index] + secondWeight * g * g
-                            values[index] = value - stepSize * first[index] / (second[index].squareRoot() / correction2Root + epsilon)
+                        forEachChunk(values.count) { chunk in
+                            for index in chunk {
+                                let value = values[index] * shrink
+                                let g = gradients[index] + l2 * value
+                                first[index] += firstWeight * (g - first[index])
+                                second[index] = keepSecond * second[index] + secondWeight * g * g
+                                values[index] = value - stepSize * first[index] / (second[index].squareRoot() / correction2Root + epsilon)
+                            }
                         }
                     }
                 }
             }
         }
     }
+}
+
+/// Calls body on contiguous chunks of 0..<count, one per core for tensors large enough (fc6's 100M values)
+/// that a second core's memory bandwidth pays; elementwise updates are independent, so the result is the same.
+private func forEachChunk(_ count: Int, _ body: (Range<Int>) -> Void) {
+    let workers = count >= 1 << 20 ? ProcessInfo.processInfo.activeProcessorCount : 1
+    parallelFor(workers) { worker in body((worker * count / workers)..<((worker + 1) * count / workers)) }
+}
+
+/// The slot of a state key "3.momentum_buffer" when it names `name`.
+private func optimizerSlot(_ key: String, named name: String) -> Int? {
+    let parts = key.split(separator: ".", maxSplits: 1)
+    guard parts.count == 2, parts[1] == name else { return nil }
+    return Int(parts[0])
 }
 
 private func checkShapes(_ parameter: Tensor, _ gradient: Tensor) {

@@ -1,0 +1,364 @@
+import Foundation
+
+/// `bottleneck full-finetune`: VGG16 trained end to end (or above `--freeze-through`) from the images
+/// themselves, no cache: decoding and augmentation run on their own thread a batch ahead of the network.
+/// Writes the same run directory as train-head (`config.json`, `metrics.csv`, `model.h5` with the whole
+/// state dict, `summary.json`), plus `checkpoint.h5` after every epoch for `--resume`.
+public struct FineTuneJob: Sendable {
+    public var imagesRoot: String
+    public var runDirectory: String
+    public var weights: WeightsChoice
+    public var settings = FineTuneSettings()
+    /// A train-head run's model.h5 whose head starts the new layers instead of a fresh fc8.
+    public var initialHead: String?
+    public var resume = false
+    public var overwrite = false
+    /// The network before its head is replaced (classes are set from the folder).
+    public var config: VGGConfig = .vgg16
+    /// Bytes a run may plan to use; nil: MemAvailable from /proc/meminfo.
+    public var memoryLimitBytes: Int?
+    /// Stop, as an interruption would, once this invocation has checkpointed this many epochs (a batch
+    /// scheduler's time slice; the tests' interruption).
+    public var interruptAfterEpochs: Int?
+
+    public init(imagesRoot: String, runDirectory: String, weights: WeightsChoice) {
+        self.imagesRoot = imagesRoot
+        self.runDirectory = runDirectory
+        self.weights = weights
+    }
+
+    /// `summary.json`.
+    public struct Summary: Codable, Sendable {
+        public var bestEpoch: Int
+        public var bestValAccuracy: Double
+        public var bestValLoss: Double
+        public var epochsRun: Int
+        public var trainImages: Int
+        public var valImages: Int
+        public var chanceAccuracy: Double
+        public var classes: [String]
+        public var perClass: [ClassificationMetrics.ClassFigures]
+        /// confusion_matrix[true class][predicted class] on the validation images, best epoch.
+        public var confusionMatrix: [[Int]]
+        public var frozenThrough: String?
+        public var trainableLayers: [String]
+        public var trainableParameters: Int
+        public var wallSeconds: Double
+        /// Training images through optimizer steps per second of those steps (decoding overlapped).
+        public var trainImagesPerSecond: Double
+        public var peakResidentBytes: Int
+        public var failedImages: [String]
+        public var model: String
+    }
+
+    private struct Configuration: Encodable {
+        struct Network: Encodable {
+            var backbone: String
+            var frozenThrough: String?
+            var frozenThroughPath: String?
+            var trainableLayers: [String]
+            var trainableParameters: Int
+            var headLayers: [String]
+            var initialHead: String?
+            var weights: WeightsIdentity
+        }
+        var command = "full-finetune"
+        var toolVersion = BottleneckVersion.current
+        var created = ISO8601DateFormatter().string(from: Date())
+        var images: String
+        var classes: [String]
+        var settings: FineTuneSettings
+        var preprocessing: Preprocessing
+        var augmentation: Augmentation?
+        var network: Network
+        var trainImages: Int
+        var valImages: Int
+        var splitSource: TrainingSplit.Source
+        var estimatedStepBytes: Int
+    }
+
+    public func run(log: (String) -> Void) throws -> Summary {
+        let start = ResourceUsage.now
+        try settings.validate()
+        let folder = try ImageFolder(root: imagesRoot)
+        guard folder.classes.count >= 2 else {
+            throw TrainingError(.invalidInput, "\(imagesRoot) has \(folder.classes.count) class folder\(folder.classes.count == 1 ? "" : "s"): "
+                                + "a classifier needs at least 2 class subfolders")
+        }
+        let split = try TrainingSplit.make(labels: folder.items.map(\.label), splits: folder.items.map(\.split),
+                                           classCount: folder.classes.count, validationFraction: settings.validationFraction,
+                                           seed: settings.seed)
+        var modelConfig = config
+        modelConfig.classes = folder.classes.count
+        let freezePoint = try settings.freezeThrough.map { try CutPoint($0, in: modelConfig) }
+        let frozenThrough = freezePoint?.position ?? -1
+        let optimizerCopies = settings.optimizer == .sgd ? (settings.momentum > 0 ? 1 : 0) : 2
+        let estimate = FineTuneNetwork.estimatedStepBytes(config: modelConfig, imageSize: settings.imageSize,
+                                                          batchSize: settings.batchSize, frozenThrough: frozenThrough,
+                                                          optimizerCopies: optimizerCopies)
+        if let available = memoryLimitBytes ?? Self.availableMemoryBytes(), estimate > available {
+            throw TrainingError(.invalidInput, "--batch-size \(settings.batchSize) at \(settings.imageSize) px needs about "
+                                + "\(estimate.formattedBytes) (parameters, optimizer state, kept activations and gradients), "
+                                + "but only \(available.formattedBytes) is available; use a smaller --batch-size or --image-size, "
+                                + "or freeze more layers (--freeze-through)")
+        }
+
+        var network: FineTuneNetwork
+        let weightsIdentity: WeightsIdentity
+        (network, weightsIdentity) = try loadNetwork(config: modelConfig, frozenThrough: frozenThrough, log: log)
+        var headLayers = [HeadNetwork.newLayerPath]
+        if let initialHead {
+            headLayers = try Self.loadHead(initialHead, into: &network, classes: folder.classes, weights: weightsIdentity,
+                                           imageSize: settings.imageSize)
+            log("started the head (\(headLayers.joined(separator: ", "))) from \(initialHead)")
+        }
+        let trainableLayers = network.trainableLayers
+        let frozenNote = freezePoint.map { "frozen through \($0.layer.name) (\($0.layer.path)), " } ?? ""
+        log("\(modelConfig.name): \(frozenNote)training \(trainableLayers.count) layers (\(trainableLayers.first!) … "
+            + "\(trainableLayers.last!), \(network.trainableParameterCount) parameters); step needs about \(estimate.formattedBytes)")
+        log("\(split.trainRows.count) training images, \(split.validationRows.count) validation images "
+            + (split.source == .cache ? "(the folder's train/val split)" : "(stratified split, seed \(settings.seed))"))
+
+        let evaluation = settings.evaluationPreprocessing
+        let augmentation = settings.augment == .standard ? Augmentation(matching: evaluation) : nil
+        var optimizer = settings.makeOptimizer()
+        let settingsJSON = Self.sortedJSON(settings.resolved)
+        let run: RunDirectory
+        var history: [HeadTrainer.EpochRecord] = []
+        var bestEpoch = 0
+        if resume {
+            run = try RunDirectory(resuming: runDirectory)
+            let checkpoint = try FineTuneCheckpoint(contentsOf: run.file(FineTuneCheckpoint.fileName))
+            guard checkpoint.settingsJSON == settingsJSON else {
+                throw TrainingError(.mismatch, "--resume with other settings than the interrupted run: it ran with "
+                                    + "\(checkpoint.settingsJSON), this command asks for \(settingsJSON)")
+            }
+            for (key, tensor) in checkpoint.stateDict where key.hasSuffix(".weight") {
+                let path = String(key.dropLast(".weight".count))
+                guard let bias = checkpoint.stateDict.first(where: { $0.key == path + ".bias" }) else {
+                    throw TrainingError(.malformed, "the checkpoint has \(key) but no \(path).bias")
+                }
+                try network.setParameters(path: path, weight: tensor, bias: bias.tensor)
+            }
+            optimizer.state = checkpoint.optimizerState
+            history = checkpoint.history
+            bestEpoch = checkpoint.bestEpoch
+            try run.startMetrics()
+            for record in history { try run.appendMetrics(record) }
+            log("resuming after epoch \(checkpoint.epochsDone) of \(settings.epochs)")
+        } else {
+            run = try RunDirectory(path: runDirectory, overwrite: overwrite)
+            try run.writeJSON(Configuration(
+                images: folder.root.path, classes: folder.classes, settings: settings.resolved, preprocessing: evaluation,
+                augmentation: augmentation,
+                network: .init(backbone: modelConfig.name, frozenThrough: freezePoint?.layer.name, frozenThroughPath: freezePoint?.layer.path,
+                               trainableLayers: trainableLayers, trainableParameters: network.trainableParameterCount,
+                               headLayers: headLayers, initialHead: initialHead, weights: weightsIdentity),
+                trainImages: split.trainRows.count, valImages: split.validationRows.count, splitSource: split.source,
+                estimatedStepBytes: estimate), to: RunDirectory.configFile)
+            try run.startMetrics()
+        }
+
+        let headSet = Set(headLayers)
+        let rate = { (layer: LayerInfo) in
+            settings.learningRate * (headSet.contains(layer.path) ? 1 : settings.backboneLearningRateMultiplier)
+        }
+        let model = { (network: FineTuneNetwork) in
+            TrainedModel(mode: .finetune, config: modelConfig, classes: folder.classes, cut: try CutPoint("fc7", in: modelConfig),
+                         cutName: "fc7", weights: weightsIdentity, preprocessing: evaluation, trainableLayers: trainableLayers,
+                         dropout: settings.dropout, stateDict: network.stateDict)
+        }
+        let itemIndex = Dictionary(uniqueKeysWithValues: folder.items.enumerated().map { ($1.path, $0) })
+        var failed = Set<String>()
+        var stepSeconds = 0.0
+        var imagesTrained = 0
+        var bestValidation: ClassificationMetrics?
+        let firstEpoch = history.count
+        for epoch in firstEpoch..<settings.epochs {
+            let epochStart = ResourceUsage.now
+            let order = TrainingRandomness.shuffled(split.trainRows, seed: settings.seed, epoch: epoch)
+            let transform: BatchDecoder.Transform
+            if let augmentation {
+                let seed = settings.seed
+                transform = { image, index, slot in
+                    var generator = SeededGenerator(seed: TrainingRandomness.seed(seed, .augmentation, UInt64(epoch), UInt64(order[index])))
+                    augmentation.write(image, generator: &generator, into: slot)
+                }
+            } else {
+                transform = { image, _, slot in evaluation.write(image, into: slot) }
+            }
+            let decoder = BatchDecoder(folder: folder, items: order.map { folder.items[$0] }, batchSize: settings.batchSize,
+                                       imageShape: evaluation.outputShape, transform: transform)
+            defer { decoder.cancel() }
+            let progress = ProgressReporter(label: "epoch \(epoch + 1) images", total: order.count)
+            var trainLoss = 0.0
+            var trainCorrect = 0
+            var trainCount = 0
+            var step = 0
+            var epochStepSeconds = 0.0
+            while let batch = decoder.next() {
+                for failure in batch.failed where failed.insert(failure.path).inserted {
+                    log("warning: skipping \(failure.path): \(failure.reason)")
+                }
+                guard !batch.items.isEmpty else { continue }
+                step += 1
+                let rows = batch.items.map { itemIndex[$0.path]! }
+                let stepStart = ResourceUsage.now
+                let outcome = network.trainStep(images: batch.images, labels: batch.items.map(\.label), optimizer: &optimizer,
+                                                learningRate: rate) { row, position in
+                    TrainingRandomness.dropoutGenerator(seed: settings.seed, epoch: epoch, row: rows[row], layerPosition: position)
+                }
+                epochStepSeconds += ResourceUsage.now - stepStart
+                guard outcome.loss.isFinite else {
+                    progress.finish()
+                    let kept = history.isEmpty ? "no checkpoint was written (no epoch finished)"
+                        : "the checkpoint of epoch \(history.count) is kept in \(run.file(FineTuneCheckpoint.fileName)) (--resume continues from it)"
+                    throw TrainingError(.diverged, "the loss became \(outcome.loss.mean) at epoch \(epoch + 1), step \(step) "
+                                        + "(images \(batch.items.first!.path) …): training diverged, nothing of this step was applied; "
+                                        + "\(kept); lower --lr")
+                }
+                trainLoss += outcome.loss.mean * Double(outcome.loss.count)
+                trainCorrect += outcome.loss.correct
+                trainCount += outcome.loss.count
+                imagesTrained += outcome.loss.count
+                progress.update(done: trainCount + failed.count, extra: String(format: "loss %.4f", trainLoss / Double(trainCount)))
+            }
+            progress.finish()
+            guard trainCount > 0 else { throw TrainingError(.invalidInput, "no training image could be read") }
+            let validation = try Self.evaluate(network, folder: folder, rows: split.validationRows, preprocessing: evaluation,
+                                               batchSize: settings.batchSize)
+            let seen = Double(trainCount)
+            let epochSeconds: Double = ResourceUsage.now - epochStart
+            let record = HeadTrainer.EpochRecord(epoch: epoch + 1, trainLoss: trainLoss / seen, trainAccuracy: Double(trainCorrect) / seen,
+                                                 validationLoss: validation.meanLoss, validationAccuracy: validation.accuracy,
+                                                 learningRate: settings.learningRate, seconds: epochSeconds,
+                                                 trainSeconds: epochStepSeconds)
+            history.append(record)
+            stepSeconds += epochStepSeconds
+            try run.appendMetrics(record)
+            log(String(format: "epoch %3d  train loss %.4f acc %.3f  val loss %.4f acc %.3f  %.1f s", record.epoch,
+                       record.trainLoss, record.trainAccuracy, record.validationLoss, record.validationAccuracy, record.seconds))
+            if bestEpoch == 0 || !(record.validationLoss >= history[bestEpoch - 1].validationLoss) {
+                bestEpoch = record.epoch
+                bestValidation = validation
+                try model(network).save(to: run.file(RunDirectory.modelFile))
+            }
+            try FineTuneCheckpoint(epochsDone: epoch + 1, settingsJSON: settingsJSON, history: history, bestEpoch: bestEpoch,
+                                   stateDict: network.stateDict, optimizerState: optimizer.state)
+                .save(to: run.file(FineTuneCheckpoint.fileName))
+            if let limit = interruptAfterEpochs, epoch + 1 - firstEpoch >= limit, epoch + 1 < settings.epochs {
+                throw TrainingError(.runDirectory, "interrupted after epoch \(epoch + 1) of \(settings.epochs) as asked; "
+                                    + "the same command with --resume continues from \(run.file(FineTuneCheckpoint.fileName))")
+            }
+        }
+
+        // A resumed run whose best epoch came before the interruption evaluates the saved best model again.
+        let best = try bestValidation ?? Self.evaluate(
+            try Self.network(from: TrainedModel(contentsOf: run.file(RunDirectory.modelFile)), dropout: Float(settings.dropout)),
+            folder: folder, rows: split.validationRows, preprocessing: evaluation, batchSize: settings.batchSize)
+        let summary = Summary(
+            bestEpoch: bestEpoch, bestValAccuracy: best.accuracy, bestValLoss: best.meanLoss, epochsRun: history.count,
+            trainImages: split.trainRows.count, valImages: split.validationRows.count,
+            chanceAccuracy: 1 / Double(folder.classes.count), classes: folder.classes, perClass: best.perClass,
+            confusionMatrix: best.confusion, frozenThrough: freezePoint?.layer.name, trainableLayers: trainableLayers,
+            trainableParameters: network.trainableParameterCount, wallSeconds: ResourceUsage.now - start,
+            trainImagesPerSecond: stepSeconds > 0 ? Double(imagesTrained) / stepSeconds : 0,
+            peakResidentBytes: ResourceUsage.peakResidentBytes, failedImages: failed.sorted(),
+            model: run.file(RunDirectory.modelFile))
+        try run.writeJSON(summary, to: RunDirectory.summaryFile)
+        // Finished: the checkpoint (parameters and optimizer state, twice the model's size) has no further use.
+        try? FileManager.default.removeItem(atPath: run.file(FineTuneCheckpoint.fileName))
+        return summary
+    }
+
+    /// The pretrained network through fc7 with a new fc8. Nothing else keeps the loaded tensors, so the first
+    /// update changes them in place instead of copying all 500 MB.
+    private func loadNetwork(config: VGGConfig, frozenThrough: Int, log: (String) -> Void) throws -> (FineTuneNetwork, WeightsIdentity) {
+        let loaded = try NetworkLoader.load(config: config, through: try CutPoint("fc7", in: config), weights: weights)
+        for note in loaded.notes { log("weights: \(note)") }
+        let newHead = HeadNetwork.newLinear(inFeatures: config.hidden, outFeatures: config.classes, seed: settings.seed)
+        return (try FineTuneNetwork(loaded.network, newHead: newHead, dropout: Float(settings.dropout), frozenThrough: frozenThrough),
+                loaded.weights)
+    }
+
+    /// The validation images through the network in evaluation mode.
+    static func evaluate(_ network: FineTuneNetwork, folder: ImageFolder, rows: [Int], preprocessing: Preprocessing,
+                         batchSize: Int) throws -> ClassificationMetrics {
+        var metrics = ClassificationMetrics(classes: folder.classes)
+        let decoder = BatchDecoder(folder: folder, items: rows.map { folder.items[$0] }, batchSize: batchSize,
+                                   preprocessing: preprocessing)
+        defer { decoder.cancel() }
+        while let batch = decoder.next() {
+            guard !batch.items.isEmpty else { continue }
+            metrics.add(logits: network.logits(batch.images), labels: batch.items.map(\.label))
+        }
+        return metrics
+    }
+
+    /// The whole network a fine-tuned model.h5 holds.
+    static func network(from model: TrainedModel, dropout: Float) throws -> FineTuneNetwork {
+        let tensors = Dictionary(model.stateDict.map { ($0.key, $0.tensor) }, uniquingKeysWith: { $1 })
+        let vgg = try VGG(config: model.config) { key, _ in
+            guard let tensor = tensors[key] else { throw TrainingError(.malformed, "the model has no \(key)") }
+            return tensor
+        }
+        return try FineTuneNetwork(vgg, dropout: dropout, frozenThrough: -1)
+    }
+
+    /// Puts the trained layers of a train-head model into `network`; returns their paths. Refuses a head made for
+    /// other classes, another network, other backbone weights or preprocessing, or above a layer this run freezes.
+    static func loadHead(_ path: String, into network: inout FineTuneNetwork, classes: [String], weights: WeightsIdentity,
+                         imageSize: Int) throws -> [String] {
+        let head = try TrainedModel(contentsOf: path)
+        guard head.mode == .head else {
+            throw TrainingError(.mismatch, "--init-head \(path) is a fine-tuned model, not a head trained by train-head")
+        }
+        guard head.classes == classes else {
+            throw TrainingError(.mismatch, "--init-head \(path) was trained on classes \(head.classes.joined(separator: ", ")), "
+                                + "but the images have \(classes.joined(separator: ", "))")
+        }
+        guard head.config == network.config else {
+            throw TrainingError(.mismatch, "--init-head \(path) belongs to \(head.config.name), not \(network.config.name)")
+        }
+        guard head.weights.fingerprint == weights.fingerprint else {
+            throw TrainingError(.mismatch, "--init-head \(path) was trained on features of weights \(head.weights.fingerprint) "
+                                + "(\(head.weights.source)), but this run's backbone is \(weights.fingerprint) (\(weights.source)); "
+                                + "pass the head's weights with --weights")
+        }
+        guard head.preprocessing.crop == imageSize else {
+            throw TrainingError(.mismatch, "--init-head \(path) was trained on \(head.preprocessing.crop) px features, "
+                                + "this run uses --image-size \(imageSize)")
+        }
+        let positions = Dictionary(uniqueKeysWithValues: network.config.layers.map { ($0.path, $0.position) })
+        let firstTrainable = network.firstTrainablePosition
+        let frozen = head.trainableLayers.filter { (positions[$0] ?? -1) < firstTrainable }
+        guard frozen.isEmpty else {
+            throw TrainingError(.mismatch, "--init-head \(path) was trained above the cut \(head.cutName), so its layers "
+                                + "\(frozen.joined(separator: ", ")) are part of it, but this run freezes them (--freeze-through); "
+                                + "freeze less, or train the head above a higher cut")
+        }
+        let tensors = Dictionary(head.stateDict.map { ($0.key, $0.tensor) }, uniquingKeysWith: { $1 })
+        for layer in head.trainableLayers {
+            guard let weight = tensors[layer + ".weight"], let bias = tensors[layer + ".bias"] else {
+                throw TrainingError(.malformed, "--init-head \(path) lists \(layer) as trained but does not hold it")
+            }
+            try network.setParameters(path: layer, weight: weight, bias: bias)
+        }
+        return head.trainableLayers
+    }
+
+    /// MemAvailable from /proc/meminfo; nil where there is none.
+    static func availableMemoryBytes() -> Int? {
+        guard let text = try? String(contentsOfFile: "/proc/meminfo", encoding: .utf8),
+              let line = text.split(separator: "\n").first(where: { $0.hasPrefix("MemAvailable:") }),
+              let kilobytes = line.split(separator: " ").dropFirst().first.flatMap({ Int($0) }) else { return nil }
+        return kilobytes * 1024
+    }
+
+    private static func sortedJSON<T: Encodable>(_ value: T) -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = .sortedKeys
+        // Settings are plain numbers and strings: encoding cannot fail.
+        return String(decoding: try! encoder.encode(value), as: UTF8.self)
+    }
+}

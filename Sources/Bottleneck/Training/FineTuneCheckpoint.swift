@@ -1,0 +1,72 @@
+import Foundation
+
+/// `checkpoint.h5` in a full-finetune run directory, rewritten (atomically) after every epoch: the whole
+/// state dict, the optimizer's state, and what the epochs so far gave. Every random draw of a run is a
+/// function of (seed, epoch, image), so this is all `--resume` needs to end where an uninterrupted run ends.
+/// Plain HDF5 like model.h5: parameters under torchvision names, optimizer state under `optimizer.<slot>.<name>`.
+struct FineTuneCheckpoint {
+    static let fileName = "checkpoint.h5"
+    static let formatName = "bottleneck-finetune-checkpoint/1"
+    private static let optimizerPrefix = "optimizer."
+
+    /// Finished epochs; the next one to run is `epochsDone` (counted from 0).
+    var epochsDone: Int
+    /// `FineTuneSettings.resolved` as JSON with sorted keys; a resume must match it.
+    var settingsJSON: String
+    var history: [HeadTrainer.EpochRecord]
+    /// From 1; 0 before any epoch finished.
+    var bestEpoch: Int
+    var stateDict: [(key: String, tensor: Tensor)]
+    var optimizerState: [String: Tensor]
+
+    func save(to path: String) throws {
+        let tensors = stateDict.map { ($0.key, $0.tensor) }
+            + optimizerState.sorted { $0.key < $1.key }.map { (Self.optimizerPrefix + $0.key, $0.value) }
+        try writeStateDictHDF5(path: path, tensors: tensors, attributes: [
+            "format": Self.formatName,
+            "epochs_done": String(epochsDone),
+            "settings": settingsJSON,
+            "history": String(decoding: try JSONEncoder().encode(history), as: UTF8.self),
+            "best_epoch": String(bestEpoch),
+        ])
+    }
+
+    init(epochsDone: Int, settingsJSON: String, history: [HeadTrainer.EpochRecord], bestEpoch: Int,
+         stateDict: [(key: String, tensor: Tensor)], optimizerState: [String: Tensor]) {
+        self.epochsDone = epochsDone
+        self.settingsJSON = settingsJSON
+        self.history = history
+        self.bestEpoch = bestEpoch
+        self.stateDict = stateDict
+        self.optimizerState = optimizerState
+    }
+
+    init(contentsOf path: String) throws {
+        guard FileManager.default.fileExists(atPath: path) else {
+            throw TrainingError(.runDirectory, "no checkpoint at \(path): the run did not finish an epoch; start it again without --resume")
+        }
+        let file = try StateDictFile.open(path: path)
+        let metadata = file.metadata
+        guard metadata["format"] == Self.formatName, let done = metadata["epochs_done"].flatMap({ Int($0) }),
+              let settings = metadata["settings"], let history = metadata["history"],
+              let best = metadata["best_epoch"].flatMap({ Int($0) }) else {
+            throw TrainingError(.malformed, "\(path) is not a full-finetune checkpoint (\(Self.formatName))")
+        }
+        epochsDone = done
+        settingsJSON = settings
+        self.history = try JSONDecoder().decode([HeadTrainer.EpochRecord].self, from: Data(history.utf8))
+        bestEpoch = best
+        var parameters: [(key: String, tensor: Tensor)] = []
+        var optimizer: [String: Tensor] = [:]
+        for entry in file.entries {
+            let tensor = try file.tensor(entry.key)
+            if entry.key.hasPrefix(Self.optimizerPrefix) {
+                optimizer[String(entry.key.dropFirst(Self.optimizerPrefix.count))] = tensor
+            } else {
+                parameters.append((entry.key, tensor))
+            }
+        }
+        stateDict = parameters
+        optimizerState = optimizer
+    }
+}

@@ -1,0 +1,357 @@
+/// The whole VGG in training mode, for full fine-tuning: one step is forward (keeping what backward
+/// needs), cross-entropy, backward, and each layer's parameters updated as soon as its gradients exist.
+///
+///     images [N, 3, S, S] → conv/relu/pool … → avgpool → flatten → fc6 → relu → drop → fc7 → relu → drop → fc8
+///     logits [N, K] → dlogits → … backward down to the lowest trainable layer, updating each on the way
+///
+/// Freezing is torch's `requires_grad=False` with the optimizer built on the rest: layers at or below
+/// `frozenThrough` get no gradient and no update, and backpropagation stops at the lowest trainable
+/// layer (which computes its parameter gradients but no input gradient), so nothing below it runs
+/// backward at all. The frozen layers are a fixed feature extractor and run as evaluation (no dropout),
+/// exactly what a feature cache holds, so `--freeze-through fc7` is train-head's fc7 head, uncached.
+///
+/// Memory: the forward keeps, for trainable layers only, each layer's input (a conv's ReLU output
+/// serves its own ReLU's mask and the next layer's input at once; max pool finds its argmax again from
+/// its input instead of keeping indices); backward frees them as it passes, and holds one layer's
+/// parameter gradient at a time, since that layer is updated before the next gradient is made.
+public struct FineTuneNetwork: Sendable {
+    public enum Module: Sendable {
+        /// Index into `convs`; its ReLU runs fused in the conv's pass.
+        case conv(Int)
+        case relu
+        case maxPool(MaxPool2D)
+        case adaptiveAvgPool(AdaptiveAvgPool2D)
+        /// Index into `linears`.
+        case linear(Int)
+        case dropout(Dropout)
+    }
+
+    public let config: VGGConfig
+    /// modules[i] is config.layers[i].
+    public let modules: [Module]
+    public var convs: [Conv2D]
+    public var linears: [Linear]
+    /// Layers at positions up to this one are frozen; -1 when everything trains.
+    public let frozenThrough: Int
+    /// The lowest conv or linear that learns: backward stops there.
+    public let firstTrainablePosition: Int
+    /// One layer's parameter gradients, kept across layers and steps in storage as large as the largest
+    /// layer's: fc6's 400 MB would otherwise be allocated, faulted in and freed every step.
+    private var gradWeight = Tensor(zeros: [])
+    private var gradBias = Tensor(zeros: [])
+
+    /// What one step did, for the trainer's figures and for tests that check freezing really skips work.
+    public struct StepOutcome: Sendable {
+        public var loss: SoftmaxCrossEntropy.Loss
+        /// Positions of the layers whose parameter gradients were computed (and which were updated).
+        public var updatedPositions: [Int]
+        /// Positions of the layers that computed a gradient for their input.
+        public var inputGradientPositions: [Int]
+    }
+
+    /// The network of `vgg` with dropout `dropout` in its classifier, frozen through `frozenThrough` (-1:
+    /// nothing frozen). A `vgg` loaded only through fc7 gets `newHead` as its fc8 (`classifier.6`).
+    public init(_ vgg: VGG, newHead: Linear? = nil, dropout: Float, frozenThrough: Int) throws {
+        let layers = vgg.config.layers
+        var modules: [Module] = []
+        var convs: [Conv2D] = []
+        var linears: [Linear] = []
+        for layer in layers {
+            let module: VGG.Module
+            if layer.position <= vgg.lastPosition {
+                module = vgg.modules[layer.position]
+            } else if layer.path == HeadNetwork.newLayerPath, let newHead {
+                module = .linear(newHead)
+            } else if layer.kind == .dropout {
+                module = .dropout(Dropout())
+            } else {
+                throw TrainingError(.invalidInput, "fine-tuning needs the whole network, but it was loaded only through "
+                                    + "\(layers[vgg.lastPosition].name)")
+            }
+            switch module {
+            case .conv(let conv):
+                precondition(layers[safe: layer.position + 1]?.kind == .relu, "every VGG conv is followed by its ReLU")
+                modules.append(.conv(convs.count))
+                convs.append(conv)
+            case .linear(let linear):
+                modules.append(.linear(linears.count))
+                linears.append(linear)
+            case .relu: modules.append(.relu)
+            case .maxPool(let pool): modules.append(.maxPool(pool))
+            case .adaptiveAvgPool(let pool): modules.append(.adaptiveAvgPool(pool))
+            case .dropout: modules.append(.dropout(Dropout(probability: dropout)))
+            }
+        }
+        guard let firstTrainable = layers.first(where: { $0.position > frozenThrough && $0.parameterPrefix != nil }) else {
+            throw TrainingError(.invalidInput, "freezing through \(layers[frozenThrough].name) leaves no layer to train")
+        }
+        self.config = vgg.config
+        self.modules = modules
+        self.convs = convs
+        self.linears = linears
+        self.frozenThrough = frozenThrough
+        self.firstTrainablePosition = firstTrainable.position
+    }
+
+    /// torchvision paths of the layers that learn ("features.17", …, "classifier.6").
+    public var trainableLayers: [String] {
+        config.layers.filter { $0.position >= firstTrainablePosition && $0.parameterPrefix != nil }.map(\.path)
+    }
+
+    public var trainableParameterCount: Int {
+        modules.indices.filter { $0 >= firstTrainablePosition }.reduce(0) { total, position in
+            switch modules[position] {
+            case .conv(let index): total + convs[index].weight.count + convs[index].bias.count
+            case .linear(let index): total + linears[index].weight.count + linears[index].bias.count
+            default: total
+            }
+        }
+    }
+
+    /// Every parameter under its torchvision state-dict key, in torchvision's order.
+    public var stateDict: [(key: String, tensor: Tensor)] {
+        zip(config.layers, modules).flatMap { layer, module -> [(key: String, tensor: Tensor)] in
+            switch module {
+            case .conv(let index): [("\(layer.path).weight", convs[index].weight), ("\(layer.path).bias", convs[index].bias)]
+            case .linear(let index): [("\(layer.path).weight", linears[index].weight), ("\(layer.path).bias", linears[index].bias)]
+            default: []
+            }
+        }
+    }
+
+    /// Replaces the parameters of layer `path` ("classifier.6") with tensors of the same shapes.
+    public mutating func setParameters(path: String, weight: Tensor, bias: Tensor) throws {
+        guard let layer = config.layers.first(where: { $0.path == path }) else {
+            throw TrainingError(.mismatch, "the network has no layer \(path)")
+        }
+        func check(_ name: String, _ tensor: Tensor, _ expected: [Int]) throws {
+            guard tensor.shape == expected else {
+                throw TrainingError(.mismatch, "\(path).\(name) has shape \(tensor.shape), but this network's is \(expected)")
+            }
+        }
+        switch modules[layer.position] {
+        case .conv(let index):
+            try check("weight", weight, convs[index].weight.shape)
+            try check("bias", bias, convs[index].bias.shape)
+            convs[index].weight = weight
+            convs[index].bias = bias
+        case .linear(let index):
+            try check("weight", weight, linears[index].weight.shape)
+            try check("bias", bias, linears[index].bias.shape)
+            linears[index].weight = weight
+            linears[index].bias = bias
+        default:
+            throw TrainingError(.mismatch, "\(path) (\(layer.name)) has no parameters")
+        }
+    }
+
+    /// What the process holds besides the network (runtime, BLAS and HDF5 buffers, decoded images), measured
+    /// as the gap between the estimate and the peak RSS of 112 px runs.
+    static let fixedOverheadBytes = 300 << 20
+
+    /// An upper estimate of the bytes a training step needs: every parameter, `optimizerCopies` optimizer
+    /// buffers per trainable parameter (SGD momentum 1, Adam 2), the largest parameter gradient (one at a
+    /// time), the activations kept for backward, the few largest activation-sized buffers alive at once
+    /// (a layer's input, output, gradients and conv tiles), and the fixed overhead.
+    public static func estimatedStepBytes(config: VGGConfig, imageSize: Int, batchSize: Int, frozenThrough: Int,
+                                          optimizerCopies: Int) -> Int {
+        let layers = config.layers
+        var shape = [config.inputChannels, imageSize, imageSize]
+        var parameters = 0
+        var trainableParameters = 0
+        var largestGradient = 0
+        var kept = 0
+        var largestActivation = shape.reduce(1, *)
+        let firstTrainable = layers.first { $0.position > frozenThrough && $0.parameterPrefix != nil }?.position ?? layers.count
+        for layer in layers {
+            let inputSize = shape.reduce(1, *)
+            var layerParameters = 0
+            switch layer.kind {
+            case .conv(let inChannels, let outChannels):
+                layerParameters = outChannels * inChannels * 9 + outChannels
+                shape = [outChannels, shape[1], shape[2]]
+            case .maxPool: shape = [shape[0], (shape[1] - 2) / 2 + 1, (shape[2] - 2) / 2 + 1]
+            case .adaptiveAvgPool(let size): shape = [shape[0], size, size]
+            case .linear(let inFeatures, let outFeatures):
+                layerParameters = outFeatures * inFeatures + outFeatures
+                shape = [outFeatures]
+            case .relu, .dropout: break
+            }
+            parameters += layerParameters
+            if layer.position >= firstTrainable {
+                trainableParameters += layerParameters
+                largestGradient = max(largestGradient, layerParameters)
+                if layer.kind != .relu { kept += inputSize }
+            }
+            largestActivation = max(largestActivation, shape.reduce(1, *))
+        }
+        let floats = parameters + optimizerCopies * trainableParameters + largestGradient
+            + batchSize * (kept + 4 * largestActivation)
+        return floats * MemoryLayout<Float>.size + fixedOverheadBytes
+    }
+
+    /// The optimizer slot of a parameter layer's weight (its bias is the next): 2 × its index among the
+    /// network's convs and linears, so a slot means the same tensor whatever is frozen.
+    static func slot(ofParameterLayerAt position: Int, in layers: [LayerInfo]) -> Int {
+        2 * layers.prefix(position).filter { $0.parameterPrefix != nil }.count
+    }
+
+    /// images [N, 3, S, S] -> logits [N, K] in evaluation mode (dropout is the identity).
+    public func logits(_ images: Tensor) -> Tensor {
+        var activation = images
+        var position = 0
+        while position < modules.count {
+            switch modules[position] {
+            case .conv(let index):
+                activation = convs[index].forward(activation, fusingReLU: true)
+                position += 1
+            case .relu: ReLU.forward(&activation)
+            case .maxPool(let pool): activation = pool.forward(activation)
+            case .adaptiveAvgPool(let pool): activation = pool.forward(activation)
+            case .linear(let index): activation = linears[index].forward(activation)
+            case .dropout: break
+            }
+            position += 1
+        }
+        return activation
+    }
+
+    /// One optimizer step on images [N, 3, S, S] with labels [N]. `dropoutGenerator(row, position)` gives the
+    /// generator of row `row`'s mask at the dropout at `position`; `learningRate(layer)` each layer's rate
+    /// (parameter groups). When the loss is not finite nothing is updated: the caller stops the run.
+    public mutating func trainStep<Step: Optimizer>(images: Tensor, labels: [Int32], optimizer: inout Step,
+                                                    learningRate: (LayerInfo) -> Double,
+                                                    dropoutGenerator: (_ row: Int, _ position: Int) -> SeededGenerator) -> StepOutcome {
+        let layers = config.layers
+        let batch = images.shape[0]
+        precondition(labels.count == batch, "\(batch) images but \(labels.count) labels")
+        // inputs[p]: the activation entering layer p, kept for trainable layers whose backward reads it.
+        var inputs = [Tensor?](repeating: nil, count: modules.count)
+        var masks = [Tensor?](repeating: nil, count: modules.count)
+        var activation = images
+        var position = 0
+        while position < modules.count {
+            let keeps = position >= firstTrainablePosition
+            switch modules[position] {
+            case .conv(let index):
+                if keeps { inputs[position] = activation }
+                activation = convs[index].forward(activation, fusingReLU: true)
+                position += 1
+            case .relu:
+                ReLU.forward(&activation)
+            case .maxPool(let pool):
+                if keeps { inputs[position] = activation }
+                activation = pool.forward(activation)
+            case .adaptiveAvgPool(let pool):
+                if keeps { inputs[position] = activation }
+                activation = pool.forward(activation)
+            case .linear(let index):
+                activation = activation.reshaped([batch, activation.count / batch])
+                if keeps { inputs[position] = activation }
+                activation = linears[index].forward(activation)
+            case .dropout(let dropout) where position > frozenThrough:
+                // Kept before the in-place drop: it is the ReLU's output, whose mask the ReLU below needs.
+                if keeps { inputs[position] = activation }
+                var mask = keeps ? Tensor(zeros: activation.shape) : nil
+                applyDropout(dropout, to: &activation, mask: &mask, position: position, dropoutGenerator: dropoutGenerator)
+                masks[position] = mask
+            case .dropout:
+                break
+            }
+            position += 1
+        }
+
+        var gradient = Tensor(zeros: [])
+        let loss = SoftmaxCrossEntropy.lossAndGradient(logits: activation, labels: labels, gradLogits: &gradient)
+        var outcome = StepOutcome(loss: loss, updatedPositions: [], inputGradientPositions: [])
+        guard loss.isFinite else { return outcome }
+
+        for position in stride(from: modules.count - 1, through: firstTrainablePosition, by: -1) {
+            let layer = layers[position]
+            let needsInputGradient = position > firstTrainablePosition
+            let slot = Self.slot(ofParameterLayerAt: position, in: layers)
+            switch modules[position] {
+            case .linear(let index):
+                let input = inputs[position]!
+                gradWeight.reshapeKeepingStorage(linears[index].weight.shape)
+                gradBias.reshapeKeepingStorage(linears[index].bias.shape)
+                linears[index].parameterGradients(input: input, gradOutput: gradient, weight: &gradWeight, bias: &gradBias)
+                if needsInputGradient {
+                    var gradInput = Tensor(zeros: [])
+                    linears[index].inputGradient(gradOutput: gradient, into: &gradInput)
+                    gradient = gradInput
+                    outcome.inputGradientPositions.append(position)
+                }
+                optimizer.update(&linears[index].weight, gradient: gradWeight, slot: slot, learningRate: learningRate(layer))
+                optimizer.update(&linears[index].bias, gradient: gradBias, slot: slot + 1, learningRate: learningRate(layer))
+                outcome.updatedPositions.append(position)
+            case .conv(let index):
+                gradWeight.reshapeKeepingStorage(convs[index].weight.shape)
+                gradBias.reshapeKeepingStorage(convs[index].bias.shape)
+                convs[index].parameterGradients(input: inputs[position]!, gradOutput: gradient, weight: &gradWeight, bias: &gradBias)
+                if needsInputGradient {
+                    gradient = convs[index].inputGradient(gradOutput: gradient)
+                    outcome.inputGradientPositions.append(position)
+                }
+                optimizer.update(&convs[index].weight, gradient: gradWeight, slot: slot, learningRate: learningRate(layer))
+                optimizer.update(&convs[index].bias, gradient: gradBias, slot: slot + 1, learningRate: learningRate(layer))
+                outcome.updatedPositions.append(position)
+            case .relu:
+                // The layer above kept this ReLU's output as its own input.
+                let output = inputs[position + 1]!
+                ReLU.backward(output: output.reshaped(gradient.shape), gradOutput: &gradient)
+                inputs[position + 1] = nil
+            case .dropout(let dropout):
+                dropout.backward(gradOutput: &gradient, mask: masks[position]!)
+                masks[position] = nil
+            case .maxPool(let pool):
+                gradient = pool.backward(input: inputs[position]!, gradOutput: gradient)
+            case .adaptiveAvgPool(let pool):
+                let inputShape = inputs[position]!.shape
+                gradient = pool.backward(gradOutput: gradient.reshaped([batch, inputShape[1], pool.outputHeight, pool.outputWidth]),
+                                         inputShape: inputShape)
+            }
+            // A ReLU below reads this input as its output; otherwise it is done with.
+            if !(position - 1 >= firstTrainablePosition && layers[position - 1].kind == .relu) { inputs[position] = nil }
+        }
+        return outcome
+    }
+
+    /// activation [N, ...] -> the same with row n dropped by `dropoutGenerator(n, position)`, mask [N, ...]
+    /// filled when given.
+    private func applyDropout(_ dropout: Dropout, to activation: inout Tensor, mask: inout Tensor?, position: Int,
+                              dropoutGenerator: (Int, Int) -> SeededGenerator) {
+        let batch = activation.shape[0]
+        let rowSize = activation.count / batch
+        activation.data.withUnsafeMutableBufferPointer { values in
+            for row in 0..<batch {
+                var generator = dropoutGenerator(row, position)
+                let rowValues = UnsafeMutableBufferPointer(rebasing: values[(row * rowSize)..<((row + 1) * rowSize)])
+                if mask != nil {
+                    mask!.data.withUnsafeMutableBufferPointer { factors in
+                        dropout.forwardTraining(UnsafeBufferPointer(rowValues), into: rowValues,
+                                                mask: UnsafeMutableBufferPointer(rebasing: factors[(row * rowSize)..<((row + 1) * rowSize)]),
+                                                generator: &generator)
+                    }
+                } else {
+                    dropout.forwardTraining(UnsafeBufferPointer(rowValues), into: rowValues, mask: nil, generator: &generator)
+                }
+            }
+        }
+    }
+}
+
+extension Tensor {
+    /// Becomes a tensor of `shape` in the storage it has when that is large enough, so a buffer reused
+    /// for tensors of several shapes is allocated once. The values are unspecified (what was there, or zeros).
+    mutating func reshapeKeepingStorage(_ newShape: [Int]) {
+        guard shape != newShape else { return }
+        let count = newShape.reduce(1, *)
+        if data.count > count {
+            data.removeLast(data.count - count)
+        } else {
+            data.append(contentsOf: repeatElement(0, count: count - data.count))
+        }
+        shape = newShape
+    }
+}

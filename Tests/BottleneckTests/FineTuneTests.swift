@@ -1,0 +1,261 @@
+@testable import Bottleneck
+import Foundation
+import XCTest
+
+/// Full fine-tuning: the conv and pool backward passes against finite differences and torch, one SGD step
+/// of the narrow VGG16 against torch (Tests/Fixtures/finetune/make_finetune_fixtures.py), freezing, and
+/// the job's resume, divergence and refusals on a tiny image folder at 32 px.
+final class FineTuneTests: XCTestCase {
+    // MARK: backward passes
+
+    /// Convolution is linear in x, W and b, so central differences are exact but for Float rounding.
+    /// Eight output channels make the input gradient (a convolution over them) take the Winograd path.
+    func testConv2DBackwardMatchesFiniteDifferences() {
+        var generator = SeededGenerator(seed: 11)
+        let x = randomTensor([2, 3, 5, 6], &generator)
+        let weight = randomTensor([8, 3, 3, 3], &generator)
+        let bias = randomTensor([8], &generator)
+        let probe = randomTensor([2, 8, 5, 6], &generator)
+        func objective(_ x: Tensor, _ weight: Tensor, _ bias: Tensor) -> Double {
+            dot(Conv2D(weight: weight, bias: bias).forward(x), probe)
+        }
+        let conv = Conv2D(weight: weight, bias: bias)
+        var gradWeight = Tensor(zeros: [])
+        var gradBias = Tensor(zeros: [])
+        conv.parameterGradients(input: x, gradOutput: probe, weight: &gradWeight, bias: &gradBias)
+        let step: Float = 1e-2
+        assertClose(conv.inputGradient(gradOutput: probe), numericalGradient(at: x, step: step) { objective($0, weight, bias) },
+                    tolerance: 1e-3, "conv dx")
+        assertClose(gradWeight, numericalGradient(at: weight, step: step) { objective(x, $0, bias) }, tolerance: 1e-3, "conv dW")
+        assertClose(gradBias, numericalGradient(at: bias, step: step) { objective(x, weight, $0) }, tolerance: 1e-3, "conv db")
+    }
+
+    func testMaxPoolBackwardMatchesFiniteDifferences() {
+        var generator = SeededGenerator(seed: 12)
+        // Distinct values, so no difference moves the maximum of a window.
+        let x = Tensor(shape: [2, 2, 4, 6], data: (0..<96).map { Float($0) * 0.37 }.shuffled(using: &generator))
+        let probe = randomTensor([2, 2, 2, 3], &generator)
+        let pool = MaxPool2D()
+        let numerical = numericalGradient(at: x, step: 1e-2) { dot(pool.forward($0), probe) }
+        assertClose(pool.backward(input: x, gradOutput: probe), numerical, tolerance: 1e-4, "max pool dx")
+    }
+
+    /// torch's CPU kernel: ties go to the first maximum in row-major order, a NaN takes the gradient (the last NaN of its window).
+    func testMaxPoolBackwardRoutesTiesAndNaNAsTorch() throws {
+        let manifest = try Fixtures.json("finetune/manifest.json")["pool"] as! [String: [String: Any]]
+        func load(_ name: String) throws -> Tensor {
+            try Fixtures.float32("finetune/" + (manifest[name]!["file"] as! String), shape: manifest[name]!["shape"] as! [Int])
+        }
+        let gradInput = MaxPool2D().backward(input: try load("input"), gradOutput: try load("grad_output"))
+        XCTAssertEqual(gradInput, try load("grad_input"))
+    }
+
+    /// Windows overlap when the input is smaller than the output (1x1 -> 7x7) or does not divide it (5 -> 3).
+    func testAdaptiveAvgPoolBackwardMatchesFiniteDifferences() {
+        var generator = SeededGenerator(seed: 13)
+        for size in [1, 2, 5, 14] {
+            let x = randomTensor([2, 3, size, size], &generator)
+            let pool = AdaptiveAvgPool2D(outputSize: size == 5 ? 3 : 7)
+            let probe = randomTensor([2, 3, pool.outputHeight, pool.outputWidth], &generator)
+            let numerical = numericalGradient(at: x, step: 1e-2) { dot(pool.forward($0), probe) }
+            assertClose(pool.backward(gradOutput: probe, inputShape: x.shape), numerical, tolerance: 1e-4, "avgpool \(size) dx")
+        }
+    }
+
+    // MARK: one step against torch
+
+    func testOneSGDStepMatchesTorch() throws {
+        try checkOneStep(variant: "full", frozenThrough: -1)
+    }
+
+    /// Frozen through features.15: features.0–14 are untouched, and no gradient is made below conv4_1.
+    func testFrozenStepMatchesTorchAndSkipsTheFrozenLayers() throws {
+        let outcome = try checkOneStep(variant: "frozen", frozenThrough: 15)
+        XCTAssertEqual(outcome.updatedPositions.min(), 17, "conv4_1 is the lowest layer that learns")
+        XCTAssertFalse(outcome.inputGradientPositions.contains { $0 <= 17 }, "no input gradient at or below conv4_1")
+    }
+
+    @discardableResult
+    private func checkOneStep(variant: String, frozenThrough: Int) throws -> FineTuneNetwork.StepOutcome {
+        let manifest = try Fixtures.json("finetune/manifest.json")
+        let config = VGGConfig.vgg16.narrowed(by: 16, hidden: 64, classes: 10)
+        let loaded = try NetworkLoader.load(config: config, weights: .file(Fixtures.path("network/narrow_vgg16_legacy.pth")))
+        var network = try FineTuneNetwork(loaded.network, dropout: 0, frozenThrough: frozenThrough)
+        let before = Dictionary(uniqueKeysWithValues: network.stateDict.map { ($0.key, $0.tensor) })
+        let input = try Fixtures.float32("network/input_64.f32", shape: [2, 3, 64, 64])
+        var optimizer = SGD(momentum: manifest["momentum"] as! Double, weightDecay: manifest["weight_decay"] as! Double)
+        let outcome = network.trainStep(images: input, labels: (manifest["labels"] as! [Int]).map(Int32.init), optimizer: &optimizer,
+                                        learningRate: { _ in manifest["lr"] as! Double }) { _, _ in SeededGenerator(seed: 0) }
+        XCTAssertEqual(outcome.loss.mean, manifest["\(variant)_loss"] as! Double, accuracy: 1e-4)
+        let after = Dictionary(uniqueKeysWithValues: network.stateDict.map { ($0.key, $0.tensor) })
+        for (key, entry) in manifest[variant] as! [String: [String: Any]] {
+            let expected = try Fixtures.float32("finetune/" + (entry["file"] as! String), shape: entry["shape"] as! [Int])
+            assertClose(after[key]!, expected, tolerance: 1e-4, "\(variant) \(key)")
+            if expected == before[key]! {
+                XCTAssertEqual(after[key]!, before[key]!, "\(key) is frozen: exactly unchanged")
+            } else {
+                // The step itself, not only the weights it moved (measured: weights 9e-7, steps 2.5e-6 relative).
+                let update = Tensor(shape: expected.shape, data: zip(after[key]!.data, before[key]!.data).map { $0 - $1 })
+                let expectedUpdate = Tensor(shape: expected.shape, data: zip(expected.data, before[key]!.data).map { $0 - $1 })
+                assertClose(update, expectedUpdate, tolerance: 1e-4, "\(variant) \(key) update")
+            }
+        }
+        return outcome
+    }
+
+    // MARK: the job
+
+    func testResumedRunEndsEqualToAnUninterruptedOne() throws {
+        let images = try tinyImageFolder()
+        let uninterrupted = try runJob(images: images, epochs: 2)
+        let interrupted = try temporaryDirectory()
+        var first = job(images: images, out: interrupted, epochs: 2)
+        first.interruptAfterEpochs = 1
+        XCTAssertThrowsError(try first.run { _ in }) { error in
+            XCTAssertTrue("\(error)".contains("interrupted"), "\(error)")
+        }
+        XCTAssertTrue(FileManager.default.fileExists(atPath: interrupted + "/checkpoint.h5"))
+        var second = job(images: images, out: interrupted, epochs: 2)
+        second.resume = true
+        _ = try second.run { _ in }
+        let expected = try StateDictFile.open(path: uninterrupted + "/model.h5")
+        let actual = try StateDictFile.open(path: interrupted + "/model.h5")
+        XCTAssertEqual(actual.entries.map(\.key), expected.entries.map(\.key))
+        for entry in expected.entries {
+            XCTAssertEqual(try actual.tensor(entry.key), try expected.tensor(entry.key), entry.key)
+        }
+        func lossColumns(_ run: String) throws -> [String] {
+            try String(contentsOfFile: run + "/metrics.csv", encoding: .utf8).split(separator: "\n")
+                .map { $0.split(separator: ",").prefix(5).joined(separator: ",") }
+        }
+        XCTAssertEqual(try lossColumns(interrupted), try lossColumns(uninterrupted))
+        XCTAssertEqual(try lossColumns(uninterrupted).count, 3)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: interrupted + "/checkpoint.h5"), "a finished run drops its checkpoint")
+        let model = try TrainedModel(contentsOf: uninterrupted + "/model.h5")
+        XCTAssertEqual(model.mode, .finetune)
+        XCTAssertNoThrow(try model.head())
+        XCTAssertNoThrow(try model.prefix())
+    }
+
+    /// The two-stage recipe: extract, train-head, then fine-tune from that head with the backbone at rate 0,
+    /// which must leave the backbone exactly as loaded and start fc8 from the head.
+    func testInitHeadStartsFromATrainHeadRun() throws {
+        let images = try tinyImageFolder()
+        let cache = try temporaryDirectory() + "/fc7.h5"
+        var extraction = ExtractionJob(imagesRoot: images, outputPath: cache, weights: .random(seed: 1))
+        extraction.config = Self.config
+        extraction.preprocessing = Preprocessing(resize: 37, crop: 32)
+        _ = try extraction.run { _ in }
+        let headRun = try temporaryDirectory()
+        var headTraining = HeadTrainingJob(cachePath: cache, runDirectory: headRun)
+        headTraining.config = Self.config
+        headTraining.settings.epochs = 2
+        _ = try headTraining.run { _ in }
+
+        let out = try temporaryDirectory()
+        var fineTune = job(images: images, out: out, epochs: 1)
+        fineTune.initialHead = headRun + "/model.h5"
+        fineTune.settings.backboneLearningRateMultiplier = 0
+        _ = try fineTune.run { _ in }
+        let tuned = try StateDictFile.open(path: out + "/model.h5")
+        let backbone = VGG.randomlyInitialized(config: Self.config, through: try CutPoint("fc7", in: Self.config), seed: 1)
+        guard case .conv(let conv1) = backbone.modules[0] else { return XCTFail("features.0 is a conv") }
+        XCTAssertEqual(try tuned.tensor("features.0.weight"), conv1.weight, "the backbone learns at rate 0")
+        let head = try StateDictFile.open(path: headRun + "/model.h5")
+        let (start, end) = (try head.tensor("classifier.6.weight"), try tuned.tensor("classifier.6.weight"))
+        XCTAssertNotEqual(start, end, "the head trained on")
+        XCTAssertLessThan(end.relativeDifference(to: start), 0.5, "from the train-head model, not a fresh layer")
+        let config = try String(contentsOfFile: out + "/config.json", encoding: .utf8)
+        XCTAssertTrue(config.contains("\"initial_head\""), config)
+    }
+
+    func testDivergingLossStopsAndNamesTheStep() throws {
+        let images = try tinyImageFolder()
+        let out = try temporaryDirectory()
+        var diverging = job(images: images, out: out, epochs: 2)
+        diverging.settings.learningRate = 1e12
+        XCTAssertThrowsError(try diverging.run { _ in }) { error in
+            guard let error = error as? TrainingError else { return XCTFail("\(error)") }
+            XCTAssertEqual(error.kind, .diverged)
+            XCTAssertTrue(error.description.contains("epoch 1, step"), error.description)
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: out + "/summary.json"))
+    }
+
+    func testRefusesBadLayersHeadsAndBatchesTooLargeForMemory() throws {
+        let images = try tinyImageFolder()
+        var unknownLayer = job(images: images, out: try temporaryDirectory(), epochs: 1)
+        unknownLayer.settings.freezeThrough = "conv9_9"
+        XCTAssertThrowsError(try unknownLayer.run { _ in }) { XCTAssertTrue("\($0)".contains("unknown layer 'conv9_9'"), "\($0)") }
+
+        var huge = job(images: images, out: try temporaryDirectory(), epochs: 1)
+        huge.memoryLimitBytes = 50_000_000
+        huge.settings.batchSize = 4096
+        XCTAssertThrowsError(try huge.run { _ in }) { XCTAssertTrue("\($0)".contains("is available"), "\($0)") }
+
+        // A head trained for other classes.
+        let config = Self.config.with(classes: 2)
+        let headPath = try temporaryDirectory() + "/model.h5"
+        let head = HeadNetwork.newLinear(inFeatures: config.hidden, outFeatures: 2, seed: 0)
+        try TrainedModel(mode: .head, config: config, classes: ["a", "b"], cut: try CutPoint("fc7", in: config), cutName: "fc7",
+                         weights: .random(seed: 1), preprocessing: Preprocessing(resize: 37, crop: 32), trainableLayers: ["classifier.6"],
+                         dropout: 0.5, stateDict: [("classifier.6.weight", head.weight), ("classifier.6.bias", head.bias)])
+            .save(to: headPath)
+        var otherClasses = job(images: images, out: try temporaryDirectory(), epochs: 1)
+        otherClasses.initialHead = headPath
+        XCTAssertThrowsError(try otherClasses.run { _ in }) { XCTAssertTrue("\($0)".contains("trained on classes a, b"), "\($0)") }
+    }
+
+    // MARK: helpers
+
+    private static let config = VGGConfig.vgg16.narrowed(by: 16, hidden: 64, classes: 10)
+
+    private func job(images: String, out: String, epochs: Int) -> FineTuneJob {
+        var job = FineTuneJob(imagesRoot: images, runDirectory: out, weights: .random(seed: 1))
+        job.config = Self.config
+        job.settings.epochs = epochs
+        job.settings.batchSize = 4
+        job.settings.imageSize = 32
+        job.settings.learningRate = 0.01
+        return job
+    }
+
+    private func runJob(images: String, epochs: Int) throws -> String {
+        let out = try temporaryDirectory()
+        _ = try job(images: images, out: out, epochs: epochs).run { _ in }
+        return out
+    }
+
+    /// 4 training and 2 validation images of each of the sample dataset's 3 classes.
+    private func tinyImageFolder() throws -> String {
+        let root = try temporaryDirectory()
+        let sample = Fixtures.root.deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("data/shapes")
+        let manager = FileManager.default
+        for (split, count) in [("train", 4), ("val", 2)] {
+            for name in try manager.contentsOfDirectory(atPath: sample.appendingPathComponent(split).path).sorted() {
+                let source = sample.appendingPathComponent("\(split)/\(name)")
+                let target = "\(root)/\(split)/\(name)"
+                try manager.createDirectory(atPath: target, withIntermediateDirectories: true)
+                for file in try manager.contentsOfDirectory(atPath: source.path).sorted().prefix(count) {
+                    try manager.copyItem(atPath: source.appendingPathComponent(file).path, toPath: "\(target)/\(file)")
+                }
+            }
+        }
+        return root
+    }
+
+    private func temporaryDirectory() throws -> String {
+        let url = FileManager.default.temporaryDirectory.appendingPathComponent("finetune-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+        addTeardownBlock { try? FileManager.default.removeItem(at: url) }
+        return url.path
+    }
+}
+
+private extension VGGConfig {
+    func with(classes: Int) -> VGGConfig {
+        var copy = self
+        copy.classes = classes
+        return copy
+    }
+}
