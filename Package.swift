@@ -10,6 +10,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
     ],
     targets: [
         .systemLibrary(name: "CHDF5", pkgConfig: "hdf5", providers: [.apt(["libhdf5-dev"])]),
@@ -20,7 +21,7 @@ let package = Package(
         .target(name: "CImageCodecs", dependencies: ["CJPEG", "CPNG"]),
         .target(
             name: "Bottleneck",
-            dependencies: ["CHDF5", "COpenBLAS", "CJPEG", "CPNG", "CImageCodecs"]
+            dependencies: ["CHDF5", "COpenBLAS", "CJPEG", "CPNG", "CImageCodecs", .product(name: "Yams", package: "Yams")]
         ),
         .executableTarget(
             name: "bottleneck",

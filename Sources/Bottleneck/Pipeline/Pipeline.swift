@@ -1,0 +1,85 @@
+import Foundation
+
+/// A pipeline file (`bottleneck run pipelines/NAME.yaml`): one dataset, one backbone and cut layer, and the
+/// stages that run on them in order. Paths are relative to the directory the command runs from.
+public struct Pipeline: Sendable {
+    public enum StageKind: String, CaseIterable, Sendable {
+        case extract
+        case trainHead = "train-head"
+        case fullFinetune = "full-finetune"
+        case report
+
+        /// The stage name when the file gives none: also the run folder's name.
+        var defaultName: String {
+            switch self {
+            case .extract: "extract"
+            case .trainHead: "head"
+            case .fullFinetune: "finetune"
+            case .report: "report"
+            }
+        }
+    }
+
+    public enum ReportFormat: String, CaseIterable, Sendable {
+        case html, md
+    }
+
+    public struct Stage: Sendable {
+        public enum Settings: Sendable {
+            case extract(batchSize: Int, compress: Bool)
+            case trainHead(HeadTrainingSettings)
+            /// `initialHead`: the name of an earlier train-head stage whose model starts the head.
+            case fullFinetune(FineTuneSettings, initialHead: String?)
+            case report(formats: [ReportFormat])
+        }
+
+        public var name: String
+        public var settings: Settings
+
+        public var kind: StageKind {
+            switch settings {
+            case .extract: .extract
+            case .trainHead: .trainHead
+            case .fullFinetune: .fullFinetune
+            case .report: .report
+            }
+        }
+    }
+
+    public var path: String
+    public var name: String
+    public var images: String
+    /// As `--weights`: a file, `random`, `random:SEED`; nil: torchvision's download when found, else random.
+    public var weights: String?
+    public var backbone: VGGConfig
+    public var layer: String
+    /// Side of the square images the extraction sees (torchvision's 224); resize is 256/224 of it.
+    public var imageSize: Int
+    /// Where every stage writes: the cache, one folder per training stage, the report.
+    public var outputRoot: String
+    public var stages: [Stage]
+
+    public var preprocessing: Preprocessing {
+        Preprocessing(resize: Int((Double(imageSize) * 256 / 224).rounded()), crop: imageSize)
+    }
+
+    public var cachePath: String { outputRoot + "/features-\(layer).h5" }
+
+    public func runDirectory(of stage: Stage) -> String { outputRoot + "/" + stage.name }
+
+    public func reportPath(_ format: ReportFormat) -> String { outputRoot + "/report." + format.rawValue }
+
+    /// The backbones a pipeline may name: torchvision's, and the test suite's narrow fixture network.
+    static func backbone(named name: String) -> VGGConfig? {
+        VGGConfig.named(name) ?? (name == fixtureBackbone.name ? fixtureBackbone : nil)
+    }
+
+    /// Tests/Fixtures/network's VGG16 with every width divided by 16 and 64 hidden units: lets the test suite
+    /// run a whole pipeline in seconds.
+    static let fixtureBackbone = VGGConfig.vgg16.narrowed(by: 16, hidden: 64, classes: 10)
+}
+
+public struct PipelineError: Error, CustomStringConvertible, Sendable {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}

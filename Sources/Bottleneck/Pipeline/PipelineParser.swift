@@ -1,0 +1,361 @@
+import Foundation
+import Yams
+
+extension Pipeline {
+    /// Reads and validates a pipeline file. Every mistake is reported as `FILE:LINE: what is wrong`, unknown
+    /// keys with the closest known one, before anything runs.
+    public init(contentsOf path: String) throws {
+        let text: String
+        do {
+            text = try String(contentsOfFile: path, encoding: .utf8)
+        } catch {
+            throw PipelineError("\(path): cannot read the pipeline file: \(error.localizedDescription)")
+        }
+        try self.init(yaml: text, path: path)
+    }
+
+    public init(yaml text: String, path: String) throws {
+        let root: Node?
+        do {
+            root = try Yams.compose(yaml: text)
+        } catch let error as YamlError {
+            throw PipelineError(Self.describe(error, file: path, text: text))
+        }
+        guard let root else { throw PipelineError("\(path): the file is empty") }
+        let top = try YAMLMapping(root, file: path, context: "the pipeline")
+        try top.refuseUnknownKeys(["name", "images", "weights", "backbone", "layer", "image_size", "out", "stages"])
+
+        self.path = path
+        name = try top.string("name") ?? URL(fileURLWithPath: path).deletingPathExtension().lastPathComponent
+        guard let images = try top.string("images") else { throw top.missing("images", example: "images: data/shapes") }
+        self.images = Self.expandingTilde(images)
+        weights = try top.string("weights").map(Self.expandingTilde)
+        let backboneName = try top.string("backbone") ?? "vgg16"
+        guard let backbone = Self.backbone(named: backboneName) else {
+            throw top.error(at: "backbone", "unknown backbone '\(backboneName)' (vgg11, vgg13, vgg16 or vgg19)")
+        }
+        self.backbone = backbone
+        layer = try top.string("layer") ?? "fc7"
+        do {
+            _ = try CutPoint(layer, in: backbone)
+        } catch {
+            throw top.error(at: "layer", "\(error)")
+        }
+        imageSize = try top.int("image_size") ?? 224
+        guard imageSize >= 32 else { throw top.error(at: "image_size", "image_size must be at least 32 (five 2x2 pools)") }
+        outputRoot = Self.expandingTilde(try top.string("out") ?? "runs/\(name)")
+
+        guard let stageList = top.value("stages") else {
+            throw top.missing("stages", example: "stages:\n  - stage: extract\n  - stage: train-head")
+        }
+        guard case .sequence(let sequence) = stageList else {
+            throw PipelineError("\(path):\(stageList.line): 'stages' must be a list (each item starting with '- stage: KIND')")
+        }
+        var stages: [Stage] = []
+        for item in sequence {
+            stages.append(try Self.stage(from: item, file: path, before: stages, backbone: backbone, pipelineImageSize: imageSize))
+        }
+        guard !stages.isEmpty else { throw PipelineError("\(path):\(stageList.line): 'stages' is empty") }
+        self.stages = stages
+    }
+
+    private static func stage(from node: Node, file: String, before: [Stage], backbone: VGGConfig,
+                              pipelineImageSize: Int) throws -> Stage {
+        let entry = try YAMLMapping(node, file: file, context: "a stage")
+        let kinds = StageKind.allCases.map(\.rawValue)
+        guard let kindName = try entry.string("stage") else {
+            throw entry.missing("stage", example: "- stage: train-head   (one of \(kinds.joined(separator: ", ")))")
+        }
+        guard let kind = StageKind(rawValue: kindName) else {
+            throw entry.error(at: "stage", "unknown stage kind '\(kindName)'" + suggestion(for: kindName, among: kinds)
+                              + " (one of \(kinds.joined(separator: ", ")))")
+        }
+        let name = try entry.string("name") ?? kind.defaultName
+        if before.contains(where: { $0.name == name }) {
+            throw entry.error(at: entry.value("name") == nil ? "stage" : "name",
+                              "two stages are named '\(name)'; give one of them another 'name:'")
+        }
+        let context = "stage \(name)"
+        let stageEntry = YAMLMapping(entry, context: context)
+        let settings: Stage.Settings
+        switch kind {
+        case .extract:
+            try stageEntry.refuseUnknownKeys(["stage", "name", "batch_size", "compress"])
+            if before.contains(where: { $0.kind == .extract }) {
+                throw entry.error(at: "stage", "a pipeline has one extract stage (one cut layer, the top-level 'layer')")
+            }
+            let batchSize = try stageEntry.int("batch_size") ?? 16
+            guard batchSize >= 1 else { throw stageEntry.error(at: "batch_size", "batch_size must be at least 1") }
+            settings = .extract(batchSize: batchSize, compress: try stageEntry.bool("compress") ?? false)
+        case .trainHead:
+            guard before.contains(where: { $0.kind == .extract }) else {
+                throw entry.error(at: "stage", "train-head trains on the feature cache: put an extract stage before it")
+            }
+            var head = HeadTrainingSettings()
+            try stageEntry.apply(headFields, to: &head, fixed: ["stage", "name"])
+            try validated(head.validate, entry: stageEntry)
+            try stageEntry.checkLayer("train_from", backbone: backbone)
+            settings = .trainHead(head)
+        case .fullFinetune:
+            var finetune = FineTuneSettings()
+            finetune.imageSize = pipelineImageSize
+            try stageEntry.apply(finetuneFields, to: &finetune, fixed: ["stage", "name", "init_head"])
+            try validated(finetune.validate, entry: stageEntry)
+            try stageEntry.checkLayer("freeze_through", backbone: backbone)
+            let initialHead = try stageEntry.string("init_head")
+            if let initialHead {
+                let heads = before.filter { $0.kind == .trainHead }.map(\.name)
+                guard heads.contains(initialHead) else {
+                    throw stageEntry.error(at: "init_head", "init_head names a train-head stage above this one"
+                                           + (heads.isEmpty ? ", and there is none" : " (\(heads.joined(separator: ", ")))")
+                                           + ", not '\(initialHead)'")
+                }
+                guard finetune.imageSize == pipelineImageSize else {
+                    throw stageEntry.error(at: "image_size", "a head from init_head was trained on \(pipelineImageSize) px "
+                                           + "features: fine-tune it at image_size \(pipelineImageSize), not \(finetune.imageSize)")
+                }
+            }
+            settings = .fullFinetune(finetune, initialHead: initialHead)
+        case .report:
+            try stageEntry.refuseUnknownKeys(["stage", "name", "formats"])
+            guard before.contains(where: { [.trainHead, .fullFinetune].contains($0.kind) }) else {
+                throw entry.error(at: "stage", "a report compares training runs: put a train-head or full-finetune stage before it")
+            }
+            var formats = ReportFormat.allCases
+            if let list = stageEntry.value("formats") {
+                guard case .sequence(let items) = list else {
+                    throw stageEntry.error(at: "formats", "formats is a list, e.g. [html, md]")
+                }
+                formats = try items.map { item in
+                    guard let format = item.string.flatMap(ReportFormat.init) else {
+                        throw PipelineError("\(file):\(item.line): unknown report format '\(item.string ?? "")' (html or md)")
+                    }
+                    return format
+                }
+                guard !formats.isEmpty else { throw stageEntry.error(at: "formats", "formats is empty; leave it out for [html, md]") }
+            }
+            settings = .report(formats: formats)
+        }
+        return Stage(name: name, settings: settings)
+    }
+
+    /// `~/…` as a shell would read it: weights live in ~/.cache/torch.
+    private static func expandingTilde(_ path: String) -> String { (path as NSString).expandingTildeInPath }
+
+    /// A settings check of the jobs, reported against the stage's line (the jobs name flags, the file keys).
+    private static func validated(_ check: () throws -> Void, entry: YAMLMapping) throws {
+        do {
+            try check()
+        } catch {
+            let message = "\(error)".replacingOccurrences(of: "--", with: "").replacingOccurrences(of: "-", with: "_")
+            throw PipelineError("\(entry.file):\(entry.line): \(entry.context): \(message)")
+        }
+    }
+
+    typealias Field<Settings> = @Sendable (inout Settings, YAMLMapping, String) throws -> Void
+
+    /// The keys train-head and full-finetune share: the same flags, the same meaning.
+    private static func sharedFields<Settings: SharedTrainingSettings>() -> [String: Field<Settings>] {
+        [
+            "epochs": { $0.epochs = try $1.int($2)! },
+            "batch_size": { $0.batchSize = try $1.int($2)! },
+            "optimizer": { $0.optimizer = try $1.choice($2)! },
+            "momentum": { $0.momentum = try $1.double($2)! },
+            "weight_decay": { $0.weightDecay = try $1.double($2)! },
+            "val_fraction": { $0.validationFraction = try $1.double($2)! },
+            "seed": { $0.seed = UInt64(try $1.nonNegativeInt($2)!) },
+            "dropout": { $0.dropout = try $1.double($2)! },
+        ]
+    }
+
+    private static let headFields: [String: Field<HeadTrainingSettings>] = sharedFields().merging([
+        "lr": { $0.learningRate = try $1.double($2)! },
+        "schedule": { $0.schedule = try $1.choice($2)! },
+        "step_size": { $0.stepSize = try $1.int($2)! },
+        "gamma": { $0.gamma = try $1.double($2)! },
+        "patience": { $0.patience = try $1.int($2)! },
+        "train_from": { $0.trainFrom = try $1.string($2)! },
+        "threads": { $0.threads = try $1.int($2)! },
+    ]) { shared, _ in shared }
+
+    private static let finetuneFields: [String: Field<FineTuneSettings>] = sharedFields().merging([
+        "lr": { $0.learningRate = try $1.double($2)! },
+        "augment": { $0.augment = try $1.choice($2)! },
+        "freeze_through": { $0.freezeThrough = try $1.string($2)! },
+        "backbone_lr_mult": { $0.backboneLearningRateMultiplier = try $1.double($2)! },
+        "image_size": { $0.imageSize = try $1.int($2)! },
+    ]) { shared, _ in shared }
+
+    private static func describe(_ error: YamlError, file: String, text: String) -> String {
+        switch error {
+        case .duplicatedKeysInMapping(let duplicates, let context):
+            // Yams marks the mapping; the line people need is the key's second appearance in it.
+            let key = duplicates.sorted()[0]
+            let lines = text.split(separator: "\n", omittingEmptySubsequences: false)
+            let appearances = lines.indices.filter { index in
+                index + 1 >= context.mark.line
+                    && lines[index].drop { $0 == " " || $0 == "-" }.hasPrefix(key + ":")
+            }
+            let line = appearances.dropFirst().first.map { $0 + 1 } ?? context.mark.line
+            let first = appearances.first.map { " (first on line \($0 + 1))" } ?? ""
+            return "\(file):\(line): '\(key)' is given twice\(first)"
+        case .scanner(let context, let problem, let mark, _), .parser(let context, let problem, let mark, _),
+             .composer(let context, let problem, let mark, _):
+            let during = context.map { " (\($0.text))" } ?? ""
+            return "\(file):\(mark.line): invalid YAML: \(problem)\(during)"
+        default:
+            return "\(file): invalid YAML: \(error)"
+        }
+    }
+
+    /// " (did you mean 'epochs'?)" when a known word is within two edits, else "".
+    static func suggestion(for word: String, among known: [String]) -> String {
+        let scored = known.map { ($0, editDistance(word.lowercased(), $0)) }.filter { $0.1 <= 2 }
+        guard let best = scored.min(by: { $0.1 < $1.1 }) else { return "" }
+        return " (did you mean '\(best.0)'?)"
+    }
+
+    private static func editDistance(_ a: String, _ b: String) -> Int {
+        let a = Array(a), b = Array(b)
+        var previous = Array(0...b.count)
+        for (i, characterOfA) in a.enumerated() {
+            var current = [i + 1]
+            for (j, characterOfB) in b.enumerated() {
+                current.append(min(previous[j + 1] + 1, current[j] + 1, previous[j] + (characterOfA == characterOfB ? 0 : 1)))
+            }
+            previous = current
+        }
+        return previous[b.count]
+    }
+}
+
+extension Node {
+    var line: Int { mark?.line ?? 0 }
+}
+
+/// What a pipeline file may set alike in train-head and full-finetune stages.
+protocol SharedTrainingSettings {
+    var epochs: Int { get set }
+    var batchSize: Int { get set }
+    var optimizer: HeadTrainingSettings.OptimizerKind { get set }
+    var momentum: Double { get set }
+    var weightDecay: Double? { get set }
+    var validationFraction: Double { get set }
+    var seed: UInt64 { get set }
+    var dropout: Double { get set }
+}
+
+extension HeadTrainingSettings: SharedTrainingSettings {}
+extension FineTuneSettings: SharedTrainingSettings {}
+
+/// A YAML mapping with its file and what it describes, for errors that point at the line.
+struct YAMLMapping {
+    let file: String
+    let context: String
+    let line: Int
+    private let pairs: [(key: String, keyLine: Int, value: Node)]
+
+    init(_ node: Node, file: String, context: String) throws {
+        guard case .mapping(let mapping) = node else {
+            throw PipelineError("\(file):\(node.line): \(context) must be a mapping of 'key: value' lines")
+        }
+        var pairs: [(key: String, keyLine: Int, value: Node)] = []
+        for (key, value) in mapping {
+            guard let name = key.string else { throw PipelineError("\(file):\(key.line): keys must be plain words") }
+            pairs.append((name, key.line, value))
+        }
+        self.file = file
+        self.context = context
+        line = node.line
+        self.pairs = pairs
+    }
+
+    init(_ other: YAMLMapping, context: String) {
+        file = other.file
+        line = other.line
+        pairs = other.pairs
+        self.context = context
+    }
+
+    func value(_ key: String) -> Node? { pairs.first { $0.key == key }?.value }
+
+    func error(at key: String, _ message: String) -> PipelineError {
+        PipelineError("\(file):\(value(key)?.line ?? line): \(message)")
+    }
+
+    func missing(_ key: String, example: String) -> PipelineError {
+        PipelineError("\(file):\(line): \(context) needs '\(key)', e.g.\n  \(example)")
+    }
+
+    /// A layer name the backbone has (`conv3_3`, `fc6`, `features.16`), refused at its line otherwise.
+    func checkLayer(_ key: String, backbone: VGGConfig) throws {
+        guard let name = try string(key) else { return }
+        do {
+            _ = try CutPoint(name, in: backbone)
+        } catch {
+            throw self.error(at: key, "\(key): \(error)")
+        }
+    }
+
+    func refuseUnknownKeys(_ known: [String]) throws {
+        for pair in pairs where !known.contains(pair.key) {
+            throw PipelineError("\(file):\(pair.keyLine): unknown key '\(pair.key)' in \(context)"
+                                + Pipeline.suggestion(for: pair.key, among: known))
+        }
+    }
+
+    /// Sets every key the table knows; refuses keys that are neither in it nor `fixed` (read by the caller).
+    func apply<Settings>(_ fields: [String: Pipeline.Field<Settings>], to settings: inout Settings, fixed: [String]) throws {
+        try refuseUnknownKeys(fixed + fields.keys.sorted())
+        for pair in pairs {
+            try fields[pair.key]?(&settings, self, pair.key)
+        }
+    }
+
+    private func scalar(_ key: String, _ kind: String) throws -> String? {
+        guard let node = value(key) else { return nil }
+        guard case .scalar(let scalar) = node else { throw error(at: key, "'\(key)' must be \(kind), not a list or mapping") }
+        return scalar.string
+    }
+
+    func string(_ key: String) throws -> String? {
+        try scalar(key, "a single value")
+    }
+
+    func int(_ key: String) throws -> Int? {
+        guard let text = try scalar(key, "a whole number") else { return nil }
+        guard let value = Int(text) else { throw error(at: key, "'\(key)' must be a whole number, got '\(text)'") }
+        return value
+    }
+
+    func nonNegativeInt(_ key: String) throws -> Int? {
+        guard let value = try int(key) else { return nil }
+        guard value >= 0 else { throw error(at: key, "'\(key)' must not be negative, got \(value)") }
+        return value
+    }
+
+    func double(_ key: String) throws -> Double? {
+        guard let text = try scalar(key, "a number") else { return nil }
+        guard let value = Double(text) else { throw error(at: key, "'\(key)' must be a number, got '\(text)'") }
+        return value
+    }
+
+    func bool(_ key: String) throws -> Bool? {
+        guard let text = try scalar(key, "true or false") else { return nil }
+        switch text.lowercased() {
+        case "true", "yes", "on": return true
+        case "false", "no", "off": return false
+        default: throw error(at: key, "'\(key)' must be true or false, got '\(text)'")
+        }
+    }
+
+    func choice<Choice: RawRepresentable & CaseIterable>(_ key: String) throws -> Choice? where Choice.RawValue == String {
+        guard let text = try scalar(key, "one word") else { return nil }
+        guard let value = Choice(rawValue: text.lowercased()) else {
+            let known = Choice.allCases.map(\.rawValue)
+            throw error(at: key, "'\(key)' must be one of \(known.joined(separator: ", ")), got '\(text)'"
+                        + Pipeline.suggestion(for: text, among: known))
+        }
+        return value
+    }
+}

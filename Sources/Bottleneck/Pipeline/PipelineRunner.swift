@@ -1,0 +1,232 @@
+import Foundation
+
+/// Runs a pipeline's stages in order, as make does: a stage whose settings and inputs are those of its last
+/// finished run, and whose output is still there, is reused, not rerun. Each finished stage leaves a record
+/// (`OUT/.stages/NAME.json`) holding the key of what it was made from: a SHA-256 of its settings, the
+/// backbone, and the identity of its inputs (the image files' names, sizes and times; the weights file's; the
+/// keys and files of the stages it reads). A stage that reruns changes its output files, so every stage
+/// that reads them reruns too.
+public struct PipelineRunner {
+    public let pipeline: Pipeline
+    /// Names (or kinds) of stages to rerun whether or not they are up to date.
+    public let forced: Set<String>
+
+    public init(pipeline: Pipeline, force: [String] = []) throws {
+        let known = pipeline.stages.flatMap { [$0.name, $0.kind.rawValue] }
+        for name in force where !known.contains(name) {
+            throw PipelineError("--force \(name): \(pipeline.path) has no such stage (its stages: "
+                                + pipeline.stages.map(\.name).joined(separator: ", ") + ")"
+                                + Pipeline.suggestion(for: name, among: known))
+        }
+        self.pipeline = pipeline
+        forced = Set(force)
+    }
+
+    public struct StageOutcome: Sendable {
+        public var name: String
+        public var kind: Pipeline.StageKind
+        public var reused: Bool
+        /// The cache, run folder or report file(s) the stage made.
+        public var outputs: [String]
+        public var seconds: Double
+        /// One line for people: what the stage produced.
+        public var result: String
+    }
+
+    /// What `.stages/NAME.json` holds.
+    struct StageRecord: Codable {
+        var stage: String
+        var kind: String
+        var key: String
+        var finished: String
+        var seconds: Double
+        var result: String
+    }
+
+    public func run(log: (String) -> Void) throws -> [StageOutcome] {
+        let (weights, fellBack) = WeightsChoice.resolve(pipeline.weights)
+        // Said once, by the first stage that runs the network on stand-in weights; reused stages say nothing.
+        var warnOfRandomWeights = fellBack
+        do {
+            try FileManager.default.createDirectory(atPath: pipeline.outputRoot, withIntermediateDirectories: true)
+        } catch {
+            throw PipelineError("cannot create \(pipeline.outputRoot): \(error.localizedDescription)")
+        }
+        var keys: [String: String] = [:]
+        var outcomes: [StageOutcome] = []
+        for stage in pipeline.stages {
+            let key = try stageKey(stage, weights: weights, upstreamKeys: keys)
+            keys[stage.name] = key
+            let outputs = outputPaths(of: stage)
+            let recordPath = pipeline.outputRoot + "/.stages/\(stage.name).json"
+            let record = try? JSONDecoder().decode(StageRecord.self, from: Data(contentsOf: URL(fileURLWithPath: recordPath)))
+            let isForced = forced.contains(stage.name) || forced.contains(stage.kind.rawValue)
+            if !isForced, let record, record.key == key, outputs.allSatisfy(FileManager.default.fileExists) {
+                log("\(stage.name): up to date (\(outputs.joined(separator: ", "))), reused")
+                outcomes.append(StageOutcome(name: stage.name, kind: stage.kind, reused: true, outputs: outputs, seconds: 0,
+                                             result: record.result))
+                continue
+            }
+            log("\(stage.name): \(isForced ? "forced" : record == nil ? "running" : "inputs or settings changed, running") "
+                + "\(stage.kind.rawValue)")
+            try? FileManager.default.removeItem(atPath: recordPath)
+            if warnOfRandomWeights && [.extract, .fullFinetune].contains(stage.kind) {
+                log(WeightsChoice.randomFallbackWarning())
+                warnOfRandomWeights = false
+            }
+            let start = ResourceUsage.now
+            let result = try run(stage, weights: weights, log: log)
+            let seconds = ResourceUsage.now - start
+            log("\(stage.name): \(result)")
+            try write(StageRecord(stage: stage.name, kind: stage.kind.rawValue, key: key,
+                                  finished: ISO8601DateFormatter().string(from: Date()), seconds: seconds, result: result),
+                      to: recordPath)
+            outcomes.append(StageOutcome(name: stage.name, kind: stage.kind, reused: false, outputs: outputs, seconds: seconds,
+                                         result: result))
+        }
+        return outcomes
+    }
+
+    /// The file whose presence shows the stage finished (a run's summary.json is written last).
+    func outputPaths(of stage: Pipeline.Stage) -> [String] {
+        switch stage.settings {
+        case .extract: [pipeline.cachePath]
+        case .trainHead, .fullFinetune: [pipeline.runDirectory(of: stage) + "/" + RunDirectory.summaryFile]
+        case .report(let formats): formats.map(pipeline.reportPath)
+        }
+    }
+
+    private var trainingStages: [Pipeline.Stage] {
+        pipeline.stages.filter { [.trainHead, .fullFinetune].contains($0.kind) }
+    }
+
+    private func run(_ stage: Pipeline.Stage, weights: WeightsChoice, log: (String) -> Void) throws -> String {
+        switch stage.settings {
+        case .extract(let batchSize, let compress):
+            var job = ExtractionJob(imagesRoot: pipeline.images, outputPath: pipeline.cachePath, weights: weights)
+            job.layer = pipeline.layer
+            job.batchSize = batchSize
+            job.compress = compress
+            job.overwrite = true
+            job.config = pipeline.backbone
+            job.preprocessing = pipeline.preprocessing
+            let summary = try job.run(log: log)
+            guard summary.extracted + summary.reused + summary.recovered > 0 else {
+                throw PipelineError("\(stage.name): no image of \(pipeline.images) could be read (\(summary.failed.count) failed)")
+            }
+            return "\(summary.found) images (\(summary.extracted) extracted, \(summary.reused) reused, \(summary.failed.count) failed), "
+                + String(format: "%.2f img/s; ", summary.imagesPerSecond) + "\(summary.path) (\(summary.fileBytes.formattedBytes))"
+        case .trainHead(let settings):
+            var job = HeadTrainingJob(cachePath: pipeline.cachePath, runDirectory: pipeline.runDirectory(of: stage))
+            job.settings = settings
+            job.config = pipeline.backbone
+            job.overwrite = true
+            let summary = try job.run(log: log)
+            return String(format: "val accuracy %.4f at epoch %d of %d, %@, %.0f samples/s; %@", summary.bestValAccuracy,
+                          summary.bestEpoch, summary.epochsRun, Report.duration(summary.wallSeconds), summary.samplesPerSecond,
+                          pipeline.runDirectory(of: stage))
+        case .fullFinetune(let settings, let initialHead):
+            var job = FineTuneJob(imagesRoot: pipeline.images, runDirectory: pipeline.runDirectory(of: stage), weights: weights)
+            job.settings = settings
+            job.config = pipeline.backbone
+            job.overwrite = true
+            job.initialHead = initialHead.map { headModelPath(ofStage: $0) }
+            let summary = try job.run(log: log)
+            return String(format: "val accuracy %.4f at epoch %d of %d, %@, %.2f img/s; %@", summary.bestValAccuracy,
+                          summary.bestEpoch, summary.epochsRun, Report.duration(summary.wallSeconds), summary.trainImagesPerSecond,
+                          pipeline.runDirectory(of: stage))
+        case .report(let formats):
+            let runs = try trainingStages.map { try RunRecord(directory: pipeline.runDirectory(of: $0)) }
+            let report = Report(title: "bottleneck — \(pipeline.name)", runs: runs)
+            for format in formats {
+                try report.write(format: format, to: pipeline.reportPath(format))
+            }
+            return "report of \(runs.count) runs: " + formats.map(pipeline.reportPath).joined(separator: ", ")
+        }
+    }
+
+    private func headModelPath(ofStage name: String) -> String {
+        pipeline.runDirectory(of: pipeline.stages.first { $0.name == name }!) + "/" + RunDirectory.modelFile
+    }
+
+    /// SHA-256 of everything the stage's output depends on.
+    func stageKey(_ stage: Pipeline.Stage, weights: WeightsChoice, upstreamKeys: [String: String]) throws -> String {
+        var ingredients = ["kind": stage.kind.rawValue, "backbone": Self.json(pipeline.backbone)]
+        let upstream = { (stageName: String, file: String) in
+            "\(upstreamKeys[stageName] ?? "none") \(Self.fileIdentity(file))"
+        }
+        switch stage.settings {
+        case .extract(let batchSize, let compress):
+            ingredients["images"] = try Self.folderIdentity(pipeline.images)
+            ingredients["weights"] = Self.identity(of: weights)
+            ingredients["layer"] = pipeline.layer
+            ingredients["preprocessing"] = pipeline.preprocessing.jsonDescription
+            ingredients["settings"] = "batch \(batchSize) compress \(compress)"
+        case .trainHead(var settings):
+            // Cores and the memory budget change the speed, not the model.
+            settings.threads = 0
+            settings.memoryBudgetBytes = 0
+            ingredients["settings"] = Self.json(settings.resolved)
+            let extract = pipeline.stages.first { $0.kind == .extract }!
+            ingredients["cache"] = upstream(extract.name, pipeline.cachePath)
+        case .fullFinetune(let settings, let initialHead):
+            ingredients["images"] = try Self.folderIdentity(pipeline.images)
+            ingredients["weights"] = Self.identity(of: weights)
+            ingredients["settings"] = Self.json(settings.resolved)
+            if let initialHead { ingredients["init_head"] = upstream(initialHead, headModelPath(ofStage: initialHead)) }
+        case .report(let formats):
+            ingredients["formats"] = formats.map(\.rawValue).joined(separator: ",")
+            for run in trainingStages {
+                ingredients["run " + run.name] = upstream(run.name, pipeline.runDirectory(of: run) + "/" + RunDirectory.summaryFile)
+            }
+        }
+        return SHA256.hex(SHA256.digest(Array(Self.json(ingredients).utf8)))
+    }
+
+    private static func identity(of weights: WeightsChoice) -> String {
+        switch weights {
+        case .random(let seed): "random:\(seed)"
+        case .file(let path): "\(URL(fileURLWithPath: path).standardizedFileURL.path) \(fileIdentity(path))"
+        }
+    }
+
+    /// Size and modification time, as make would judge a file.
+    private static func fileIdentity(_ path: String) -> String {
+        guard let attributes = try? FileManager.default.attributesOfItem(atPath: path) else { return "missing" }
+        let size = (attributes[.size] as? Int) ?? -1
+        let modified = (attributes[.modificationDate] as? Date)?.timeIntervalSince1970 ?? 0
+        return "\(size)@\(modified)"
+    }
+
+    /// Every file under the folder with its size and time: adding, removing or replacing an image changes it.
+    private static func folderIdentity(_ root: String) throws -> String {
+        let url = URL(fileURLWithPath: root).standardizedFileURL
+        guard let walker = FileManager.default.enumerator(atPath: url.path) else {
+            throw PipelineError("\(root): the image folder does not exist")
+        }
+        var lines = [url.path]
+        while let relative = walker.nextObject() as? String {
+            lines.append(relative + " " + fileIdentity(url.path + "/" + relative))
+        }
+        lines[1...].sort()
+        return SHA256.hex(SHA256.digest(Array(lines.joined(separator: "\n").utf8)))
+    }
+
+    private static func json<T: Encodable>(_ value: T) -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = .sortedKeys
+        // Settings, configs and string maps are plain numbers and strings: encoding cannot fail.
+        return String(decoding: try! encoder.encode(value), as: UTF8.self)
+    }
+
+    private func write(_ record: StageRecord, to path: String) throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        do {
+            try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+            try encoder.encode(record).write(to: URL(fileURLWithPath: path), options: .atomic)
+        } catch {
+            throw PipelineError("cannot write \(path): \(error.localizedDescription)")
+        }
+    }
+}

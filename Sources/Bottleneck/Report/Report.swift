@@ -1,0 +1,242 @@
+import Foundation
+
+/// `bottleneck report`: train-head and full-finetune runs side by side, as one self-contained HTML file
+/// (inline CSS and SVG, nothing fetched) or as Markdown for terminals and CI logs.
+public struct Report: Sendable {
+    public var title: String
+    public var runs: [RunRecord]
+
+    public init(title: String, runs: [RunRecord]) {
+        self.title = title
+        self.runs = runs
+    }
+
+    public func write(format: Pipeline.ReportFormat, to path: String) throws {
+        let text = format == .html ? html : markdown
+        do {
+            let folder = (path as NSString).deletingLastPathComponent
+            if !folder.isEmpty { try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true) }
+            try Data(text.utf8).write(to: URL(fileURLWithPath: path), options: .atomic)
+        } catch {
+            throw PipelineError("cannot write \(path): \(error.localizedDescription)")
+        }
+    }
+
+    // MARK: - Figures, formatted once for both formats
+
+    private struct Row {
+        var cells: [String]
+        static let header = ["run", "mode", "frozen", "trainable parameters", "epochs (best)", "best val accuracy",
+                             "best val loss", "wall time", "throughput", "cache"]
+    }
+
+    private func row(_ run: RunRecord) -> Row {
+        let throughput = run.mode == .head ? Self.grouped(Int(run.samplesPerSecond.rounded())) + " samples/s"
+            : String(format: "%.2f img/s", run.samplesPerSecond)
+        let cache = run.cache.map { $0.bytes?.formattedBytes ?? "missing" } ?? "—"
+        return Row(cells: [run.name, run.mode == .head ? "train-head" : "full-finetune", run.frozen,
+                           Self.grouped(run.trainableParameters), "\(run.epochs.count) (\(run.bestEpoch))",
+                           String(format: "%.4f", run.bestValidationAccuracy), String(format: "%.4f", run.bestValidationLoss),
+                           Self.duration(run.wallSeconds), throughput, cache])
+    }
+
+    /// 1,234,567
+    static func grouped(_ value: Int) -> String {
+        let digits = String(value)
+        return digits.enumerated().map { index, digit in
+            (index > 0 && (digits.count - index) % 3 == 0 ? "," : "") + String(digit)
+        }.joined()
+    }
+
+    /// "12.0 ms", "0.54 s", "45.9 s", "2 min 05 s": precise for a head's milliseconds, readable for a fine-tuning's minutes.
+    public static func duration(_ seconds: Double) -> String {
+        switch seconds {
+        case ..<0.1: String(format: "%.1f ms", seconds * 1000)
+        case ..<10: String(format: "%.2f s", seconds)
+        case ..<60: String(format: "%.1f s", seconds)
+        default: String(format: "%d min %02d s", Int(seconds) / 60, Int(seconds) % 60)
+        }
+    }
+
+    private static func figure(_ value: Double?) -> String { value.map { String(format: "%.3f", $0) } ?? "—" }
+
+    // MARK: - Colors: blues for heads, oranges for fine-tuning, darker for each further run of a mode
+
+    private static let headColors = [(31, 111, 180), (86, 160, 211), (12, 61, 102), (120, 190, 220)]
+    private static let finetuneColors = [(217, 84, 30), (240, 160, 48), (140, 45, 4), (250, 190, 120)]
+
+    private func color(of run: RunRecord) -> (red: Int, green: Int, blue: Int) {
+        let sameMode = runs.filter { $0.mode == run.mode }
+        let index = sameMode.firstIndex { $0.directory == run.directory } ?? 0
+        let palette = run.mode == .head ? Self.headColors : Self.finetuneColors
+        let (red, green, blue) = palette[index % palette.count]
+        return (red, green, blue)
+    }
+
+    private func cssColor(of run: RunRecord) -> String {
+        let (red, green, blue) = color(of: run)
+        return String(format: "#%02x%02x%02x", red, green, blue)
+    }
+
+    // MARK: - HTML
+
+    public var html: String {
+        var body = "<header><h1>\(HTML.escape(title))</h1>\n<p class=\"meta\">\(runs.count) run\(runs.count == 1 ? "" : "s") · "
+            + "generated \(ISO8601DateFormatter().string(from: Date())) by bottleneck \(BottleneckVersion.current)</p></header>\n"
+
+        body += "<section><h2>Runs</h2>\n<div class=\"table-wrap\"><table class=\"runs\"><thead><tr>"
+            + Row.header.map { "<th>\(HTML.escape($0))</th>" }.joined() + "</tr></thead><tbody>\n"
+        let bestAccuracy = runs.map(\.bestValidationAccuracy).max()
+        for run in runs {
+            var cells = row(run).cells.map(HTML.escape)
+            cells[0] = "<span class=\"swatch\" style=\"background:\(cssColor(of: run))\"></span>\(cells[0])"
+            cells[1] = "<span class=\"badge \(run.mode.rawValue)\">\(cells[1])</span>"
+            if run.bestValidationAccuracy == bestAccuracy && runs.count > 1 { cells[5] = "<strong>\(cells[5])</strong>" }
+            body += "<tr>" + cells.enumerated().map { index, cell in
+                "<td\(index >= 3 ? " class=\"number\"" : "")>\(cell)</td>"
+            }.joined() + "</tr>\n"
+        }
+        body += "</tbody></table></div>\n"
+        if let chance = runs.first?.chanceAccuracy {
+            body += "<p class=\"note\">Chance accuracy \(String(format: "%.3f", chance)) (\(runs.first!.classes.count) classes). "
+                + "Wall time is the whole training command; throughput counts training samples through optimizer steps. "
+                + "A head trains on the cache, whose extraction ran once before it.</p>\n"
+        }
+        body += "</section>\n"
+
+        body += "<section><h2>Learning curves</h2>\n<p class=\"note\">Validation after each epoch. Solid lines: train-head; "
+            + "dashed: full-finetune. Wall-clock axes are logarithmic and count training time from the first epoch.</p>\n"
+            + "<div class=\"charts\">\n" + charts.map { "<figure>\($0.svg)</figure>" }.joined(separator: "\n") + "\n</div></section>\n"
+
+        body += "<section><h2>Per run</h2>\n"
+        for run in runs {
+            body += "<article class=\"run\"><h3><span class=\"swatch\" style=\"background:\(cssColor(of: run))\"></span>"
+                + "\(HTML.escape(run.name)) <span class=\"badge \(run.mode.rawValue)\">\(run.mode == .head ? "train-head" : "full-finetune")</span></h3>\n"
+                + "<p class=\"path\">\(HTML.escape(run.directory)) · \(run.imageSize) px · best epoch \(run.bestEpoch): "
+                + String(format: "val accuracy %.4f, loss %.4f", run.bestValidationAccuracy, run.bestValidationLoss) + "</p>\n"
+                + "<div class=\"run-body\"><table class=\"classes\"><thead><tr><th>class</th><th>precision</th><th>recall</th>"
+                + "<th>f1</th><th>support</th></tr></thead><tbody>\n"
+            for figures in run.perClass {
+                body += "<tr><td>\(HTML.escape(figures.name))</td><td class=\"number\">\(Self.figure(figures.precision))</td>"
+                    + "<td class=\"number\">\(Self.figure(figures.recall))</td><td class=\"number\">\(Self.figure(figures.f1))</td>"
+                    + "<td class=\"number\">\(figures.support)</td></tr>\n"
+            }
+            body += "</tbody></table>\n<figure>"
+                + ConfusionMatrixChart(classes: run.classes, counts: run.confusion, color: color(of: run)).svg
+                + "<figcaption>confusion matrix, validation, best epoch</figcaption></figure></div></article>\n"
+        }
+        body += "</section>\n"
+        return """
+        <!doctype html>
+        <html lang="en">
+        <head>
+        <meta charset="utf-8">
+        <meta name="viewport" content="width=device-width, initial-scale=1">
+        <title>\(HTML.escape(title))</title>
+        <style>\(Self.style)</style>
+        </head>
+        <body><main>
+        \(body)</main></body>
+        </html>
+
+        """
+    }
+
+    private var charts: [LineChart] {
+        func series(_ value: (RunRecord.Epoch) -> Double, x: (RunRecord.Epoch) -> Double) -> [LineChart.Series] {
+            runs.map { run in
+                LineChart.Series(name: run.name, color: cssColor(of: run), points: run.epochs.map { (x($0), value($0)) },
+                                 dashed: run.mode == .finetune)
+            }
+        }
+        let accuracy = { (epoch: RunRecord.Epoch) in epoch.validationAccuracy }
+        let loss = { (epoch: RunRecord.Epoch) in epoch.validationLoss }
+        let epochNumber = { (epoch: RunRecord.Epoch) in Double(epoch.epoch) }
+        let elapsed = { (epoch: RunRecord.Epoch) in epoch.elapsedSeconds }
+        return [
+            LineChart(title: "Validation accuracy by epoch", xLabel: "epoch", yLabel: "val accuracy",
+                      series: series(accuracy, x: epochNumber), yBounds: 0...1),
+            LineChart(title: "Validation loss by epoch", xLabel: "epoch", yLabel: "val loss", series: series(loss, x: epochNumber)),
+            LineChart(title: "Validation accuracy by wall-clock time", xLabel: "seconds of training (log scale)",
+                      yLabel: "val accuracy", series: series(accuracy, x: elapsed), logarithmicX: true, yBounds: 0...1),
+            LineChart(title: "Validation loss by wall-clock time", xLabel: "seconds of training (log scale)", yLabel: "val loss",
+                      series: series(loss, x: elapsed), logarithmicX: true),
+        ]
+    }
+
+    private static let style = """
+    :root { --ink: #1d2430; --muted: #5b6573; --line: #dde2e8; --head: #1f6fb4; --finetune: #d9541e; }
+    * { box-sizing: border-box; }
+    body { margin: 0; background: #f5f7fa; color: var(--ink);
+           font: 15px/1.5 -apple-system, "Segoe UI", "DejaVu Sans", "Liberation Sans", Helvetica, Arial, sans-serif; }
+    main { max-width: 1200px; margin: 0 auto; padding: 28px 32px 48px; }
+    h1 { font-size: 26px; margin: 0 0 4px; letter-spacing: -0.01em; }
+    h2 { font-size: 19px; margin: 34px 0 12px; padding-bottom: 6px; border-bottom: 1px solid var(--line); }
+    h3 { font-size: 16px; margin: 0 0 4px; display: flex; align-items: center; gap: 8px; }
+    .meta, .note, .path, figcaption { color: var(--muted); font-size: 13px; }
+    .note { margin: 10px 0 0; max-width: 900px; }
+    table { border-collapse: collapse; background: #fff; font-size: 13.5px; }
+    th, td { padding: 7px 10px; border-bottom: 1px solid var(--line); text-align: left; white-space: nowrap; }
+    th { background: #eef1f5; font-weight: 600; font-size: 12.5px; color: #3a4452; white-space: normal; vertical-align: bottom; }
+    td.number { text-align: right; font-variant-numeric: tabular-nums; }
+    .table-wrap { overflow-x: auto; }
+    table.runs { width: 100%; box-shadow: 0 1px 2px rgba(0,0,0,.06); border-radius: 6px; overflow: hidden; }
+    .swatch { display: inline-block; width: 11px; height: 11px; border-radius: 3px; margin-right: 7px; vertical-align: -1px; }
+    .badge { display: inline-block; padding: 1px 8px; border-radius: 10px; font-size: 12px; font-weight: 600; }
+    .badge.head { background: #e1eefa; color: var(--head); }
+    .badge.finetune { background: #fcebe3; color: var(--finetune); }
+    .charts { display: grid; grid-template-columns: repeat(2, minmax(0, 1fr)); gap: 16px; }
+    @media (max-width: 1000px) { .charts { grid-template-columns: minmax(0, 640px); } main { padding: 20px 16px 40px; } }
+    figure { margin: 0; background: #fff; border-radius: 6px; box-shadow: 0 1px 2px rgba(0,0,0,.06); padding: 8px; }
+    svg.chart { width: 100%; height: auto; display: block; }
+    svg text { font-family: inherit; fill: var(--ink); }
+    .chart-title { font-size: 14px; font-weight: 600; }
+    .tick { font-size: 11px; fill: var(--muted); }
+    .axis-label { font-size: 12px; fill: var(--muted); }
+    .legend { font-size: 12px; }
+    .grid { stroke: #edf0f3; }
+    .axis { stroke: #9aa4b1; }
+    .count { font-size: 13px; font-variant-numeric: tabular-nums; }
+    .count.light { fill: #fff; font-weight: 600; }
+    .run { background: #fff; border-radius: 6px; box-shadow: 0 1px 2px rgba(0,0,0,.06); padding: 16px 18px; margin-bottom: 16px; }
+    .run-body { display: flex; gap: 28px; align-items: flex-start; flex-wrap: wrap; margin-top: 10px; }
+    .run figure { box-shadow: none; padding: 0; }
+    .empty { color: var(--muted); }
+    """
+
+    // MARK: - Markdown
+
+    public var markdown: String {
+        func table(_ header: [String], _ rows: [[String]]) -> String {
+            let escaped = { (cell: String) in cell.replacingOccurrences(of: "|", with: "\\|") }
+            return "| " + header.map(escaped).joined(separator: " | ") + " |\n|" + header.map { _ in " --- |" }.joined() + "\n"
+                + rows.map { "| " + $0.map(escaped).joined(separator: " | ") + " |" }.joined(separator: "\n") + "\n"
+        }
+        var out = "# \(title)\n\n"
+        out += table(Row.header, runs.map { row($0).cells }) + "\n"
+        if let chance = runs.first?.chanceAccuracy { out += String(format: "Chance accuracy %.3f.\n\n", chance) }
+
+        out += "## Validation accuracy by epoch\n\n"
+        let longest = runs.map(\.epochs.count).max() ?? 0
+        out += table(["epoch"] + runs.map(\.name), (0..<longest).map { index in
+            ["\(index + 1)"] + runs.map { run in
+                index < run.epochs.count
+                    ? String(format: "%.4f (loss %.4f, %@)", run.epochs[index].validationAccuracy, run.epochs[index].validationLoss,
+                             Self.duration(run.epochs[index].elapsedSeconds))
+                    : ""
+            }
+        }) + "\n"
+
+        for run in runs {
+            out += "## \(run.name) (\(run.mode == .head ? "train-head" : "full-finetune"))\n\n"
+            out += table(["class", "precision", "recall", "f1", "support"], run.perClass.map { figures in
+                [figures.name, Self.figure(figures.precision), Self.figure(figures.recall), Self.figure(figures.f1), "\(figures.support)"]
+            }) + "\n"
+            out += "Confusion matrix (rows: true class, columns: predicted):\n\n"
+            out += table(["true \\ predicted"] + run.classes, zip(run.classes, run.confusion).map { name, counts in
+                [name] + counts.map(String.init)
+            }) + "\n"
+        }
+        return out
+    }
+}

@@ -1,0 +1,167 @@
+import Foundation
+
+/// What the report shows of one run directory (train-head or full-finetune): read from its config.json,
+/// metrics.csv, summary.json and the attributes of its model.h5.
+public struct RunRecord: Sendable {
+    public enum Mode: String, Sendable {
+        case head, finetune
+    }
+
+    /// One line of metrics.csv, with the wall-clock seconds since training started. (The trainer's EpochRecord
+    /// as the file keeps it: without the seconds of the optimizer steps alone, which metrics.csv does not hold.)
+    public struct Epoch: Sendable, Equatable {
+        public var epoch: Int
+        public var trainLoss: Double
+        public var trainAccuracy: Double
+        public var validationLoss: Double
+        public var validationAccuracy: Double
+        public var learningRate: Double
+        public var seconds: Double
+        /// Sum of the epochs' seconds up to and including this one.
+        public var elapsedSeconds: Double
+    }
+
+    public var directory: String
+    /// The folder's name: how the report labels the run.
+    public var name: String
+    public var mode: Mode
+    /// "through fc7 (cached)", "through conv3_3", "none".
+    public var frozen: String
+    public var trainableParameters: Int
+    public var epochs: [Epoch]
+    public var bestEpoch: Int
+    public var bestValidationAccuracy: Double
+    public var bestValidationLoss: Double
+    public var chanceAccuracy: Double
+    public var wallSeconds: Double
+    /// Training samples through optimizer steps per second.
+    public var samplesPerSecond: Double
+    /// The feature cache a head trained on, with its size; nil for fine-tuning (no cache).
+    public var cache: (path: String, bytes: Int?)?
+    public var imageSize: Int
+    public var classes: [String]
+    public var perClass: [ClassificationMetrics.ClassFigures]
+    /// confusion[true class][predicted class], validation rows, best epoch.
+    public var confusion: [[Int]]
+
+    /// The keys of summary.json that both jobs write, and those only one of them does.
+    private struct SummaryFile: Decodable {
+        var bestEpoch: Int
+        var bestValAccuracy: Double
+        var bestValLoss: Double
+        var chanceAccuracy: Double
+        var classes: [String]
+        var perClass: [ClassificationMetrics.ClassFigures]
+        var confusionMatrix: [[Int]]
+        var wallSeconds: Double
+        var samplesPerSecond: Double?
+        var trainImagesPerSecond: Double?
+    }
+
+    private struct ConfigFile: Decodable {
+        struct Cache: Decodable {
+            struct Fingerprint: Decodable {
+                var preprocess: String
+            }
+            var path: String
+            var fingerprint: Fingerprint
+        }
+        struct Head: Decodable {
+            var cutLayer: String
+        }
+        struct Network: Decodable {
+            var frozenThrough: String?
+        }
+        struct Settings: Decodable {
+            var imageSize: Int?
+        }
+        var command: String
+        var cache: Cache?
+        var head: Head?
+        var network: Network?
+        var settings: Settings
+    }
+
+    public init(directory: String) throws {
+        let run = { (name: String) in (directory as NSString).appendingPathComponent(name) }
+        guard FileManager.default.fileExists(atPath: run(RunDirectory.summaryFile)) else {
+            throw PipelineError("\(directory): no \(RunDirectory.summaryFile), so not a finished train-head or full-finetune run")
+        }
+        let decoder = JSONDecoder()
+        decoder.keyDecodingStrategy = .convertFromSnakeCase
+        decoder.nonConformingFloatDecodingStrategy = .convertFromString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
+        func decode<T: Decodable>(_ type: T.Type, _ file: String) throws -> T {
+            do {
+                return try decoder.decode(type, from: Data(contentsOf: URL(fileURLWithPath: run(file))))
+            } catch {
+                throw PipelineError("\(run(file)): cannot read it: \(error)")
+            }
+        }
+        let summary = try decode(SummaryFile.self, RunDirectory.summaryFile)
+        let config = try decode(ConfigFile.self, RunDirectory.configFile)
+
+        self.directory = directory
+        name = URL(fileURLWithPath: directory).standardizedFileURL.lastPathComponent
+        switch config.command {
+        case "train-head":
+            mode = .head
+            frozen = "through \(config.head?.cutLayer ?? "the cut") (cached)"
+            cache = config.cache.map { cache in
+                (cache.path, (try? FileManager.default.attributesOfItem(atPath: cache.path))?[.size] as? Int)
+            }
+            imageSize = (try? Preprocessing(jsonDescription: config.cache?.fingerprint.preprocess ?? ""))?.crop ?? 224
+        case "full-finetune":
+            mode = .finetune
+            frozen = config.network?.frozenThrough.map { "through \($0)" } ?? "none"
+            cache = nil
+            imageSize = config.settings.imageSize ?? 224
+        default:
+            throw PipelineError("\(run(RunDirectory.configFile)): command '\(config.command)' is neither train-head nor full-finetune")
+        }
+        epochs = try Self.readMetrics(run(RunDirectory.metricsFile))
+        trainableParameters = try Self.trainableParameters(model: run(RunDirectory.modelFile))
+        bestEpoch = summary.bestEpoch
+        bestValidationAccuracy = summary.bestValAccuracy
+        bestValidationLoss = summary.bestValLoss
+        chanceAccuracy = summary.chanceAccuracy
+        wallSeconds = summary.wallSeconds
+        samplesPerSecond = summary.samplesPerSecond ?? summary.trainImagesPerSecond ?? 0
+        classes = summary.classes
+        perClass = summary.perClass
+        confusion = summary.confusionMatrix
+    }
+
+    /// metrics.csv by its header's column names.
+    private static func readMetrics(_ path: String) throws -> [Epoch] {
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { throw PipelineError("\(path): cannot read it") }
+        let lines = text.split(whereSeparator: \.isNewline).map { $0.split(separator: ",", omittingEmptySubsequences: false).map(String.init) }
+        guard let header = lines.first else { throw PipelineError("\(path) is empty") }
+        let wanted = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
+        let columns = try wanted.map { name in
+            guard let index = header.firstIndex(of: name) else { throw PipelineError("\(path): no column '\(name)'") }
+            return index
+        }
+        var elapsed = 0.0
+        return try lines.dropFirst().enumerated().map { offset, fields in
+            let values = try columns.map { column in
+                guard column < fields.count, let value = Double(fields[column]) else {
+                    throw PipelineError("\(path):\(offset + 2): not a number in column '\(header[column])'")
+                }
+                return value
+            }
+            elapsed += values[6]
+            return Epoch(epoch: Int(values[0]), trainLoss: values[1], trainAccuracy: values[2], validationLoss: values[3],
+                         validationAccuracy: values[4], learningRate: values[5], seconds: values[6], elapsedSeconds: elapsed)
+        }
+    }
+
+    /// Elements of the layers model.h5 lists as trained, from the dataset shapes (nothing is read).
+    private static func trainableParameters(model path: String) throws -> Int {
+        let file = try StateDictFile.open(path: path)
+        guard let listed = file.metadata["trainable_layers"],
+              let layers = try? JSONDecoder().decode([String].self, from: Data(listed.utf8)) else {
+            throw PipelineError("\(path): no trainable_layers attribute (not a bottleneck model)")
+        }
+        return file.entries.filter { entry in layers.contains { entry.key.hasPrefix($0 + ".") } }.reduce(0) { $0 + $1.elementCount }
+    }
+}

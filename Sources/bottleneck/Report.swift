@@ -1,0 +1,40 @@
+import ArgumentParser
+import Bottleneck
+
+struct ReportCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "report",
+        abstract: "Compare train-head and full-finetune runs: one self-contained HTML file, or Markdown.",
+        discussion: """
+        Reads each RUN_DIR's config.json, metrics.csv, summary.json and model.h5 attributes, and shows a table \
+        of the runs (mode, frozen layers, trainable parameters, epochs, best validation accuracy and loss, wall \
+        time, throughput, cache size), learning curves of validation accuracy and loss against epoch and against \
+        wall-clock seconds (heads solid blue, fine-tuning dashed orange), and each run's per-class precision and \
+        recall and confusion matrix. The HTML has its CSS and SVG charts inline and fetches nothing: mail it, \
+        attach it to CI, open it offline. --format md prints tables for terminals and CI logs.
+
+        Examples:
+          bottleneck report runs/demo/head runs/demo/finetune --out report.html
+          bottleneck report runs/demo/* --format md
+          bottleneck report runs/pets-head runs/pets-ft --out pets.md --format md --title "pets: head vs fine-tune"
+        """)
+
+    @Argument(help: ArgumentHelp("Run directories written by train-head or full-finetune.", valueName: "RUN_DIR"))
+    var runs: [String]
+    @Option(help: ArgumentHelp("Write here (default: stdout for md, report.html for html).", valueName: "FILE")) var out: String?
+    @Option(help: "html or md.") var format = Pipeline.ReportFormat.html
+    @Option(help: "The report's heading.") var title = "bottleneck — head vs fine-tune"
+
+    func run() throws {
+        let report = Report(title: title, runs: try runs.map { try RunRecord(directory: $0) })
+        if format == .md && out == nil {
+            print(report.markdown, terminator: "")
+            return
+        }
+        let path = out ?? "report.html"
+        try report.write(format: format, to: path)
+        print("report: \(runs.count) runs; \(path)")
+    }
+}
+
+extension Pipeline.ReportFormat: ExpressibleByArgument {}

@@ -1,0 +1,154 @@
+import Bottleneck
+import Foundation
+#if canImport(FoundationXML)
+import FoundationXML
+#endif
+import XCTest
+
+/// The report of two hand-written run directories (a head and a fine-tuning run with known numbers): its
+/// HTML and Markdown are parsed back and must hold the figures of the runs' summary.json and metrics.csv.
+final class ReportTests: XCTestCase {
+    var folder: URL!
+    static let classes = ["checkerboard", "discs", "stripes"]
+    static let config = VGGConfig.vgg16.narrowed(by: 16, hidden: 64, classes: 3)
+
+    override func setUpWithError() throws {
+        folder = FileManager.default.temporaryDirectory.appendingPathComponent("bottleneck-report-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+    }
+
+    override func tearDownWithError() throws {
+        try? FileManager.default.removeItem(at: folder)
+    }
+
+    /// A finished run directory as train-head or full-finetune leaves it.
+    private func writeRun(_ name: String, mode: TrainedModel.Mode, accuracies: [Double], epochSeconds: Double,
+                          bestAccuracy: Double, confusion: [[Int]]) throws -> String {
+        let directory = folder.appendingPathComponent(name)
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let cachePath = folder.appendingPathComponent("features-fc7.h5").path
+        try Data(count: 12_345).write(to: URL(fileURLWithPath: cachePath))
+        let config: [String: Any] = mode == .head
+            ? ["command": "train-head", "head": ["cut_layer": "fc7"], "settings": ["epochs": accuracies.count],
+               "cache": ["path": cachePath, "fingerprint": [
+                   "schema": "bottleneck-cache/1", "backbone": Self.config.name, "layer": "fc7", "layer_path": "classifier.4",
+                   "activation_shape": [64], "weights_sha256": "x", "weights_source": "random",
+                   "preprocess": Preprocessing(resize: 37, crop: 32).jsonDescription, "image_root": "/images", "tool_version": "0"]]]
+            : ["command": "full-finetune", "network": ["frozen_through": "conv3_3"], "settings": ["image_size": 32]]
+        try JSONSerialization.data(withJSONObject: config).write(to: directory.appendingPathComponent("config.json"))
+        var metrics = "epoch,train_loss,train_acc,val_loss,val_acc,lr,seconds\n"
+        for (index, accuracy) in accuracies.enumerated() {
+            metrics += "\(index + 1),\(1.5 - accuracy),\(accuracy),\(1.2 - accuracy),\(accuracy),0.001,\(epochSeconds)\n"
+        }
+        try metrics.write(to: directory.appendingPathComponent("metrics.csv"), atomically: true, encoding: .utf8)
+        let summary: [String: Any] = [
+            "best_epoch": accuracies.firstIndex(of: accuracies.max()!)! + 1, "best_val_accuracy": bestAccuracy, "best_val_loss": 0.4321,
+            "chance_accuracy": 1.0 / 3, "classes": Self.classes, "confusion_matrix": confusion, "wall_seconds": epochSeconds * 3 + 0.5,
+            mode == .head ? "samples_per_second" : "train_images_per_second": mode == .head ? 9876.0 : 3.21,
+            "per_class": Self.classes.enumerated().map { index, name in
+                ["name": name, "precision": 0.5 + Double(index) / 10, "recall": 0.25, "f1": 0.3, "support": 8] as [String: Any]
+            },
+        ]
+        try JSONSerialization.data(withJSONObject: summary).write(to: directory.appendingPathComponent("summary.json"))
+        let trained = mode == .head ? ["classifier.6"] : ["features.17", "classifier.6"]
+        let stateDict: [(key: String, tensor: Tensor)] = [
+            ("features.17.weight", Tensor(zeros: [32, 16, 3, 3])), ("features.17.bias", Tensor(zeros: [32])),
+            ("classifier.6.weight", Tensor(zeros: [3, 64])), ("classifier.6.bias", Tensor(zeros: [3])),
+        ]
+        try TrainedModel(mode: mode, config: Self.config, classes: Self.classes, cut: try CutPoint("fc7", in: Self.config), cutName: "fc7",
+                         weights: .random(seed: 0), preprocessing: Preprocessing(resize: 37, crop: 32), trainableLayers: trained,
+                         dropout: 0.5, stateDict: mode == .head ? Array(stateDict.suffix(2)) : stateDict)
+            .save(to: directory.appendingPathComponent("model.h5").path)
+        return directory.path
+    }
+
+    private func twoRuns() throws -> Report {
+        let head = try writeRun("head", mode: .head, accuracies: [0.5, 0.75, 0.7083], epochSeconds: 0.012, bestAccuracy: 0.75,
+                                confusion: [[8, 0, 0], [2, 5, 1], [0, 3, 5]])
+        let finetune = try writeRun("finetune", mode: .finetune, accuracies: [0.4583, 0.625], epochSeconds: 41.5, bestAccuracy: 0.625,
+                                    confusion: [[6, 2, 0], [1, 4, 3], [0, 3, 5]])
+        return Report(title: "head <vs> finetune", runs: [try RunRecord(directory: head), try RunRecord(directory: finetune)])
+    }
+
+    func testRunRecordsReadTheRunDirectories() throws {
+        let report = try twoRuns()
+        let head = report.runs[0], finetune = report.runs[1]
+        XCTAssertEqual(head.mode, .head)
+        XCTAssertEqual(head.trainableParameters, 3 * 64 + 3)
+        XCTAssertEqual(head.frozen, "through fc7 (cached)")
+        XCTAssertEqual(head.cache?.bytes, 12_345)
+        XCTAssertEqual(head.imageSize, 32)
+        XCTAssertEqual(head.epochs.map(\.validationAccuracy), [0.5, 0.75, 0.7083])
+        XCTAssertEqual(head.epochs.last!.elapsedSeconds, 0.036, accuracy: 1e-9)
+        XCTAssertEqual(finetune.mode, .finetune)
+        XCTAssertEqual(finetune.trainableParameters, 32 * 16 * 9 + 32 + 3 * 64 + 3)
+        XCTAssertEqual(finetune.frozen, "through conv3_3")
+        XCTAssertNil(finetune.cache)
+        XCTAssertEqual(finetune.samplesPerSecond, 3.21)
+    }
+
+    /// The cells of every row of the HTML table with `class`, tags stripped.
+    private func tableRows(_ html: String, class name: String) -> [[String]] {
+        guard let start = html.range(of: "<table class=\"\(name)\">"),
+              let end = html.range(of: "</table>", range: start.upperBound..<html.endIndex) else { return [] }
+        let table = String(html[start.upperBound..<end.lowerBound])
+        return table.components(separatedBy: "<tr>").dropFirst().map { row in
+            row.components(separatedBy: "<td").dropFirst().map { cell in
+                String(cell.drop { $0 != ">" }.dropFirst()).components(separatedBy: "</td>")[0]
+                    .replacingOccurrences(of: "<[^>]+>", with: "", options: .regularExpression)
+                    .replacingOccurrences(of: "&lt;", with: "<").replacingOccurrences(of: "&gt;", with: ">")
+                    .trimmingCharacters(in: .whitespacesAndNewlines)
+            }
+        }.filter { !$0.isEmpty }
+    }
+
+    func testHTMLHoldsTheRunsNumbersAndIsSelfContained() throws {
+        let report = try twoRuns()
+        let html = report.html
+        let rows = tableRows(html, class: "runs")
+        XCTAssertEqual(rows.count, 2)
+        XCTAssertEqual(rows[0], ["head", "train-head", "through fc7 (cached)", "195", "3 (2)", "0.7500", "0.4321", "0.54 s",
+                                 "9,876 samples/s", "12.3 kB"])
+        XCTAssertEqual(rows[1], ["finetune", "full-finetune", "through conv3_3", "4,835", "2 (2)", "0.6250", "0.4321",
+                                 "2 min 05 s", "3.21 img/s", "—"])
+        XCTAssertTrue(html.contains("head &lt;vs&gt; finetune"))
+
+        // Nothing is fetched: no scripts, stylesheets, images or fonts from anywhere.
+        for outside in ["<script", "<link", "<img", "src=", "url(", "https:"] { XCTAssertFalse(html.contains(outside), outside) }
+
+        // Four learning curves and two confusion matrices, each well-formed SVG.
+        let svgs = html.components(separatedBy: "<svg").dropFirst().map { "<svg" + $0.components(separatedBy: "</svg>")[0] + "</svg>" }
+        XCTAssertEqual(svgs.filter { $0.contains("class=\"chart\"") }.count, 4)
+        let matrices = svgs.filter { $0.contains("class=\"matrix\"") }
+        XCTAssertEqual(matrices.count, 2)
+        for svg in svgs {
+            let parser = XMLParser(data: Data(svg.utf8))
+            XCTAssertTrue(parser.parse(), "\(parser.parserError.map { "\($0)" } ?? ""): \(svg.prefix(200))")
+        }
+        // The head's matrix holds its counts, row by row.
+        let counts = matrices[0].components(separatedBy: "class=\"count").dropFirst().map { $0.drop { $0 != ">" }.dropFirst().prefix { $0 != "<" } }
+        XCTAssertEqual(counts.map { Int($0)! }, [8, 0, 0, 2, 5, 1, 0, 3, 5])
+        // Per-class precision of the head's summary.
+        let classes = tableRows(html, class: "classes")
+        XCTAssertEqual(classes[0], ["checkerboard", "0.500", "0.250", "0.300", "8"])
+        XCTAssertEqual(classes[2], ["stripes", "0.700", "0.250", "0.300", "8"])
+    }
+
+    func testMarkdownHoldsTheSameNumbers() throws {
+        let markdown = try twoRuns().markdown
+        let tableLines = markdown.split(separator: "\n").filter { $0.hasPrefix("|") && !$0.hasPrefix("| ---") }
+        let cells = tableLines.map { $0.split(separator: "|").map { $0.trimmingCharacters(in: .whitespaces) } }
+        XCTAssertEqual(cells[0].first, "run")
+        XCTAssertEqual(cells[1], ["head", "train-head", "through fc7 (cached)", "195", "3 (2)", "0.7500", "0.4321", "0.54 s",
+                                  "9,876 samples/s", "12.3 kB"])
+        XCTAssertEqual(cells[2][5], "0.6250")
+        XCTAssertTrue(cells.contains(["discs", "2", "5", "1"]), "\(cells)")
+        XCTAssertTrue(cells.contains(["2", "0.7500 (loss 0.4500, 24.0 ms)", "0.6250 (loss 0.5750, 1 min 23 s)"]), "\(cells)")
+    }
+
+    func testAFolderWithoutSummaryIsRefused() throws {
+        XCTAssertThrowsError(try RunRecord(directory: folder.path)) { error in
+            XCTAssertTrue("\(error)".contains("no summary.json"), "\(error)")
+        }
+    }
+}
