@@ -61,16 +61,7 @@ public struct CacheFingerprint: Codable, Equatable, Sendable {
     /// over the images below `imageRoot` (made absolute here).
     public init(config: VGGConfig, cut: CutPoint, weights: WeightsIdentity, preprocessing: Preprocessing,
                 imageRoot: String) {
-        let layers = config.layers
-        // fc7 and conv4_3 mean the output after their ReLU, so the ReLU at the cut takes their name.
-        var layerName = cut.layer.name
-        if case .relu = cut.layer.kind, cut.position > 0 {
-            switch layers[cut.position - 1].kind {
-            case .conv, .linear: layerName = layers[cut.position - 1].name
-            default: break
-            }
-        }
-        self.init(backbone: config.name, layer: layerName, layerPath: cut.layer.path,
+        self.init(backbone: config.name, layer: cut.name, layerPath: cut.layer.path,
                   activationShape: cut.activationShape(config: config, imageSize: preprocessing.crop),
                   weightsSHA256: weights.fingerprint, weightsSource: weights.source,
                   preprocess: preprocessing.jsonDescription,

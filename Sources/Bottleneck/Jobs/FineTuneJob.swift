@@ -113,7 +113,7 @@ public struct FineTuneJob: Sendable {
             log("started the head (\(headLayers.joined(separator: ", "))) from \(initialHead)")
         }
         let trainableLayers = network.trainableLayers
-        let frozenNote = freezePoint.map { "frozen through \($0.layer.name) (\($0.layer.path)), " } ?? ""
+        let frozenNote = freezePoint.map { "frozen through \($0.name) (\($0.layer.path)), " } ?? ""
         log("\(modelConfig.name): \(frozenNote)training \(trainableLayers.count) layers (\(trainableLayers.first!) … "
             + "\(trainableLayers.last!), \(network.trainableParameterCount) parameters); step needs about \(estimate.formattedBytes)")
         log("\(split.trainRows.count) training images, \(split.validationRows.count) validation images "
@@ -151,7 +151,7 @@ public struct FineTuneJob: Sendable {
             try run.writeJSON(Configuration(
                 images: folder.root.path, classes: folder.classes, settings: settings.resolved, preprocessing: evaluation,
                 augmentation: augmentation,
-                network: .init(backbone: modelConfig.name, frozenThrough: freezePoint?.layer.name, frozenThroughPath: freezePoint?.layer.path,
+                network: .init(backbone: modelConfig.name, frozenThrough: freezePoint?.name, frozenThroughPath: freezePoint?.layer.path,
                                trainableLayers: trainableLayers, trainableParameters: network.trainableParameterCount,
                                headLayers: headLayers, initialHead: initialHead, weights: weightsIdentity),
                 trainImages: split.trainRows.count, valImages: split.validationRows.count, splitSource: split.source,
@@ -260,7 +260,7 @@ public struct FineTuneJob: Sendable {
             bestEpoch: bestEpoch, bestValAccuracy: best.accuracy, bestValLoss: best.meanLoss, epochsRun: history.count,
             trainImages: split.trainRows.count, valImages: split.validationRows.count,
             chanceAccuracy: 1 / Double(folder.classes.count), classes: folder.classes, perClass: best.perClass,
-            confusionMatrix: best.confusion, frozenThrough: freezePoint?.layer.name, trainableLayers: trainableLayers,
+            confusionMatrix: best.confusion, frozenThrough: freezePoint?.name, trainableLayers: trainableLayers,
             trainableParameters: network.trainableParameterCount, wallSeconds: ResourceUsage.now - start,
             trainImagesPerSecond: stepSeconds > 0 ? Double(imagesTrained) / stepSeconds : 0,
             peakResidentBytes: ResourceUsage.peakResidentBytes, failedImages: failed.sorted(),

@@ -1,3 +1,5 @@
+import Foundation
+
 /// Where the frozen network is cut: the activation it hands on is the output of the
 /// layer at `position` in `VGGConfig.layers`.
 ///
@@ -9,10 +11,13 @@
 public struct CutPoint: Sendable, Equatable, CustomStringConvertible {
     public let position: Int
     public let layer: LayerInfo
-    /// The name the user gave, kept for messages and for the cache's `layer` attribute.
+    /// The name the user gave, kept for messages.
     public let requested: String
+    /// The activation's conventional name: a ReLU after a conv or linear layer takes that layer's name
+    /// (features.22 is conv4_3, classifier.4 is fc7), any other layer keeps its own.
+    public let name: String
 
-    public var description: String { "\(layer.name) (\(layer.path))" }
+    public var description: String { "\(name) (\(layer.path))" }
 
     public init(_ text: String, in config: VGGConfig) throws {
         let layers = config.layers
@@ -41,6 +46,10 @@ public struct CutPoint: Sendable, Equatable, CustomStringConvertible {
         self.position = layer.position
         self.layer = layer
         self.requested = key
+        switch (layer.kind, layers[safe: layer.position - 1]?.kind) {
+        case (.relu, .conv?), (.relu, .linear?): self.name = layers[layer.position - 1].name
+        default: self.name = layer.name
+        }
     }
 
     /// The output shape of one image's activation at this cut for a square input.
@@ -66,4 +75,3 @@ extension Array {
     subscript(safe index: Int) -> Element? { indices.contains(index) ? self[index] : nil }
 }
 
-import Foundation
