@@ -47,9 +47,7 @@ struct Evaluate: ParsableCommand {
             print("evaluate: \(model) on \(cache ?? images!) (split \(result.split), \(result.metrics.count) rows)")
             print(result.metrics.report)
         case .json:
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-            encoder.keyEncodingStrategy = .convertToSnakeCase
+            let encoder = JSONEncoder.snakeCaseDocument()
             let report = EvaluationReport(model: model, data: cache ?? images!, split: result.split, rows: result.metrics.count,
                                           accuracy: result.metrics.accuracy, loss: result.metrics.meanLoss,
                                           perClass: result.metrics.perClass, classes: result.metrics.classes,

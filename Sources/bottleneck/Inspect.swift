@@ -35,11 +35,8 @@ struct Inspect: ParsableCommand {
             }
         }
         if json {
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
             // The cache's own attribute names are snake_case; the whole document follows them.
-            encoder.keyEncodingStrategy = .convertToSnakeCase
-            print(String(decoding: try encoder.encode(inspection), as: UTF8.self))
+            print(String(decoding: try JSONEncoder.snakeCaseDocument().encode(inspection), as: UTF8.self))
         } else {
             print(inspection.report)
         }

@@ -54,10 +54,7 @@ struct Predict: ParsableCommand {
             }
         }
         if format == .json {
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-            encoder.keyEncodingStrategy = .convertToSnakeCase
-            print(String(decoding: try encoder.encode(predictions), as: UTF8.self))
+            print(String(decoding: try JSONEncoder.snakeCaseDocument().encode(predictions), as: UTF8.self))
         }
         let failed = predictions.count { $0.error != nil }
         if failed > 0 { throw CommandFailure("\(failed) of \(predictions.count) images could not be read") }

@@ -136,8 +136,7 @@ public struct RunRecord: Sendable {
         guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { throw PipelineError("\(path): cannot read it") }
         let lines = text.split(whereSeparator: \.isNewline).map { $0.split(separator: ",", omittingEmptySubsequences: false).map(String.init) }
         guard let header = lines.first else { throw PipelineError("\(path) is empty") }
-        let wanted = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
-        let columns = try wanted.map { name in
+        let columns = try RunDirectory.metricsColumns.map { name in
             guard let index = header.firstIndex(of: name) else { throw PipelineError("\(path): no column '\(name)'") }
             return index
         }

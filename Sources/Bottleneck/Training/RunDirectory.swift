@@ -55,15 +55,16 @@ public final class RunDirectory {
 
     /// Pretty, sorted, snake_case JSON, written atomically.
     func writeJSON<T: Encodable>(_ value: T, to name: String) throws {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-        encoder.keyEncodingStrategy = .convertToSnakeCase
+        let encoder = JSONEncoder.snakeCaseDocument()
         encoder.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
         try write(try encoder.encode(value) + Data("\n".utf8), to: name)
     }
 
+    /// metrics.csv's header; the report reads the file by these names.
+    public static let metricsColumns = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
+
     func startMetrics() throws {
-        try write(Data("epoch,train_loss,train_acc,val_loss,val_acc,lr,seconds\n".utf8), to: Self.metricsFile)
+        try write(Data((Self.metricsColumns.joined(separator: ",") + "\n").utf8), to: Self.metricsFile)
     }
 
     func appendMetrics(_ record: HeadTrainer.EpochRecord) throws {
