@@ -1,3 +1,9 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// A small, fast, seedable generator (xoshiro256**, seeded through SplitMix64) so that
 /// random weights, shuffling and dropout masks are the same for a seed on every machine.
 public struct SeededGenerator: RandomNumberGenerator, Sendable {
@@ -45,9 +51,3 @@ public struct SeededGenerator: RandomNumberGenerator, Sendable {
         (value &<< amount) | (value &>> (64 &- amount))
     }
 }
-
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
