@@ -34,3 +34,9 @@ func assertClose(_ actual: Tensor, _ expected: Tensor, tolerance: Float = 1e-4, 
     let difference = actual.relativeDifference(to: expected)
     XCTAssertLessThanOrEqual(difference, tolerance, "\(what): relative difference \(difference)", file: file, line: line)
 }
+
+/// Lets threads a test starts write disjoint elements of one buffer.
+struct UncheckedSendable<Value>: @unchecked Sendable {
+    let value: Value
+    init(_ value: Value) { self.value = value }
+}

@@ -87,11 +87,11 @@ public struct Conv2D: Sendable {
                 weight.data.withUnsafeBufferPointer { weights in
                     bias.data.withUnsafeBufferPointer { biases in
                         columns.withUnsafeMutableBufferPointer { columnBuffer in
-                            let shared = UncheckedSendable((input.baseAddress!, weights.baseAddress!, biases.baseAddress!,
-                                                            columnBuffer.baseAddress!, out.baseAddress!))
+                            let shared = (input.baseAddress!, weights.baseAddress!, biases.baseAddress!,
+                                                            columnBuffer.baseAddress!, out.baseAddress!)
                             BLASThreads.withSingleThreadedGemm {
                                 parallelFor(workers) { worker in
-                                    let (input, weights, biases, columnBase, out) = shared.value
+                                    let (input, weights, biases, columnBase, out) = shared
                                     let col = columnBase + worker * patch * rowsPerTile * outWidth
                                     for tile in Swift.stride(from: worker, to: tiles, by: workers) {
                                         let image = tile / tilesPerImage
@@ -148,11 +148,11 @@ public struct Conv2D: Sendable {
                     partialWeights.withUnsafeMutableBufferPointer { partials in
                         partialBiases.withUnsafeMutableBufferPointer { biasSums in
                             columns.withUnsafeMutableBufferPointer { columnBuffer in
-                                let shared = UncheckedSendable((input.baseAddress!, gradOut.baseAddress!, gradWeights.baseAddress!,
-                                                                partials.baseAddress, biasSums.baseAddress!, columnBuffer.baseAddress!))
+                                let shared = (input.baseAddress!, gradOut.baseAddress!, gradWeights.baseAddress!,
+                                                                partials.baseAddress, biasSums.baseAddress!, columnBuffer.baseAddress!)
                                 BLASThreads.withSingleThreadedGemm {
                                     parallelFor(workers) { worker in
-                                        let (input, gradOut, gradWeights, partials, biasSums, columnBase) = shared.value
+                                        let (input, gradOut, gradWeights, partials, biasSums, columnBase) = shared
                                         let target = worker == 0 ? gradWeights : partials! + (worker - 1) * weightCount
                                         let biasTarget = biasSums + worker * outChannels
                                         let col = columnBase + worker * patch * rowsPerTile * outWidth

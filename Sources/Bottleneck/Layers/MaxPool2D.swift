@@ -21,11 +21,11 @@ public struct MaxPool2D: Sendable {
         let (kernel, stride) = (self.kernel, self.stride)
         return Tensor(shape: [x.shape[0], x.shape[1], outHeight, outWidth]) { out in
             x.data.withUnsafeBufferPointer { input in
-                let source = UncheckedSendable(input.baseAddress!)
-                let destination = UncheckedSendable(out.baseAddress!)
+                let source = input.baseAddress!
+                let destination = out.baseAddress!
                 parallelFor(planes) { plane in
-                    let inPlane = source.value + plane * height * width
-                    let outPlane = destination.value + plane * outHeight * outWidth
+                    let inPlane = source + plane * height * width
+                    let outPlane = destination + plane * outHeight * outWidth
                     for oy in 0..<outHeight {
                         for ox in 0..<outWidth {
                             var best = -Float.infinity
@@ -56,9 +56,9 @@ public struct MaxPool2D: Sendable {
         x.data.withUnsafeBufferPointer { input in
             dy.data.withUnsafeBufferPointer { gradOut in
                 dx.data.withUnsafeMutableBufferPointer { gradIn in
-                    let shared = UncheckedSendable((input.baseAddress!, gradOut.baseAddress!, gradIn.baseAddress!))
+                    let shared = (input.baseAddress!, gradOut.baseAddress!, gradIn.baseAddress!)
                     parallelFor(planes) { plane in
-                        let (input, gradOut, gradIn) = shared.value
+                        let (input, gradOut, gradIn) = shared
                         let inPlane = input + plane * height * width
                         let gradInPlane = gradIn + plane * height * width
                         let gradOutPlane = gradOut + plane * outHeight * outWidth

@@ -73,9 +73,9 @@ enum Winograd {
         return [Float](unsafeUninitializedCapacity: positions * pairs) { transformed, initialized in
             weight.data.withUnsafeBufferPointer { weights in
                 filterMatrix.withUnsafeBufferPointer { g in
-                    let shared = UncheckedSendable((weights.baseAddress!, g.baseAddress!, transformed.baseAddress!))
+                    let shared = (weights.baseAddress!, g.baseAddress!, transformed.baseAddress!)
                     parallelFor(workers) { worker in
-                        let (weights, g, transformed) = shared.value
+                        let (weights, g, transformed) = shared
                         for pair in (worker * pairs / workers)..<((worker + 1) * pairs / workers) {
                             transformFilter(weights + pair * 9, g: g, into: transformed + pair, positionStride: pairs)
                         }
@@ -134,11 +134,11 @@ enum Winograd {
                 filters.withUnsafeBufferPointer { filters in
                     bias.data.withUnsafeBufferPointer { biases in
                         WinogradWorkspace.shared.withBuffer(count: blocking.workers * blocking.floatsPerWorker) { workspace in
-                            let shared = UncheckedSendable((input.baseAddress!, filters.baseAddress!, biases.baseAddress!,
-                                                            workspace, out.baseAddress!))
+                            let shared = (input.baseAddress!, filters.baseAddress!, biases.baseAddress!,
+                                                            workspace, out.baseAddress!)
                             BLASThreads.withSingleThreadedGemm {
                                 parallelFor(blocking.workers) { worker in
-                                    let (input, filters, biases, workspace, out) = shared.value
+                                    let (input, filters, biases, workspace, out) = shared
                                     let transformedInput = workspace + worker * blocking.floatsPerWorker
                                     let products = transformedInput + positions * blocking.inputPositionStride
                                     for block in blocking.blocks(of: worker) {
