@@ -159,6 +159,32 @@ final class TrainingCoreTests: XCTestCase {
         XCTAssertEqual(gathered, output.data)
     }
 
+    /// A small head's gemms run cut into blocks over the cores. The blocks are fixed by the shapes, so the
+    /// results must be the same bits for any number of threads, and equal the whole gemm up to rounding.
+    /// [50, 2500] -> [50, 7]: four blocks of rows, three of dWeight's columns.
+    func testLinearGemmBlocksGiveTheSameBitsOnAnyNumberOfThreads() {
+        var generator = SeededGenerator(seed: 31)
+        let linear = Linear(weight: randomTensor([7, 2500], &generator), bias: randomTensor([7], &generator))
+        let x = randomTensor([50, 2500], &generator)
+        let dy = randomTensor([50, 7], &generator)
+        func run(_ split: GemmSplit) -> [Tensor] {
+            BLASThreads.withSingleThreadedGemm {
+                var (y, dx, dWeight, dBias) = (Tensor(zeros: []), Tensor(zeros: []), Tensor(zeros: []), Tensor(zeros: []))
+                linear.forward(x, into: &y, split: split)
+                linear.parameterGradients(input: x, gradOutput: dy, weight: &dWeight, bias: &dBias, split: split)
+                linear.inputGradient(gradOutput: dy, into: &dx, split: split)
+                return [y, dWeight, dBias, dx]
+            }
+        }
+        let oneThread = run(.blocks(threads: 1))
+        for threads in [2, 3, 8] {
+            XCTAssertEqual(run(.blocks(threads: threads)), oneThread, "\(threads) threads")
+        }
+        for (name, (blocked, whole)) in zip(["y", "dWeight", "dBias", "dx"], zip(oneThread, run(.whole))) {
+            assertClose(blocked, whole, tolerance: 1e-5, "\(name): blocks vs one gemm")
+        }
+    }
+
     func testDropoutWithPZeroIsTheIdentity() {
         var generator = SeededGenerator(seed: 9)
         let x = randomTensor([5, 7], &generator)

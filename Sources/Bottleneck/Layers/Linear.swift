@@ -25,8 +25,14 @@ public struct Linear: Sendable {
         return y
     }
 
+    /// Rows of x per block when `GemmSplit.blocks` cuts a forward or an input gradient, and columns of
+    /// dWeight per block of a parameter gradient: small enough for a block's operands to stay in a
+    /// core's cache, large enough for OpenBLAS's kernels to run at speed (measured on a 64 × 4096 × 10 head).
+    static let rowsPerBlock = 16
+    static let columnsPerBlock = 1024
+
     /// x [N, inFeatures] (any shape whose trailing size is inFeatures per row) -> y [N, outFeatures]
-    public func forward(_ x: Tensor, into y: inout Tensor) {
+    public func forward(_ x: Tensor, into y: inout Tensor, split: GemmSplit = .whole) {
         let batch = x.shape[0]
         precondition(x.count == batch * inFeatures, "linear expects [N, \(inFeatures)], got \(x.shape)")
         let (inFeatures, outFeatures) = (self.inFeatures, self.outFeatures)
@@ -39,8 +45,11 @@ public struct Linear: Sendable {
             }
             x.data.withUnsafeBufferPointer { input in
                 weight.data.withUnsafeBufferPointer { weights in
-                    sgemm(transposeB: true, m: batch, n: outFeatures, k: inFeatures,
-                          a: input.baseAddress!, b: weights.baseAddress!, beta: 1, c: out.baseAddress!)
+                    let (input, weights, out) = (input.baseAddress!, weights.baseAddress!, out.baseAddress!)
+                    split.forEachBlock(of: batch, blockSize: Self.rowsPerBlock) { rows in
+                        sgemm(transposeB: true, m: rows.count, n: outFeatures, k: inFeatures,
+                              a: input + rows.lowerBound * inFeatures, b: weights, beta: 1, c: out + rows.lowerBound * outFeatures)
+                    }
                 }
             }
         }
@@ -62,7 +71,7 @@ public struct Linear: Sendable {
     /// x [N, in], dy [N, out] -> dWeight [out, in] = dyᵀ · x, dBias [out] = Σ_n dy[n, :].
     /// Overwrites (does not accumulate into) the two gradients.
     public func parameterGradients(input x: Tensor, gradOutput dy: Tensor,
-                                   weight gradWeight: inout Tensor, bias gradBias: inout Tensor) {
+                                   weight gradWeight: inout Tensor, bias gradBias: inout Tensor, split: GemmSplit = .whole) {
         let batch = x.shape[0]
         let (inFeatures, outFeatures) = (self.inFeatures, self.outFeatures)
         precondition(x.count == batch * inFeatures, "linear backward expects x [N, \(inFeatures)], got \(x.shape)")
@@ -72,8 +81,11 @@ public struct Linear: Sendable {
         dy.data.withUnsafeBufferPointer { gradOut in
             x.data.withUnsafeBufferPointer { input in
                 gradWeight.data.withUnsafeMutableBufferPointer { gradWeights in
-                    sgemm(transposeA: true, m: outFeatures, n: inFeatures, k: batch,
-                          a: gradOut.baseAddress!, b: input.baseAddress!, c: gradWeights.baseAddress!)
+                    let (gradOut, input, gradWeights) = (gradOut.baseAddress!, input.baseAddress!, gradWeights.baseAddress!)
+                    split.forEachBlock(of: inFeatures, blockSize: Self.columnsPerBlock) { columns in
+                        sgemm(transposeA: true, m: outFeatures, n: columns.count, k: batch, a: gradOut,
+                              b: input + columns.lowerBound, ldb: inFeatures, c: gradWeights + columns.lowerBound, ldc: inFeatures)
+                    }
                 }
             }
             // A column sum of N×out values: a row-by-row vector add beats a gemm against a ones vector.
@@ -88,7 +100,7 @@ public struct Linear: Sendable {
     }
 
     /// dy [N, out] -> dx [N, in] = dy · weight
-    public func inputGradient(gradOutput dy: Tensor, into dx: inout Tensor) {
+    public func inputGradient(gradOutput dy: Tensor, into dx: inout Tensor, split: GemmSplit = .whole) {
         let batch = dy.shape[0]
         let (inFeatures, outFeatures) = (self.inFeatures, self.outFeatures)
         precondition(dy.shape == [batch, outFeatures], "linear backward expects dy [N, \(outFeatures)], got \(dy.shape)")
@@ -96,8 +108,11 @@ public struct Linear: Sendable {
         dy.data.withUnsafeBufferPointer { gradOut in
             weight.data.withUnsafeBufferPointer { weights in
                 dx.data.withUnsafeMutableBufferPointer { gradIn in
-                    sgemm(m: batch, n: inFeatures, k: outFeatures,
-                          a: gradOut.baseAddress!, b: weights.baseAddress!, c: gradIn.baseAddress!)
+                    let (gradOut, weights, gradIn) = (gradOut.baseAddress!, weights.baseAddress!, gradIn.baseAddress!)
+                    split.forEachBlock(of: batch, blockSize: Self.rowsPerBlock) { rows in
+                        sgemm(m: rows.count, n: inFeatures, k: outFeatures, a: gradOut + rows.lowerBound * outFeatures,
+                              b: weights, c: gradIn + rows.lowerBound * inFeatures)
+                    }
                 }
             }
         }

@@ -38,3 +38,29 @@ public enum BLASThreads {
         return try body()
     }
 }
+
+/// How a layer runs one of its gemms: whole, as one OpenBLAS call (which threads itself when large), or
+/// cut into blocks of a fixed size spread over `threads` cores, each block a single-threaded OpenBLAS call
+/// (inside `BLASThreads.withSingleThreadedGemm`). Blocks suit the thin gemms of a small head, which
+/// OpenBLAS's own threads slow down. The blocks depend on the shapes alone, never on `threads`, so a
+/// result is the same bits on any number of cores.
+public enum GemmSplit: Sendable {
+    case whole
+    case blocks(threads: Int)
+
+    /// body(range) for consecutive ranges that cover 0..<count: the whole range at once, or ranges of
+    /// `blockSize` (the last shorter) shared out over the cores. Each range must write its own part.
+    func forEachBlock(of count: Int, blockSize: Int, _ body: (Range<Int>) -> Void) {
+        guard case .blocks(let threads) = self, count > blockSize else {
+            body(0..<count)
+            return
+        }
+        let blocks = (count + blockSize - 1) / blockSize
+        let workers = max(1, min(threads, blocks))
+        parallelFor(workers) { worker in
+            for block in stride(from: worker, to: blocks, by: workers) {
+                body((block * blockSize)..<min((block + 1) * blockSize, count))
+            }
+        }
+    }
+}

@@ -77,8 +77,11 @@ public final class HeadTrainer {
     private var gradBiases: [Tensor]
 
     /// Layers at least this large (in × out) gain from OpenBLAS's own threads; smaller gemms lose more
-    /// to its spinning threads than they gain, and the per-row work is split across cores here instead.
+    /// to its spinning threads than they gain, and are cut into blocks shared over the cores here instead,
+    /// as the per-row work is.
     private static let threadedGemmParameters = 1 << 20
+    /// How the step's gemms run: whole when a layer is big enough for OpenBLAS's threads, else in blocks.
+    private let gemmSplit: GemmSplit
 
     public init(network: HeadNetwork, settings: HeadTrainingSettings) throws {
         try settings.validate()
@@ -118,6 +121,10 @@ public final class HeadTrainer {
         }
         self.stages = stages
         optimizer = settings.makeOptimizer()
+        let bigGemm = stages.contains { stage in
+            if case .linear(let index) = stage.module { network.linears[index].weight.count >= Self.threadedGemmParameters } else { false }
+        }
+        gemmSplit = bigGemm ? .whole : .blocks(threads: settings.threads)
         activations = Array(repeating: Tensor(zeros: []), count: current + 1)
         masks = Array(repeating: Tensor(zeros: []), count: stages.count)
         gradWeights = Array(repeating: Tensor(zeros: []), count: network.linears.count)
@@ -139,14 +146,12 @@ public final class HeadTrainer {
     /// `labels[row]`), calling `onEpoch` after each. On return the network holds the best epoch's parameters.
     func train(rows: FeatureRows, split: TrainingSplit, labels: [Int32], classes: [String],
                onEpoch: (EpochRecord) throws -> Void) throws -> Outcome {
-        let bigGemm = stages.contains { stage in
-            if case .linear(let index) = stage.module { network.linears[index].weight.count >= Self.threadedGemmParameters } else { false }
+        guard case .blocks = gemmSplit else {
+            return try trainEpochs(rows: rows, split: split, labels: labels, classes: classes, onEpoch: onEpoch)
         }
-        return try bigGemm
-            ? trainEpochs(rows: rows, split: split, labels: labels, classes: classes, onEpoch: onEpoch)
-            : BLASThreads.withSingleThreadedGemm {
-                try trainEpochs(rows: rows, split: split, labels: labels, classes: classes, onEpoch: onEpoch)
-            }
+        return try BLASThreads.withSingleThreadedGemm {
+            try trainEpochs(rows: rows, split: split, labels: labels, classes: classes, onEpoch: onEpoch)
+        }
     }
 
     private func trainEpochs(rows: FeatureRows, split: TrainingSplit, labels: [Int32], classes: [String],
@@ -230,7 +235,7 @@ public final class HeadTrainer {
             switch stage.module {
             case .linear(let linear):
                 let input = activations[stage.input]
-                network.linears[linear].forward(input, into: &activations[stage.output])
+                network.linears[linear].forward(input, into: &activations[stage.output], split: gemmSplit)
             case .relu:
                 ReLU.forward(&activations[stage.output])
             case .dropout(let dropout) where index > 0:
@@ -265,9 +270,9 @@ public final class HeadTrainer {
             case .linear(let linear):
                 let input = activations[stage.input]
                 network.linears[linear].parameterGradients(input: input, gradOutput: gradient,
-                                                           weight: &gradWeights[linear], bias: &gradBiases[linear])
+                                                           weight: &gradWeights[linear], bias: &gradBiases[linear], split: gemmSplit)
                 guard stage.position > trainableFrom else { break backward }
-                network.linears[linear].inputGradient(gradOutput: gradient, into: &spareGradient)
+                network.linears[linear].inputGradient(gradOutput: gradient, into: &spareGradient, split: gemmSplit)
                 swap(&gradient, &spareGradient)
             case .relu:
                 ReLU.backward(output: activations[stage.output], gradOutput: &gradient)
