@@ -128,23 +128,31 @@ final class HeadTrainingTests: FolderTestCase {
     // MARK: the sample data
 
     /// data/shapes (3 classes, 20 train and 8 val images each) through the narrow fixture network at 32 px
-    /// (its weights are not ImageNet's, so this is a floor, not a demo of pretrained features).
+    /// (its weights are not ImageNet's, so this is a floor, not a demo of pretrained features). With 24
+    /// validation images one seed's accuracy moves in steps of 1/24 and by ±0.12 between seeds (0.46–0.71
+    /// over seeds 0–11), so the claim is about the mean of eight seeds, and every seed must beat chance.
     func testHeadBeatsChanceOnTheSampleData() throws {
-        var run = job(SampleCaches.shared.pool5) { settings in
-            settings.epochs = 40
-            settings.optimizer = .adam
-            settings.learningRate = 0.003
-            settings.patience = 10
-        }
-        run.weights = SampleCaches.weights
-        let summary = try run.run { _ in }
         let chance = 1.0 / 3
-        XCTAssertEqual(summary.valRows, 24)
-        XCTAssertGreaterThanOrEqual(summary.bestValAccuracy, chance + 0.25,
-                                    "val accuracy \(summary.bestValAccuracy) vs chance \(chance): beats it by "
-                                    + "\(summary.bestValAccuracy - chance), wanted at least 0.25")
-        print("sample data (pool5 of the narrow network, 32 px): val accuracy \(summary.bestValAccuracy) vs chance \(chance), "
-              + "\(String(format: "%.1f", summary.bestValAccuracy / chance))x chance")
+        let accuracies = try (0..<8).map { seed in
+            var run = job(SampleCaches.shared.pool5, out: "seed\(seed)") { settings in
+                settings.epochs = 40
+                settings.optimizer = .adam
+                settings.learningRate = 0.003
+                settings.patience = 10
+                settings.seed = UInt64(seed)
+            }
+            run.weights = SampleCaches.weights
+            let summary = try run.run { _ in }
+            XCTAssertEqual(summary.valRows, 24)
+            return summary.bestValAccuracy
+        }
+        let mean = accuracies.reduce(0, +) / Double(accuracies.count)
+        let listed = accuracies.map { String(format: "%.3f", $0) }.joined(separator: " ")
+        XCTAssertGreaterThanOrEqual(mean, chance + 0.2, "mean val accuracy \(mean) (\(listed)) vs chance \(chance): beats it by "
+                                    + "\(mean - chance), wanted at least 0.2")
+        XCTAssertGreaterThan(accuracies.min()!, chance, "every seed beats chance: \(listed)")
+        print("sample data (pool5 of the narrow network, 32 px): mean val accuracy \(String(format: "%.3f", mean)) over seeds 0-7 "
+              + "(\(listed)) vs chance \(String(format: "%.3f", chance)), \(String(format: "%.1f", mean / chance))x chance")
     }
 
     // MARK: the run directory

@@ -159,6 +159,38 @@ final class TrainingCoreTests: XCTestCase {
         XCTAssertEqual(gathered, output.data)
     }
 
+    /// Masks are drawn bit-serially, 64 elements at a time: each element must still be dropped with
+    /// probability p, whatever its place among the 64 and independently of its neighbour; and p = 0.5,
+    /// the default, must cost one 64-bit draw per 64 elements.
+    func testDropoutMaskIsUnbiasedAtEveryPositionAndBetweenNeighbours() {
+        let count = 64 * 8192
+        for probability: Float in [0.5, 0.3, 0.05, 0.9] {
+            var generator = SeededGenerator(seed: 21)
+            var (x, mask) = (Tensor(shape: [count], data: Array(repeating: 1, count: count)), Tensor(zeros: []))
+            Dropout(probability: probability).forwardTraining(&x, mask: &mask, generator: &generator)
+            let dropped = mask.data.map { $0 == 0 }
+            // Within 6 standard deviations of a binomial proportion.
+            func assertRate(_ hits: Int, of trials: Int, _ expected: Double, _ what: String) {
+                let sigma = (expected * (1 - expected) / Double(trials)).squareRoot()
+                XCTAssertEqual(Double(hits) / Double(trials), expected, accuracy: 6 * sigma, "p = \(probability): \(what)")
+            }
+            let p = Double(probability)
+            assertRate(dropped.filter { $0 }.count, of: count, p, "all elements")
+            for position in 0..<64 {
+                assertRate(stride(from: position, to: count, by: 64).filter { dropped[$0] }.count, of: count / 64, p,
+                           "element \(position) of each 64")
+            }
+            assertRate((1..<count).filter { dropped[$0 - 1] && dropped[$0] }.count, of: count - 1, p * p, "neighbours both dropped")
+        }
+
+        var generator = SeededGenerator(seed: 5)
+        var reference = generator
+        var (x, mask) = (Tensor(shape: [64 * 10], data: Array(repeating: 1, count: 640)), Tensor(zeros: []))
+        Dropout(probability: 0.5).forwardTraining(&x, mask: &mask, generator: &generator)
+        for _ in 0..<10 { _ = reference.next() }
+        XCTAssertEqual(generator.next(), reference.next(), "p = 0.5 takes one 64-bit draw per 64 elements")
+    }
+
     /// A small head's gemms run cut into blocks over the cores. The blocks are fixed by the shapes, so the
     /// results must be the same bits for any number of threads, and equal the whole gemm up to rounding.
     /// [50, 2500] -> [50, 7]: four blocks of rows, three of dWeight's columns.
