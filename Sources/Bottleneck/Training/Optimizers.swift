@@ -68,6 +68,7 @@ public struct SGD: Optimizer {
             parameter.data.withUnsafeMutableBufferPointer { values in
                 gradient.data.withUnsafeBufferPointer { gradients in
                     forEachChunk(values.count) { chunk in
+                        let (values, gradients) = (values.baseAddress!, gradients.baseAddress!)
                         for index in chunk { values[index] -= rate * (gradients[index] + decay * values[index]) }
                     }
                 }
@@ -83,6 +84,7 @@ public struct SGD: Optimizer {
             gradient.data.withUnsafeBufferPointer { gradients in
                 momentumBuffers[slot].withUnsafeMutableBufferPointer { buffer in
                     forEachChunk(values.count) { chunk in
+                        let (values, gradients, buffer) = (values.baseAddress!, gradients.baseAddress!, buffer.baseAddress!)
                         for index in chunk {
                             buffer[index] = keep * buffer[index] + (gradients[index] + decay * values[index])
                             values[index] -= rate * buffer[index]
@@ -175,6 +177,8 @@ public struct Adam: Optimizer {
                 state.first.withUnsafeMutableBufferPointer { first in
                     state.second.withUnsafeMutableBufferPointer { second in
                         forEachChunk(values.count) { chunk in
+                            let (values, gradients) = (values.baseAddress!, gradients.baseAddress!)
+                            let (first, second) = (first.baseAddress!, second.baseAddress!)
                             for index in chunk {
                                 let value = values[index] * shrink
                                 let g = gradients[index] + l2 * value
@@ -190,10 +194,13 @@ public struct Adam: Optimizer {
     }
 }
 
-/// Calls body on contiguous chunks of 0..<count, one per core for tensors large enough (fc6's 100M values)
-/// that a second core's memory bandwidth pays; elementwise updates are independent, so the result is the same.
+/// Calls body on contiguous chunks of 0..<count, one per core for tensors large enough (fc8's 41k values
+/// already) that a second core pays for starting a parallel region; elementwise updates are independent,
+/// so the result is the same.
+/// Bodies take raw pointers out of their buffers first: a loop that reads them through the closure's
+/// captures reloads them after every store and is not vectorised.
 private func forEachChunk(_ count: Int, _ body: (Range<Int>) -> Void) {
-    let workers = count >= 1 << 20 ? ProcessInfo.processInfo.activeProcessorCount : 1
+    let workers = count >= 1 << 14 ? ProcessInfo.processInfo.activeProcessorCount : 1
     parallelFor(workers) { worker in body((worker * count / workers)..<((worker + 1) * count / workers)) }
 }
 
