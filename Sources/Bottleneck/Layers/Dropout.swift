@@ -80,7 +80,7 @@ public struct Dropout: Sendable {
     /// seven on average for any p, against 32 if each u_i were drawn whole: the masks of cached rows
     /// cost little more than their copy.
     @inline(__always)
-    static func droppedBits(below threshold: UInt32, generator: inout SeededGenerator) -> UInt64 {
+    private static func droppedBits(below threshold: UInt32, generator: inout SeededGenerator) -> UInt64 {
         var dropped: UInt64 = 0
         var tied: UInt64 = ~0
         var remaining = threshold
