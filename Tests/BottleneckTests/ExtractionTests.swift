@@ -114,6 +114,31 @@ final class ExtractionTests: XCTestCase {
         XCTAssertEqual(try overwrite.run { _ in }.extracted, 11)
     }
 
+    /// A rerun that finds nothing new must not copy the cache onto itself (minutes for a large pool5
+    /// cache); a change of what the file would hold (here compression) must still rewrite it.
+    func testRerunWithNothingNewLeavesTheCacheUntouched() throws {
+        let path = folder.appendingPathComponent("cache.h5").path
+        _ = try job().run { _ in }
+        let before = try FileManager.default.attributesOfItem(atPath: path)
+        let bytes = try Data(contentsOf: URL(fileURLWithPath: path))
+        let rerun = try job().run { _ in }
+        XCTAssertEqual(rerun.reused, 10)
+        XCTAssertEqual(rerun.extracted, 0)
+        XCTAssertEqual(rerun.fileBytes, bytes.count)
+        let after = try FileManager.default.attributesOfItem(atPath: path)
+        XCTAssertEqual(after[.systemFileNumber] as? Int, before[.systemFileNumber] as? Int, "the same file, not a replacement")
+        XCTAssertEqual(after[.modificationDate] as? Date, before[.modificationDate] as? Date)
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: path)), bytes)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: FeatureCacheBuilder.journalPath(for: path)), "journal removed")
+
+        var compressed = job()
+        compressed.compress = true
+        _ = try compressed.run { _ in }
+        let cache = try FeatureCacheReader(path: path)
+        XCTAssertTrue(cache.storage.filters.contains { $0.name == "deflate" }, "asked for compression: rewritten")
+        XCTAssertEqual(cache.count, 10)
+    }
+
     func testInputLayerStoresThePreprocessedTensor() throws {
         _ = try job(layer: "input").run { _ in }
         let cache = try FeatureCacheReader(path: folder.appendingPathComponent("cache.h5").path)

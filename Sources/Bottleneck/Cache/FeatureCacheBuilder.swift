@@ -168,6 +168,14 @@ public final class FeatureCacheBuilder {
         guard let journal else { throw FeatureCacheError(.invalidInput, "\(path) is already finished") }
         let temporaryPath = path + ".tmp"
         let failures = finalFailures()
+        if let previous, wouldRewriteUnchanged(previous, failures: failures, compress: compress, complete: complete) {
+            // A rerun that found nothing new leaves the file alone: copying a pool5 cache of many GB
+            // to get the same bytes (but the creation time) would take minutes and twice the disk.
+            try journal.delete()
+            self.journal = nil
+            return CacheSummary(path: path, rows: previous.count, reusedRows: previous.count, recoveredRows: 0, extractedRows: 0,
+                                failed: failures.count, fileBytes: try fileBytes())
+        }
         let rowCount = reusedRowCount + journalRows.count
         let metadataBytes = rowCount * 256 + failures.count * 512 + (1 << 20)
         try DurableFiles.checkFreeSpace(for: temporaryPath, bytes: rowCount * fingerprint.rowSize * MemoryLayout<Float>.size + metadataBytes,
@@ -181,10 +189,23 @@ public final class FeatureCacheBuilder {
         }
         try journal.delete()
         self.journal = nil
-        let attributes = try FileManager.default.attributesOfItem(atPath: path)
         return CacheSummary(path: path, rows: reusedRowCount + journalRows.count, reusedRows: reusedRowCount,
                             recoveredRows: recoveredRowCount, extractedRows: appendedRowCount, failed: failures.count,
-                            fileBytes: (attributes[.size] as? NSNumber)?.intValue ?? 0)
+                            fileBytes: try fileBytes())
+    }
+
+    private func fileBytes() throws -> Int {
+        (try FileManager.default.attributesOfItem(atPath: path)[.size] as? NSNumber)?.intValue ?? 0
+    }
+
+    /// Whether writing the cache now would give `previous` again: no row since, the same failures (the
+    /// broken images retried and failing again, for the same reasons), no new class, the same
+    /// completeness and compression.
+    private func wouldRewriteUnchanged(_ previous: FeatureCacheReader, failures: [CacheFailure], compress: Bool,
+                                       complete: Bool) -> Bool {
+        journalRows.isEmpty && failures == previous.failed && previous.isComplete == complete
+            && Set(classes).isSubset(of: previous.classes)
+            && previous.storage.filters.contains { $0.name == "deflate" } == compress
     }
 
     /// Failures of the earlier cache and the journal, the latest reason per path, without the paths
