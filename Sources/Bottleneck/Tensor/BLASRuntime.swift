@@ -63,18 +63,21 @@ import Foundation
 
 /// CPU facts read from /proc/cpuinfo (Linux).
 public enum CPUInfo {
-    public static let features: Set<String> = {
-        guard let text = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),
-              let line = text.split(separator: "\n").first(where: { $0.hasPrefix("flags") }),
-              let colon = line.firstIndex(of: ":") else { return [] }
-        return Set(line[line.index(after: colon)...].split(separator: " ").map(String.init))
-    }()
+    public static let features: Set<String> = Set((firstProcessor["flags"] ?? "").split(separator: " ").map(String.init))
 
-    public static let modelName: String = {
-        guard let text = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),
-              let line = text.split(separator: "\n").first(where: { $0.hasPrefix("model name") }),
-              let colon = line.firstIndex(of: ":") else { return "unknown" }
-        return line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
+    public static let modelName: String = firstProcessor["model name"] ?? "unknown"
+
+    /// The fields of the first processor's entry ("flags", "model name", ...), read once.
+    private static let firstProcessor: [String: String] = {
+        guard let text = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8) else { return [:] }
+        var fields: [String: String] = [:]
+        for line in text.split(separator: "\n", omittingEmptySubsequences: false) {
+            guard !line.isEmpty else { break }
+            guard let colon = line.firstIndex(of: ":") else { continue }
+            let key = line[..<colon].trimmingCharacters(in: .whitespaces)
+            fields[key] = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
+        }
+        return fields
     }()
 
     /// The SIMD extensions that matter for the kernels, in a stable order.
