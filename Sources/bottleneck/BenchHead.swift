@@ -22,7 +22,7 @@ struct HeadBench: ParsableCommand {
     @Option(help: "Rows per optimizer step.") var batchSize = 64
     @Option(help: "Dropout probability on the cached features.") var dropout = 0.5
     @Option(help: "Timed epochs (after one untimed); the median is reported.") var epochs = 3
-    @Option(help: "Cores for the per-row work.") var threads = ProcessInfo.processInfo.activeProcessorCount
+    @Option(help: "Cores for the per-row work.") var threads = availableCores
     @Flag(help: "Skip the forward pass through the frozen network (no ratio).") var noForward = false
     @Flag(help: "Small sizes and a tiny network: checks the benchmark runs (not a measurement).") var quick = false
 

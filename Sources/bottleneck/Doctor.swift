@@ -17,7 +17,7 @@ struct Doctor: ParsableCommand {
         print("openblas core: \(BLASRuntime.coreName) (\(BLASRuntime.selectionNote))")
         print("openblas threads: \(BLASRuntime.threads)")
         print(String(format: "sgemm 1024x1024x1024: %.0f GFLOP/s", GemmProbe.measureGigaflops()))
-        print("cpu: \(CPUInfo.modelName), \(ProcessInfo.processInfo.activeProcessorCount) cores")
+        print("cpu: \(CPUInfo.modelName), \(availableCores) cores")
         print("cpu simd: \(CPUInfo.simdSummary)")
         print("hdf5: \(LibraryVersions.hdf5)")
         print("libjpeg: \(LibraryVersions.libjpeg)")

@@ -50,7 +50,7 @@ struct TrainHead: ParsableCommand {
     @Option(help: "Dropout probability of the classifier's dropout layers (torchvision: 0.5).") var dropout = 0.5
     @Option(help: ArgumentHelp("The lowest layer that learns (fc8, fc7, fc6); those between the cut and it stay frozen.", valueName: "LAYER"))
     var trainFrom = "fc8"
-    @Option(help: "Cores to split per-row work across (all by default).") var threads = ProcessInfo.processInfo.activeProcessorCount
+    @Option(help: "Cores to split per-row work across (all by default).") var threads = availableCores
     @Option(help: "Stream the cache in windows instead of reading it once when its rows exceed this many MB (default: half the RAM).")
     var memoryBudgetMb: Int?
 

@@ -13,7 +13,7 @@ public struct HeadBenchmark: Sendable {
     public var dropout = 0.5
     /// Timed epochs after one untimed; the median is reported.
     public var epochs = 3
-    public var threads = ProcessInfo.processInfo.activeProcessorCount
+    public var threads = availableCores
     /// The frozen network's forward pass to compare with; nil skips it.
     public var forward: ForwardBenchmark? = {
         var forward = ForwardBenchmark.full(batchSize: 8, layer: "fc7", iterations: 1)

@@ -80,7 +80,7 @@ public struct Conv2D: Sendable {
         let rowsPerTile = max(1, min(outHeight, Self.tileBytes / (patch * outWidth * MemoryLayout<Float>.size)))
         let tilesPerImage = (outHeight + rowsPerTile - 1) / rowsPerTile
         let tiles = batch * tilesPerImage
-        let workers = min(tiles, ProcessInfo.processInfo.activeProcessorCount)
+        let workers = min(tiles, availableCores)
         var columns = [Float](repeating: 0, count: workers * patch * rowsPerTile * outWidth)
         return Tensor(shape: [batch, outChannels, outHeight, outWidth]) { out in
             x.data.withUnsafeBufferPointer { input in
@@ -131,7 +131,7 @@ public struct Conv2D: Sendable {
         let rowsPerTile = max(1, min(outHeight, Self.tileBytes / (patch * outWidth * MemoryLayout<Float>.size)))
         let tilesPerImage = (outHeight + rowsPerTile - 1) / rowsPerTile
         let tiles = batch * tilesPerImage
-        let workers = min(tiles, ProcessInfo.processInfo.activeProcessorCount)
+        let workers = min(tiles, availableCores)
         let weightCount = outChannels * patch
         // Worker 0 accumulates straight into gradWeight; the others into their own slices of this.
         var partialWeights = [Float](repeating: 0, count: (workers - 1) * weightCount)

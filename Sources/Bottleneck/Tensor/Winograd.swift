@@ -69,7 +69,7 @@ enum Winograd {
     static func transformFilters(_ weight: Tensor) -> [Float] {
         precondition(weight.rank == 4 && weight.shape[2] == 3 && weight.shape[3] == 3, "Winograd needs 3x3 filters")
         let pairs = weight.shape[0] * weight.shape[1]
-        let workers = max(1, min(pairs, ProcessInfo.processInfo.activeProcessorCount))
+        let workers = max(1, min(pairs, availableCores))
         return [Float](unsafeUninitializedCapacity: positions * pairs) { transformed, initialized in
             weight.data.withUnsafeBufferPointer { weights in
                 filterMatrix.withUnsafeBufferPointer { g in
@@ -128,7 +128,7 @@ enum Winograd {
         let grid = TileGrid(height: height, width: width)
         guard batch * grid.tilesPerImage > 0 else { return Tensor(zeros: [batch, outChannels, height, width]) }
         let blocking = Blocking(totalTiles: batch * grid.tilesPerImage, inChannels: inChannels, outChannels: outChannels,
-                                preferredTilesPerBlock: tilesPerBlock, cores: ProcessInfo.processInfo.activeProcessorCount)
+                                preferredTilesPerBlock: tilesPerBlock, cores: availableCores)
         return Tensor(shape: [batch, outChannels, height, width]) { out in
             x.data.withUnsafeBufferPointer { input in
                 filters.withUnsafeBufferPointer { filters in

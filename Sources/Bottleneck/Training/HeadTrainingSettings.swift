@@ -35,7 +35,7 @@ public struct HeadTrainingSettings: Codable, Sendable, Equatable {
     /// The lowest layer that learns; the layers between the cut and it stay frozen.
     public var trainFrom = "fc8"
     /// Cores the per-row work (gathering rows, dropout) is split across.
-    public var threads = ProcessInfo.processInfo.activeProcessorCount
+    public var threads = availableCores
     /// Above this many bytes of rows, training streams the cache instead of reading it once.
     public var memoryBudgetBytes = Int(ProcessInfo.processInfo.physicalMemory / 2)
 

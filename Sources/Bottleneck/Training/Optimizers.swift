@@ -200,7 +200,7 @@ public struct Adam: Optimizer {
 /// Bodies take raw pointers out of their buffers first: a loop that reads them through the closure's
 /// captures reloads them after every store and is not vectorised.
 private func forEachChunk(_ count: Int, _ body: (Range<Int>) -> Void) {
-    let workers = count >= 1 << 14 ? ProcessInfo.processInfo.activeProcessorCount : 1
+    let workers = count >= 1 << 14 ? availableCores : 1
     parallelFor(workers) { worker in body((worker * count / workers)..<((worker + 1) * count / workers)) }
 }
 
