@@ -163,47 +163,40 @@ public final class FeatureCacheBuilder {
 
     /// Writes the cache: the earlier cache's rows, then the journal's, into a temporary file
     /// that replaces `path` atomically; then deletes the journal. `complete` is what the file
-    /// claims: that every image of the run has a row or a failure.
+    /// claims: that every image of the run has a row or a failure. A rerun that found nothing new
+    /// leaves the earlier file alone: copying a pool5 cache of many GB to get the same bytes (but the
+    /// creation time) would take minutes and twice the disk.
     public func finish(compress: Bool, complete: Bool = true) throws -> CacheSummary {
         guard let journal else { throw FeatureCacheError(.invalidInput, "\(path) is already finished") }
-        let temporaryPath = path + ".tmp"
         let failures = finalFailures()
-        if let previous, wouldRewriteUnchanged(previous, failures: failures, compress: compress, complete: complete) {
-            // A rerun that found nothing new leaves the file alone: copying a pool5 cache of many GB
-            // to get the same bytes (but the creation time) would take minutes and twice the disk.
-            try journal.delete()
-            self.journal = nil
-            return CacheSummary(path: path, rows: previous.count, reusedRows: previous.count, recoveredRows: 0, extractedRows: 0,
-                                failed: failures.count, fileBytes: try fileBytes())
-        }
         let rowCount = reusedRowCount + journalRows.count
-        let metadataBytes = rowCount * 256 + failures.count * 512 + (1 << 20)
-        try DurableFiles.checkFreeSpace(for: temporaryPath, bytes: rowCount * fingerprint.rowSize * MemoryLayout<Float>.size + metadataBytes,
-                                        keeping: "the \(journalRows.count) extracted rows stay in \(journalPath): free some space and rerun")
-        do {
-            try writeCache(to: temporaryPath, from: journal, failures: failures, compress: compress, complete: complete)
-            try DurableFiles.replace(path, with: temporaryPath)
-        } catch {
-            try? DurableFiles.remove(temporaryPath)
-            throw error
+        if !wouldRewritePrevious(failures: failures, compress: compress, complete: complete) {
+            let temporaryPath = path + ".tmp"
+            let metadataBytes = rowCount * 256 + failures.count * 512 + (1 << 20)
+            try DurableFiles.checkFreeSpace(for: temporaryPath, bytes: rowCount * fingerprint.rowSize * MemoryLayout<Float>.size + metadataBytes,
+                                            keeping: "the \(journalRows.count) extracted rows stay in \(journalPath): free some space and rerun")
+            do {
+                try writeCache(to: temporaryPath, from: journal, failures: failures, compress: compress, complete: complete)
+                try DurableFiles.replace(path, with: temporaryPath)
+            } catch {
+                try? DurableFiles.remove(temporaryPath)
+                throw error
+            }
         }
         try journal.delete()
         self.journal = nil
-        return CacheSummary(path: path, rows: reusedRowCount + journalRows.count, reusedRows: reusedRowCount,
+        let attributes = try FileManager.default.attributesOfItem(atPath: path)
+        return CacheSummary(path: path, rows: rowCount, reusedRows: reusedRowCount,
                             recoveredRows: recoveredRowCount, extractedRows: appendedRowCount, failed: failures.count,
-                            fileBytes: try fileBytes())
+                            fileBytes: (attributes[.size] as? NSNumber)?.intValue ?? 0)
     }
 
-    private func fileBytes() throws -> Int {
-        (try FileManager.default.attributesOfItem(atPath: path)[.size] as? NSNumber)?.intValue ?? 0
-    }
-
-    /// Whether writing the cache now would give `previous` again: no row since, the same failures (the
-    /// broken images retried and failing again, for the same reasons), no new class, the same
+    /// Whether writing the cache now would give the earlier cache again: no row since, the same failures
+    /// (the broken images retried and failing again, for the same reasons), no new class, the same
     /// completeness and compression.
-    private func wouldRewriteUnchanged(_ previous: FeatureCacheReader, failures: [CacheFailure], compress: Bool,
-                                       complete: Bool) -> Bool {
-        journalRows.isEmpty && failures == previous.failed && previous.isComplete == complete
+    private func wouldRewritePrevious(failures: [CacheFailure], compress: Bool, complete: Bool) -> Bool {
+        guard let previous else { return false }
+        return journalRows.isEmpty && failures == previous.failed && previous.isComplete == complete
             && Set(classes).isSubset(of: previous.classes)
             && previous.storage.filters.contains { $0.name == "deflate" } == compress
     }
