@@ -18,6 +18,20 @@ def peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def median_seconds(run, iterations, report=None):
+    """Runs `run` once untimed, then `iterations` timed times; the median seconds. `report(i, seconds)` sees each."""
+    times = []
+    for i in range(iterations + 1):
+        start = time.perf_counter()
+        run()
+        seconds = time.perf_counter() - start
+        if report:
+            report(i, seconds)
+        if i > 0:
+            times.append(seconds)
+    return sorted(times)[len(times) // 2]
+
+
 def forward(args):
     model = torchvision.models.vgg16().eval()
     extractor = torch.nn.Sequential(model.features, model.avgpool, torch.nn.Flatten(1), *list(model.classifier)[:5])
@@ -25,14 +39,8 @@ def forward(args):
     if args.channels_last:
         extractor = extractor.to(memory_format=torch.channels_last)
         x = x.to(memory_format=torch.channels_last)
-    times = []
     with torch.inference_mode():
-        for i in range(args.iterations + 1):
-            start = time.perf_counter()
-            extractor(x)
-            if i > 0:
-                times.append(time.perf_counter() - start)
-    median = sorted(times)[len(times) // 2]
+        median = median_seconds(lambda: extractor(x), args.iterations)
     print(f"torch forward to fc7: {args.batch_size / median:.2f} img/s (batch {args.batch_size}, "
           f"{'channels_last' if args.channels_last else 'NCHW'}, {torch.get_num_threads()} threads), "
           f"peak RSS {peak_rss_mb():.0f} MB")
@@ -55,15 +63,13 @@ def finetune(args):
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
     x = torch.randn(args.batch_size, 3, 224, 224)
     y = torch.randint(0, 10, (args.batch_size,))
-    times = []
-    for i in range(args.iterations + 1):
-        start = time.perf_counter()
+
+    def step():
         optimizer.zero_grad()
         torch.nn.functional.cross_entropy(model(x), y).backward()
         optimizer.step()
-        if i > 0:
-            times.append(time.perf_counter() - start)
-    median = sorted(times)[len(times) // 2]
+
+    median = median_seconds(step, args.iterations)
     print(f"torch full fine-tune step: {args.batch_size / median:.2f} img/s (batch {args.batch_size}, "
           f"frozen through {args.freeze_through or 'nothing'}), "
           f"peak RSS {peak_rss_mb():.0f} MB")
@@ -77,22 +83,20 @@ def head(args):
     labels = torch.randint(0, 10, (20000,))
     head = torch.nn.Sequential(torch.nn.Dropout(0.5), torch.nn.Linear(4096, 10))
     optimizer = torch.optim.SGD(head.parameters(), lr=1e-2, momentum=0.9)
-    rates = []
-    for epoch in range(args.iterations + 1):
-        start = time.perf_counter()
+
+    def epoch():
         order = torch.randperm(20000)
         for first in range(0, 20000, args.batch_size):
             rows = order[first:first + args.batch_size]
             optimizer.zero_grad()
             torch.nn.functional.cross_entropy(head(features[rows]), labels[rows]).backward()
             optimizer.step()
-        rate = 20000 / (time.perf_counter() - start)
-        print(f"  epoch {epoch + 1}{' (untimed)' if epoch == 0 else ''}: {rate:.0f} samples/s")
-        if epoch > 0:
-            rates.append(rate)
-    print(f"torch head: {sorted(rates)[len(rates) // 2]:.0f} samples/s (batch {args.batch_size}, "
-          f"{torch.get_num_threads()} threads)")
 
+    def report(i, seconds):
+        print(f"  epoch {i + 1}{' (untimed)' if i == 0 else ''}: {20000 / seconds:.0f} samples/s")
+
+    median = median_seconds(epoch, args.iterations, report)
+    print(f"torch head: {20000 / median:.0f} samples/s (batch {args.batch_size}, {torch.get_num_threads()} threads)")
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
