@@ -14,6 +14,7 @@ static inline hid_t bn_H5T_NATIVE_DOUBLE(void) { return H5T_NATIVE_DOUBLE; }
 static inline hid_t bn_H5T_NATIVE_INT32(void) { return H5T_NATIVE_INT32; }
 static inline hid_t bn_H5T_NATIVE_INT64(void) { return H5T_NATIVE_INT64; }
 static inline hid_t bn_H5T_NATIVE_UINT8(void) { return H5T_NATIVE_UINT8; }
+static inline hid_t bn_H5T_NATIVE_UINT64(void) { return H5T_NATIVE_UINT64; }
 static inline hid_t bn_H5T_NATIVE_UINT16(void) { return H5T_NATIVE_UINT16; }
 static inline hid_t bn_H5T_IEEE_F16LE(void) {
 #ifdef H5T_IEEE_F16LE
@@ -28,6 +29,7 @@ static inline hid_t bn_H5T_IEEE_F32LE(void) { return H5T_IEEE_F32LE; }
 static inline hid_t bn_H5T_IEEE_F64LE(void) { return H5T_IEEE_F64LE; }
 static inline hid_t bn_H5T_STD_I64LE(void) { return H5T_STD_I64LE; }
 static inline hid_t bn_H5T_STD_U8LE(void) { return H5T_STD_U8LE; }
+static inline hid_t bn_H5T_STD_U64LE(void) { return H5T_STD_U64LE; }
 static inline hid_t bn_H5E_DEFAULT(void) { return H5E_DEFAULT; }
 
 /* Frees the strings H5Dread/H5Aread allocated for variable-length string

@@ -11,8 +11,11 @@ struct Extract: ParsableCommand {
         are stored unlabeled (label -1). .jpg, .jpeg and .png in any letter case.
 
         The job is resumable: kill it at any moment and run the same command again; it continues from the last \
-        finished batch. Run it again after adding images and only the new ones are extracted. Images that cannot \
-        be read are skipped and listed in the cache's /failed group.
+        finished batch. Run it again after the folder changed and the cache follows it exactly, as make would: new \
+        images and images whose contents changed are extracted, rows of deleted images are dropped, the rest is \
+        reused; the result has the bytes a fresh extraction would. A file counts as unchanged when its size, \
+        times and inode are those recorded, or else when its SHA-256 is. Images that cannot be read are skipped \
+        and listed in the cache's /failed group.
 
         Examples:
           bottleneck extract --images data/flowers --out runs/flowers-fc7.h5
@@ -53,13 +56,12 @@ struct Extract: ParsableCommand {
         job.shard = try shard.map(Shard.init)
         let summary = try job.run(log: printErr)
         for failure in summary.failed { printErr("failed: \(failure.path): \(failure.reason)") }
-        let rate = summary.extracted > 0
+        let rate = summary.processed > 0
             ? String(format: ", %.2f img/s (%.2f img/s in the extraction loop)", summary.imagesPerSecond, summary.loopImagesPerSecond)
             : ""
-        print("extract: \(summary.found) images (\(summary.extracted) extracted, \(summary.reused) reused, "
-              + "\(summary.recovered) resumed, \(summary.failed.count) failed) in "
-              + String(format: "%.1f s", summary.seconds) + rate + "; \(summary.path) (\(summary.fileBytes.formattedBytes))")
-        if summary.extracted + summary.reused + summary.recovered == 0 {
+        print("extract: \(summary.counts) in " + String(format: "%.1f s", summary.seconds) + rate
+              + "; \(summary.path) (\(summary.fileBytes.formattedBytes))")
+        if summary.rows == 0 {
             throw CommandFailure("no image could be extracted from \(images) (\(summary.failed.count) failed)")
         }
         if strict && !summary.failed.isEmpty {

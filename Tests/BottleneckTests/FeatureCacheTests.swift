@@ -36,34 +36,56 @@ final class FeatureCacheTests: XCTestCase {
         return ImageFolder.Item(path: "\(split.rawValue)/\(folderName)image\(index).jpg", label: Int32(label), split: split)
     }
 
-    /// Features that depend on the image only, with all kinds of bit patterns.
+    /// Paths whose synthetic file has been given other contents since the test began.
+    private var editedPaths: Set<String> = []
+
+    /// What item's synthetic file holds: the same on every run, until its path is in `editedPaths`.
+    private func identity(_ item: ImageFolder.Item) -> FileIdentity {
+        let contents = item.path + (editedPaths.contains(item.path) ? " (edited)" : "")
+        return FileIdentity(size: Int64(item.path.utf8.count), mtimeNanoseconds: 1_700_000_000_000_000_000,
+                            ctimeNanoseconds: 1_700_000_000_000_000_000, inode: UInt64(item.path.utf8.count),
+                            sha256: SHA256.digest(Array(contents.utf8)))
+    }
+
+    /// Features that depend on the image's contents only, with all kinds of bit patterns.
     private func features(of items: [ImageFolder.Item]) -> [Float] {
         items.flatMap { item in
-            let seed = Float(item.path.utf8.reduce(UInt32(7)) { $0 &* 31 &+ UInt32($1) } % 10_007)
+            let contents = item.path + (editedPaths.contains(item.path) ? " (edited)" : "")
+            let seed = Float(contents.utf8.reduce(UInt32(7)) { $0 &* 31 &+ UInt32($1) } % 10_007)
             return (0..<Self.rowSize).map { column in (seed + Float(column)).squareRoot() * (column % 2 == 0 ? 1 : -1.5) }
         }
     }
 
     private func cachePath(_ name: String = "cache.h5") -> String { folder.appendingPathComponent(name).path }
 
+    /// A run over `manifest` whose files hold what `identity` says.
     private func openBuilder(_ path: String? = nil, fingerprint: CacheFingerprint? = nil, classes: [String] = ["cat", "dog"],
-                             overwrite: Bool = false) throws -> FeatureCacheBuilder {
+                             manifest: [ImageFolder.Item], overwrite: Bool = false) throws -> FeatureCacheBuilder {
         try FeatureCacheBuilder.open(path: path ?? cachePath(), fingerprint: fingerprint ?? self.fingerprint(), classes: classes,
-                                     overwrite: overwrite)
+                                     manifest: manifest, overwrite: overwrite) { item, recorded in
+            recorded == identity(item) ? recorded : nil
+        }
     }
 
-    /// A cache at `cachePath()` holding `items`, written by one run in one batch.
+    private func failedItem(_ path: String) -> ImageFolder.Item {
+        ImageFolder.Item(path: path, label: -1, split: .none)
+    }
+
+    /// A cache at `cachePath()` holding `items`, written by one run in one batch; `unprocessed` are images of
+    /// the run that neither got a row nor failed (an incomplete cache).
     @discardableResult
     private func writeCache(_ items: [ImageFolder.Item], failed: [(path: String, reason: String)] = [],
-                            compress: Bool = false, complete: Bool = true) throws -> CacheSummary {
-        let builder = try openBuilder()
+                            unprocessed: [ImageFolder.Item] = [], compress: Bool = false) throws -> CacheSummary {
+        let builder = try openBuilder(manifest: items + failed.map { failedItem($0.path) } + unprocessed)
         try append(items, failed: failed, to: builder)
-        return try builder.finish(compress: compress, complete: complete)
+        return try builder.finish(compress: compress)
     }
 
     private func append(_ items: [ImageFolder.Item], failed: [(path: String, reason: String)] = [],
                         to builder: FeatureCacheBuilder) throws {
-        try features(of: items).withUnsafeBufferPointer { try builder.append(features: $0, items: items, failed: failed) }
+        try features(of: items).withUnsafeBufferPointer {
+            try builder.append(features: $0, rows: items.map { ($0, identity($0)) }, failed: failed)
+        }
     }
 
     /// `/features` exactly as stored, as bit patterns.
@@ -89,7 +111,7 @@ final class FeatureCacheTests: XCTestCase {
 
     func testBatchesReadBackExactly() throws {
         let items = (0..<12).map { item($0) }
-        let builder = try openBuilder()
+        let builder = try openBuilder(manifest: items)
         XCTAssertTrue(FileManager.default.fileExists(atPath: builder.journalPath), "the journal is created at open")
         for batch in [0..<4, 4..<7, 7..<12] { try append(Array(items[batch]), to: builder) }
         let summary = try builder.finish(compress: false)
@@ -106,7 +128,8 @@ final class FeatureCacheTests: XCTestCase {
         XCTAssertEqual(cache.labels, items.map(\.label))
         XCTAssertEqual(cache.splits, items.map(\.split))
         XCTAssertEqual(cache.failed, [])
-        XCTAssertEqual(cache.attributes["schema"], "bottleneck-cache/1")
+        XCTAssertEqual(cache.attributes["schema"], "bottleneck-cache/2")
+        XCTAssertEqual(cache.identities, items.map(identity))
         XCTAssertEqual(cache.attributes["rows_done"], "12")
         XCTAssertEqual(cache.attributes["activation_shape"], "[2, 3]")
         XCTAssertEqual(try cache.readRows(0..<12), Tensor(shape: [12, 2, 3], data: features(of: items)))
@@ -117,7 +140,7 @@ final class FeatureCacheTests: XCTestCase {
     }
 
     func testEmptyRunGivesAnEmptyCache() throws {
-        let builder = try openBuilder(classes: [])
+        let builder = try openBuilder(classes: [], manifest: [])
         XCTAssertEqual(try builder.finish(compress: true).rows, 0)
         let cache = try FeatureCacheReader(path: cachePath())
         XCTAssertEqual(cache.count, 0)
@@ -132,9 +155,10 @@ final class FeatureCacheTests: XCTestCase {
         let items = (0..<14).map { item($0) }
         let batches = [0..<3, 3..<5, 5..<9, 9..<10, 10..<14]
         let failedInBatch = [1: [(path: "train/cat/broken.jpg", reason: "not a JPEG file")]]
+        let manifest = items + [failedItem("train/cat/broken.jpg")]
 
         let reference = cachePath("reference.h5")
-        let uninterrupted = try openBuilder(reference)
+        let uninterrupted = try openBuilder(reference, manifest: manifest)
         for (index, batch) in batches.enumerated() {
             try append(Array(items[batch]), failed: failedInBatch[index] ?? [], to: uninterrupted)
         }
@@ -145,7 +169,7 @@ final class FeatureCacheTests: XCTestCase {
         let journalOnly = cachePath("killed.h5")
         var boundaries: [(bytes: Int, rows: Int)] = []
         do {
-            let killed = try openBuilder(journalOnly)
+            let killed = try openBuilder(journalOnly, manifest: manifest)
             boundaries.append((try journalSize(killed.journalPath), 0))
             for (index, batch) in batches.enumerated() {
                 try append(Array(items[batch]), failed: failedInBatch[index] ?? [], to: killed)
@@ -165,12 +189,12 @@ final class FeatureCacheTests: XCTestCase {
             try journal.prefix(cut).write(to: URL(fileURLWithPath: FeatureCacheBuilder.journalPath(for: path)))
             let whole = boundaries.last { $0.bytes <= cut }!
 
-            let resumed = try openBuilder(path)
+            let resumed = try openBuilder(path, manifest: manifest)
             XCTAssertEqual(resumed.recoveredRowCount, whole.rows, "cut at byte \(cut)")
             XCTAssertEqual(resumed.tornJournalBytes, cut - whole.bytes, "cut at byte \(cut)")
-            XCTAssertEqual(resumed.donePaths, Set(items[0..<whole.rows].map(\.path)), "cut at byte \(cut)")
-            // The rerun processes what is not done, in batches of its own.
-            let remaining = items.filter { !resumed.donePaths.contains($0.path) }
+            // The rerun processes what is not done (the broken image included), in batches of its own.
+            XCTAssertEqual(resumed.pending, Array(items[whole.rows...]) + [failedItem("train/cat/broken.jpg")], "cut at byte \(cut)")
+            let remaining = resumed.pending.dropLast()
             for start in stride(from: 0, to: remaining.count, by: 4) {
                 let retriedFailure = start == 0 && whole.rows < 5 ? failedInBatch[1]! : []
                 try append(Array(remaining[start..<min(start + 4, remaining.count)]), failed: retriedFailure, to: resumed)
@@ -193,23 +217,26 @@ final class FeatureCacheTests: XCTestCase {
     /// A kill after the finished cache was renamed into place but before the journal was deleted.
     func testJournalAlreadyInTheCacheIsNotCopiedTwice() throws {
         let items = (0..<6).map { item($0) }
-        let builder = try openBuilder()
+        let builder = try openBuilder(manifest: items)
         try append(items, to: builder)
         let journal = try Data(contentsOf: URL(fileURLWithPath: builder.journalPath))
         _ = try builder.finish(compress: false)
         try journal.write(to: URL(fileURLWithPath: builder.journalPath))
+        let before = try FileManager.default.attributesOfItem(atPath: cachePath())
 
-        let rerun = try openBuilder()
+        let rerun = try openBuilder(manifest: items)
         XCTAssertEqual(rerun.reusedRowCount, 6)
         XCTAssertEqual(rerun.recoveredRowCount, 0)
         XCTAssertEqual(try rerun.finish(compress: false).rows, 6)
         XCTAssertEqual(try FeatureCacheReader(path: cachePath()).paths, items.map(\.path))
+        let after = try FileManager.default.attributesOfItem(atPath: cachePath())
+        XCTAssertEqual(after[.systemFileNumber] as? Int, before[.systemFileNumber] as? Int, "the finished cache is left as it was")
     }
 
     func testSecondWriterIsRefused() throws {
-        let first = try openBuilder(classes: [])
+        let first = try openBuilder(classes: [], manifest: [])
         assertFails(.busy, mentioning: [first.journalPath]) {
-            _ = try openBuilder(classes: [])
+            _ = try openBuilder(classes: [], manifest: [])
         }
     }
 
@@ -218,14 +245,14 @@ final class FeatureCacheTests: XCTestCase {
     func testJournalWithAnotherFingerprintIsRefused() throws {
         let journalPath: String
         do {
-            let builder = try openBuilder()
+            let builder = try openBuilder(manifest: [item(0)])
             try append([item(0)], to: builder)
             journalPath = builder.journalPath
         }
         let pool5 = fingerprint(layer: "pool5", layerPath: "features.30")
         assertFails(.mismatch, mentioning: [journalPath, "was made with layer fc7 (classifier.4), not pool5 (features.30)",
                                             "--overwrite"]) {
-            _ = try openBuilder(fingerprint: pool5)
+            _ = try openBuilder(fingerprint: pool5, manifest: [item(0)])
         }
         XCTAssertEqual(try CacheJournal.read(path: journalPath).rows.count, 1, "a refused journal is left as it was")
     }
@@ -233,18 +260,18 @@ final class FeatureCacheTests: XCTestCase {
     func testCacheWithOtherWeightsIsRefusedAndOverwriteDiscardsBoth() throws {
         try writeCache([item(0), item(1)])
         do {
-            let interrupted = try openBuilder()
+            let interrupted = try openBuilder(manifest: [item(0), item(1), item(2)])
             try append([item(2)], to: interrupted)
         }
 
         let otherWeights = fingerprint(weights: String(repeating: "cd", count: 32))
         assertFails(.mismatch, mentioning: [cachePath(), "weights sha256 abababababab… (/weights/vgg16.pth), not sha256 cdcdcdcdcdcd…"]) {
-            _ = try openBuilder(fingerprint: otherWeights)
+            _ = try openBuilder(fingerprint: otherWeights, manifest: [item(3)])
         }
-        let fresh = try openBuilder(fingerprint: otherWeights, overwrite: true)
+        let fresh = try openBuilder(fingerprint: otherWeights, manifest: [item(3)], overwrite: true)
         XCTAssertEqual(fresh.reusedRowCount, 0)
         XCTAssertEqual(fresh.recoveredRowCount, 0)
-        XCTAssertEqual(fresh.donePaths, [])
+        XCTAssertEqual(fresh.pending, [item(3)])
         try append([item(3)], to: fresh)
         _ = try fresh.finish(compress: false)
         let cache = try FeatureCacheReader(path: cachePath())
@@ -276,7 +303,7 @@ final class FeatureCacheTests: XCTestCase {
     func testMissingOutputFolderFailsBeforeAnyWork() {
         let path = folder.appendingPathComponent("no-such-folder/cache.h5").path
         assertFails(.writeFailed, mentioning: [path, "does not exist"]) {
-            _ = try openBuilder(path, classes: [])
+            _ = try openBuilder(path, classes: [], manifest: [])
         }
     }
 
@@ -293,7 +320,7 @@ final class FeatureCacheTests: XCTestCase {
         }
         assertFails(.damaged, mentioning: [damaged, "no /features dataset"]) { _ = try FeatureCacheReader(path: damaged) }
 
-        try writeCache([item(0)], complete: false)
+        try writeCache([item(0)], unprocessed: [item(1)])
         assertFails(.incomplete, mentioning: [cachePath(), "incomplete"]) { _ = try FeatureCacheReader(path: cachePath()) }
         XCTAssertFalse(try FeatureCacheReader(path: cachePath(), allowIncomplete: true).isComplete)
 
@@ -311,11 +338,10 @@ final class FeatureCacheTests: XCTestCase {
         let all = first.map { old in
             ImageFolder.Item(path: old.path, label: old.label < 0 ? -1 : old.label + 1, split: old.split)
         } + (5..<9).map { item($0, classes: classes) }
-        let rerun = try openBuilder(classes: classes)
+        let rerun = try openBuilder(classes: classes, manifest: all)
         XCTAssertEqual(rerun.reusedRowCount, 5)
-        XCTAssertEqual(rerun.donePaths, Set(first.map(\.path)))
-        let added = all.filter { !rerun.donePaths.contains($0.path) }
-        XCTAssertEqual(added.count, 4)
+        let added = rerun.pending
+        XCTAssertEqual(added, Array(all[5...]))
         try append(added, to: rerun)
         let summary = try rerun.finish(compress: false)
         XCTAssertEqual(summary.reusedRows, 5)
@@ -323,23 +349,24 @@ final class FeatureCacheTests: XCTestCase {
 
         let cache = try FeatureCacheReader(path: cachePath())
         XCTAssertEqual(cache.classes, classes)
-        XCTAssertEqual(cache.paths, all.map(\.path), "old rows first, then new")
+        XCTAssertEqual(cache.paths, all.map(\.path))
         XCTAssertEqual(cache.labels, all.map(\.label))
-        XCTAssertEqual(try cache.readRows(0..<9).data, features(of: first) + features(of: added))
+        XCTAssertEqual(try cache.readRows(0..<9).data, features(of: all))
     }
 
     /// An interrupted run continued after a class folder appeared: the journal's earlier
     /// labels still name their classes.
     func testInterruptedRunContinuesWithANewClass() throws {
         do {
-            let interrupted = try openBuilder()
+            let interrupted = try openBuilder(manifest: [item(0), item(1)])
             try append([item(0), item(1)], to: interrupted)
         }
         let classes = ["ant", "cat", "dog"]
-        let rerun = try openBuilder(classes: classes)
-        XCTAssertEqual(rerun.recoveredRowCount, 2)
         let ant = ImageFolder.Item(path: "train/ant/a.jpg", label: 0, split: .train)
         let dog = ImageFolder.Item(path: "train/dog/d.jpg", label: 2, split: .train)
+        let shifted = [item(0), item(1)].map { ImageFolder.Item(path: $0.path, label: $0.label + 1, split: $0.split) }
+        let rerun = try openBuilder(classes: classes, manifest: shifted + [ant, dog])
+        XCTAssertEqual(rerun.recoveredRowCount, 2)
         try append([ant, dog], to: rerun)
         _ = try rerun.finish(compress: false)
 
@@ -355,9 +382,9 @@ final class FeatureCacheTests: XCTestCase {
                        [CacheFailure(path: "train/cat/a.jpg", reason: "truncated JPEG"),
                         CacheFailure(path: "train/dog/b.png", reason: "not a PNG file")])
 
-        let rerun = try openBuilder()
-        XCTAssertEqual(rerun.donePaths, [item(0).path], "failed paths are tried again")
         let repaired = ImageFolder.Item(path: "train/cat/a.jpg", label: 0, split: .train)
+        let rerun = try openBuilder(manifest: [item(0), repaired, failedItem("train/dog/b.png")])
+        XCTAssertEqual(rerun.pending.map(\.path), ["train/cat/a.jpg", "train/dog/b.png"], "failed paths are tried again")
         try append([repaired], failed: [("train/dog/b.png", "still not a PNG file")], to: rerun)
         _ = try rerun.finish(compress: false)
         let cache = try FeatureCacheReader(path: cachePath())
@@ -371,14 +398,14 @@ final class FeatureCacheTests: XCTestCase {
         let items = (0..<40).map { item($0) }
         try writeCache(items, compress: true)
         let cache = try FeatureCacheReader(path: cachePath())
-        XCTAssertEqual(cache.storage.filters.map(\.name), ["shuffle", "deflate"])
-        XCTAssertEqual(cache.storage.filters.last?.parameters, [4])
+        XCTAssertEqual(cache.storage.filters.map(\.name), ["shuffle", "deflate", "fletcher32"])
+        XCTAssertEqual(cache.storage.filters[1].parameters, [4])
         XCTAssertEqual(cache.chunkRows, 40, "a chunk never exceeds the row count")
         XCTAssertEqual(try cache.readRows(0..<40).data, features(of: items))
     }
 
     func testInspectionReportsCacheAndJournal() throws {
-        let builder = try openBuilder()
+        let builder = try openBuilder(manifest: (0..<5).map { item($0) } + [failedItem("val/dog/x.jpg")])
         try append((0..<5).map { item($0) }, failed: [("val/dog/x.jpg", "cannot decode")], to: builder)
         let inProgress = try CacheInspection(path: cachePath()).report
         XCTAssertTrue(inProgress.contains("extraction in progress or interrupted: 5 rows durable in \(builder.journalPath); "
@@ -393,7 +420,7 @@ final class FeatureCacheTests: XCTestCase {
             .init(name: nil, perSplit: ["train": 1], total: 1),
         ])
         let report = inspection.report
-        for line in ["schema: bottleneck-cache/1", "layer: fc7 (classifier.4)", "activation shape: [2, 3]", "rows: 5",
+        for line in ["schema: bottleneck-cache/2", "layer: fc7 (classifier.4)", "activation shape: [2, 3]", "rows: 5",
                      "  class         train     val   total", "  cat               1       1       2",
                      "  (unlabeled)       1       0       1",
                      "image root: /data/pets", "storage: chunks of 5 rows, shuffle+deflate level 4", "failed: 1",

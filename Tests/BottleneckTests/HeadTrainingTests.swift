@@ -519,7 +519,6 @@ enum SyntheticCache {
         let cut = try CutPoint("fc7", in: config)
         let fingerprint = CacheFingerprint(config: config, cut: cut, weights: weights, preprocessing: SampleCaches.preprocessing,
                                            imageRoot: (path as NSString).deletingLastPathComponent)
-        let builder = try FeatureCacheBuilder.open(path: path, fingerprint: fingerprint, classes: classes, overwrite: true)
         let width = config.hidden
         var generator = SeededGenerator(seed: 17)
         let means = classes.map { _ in (0..<width).map { _ in generator.nextNormal() * signal } }
@@ -534,13 +533,26 @@ enum SyntheticCache {
                 }
                 let folder = split == .none ? "" : "\(split.rawValue)/"
                 items.append(ImageFolder.Item(path: "\(folder)\(name)/img\(index).jpg", label: Int32(label), split: split))
-                var row = means[label].map { max(0, $0 + generator.nextNormal()) }
-                if let poison, name == "dogs", index == 0 { row[width / 2] = poison }
-                features += row
+                features += means[label].map { max(0, $0 + generator.nextNormal()) }
             }
         }
-        try features.withUnsafeBufferPointer { try builder.append(features: $0, items: items, failed: []) }
-        _ = try builder.finish(compress: false, complete: complete)
+        // An image of the run that neither got a row nor failed leaves the cache incomplete.
+        let unprocessed = complete ? [] : [ImageFolder.Item(path: "unprocessed.jpg", label: -1, split: .none)]
+        let builder = try FeatureCacheBuilder.open(path: path, fingerprint: fingerprint, classes: classes,
+                                                   manifest: items + unprocessed, overwrite: true) { _, _ in nil }
+        let rows = items.map { item in
+            (item: item, identity: FileIdentity(size: 1, mtimeNanoseconds: 0, ctimeNanoseconds: 0, inode: 0,
+                                                sha256: SHA256.digest(Array(item.path.utf8))))
+        }
+        try features.withUnsafeBufferPointer { try builder.append(features: $0, rows: rows, failed: []) }
+        _ = try builder.finish(compress: false)
+        if let poison, let dogs = classes.firstIndex(of: "dogs") {
+            // A cache tampered with after it was written (the writer refuses non-finite features).
+            let dataset = try HDF5File(path: path, mode: .readWrite).openDataset("features")
+            var row = try dataset.readRows((dogs * rowsPerClass)..<(dogs * rowsPerClass + 1), as: Float.self)
+            row[width / 2] = poison
+            try row.withUnsafeBufferPointer { try dataset.writeRows($0, startingAt: dogs * rowsPerClass) }
+        }
         return path
     }
 }

@@ -316,11 +316,10 @@ final class WeightFileTests: XCTestCase {
             let firstBatch = (0..<12).map(Float.init), secondBatch = (12..<30).map(Float.init)
             try firstBatch.withUnsafeBufferPointer { try features.writeRows($0, startingAt: 0) }
             try secondBatch.withUnsafeBufferPointer { try features.writeRows($0, startingAt: 2) }
-            let paths = try file.createStringDataset("paths", count: 0, layout: .extendibleRows(chunkRows: 8))
-            try paths.writeStrings(["cat/1.jpg", "dög/2.jpg"])
-            try paths.writeStrings(["bird/3.png"], startingAt: 2)
+            try file.createStringDataset("paths", strings: ["cat/1.jpg", "dög/2.jpg", "bird/3.png"],
+                                         layout: .extendibleRows(chunkRows: 8, checksum: true))
             try file.createDataset("labels", of: Int32.self, shape: [3]).write([0, 1, -1])
-            _ = try file.createStringDataset("classes", count: 0)
+            try file.createStringDataset("classes", strings: [])
             let group = try file.createGroup("failed")
             try group.setAttribute("count", Int64(0))
             try file.setAttribute("schema", "bottleneck-cache/1")
@@ -338,6 +337,7 @@ final class WeightFileTests: XCTestCase {
         XCTAssertEqual(try features.read(as: Float.self), (0..<30).map(Float.init))
         XCTAssertEqual(try features.readRows(1..<3, as: Double.self), (6..<18).map(Double.init))
         XCTAssertEqual(try file.openDataset("paths").readStrings(), ["cat/1.jpg", "dög/2.jpg", "bird/3.png"])
+        XCTAssertEqual(try file.openDataset("paths").storage().filters.map(\.name), ["fletcher32"])
         XCTAssertEqual(try file.openDataset("labels").read(as: Int32.self), [0, 1, -1])
         XCTAssertEqual(try file.openDataset("classes").readStrings(), [])
         XCTAssertEqual(try file.stringAttribute("schema"), "bottleneck-cache/1")

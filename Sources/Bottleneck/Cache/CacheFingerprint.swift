@@ -8,7 +8,7 @@ import Foundation
 /// Coded with the names of the cache's root attributes, so the journal header
 /// and the HDF5 file spell every field the same way.
 public struct CacheFingerprint: Codable, Equatable, Sendable {
-    public static let currentSchema = "bottleneck-cache/1"
+    public static let currentSchema = "bottleneck-cache/2"
 
     public var schema: String
     /// The network configuration, "vgg16".

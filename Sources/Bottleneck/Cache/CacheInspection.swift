@@ -27,7 +27,7 @@ public struct CacheInspection: Codable, Sendable {
     public var complete: Bool
     public var created: String?
     public var fileBytes: Int?
-    /// "chunks of 64 rows, shuffle+deflate level 4"
+    /// "chunks of 64 rows, shuffle+deflate level 4, fletcher32 checksums"
     public var storage: String?
     public var classes: [ClassCount]
     public var failed: [CacheFailure]
@@ -137,9 +137,10 @@ public struct CacheInspection: Codable, Sendable {
 
     private static func describe(_ storage: HDF5Storage) -> String {
         let layout = storage.chunkShape.map { "chunks of \($0.first ?? 0) rows" } ?? "contiguous"
-        let filters = storage.filters.map { filter in
+        let compression = storage.filters.filter { $0.name != "fletcher32" }.map { filter in
             filter.name == "deflate" ? "deflate level \(filter.parameters.first ?? 0)" : filter.name
         }
-        return layout + ", " + (filters.isEmpty ? "uncompressed" : filters.joined(separator: "+"))
+        let checksum = storage.filters.contains { $0.name == "fletcher32" } ? ", fletcher32 checksums" : ", NO checksums"
+        return layout + ", " + (compression.isEmpty ? "uncompressed" : compression.joined(separator: "+")) + checksum
     }
 }

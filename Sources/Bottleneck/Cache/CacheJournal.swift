@@ -20,18 +20,16 @@ public struct CacheFailure: Codable, Equatable, Sendable {
     }
 }
 
-/// A row as the writer tracks it: the class by name, because the final class
-/// list (the union over runs) is only known when the cache is finished.
-struct CacheRowInfo: Sendable {
+/// A row the journal holds: its image, the identity of the bytes its features were made from, and
+/// where in the journal those features are. The class is kept by name: the labels of later batches
+/// may index a longer class list.
+struct JournalRow: Sendable {
     let path: String
     let className: String?
     let split: ImageFolder.Split
-}
-
-/// `rowCount` rows of float32 features stored one after another from byte `offset` of the journal.
-struct JournalFeatureRun {
-    let offset: Int64
-    let rowCount: Int
+    let identity: FileIdentity
+    /// Byte offset of the row's float32 features in the journal.
+    let featureOffset: Int64
 }
 
 struct JournalHeader: Codable, Equatable {
@@ -43,15 +41,17 @@ struct JournalHeader: Codable, Equatable {
 /// What a journal holds up to its last whole record.
 struct JournalContents {
     var header: JournalHeader
-    var rows: [CacheRowInfo] = []
+    /// At most one per path: a later row for a path replaces an earlier one (the file changed and was
+    /// extracted again while the journal was open).
+    var rows: [JournalRow] = []
     var failures: [CacheFailure] = []
-    /// One per batch record; their rows, in order, are `rows`.
-    var featureRuns: [JournalFeatureRun] = []
     /// What the labels of the next batch index: the header's list or the latest classes record's.
     var currentClasses: [String]
     /// End of the last whole record: what a kill left after it is a torn tail.
     var durableLength: Int64
     var fileLength: Int64
+    /// Position in `rows` of each path.
+    fileprivate var rowIndex: [String: Int] = [:]
 
     var tornBytes: Int64 { fileLength - durableLength }
 }
@@ -62,16 +62,18 @@ struct JournalContents {
 ///
 ///     header   "BNJOURNL" | version u32 | length u32 | crc32 u32 | JSON {fingerprint, classes}
 ///     record   crc32 u32 (of the rest of the record) | kind u8 | length u64 | payload
-///       batch    rows u32 | failed u32 | rows × (label i32 | split str | path str)
+///       batch    rows u32 | failed u32 | rows × (label i32 | split str | path str | identity)
 ///                | failed × (path str | reason str) | rows × row size × float32
+///       identity size i64 | mtime ns i64 | ctime ns i64 | inode u64 | sha256 32 bytes (see FileIdentity)
 ///       classes  count u32 | count × str   (the list later labels index)
 ///     str      length u32 | UTF-8 bytes
 ///
 /// A record counts once its write returned (a killed process loses nothing the
-/// kernel accepted); a record cut short or failing its CRC ends the journal.
+/// kernel accepted); a record cut short or failing its CRC ends the journal. A path may come back in a
+/// later batch only with another identity (its file changed): the same row twice is damage.
 final class CacheJournal {
     private static let magic = Array("BNJOURNL".utf8)
-    private static let version: UInt32 = 1
+    private static let version: UInt32 = 2
     private static let headerPrefixSize = 20
     private static let recordPrefixSize = 13
 
@@ -87,6 +89,8 @@ final class CacheJournal {
     private var rowCount: Int
     /// Reused between records so appending allocates once.
     private var record: [UInt8] = []
+    /// What the labels of the next batch index.
+    private var classes: [String] = []
 
     private init(path: String, descriptor: Int32, length: Int64, rowCount: Int) {
         self.path = path
@@ -120,6 +124,7 @@ final class CacheJournal {
         try DurableFiles.syncFolder(of: path)
         let descriptor = try openFile(path, flags: O_RDWR)
         let journal = CacheJournal(path: path, descriptor: descriptor, length: Int64(bytes.count), rowCount: 0)
+        journal.classes = header.classes
         try lock(descriptor, path: path)
         return journal
     }
@@ -138,6 +143,7 @@ final class CacheJournal {
         }
         let journal = CacheJournal(path: path, descriptor: descriptor, length: contents.durableLength,
                                    rowCount: contents.rows.count)
+        journal.classes = contents.currentClasses
         let differences = contents.header.fingerprint.differences(from: fingerprint)
         guard differences.isEmpty else { throw FeatureCacheError.mismatch(path, differences) }
         if contents.tornBytes > 0 { try journal.truncate(to: contents.durableLength) }
@@ -220,17 +226,18 @@ final class CacheJournal {
                                durableLength: Int64(headerPrefixSize + json.count), fileLength: fileLength)
     }
 
-    /// Appends one batch; `labels` index the class list of the latest header or classes record.
-    /// Returns where its features start in the journal.
-    func appendBatch(_ rows: [ImageFolder.Item], failures: [CacheFailure],
-                     features: UnsafeBufferPointer<Float>) throws -> Int64 {
+    /// Appends one batch; the rows' labels index the class list of the latest header or classes record.
+    /// Returns the rows as the journal now holds them.
+    func appendBatch(_ rows: [(item: ImageFolder.Item, identity: FileIdentity)], failures: [CacheFailure],
+                     features: UnsafeBufferPointer<Float>) throws -> [JournalRow] {
         beginRecord(.batch)
         record.appendLittleEndian(UInt32(rows.count))
         record.appendLittleEndian(UInt32(failures.count))
-        for row in rows {
-            record.appendLittleEndian(row.label)
-            record.appendString(row.split.rawValue)
-            record.appendString(row.path)
+        for (item, identity) in rows {
+            record.appendLittleEndian(item.label)
+            record.appendString(item.split.rawValue)
+            record.appendString(item.path)
+            record.appendIdentity(identity)
         }
         for failure in failures {
             record.appendString(failure.path)
@@ -239,7 +246,11 @@ final class CacheJournal {
         let featuresOffset = length + Int64(record.count)
         record.append(contentsOf: UnsafeRawBufferPointer(features))
         try endRecord(addingRows: rows.count)
-        return featuresOffset
+        let rowBytes = Int64(features.count / max(rows.count, 1) * MemoryLayout<Float>.size)
+        return rows.enumerated().map { index, row in
+            JournalRow(path: row.item.path, className: row.item.label < 0 ? nil : classes[Int(row.item.label)],
+                       split: row.item.split, identity: row.identity, featureOffset: featuresOffset + Int64(index) * rowBytes)
+        }
     }
 
     /// Records that the labels of later batches index `classes`.
@@ -247,6 +258,7 @@ final class CacheJournal {
         beginRecord(.classes)
         record.appendStrings(classes)
         try endRecord(addingRows: 0)
+        self.classes = classes
     }
 
     /// Copies whole rows of features stored from `offset` into `buffer`.
@@ -312,6 +324,7 @@ private extension JournalContents {
     mutating func readBatch(_ reader: inout ByteReader, rowBytes: Int, payloadStart: Int64) throws {
         let rowCount = try reader.readCount(UInt32.self, "the row count")
         let failureCount = try reader.readCount(UInt32.self, "the failure count")
+        var batch: [(path: String, className: String?, split: ImageFolder.Split, identity: FileIdentity)] = []
         for _ in 0..<rowCount {
             let label = try reader.readInteger(Int32.self, "a label")
             guard let split = ImageFolder.Split(rawValue: try reader.readString("a split")) else {
@@ -320,8 +333,8 @@ private extension JournalContents {
             guard label >= -1, label < currentClasses.count else {
                 throw WeightFileProblem.malformed("label \(label) for \(currentClasses.count) classes")
             }
-            rows.append(CacheRowInfo(path: try reader.readString("a path"),
-                                     className: label < 0 ? nil : currentClasses[Int(label)], split: split))
+            batch.append((try reader.readString("a path"), label < 0 ? nil : currentClasses[Int(label)], split,
+                          try reader.readIdentity()))
         }
         for _ in 0..<failureCount {
             failures.append(CacheFailure(path: try reader.readString("a failed path"), reason: try reader.readString("a reason")))
@@ -329,7 +342,20 @@ private extension JournalContents {
         guard reader.remaining == rowCount * rowBytes else {
             throw WeightFileProblem.malformed("\(reader.remaining) bytes of features for \(rowCount) rows of \(rowBytes)")
         }
-        featureRuns.append(JournalFeatureRun(offset: payloadStart + Int64(reader.position), rowCount: rowCount))
+        let featuresStart = payloadStart + Int64(reader.position)
+        for (index, row) in batch.enumerated() {
+            let journalRow = JournalRow(path: row.path, className: row.className, split: row.split, identity: row.identity,
+                                        featureOffset: featuresStart + Int64(index * rowBytes))
+            if let earlier = rowIndex[row.path] {
+                guard rows[earlier].identity != row.identity else {
+                    throw WeightFileProblem.malformed("\(row.path) has the same row twice")
+                }
+                rows[earlier] = journalRow
+            } else {
+                rowIndex[row.path] = rows.count
+                rows.append(journalRow)
+            }
+        }
     }
 }
 
@@ -337,6 +363,12 @@ private extension ByteReader {
     mutating func readString(_ what: @autoclosure () -> String) throws -> String {
         let count = try readCount(UInt32.self, "the length of \(what())")
         return String(decoding: try read(count, what()), as: UTF8.self)
+    }
+
+    mutating func readIdentity() throws -> FileIdentity {
+        FileIdentity(size: try readInteger(Int64.self, "a file size"), mtimeNanoseconds: try readInteger(Int64.self, "an mtime"),
+                     ctimeNanoseconds: try readInteger(Int64.self, "a ctime"), inode: try readInteger(UInt64.self, "an inode"),
+                     sha256: Array(try read(32, "a SHA-256")))
     }
 
     mutating func readStrings() throws -> [String] {
@@ -352,6 +384,14 @@ private extension Array where Element == UInt8 {
     mutating func appendString(_ string: String) {
         appendLittleEndian(UInt32(string.utf8.count))
         append(contentsOf: string.utf8)
+    }
+
+    mutating func appendIdentity(_ identity: FileIdentity) {
+        appendLittleEndian(identity.size)
+        appendLittleEndian(identity.mtimeNanoseconds)
+        appendLittleEndian(identity.ctimeNanoseconds)
+        appendLittleEndian(identity.inode)
+        append(contentsOf: identity.sha256)
     }
 
     mutating func appendStrings(_ strings: [String]) {

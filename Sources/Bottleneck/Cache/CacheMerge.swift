@@ -40,39 +40,59 @@ public enum CacheMerge {
 
         let classes = Set(shards.flatMap(\.reader.classes)).sorted { $0.utf8.lexicographicallyPrecedes($1.utf8) }
         let classIndex = Dictionary(uniqueKeysWithValues: classes.enumerated().map { ($1, Int32($0)) })
-        let builder = try FeatureCacheBuilder.open(path: output, fingerprint: fingerprint, classes: classes, overwrite: overwrite)
+        // Every shard's rows, then its failures, in shard order: the rows and failures of one process, in its order.
+        var manifest: [ImageFolder.Item] = []
+        var recorded: [String: FileIdentity] = [:]
+        var origin: [String: Shard] = [:]
+        for (shard, reader) in shards {
+            let failedItems = reader.failed.map { ImageFolder.Item(path: $0.path, label: -1, split: .none) }
+            for (row, path) in (reader.paths + failedItems.map(\.path)).enumerated() {
+                if let other = origin.updateValue(shard, forKey: path) {
+                    throw FeatureCacheError(.invalidInput, "\(reader.path): \(path) is in shard \(other) and in shard \(shard); "
+                                            + "shards of one extraction never share an image: were they made from different folders?")
+                }
+                if row < reader.count { recorded[path] = reader.identities[row] }
+            }
+            manifest += reader.paths.indices.map { row in
+                let label = reader.labels[row]
+                return ImageFolder.Item(path: reader.paths[row], label: label < 0 ? -1 : classIndex[reader.classes[Int(label)]]!,
+                                        split: reader.splits[row])
+            } + failedItems
+        }
+        let builder = try FeatureCacheBuilder.open(path: output, fingerprint: fingerprint, classes: classes, manifest: manifest,
+                                                   overwrite: overwrite) { item, identity in
+            recorded[item.path] == identity ? identity : nil
+        }
+        let pending = Set(builder.pending.map(\.path))
         let rowSize = fingerprint.rowSize
         let blockRows = max(1, (4 << 20) / (rowSize * MemoryLayout<Float>.size))
         var buffer = [Float](repeating: 0, count: blockRows * rowSize)
+        var itemIndex = 0
         for (shard, reader) in shards {
             log("shard \(shard): \(reader.count) rows, \(reader.failed.count) failed (\(reader.path))")
-            var failed = reader.failed.map { (path: $0.path, reason: $0.reason) }
+            var failed = reader.failed.filter { pending.contains($0.path) }.map { (path: $0.path, reason: $0.reason) }
             var first = 0
             repeat {
-                let rows = first..<min(first + blockRows, reader.count)
-                let items = rows.compactMap { row -> ImageFolder.Item? in
-                    guard !builder.donePaths.contains(reader.paths[row]) else { return nil }
-                    let label = reader.labels[row]
-                    return ImageFolder.Item(path: reader.paths[row], label: label < 0 ? -1 : classIndex[reader.classes[Int(label)]]!,
-                                            split: reader.splits[row])
-                }
-                if items.count == rows.count {
-                    try buffer.withUnsafeMutableBufferPointer { block in
-                        let target = UnsafeMutableBufferPointer(rebasing: block[0..<(rows.count * rowSize)])
-                        try reader.readRows(rows, into: target)
-                        try builder.append(features: UnsafeBufferPointer(target), items: items, failed: failed)
+                let block = first..<min(first + blockRows, reader.count)
+                // A resumed merge finds part of the rows already in the journal: only the others are copied.
+                let rows = block.filter { pending.contains(reader.paths[$0]) }
+                let items = rows.map { (item: manifest[itemIndex + $0], identity: reader.identities[$0]) }
+                if !rows.isEmpty || !failed.isEmpty {
+                    try buffer.withUnsafeMutableBufferPointer { storage in
+                        let target = UnsafeMutableBufferPointer(rebasing: storage[0..<(rows.count * rowSize)])
+                        if rows.count == block.count {
+                            try reader.readRows(block, into: target)
+                        } else if !rows.isEmpty {
+                            let features = try reader.readRows(at: rows)
+                            _ = target.initialize(from: features.data)
+                        }
+                        try builder.append(features: UnsafeBufferPointer(target), rows: items, failed: failed)
                     }
-                } else if !items.isEmpty {
-                    // Part of this block is already merged (a resumed merge): copy the rest row by row.
-                    let pending = rows.filter { !builder.donePaths.contains(reader.paths[$0]) }
-                    let features = try reader.readRows(at: pending)
-                    try features.data.withUnsafeBufferPointer { try builder.append(features: $0, items: items, failed: failed) }
-                } else if !failed.isEmpty {
-                    try builder.append(features: UnsafeBufferPointer<Float>(start: nil, count: 0), items: [], failed: failed)
                 }
                 failed = []
-                first = rows.upperBound
+                first = block.upperBound
             } while first < reader.count
+            itemIndex += reader.count + reader.failed.count
         }
         return try builder.finish(compress: compress)
     }

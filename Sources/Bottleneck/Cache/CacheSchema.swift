@@ -1,4 +1,7 @@
-/// Names inside a cache file (schema "bottleneck-cache/1"), shared by the writer and the reader.
+/// Names inside a cache file (schema "bottleneck-cache/2"), shared by the writer and the reader.
+/// Every dataset is chunked with HDF5's fletcher32 checksum, strings are fixed-length UTF-8 (inside
+/// the checksummed chunks, not in the unchecked global heap), and `/source/*` identify the bytes each
+/// row was made from (`FileIdentity`).
 enum CacheSchema {
     static let features = "features"
     static let labels = "labels"
@@ -8,6 +11,12 @@ enum CacheSchema {
     static let failed = "failed"
     static let failedPaths = "paths"
     static let failedReasons = "reasons"
+    static let source = "source"
+    static let sourceSize = "size"
+    static let sourceMtime = "mtime_ns"
+    static let sourceCtime = "ctime_ns"
+    static let sourceInode = "inode"
+    static let sourceSHA256 = "sha256"
 
     static let created = "created"
     static let rowsDone = "rows_done"
@@ -16,6 +25,8 @@ enum CacheSchema {
     /// What `/features` chunks aim at: big enough for fast sequential reads,
     /// small enough for HDF5's default 1 MiB chunk cache.
     static let chunkBytes = 1 << 20
+    /// Chunk length of the per-row metadata datasets (labels, paths, identities).
+    static let metadataChunkRows = 4096
     /// shuffle + deflate at h5py's default gzip level.
     static let deflateLevel = 4
 }

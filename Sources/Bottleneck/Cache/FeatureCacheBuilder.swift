@@ -1,64 +1,101 @@
 import Foundation
 
-/// What `finish` wrote.
+/// What `finish` wrote. Every image of the run's list is exactly one of reused, extracted, changed
+/// or failed; `removedRows` were rows of the earlier cache whose image is no longer in the list.
 public struct CacheSummary: Sendable {
     public let path: String
     public let rows: Int
-    /// Rows copied from the cache an earlier run finished.
+    /// Rows copied from the cache an earlier run finished: their files are unchanged.
     public let reusedRows: Int
-    /// Rows recovered from the journal of an interrupted run.
-    public let recoveredRows: Int
-    /// Rows appended by this run.
+    /// Rows of images the earlier cache did not have, extracted by this run or by an interrupted one.
     public let extractedRows: Int
+    /// Rows extracted again because their file's contents changed since the earlier cache.
+    public let changedRows: Int
+    /// Rows of the earlier cache dropped because their image is gone.
+    public let removedRows: Int
+    /// Rows recovered from the journal of an interrupted run (counted in extracted or changed too).
+    public let recoveredRows: Int
+    /// Reused rows whose file had new times or another inode but the same bytes.
+    public let refreshedRows: Int
     public let failed: Int
     public let fileBytes: Int
 }
 
 /// Writes a feature cache so that `kill -9` at any moment loses no finished batch
-/// and never leaves a cache that looks whole but is not:
+/// and never leaves a cache that looks whole but is not, and so that the cache is always
+/// exactly as fresh as the images (as `make` would have it):
 ///
+/// - the run hands in its manifest: every image it should cover, in the order of the final rows;
+/// - a row of the earlier finished cache, or of an interrupted run's journal, is reused only for an
+///   image still in the manifest whose file still has the contents the row was made from
+///   (`currentIdentity`, see `FileIdentity`); everything else in the manifest is `pending`;
 /// - batches go to an append-only journal (`CACHE.h5.partial`, see `CacheJournal`),
 ///   each durable once `append` returns;
-/// - `CACHE.h5` itself is only ever replaced by renaming a synced, finished file over it.
+/// - `CACHE.h5` is only ever replaced by renaming a synced, finished file over it, holding the
+///   manifest's rows in manifest order: the bytes a fresh extraction of the same images gives.
 ///
-/// Opening again continues where the journal ends and reuses the rows of an earlier
-/// finished cache, so a rerun with more images extracts only the new ones. Memory is
-/// the per-row metadata plus a few MB of copy buffer, whatever the number of rows.
+/// Memory is the per-row metadata plus a few MB of copy buffer, whatever the number of rows.
 /// Used from one thread.
 public final class FeatureCacheBuilder {
     public let path: String
     public let journalPath: String
     public let fingerprint: CacheFingerprint
-    /// What the labels of appended items index.
+    /// What the labels of manifest items index; the final `/classes`.
     public let classes: [String]
-    /// Paths that already have a row (in the earlier cache, the journal, or appended since);
-    /// paths that failed before are not here, so they are tried again.
-    public private(set) var donePaths: Set<String>
+    public let manifest: [ImageFolder.Item]
     public let reusedRowCount: Int
     public let recoveredRowCount: Int
+    /// Reused rows whose file was found under new times but with the same bytes.
+    public let refreshedRowCount: Int
+    /// Rows of the earlier cache whose image is not in the manifest.
+    public let removedRowCount: Int
     /// Bytes of a record a kill cut short, dropped from the journal when it was reopened.
     public let tornJournalBytes: Int
     /// Rows appended by this run so far.
     public private(set) var appendedRowCount = 0
 
+    private enum RowSource: Equatable {
+        case previous(row: Int)
+        case journal(offset: Int64)
+    }
+
     private let previous: FeatureCacheReader?
     /// nil once finished.
     private var journal: CacheJournal?
-    /// Journal rows not already in `previous`, with where their features are.
-    private var journalRows: [CacheRowInfo]
-    private var journalFeatureRuns: [JournalFeatureRun]
-    private var journalFailures: [CacheFailure]
+    /// Per manifest item: where its row is, and the identity of the bytes it was made from.
+    private var sources: [RowSource?]
+    private var identities: [FileIdentity?]
+    private let manifestIndex: [String: Int]
+    /// Manifest paths whose row in the earlier cache is stale.
+    private let changedPaths: Set<String>
+    /// The latest reason per path, for manifest items that end without a row.
+    private var failureReasons: [String: String] = [:]
 
     public static func journalPath(for path: String) -> String { path + ".partial" }
 
-    /// Opens (or starts) the cache at `path` for a run with `fingerprint` whose item labels index
-    /// `classes`. Refuses a cache or journal made with another fingerprint unless `overwrite`,
-    /// which deletes both. Fails before any work when the folder is missing or read-only.
-    public static func open(path: String, fingerprint: CacheFingerprint, classes: [String],
-                            overwrite: Bool) throws -> FeatureCacheBuilder {
+    /// Manifest items without a row yet, in manifest order: what the run still has to extract.
+    public var pending: [ImageFolder.Item] { manifest.indices.filter { sources[$0] == nil }.map { manifest[$0] } }
+
+    /// Opens (or starts) the cache at `path` for a run with `fingerprint` over `manifest`, whose labels
+    /// index `classes`. `currentIdentity(item, recorded)` says whether a row recorded with `recorded`
+    /// still holds `item`'s features, returning the identity to keep (refreshed to the file's stat now),
+    /// or nil when the file changed or is gone. Refuses a cache or journal made with another fingerprint
+    /// unless `overwrite`, which deletes both. Fails before any work when the folder is missing or read-only.
+    public static func open(path: String, fingerprint: CacheFingerprint, classes: [String], manifest: [ImageFolder.Item],
+                            overwrite: Bool,
+                            currentIdentity: (ImageFolder.Item, FileIdentity) -> FileIdentity?) throws -> FeatureCacheBuilder {
         try DurableFiles.checkWritableFolder(for: path)
         guard Set(classes).count == classes.count else {
             throw FeatureCacheError(.invalidInput, "\(path): the class list names a class twice")
+        }
+        var manifestIndex: [String: Int] = [:]
+        for (index, item) in manifest.enumerated() {
+            guard manifestIndex.updateValue(index, forKey: item.path) == nil else {
+                throw FeatureCacheError(.invalidInput, "\(path): \(item.path) is listed twice")
+            }
+            guard item.label >= -1, item.label < Int32(classes.count) else {
+                throw FeatureCacheError(.invalidInput, "\(path): \(item.path) has label \(item.label) but there are \(classes.count) classes")
+            }
         }
         let journalPath = journalPath(for: path)
         if overwrite {
@@ -76,8 +113,9 @@ public final class FeatureCacheBuilder {
         } else {
             journal = try CacheJournal.create(path: journalPath, header: JournalHeader(fingerprint: fingerprint, classes: classes))
         }
-        return FeatureCacheBuilder(path: path, fingerprint: fingerprint, classes: classes, previous: previous,
-                                   journal: journal, contents: contents)
+        return FeatureCacheBuilder(path: path, fingerprint: fingerprint, classes: classes, manifest: manifest,
+                                   manifestIndex: manifestIndex, previous: previous, journal: journal, contents: contents,
+                                   currentIdentity: currentIdentity)
     }
 
     private static func openPrevious(path: String, fingerprint: CacheFingerprint) throws -> FeatureCacheReader? {
@@ -93,90 +131,125 @@ public final class FeatureCacheBuilder {
         return previous
     }
 
-    private init(path: String, fingerprint: CacheFingerprint, classes: [String], previous: FeatureCacheReader?,
-                 journal: CacheJournal, contents: JournalContents?) {
+    private init(path: String, fingerprint: CacheFingerprint, classes: [String], manifest: [ImageFolder.Item],
+                 manifestIndex: [String: Int], previous: FeatureCacheReader?, journal: CacheJournal,
+                 contents: JournalContents?, currentIdentity: (ImageFolder.Item, FileIdentity) -> FileIdentity?) {
         self.path = path
         self.journalPath = journal.path
         self.fingerprint = fingerprint
         self.classes = classes
+        self.manifest = manifest
+        self.manifestIndex = manifestIndex
         self.previous = previous
         self.journal = journal
-        self.reusedRowCount = previous?.count ?? 0
         self.tornJournalBytes = Int(contents?.tornBytes ?? 0)
-        self.journalFailures = contents?.failures ?? []
 
-        // A kill between renaming the finished cache into place and deleting the journal
-        // leaves a journal whose rows the cache already holds: those are skipped.
-        let previousPaths = Set(previous?.paths ?? [])
-        var rows: [CacheRowInfo] = []
-        var runs: [JournalFeatureRun] = []
-        if let contents {
-            let rowBytes = Int64(fingerprint.rowSize * MemoryLayout<Float>.size)
-            var recorded = contents.rows.makeIterator()
-            for run in contents.featureRuns {
-                for rowInRun in 0..<run.rowCount {
-                    let row = recorded.next()!
-                    guard !previousPaths.contains(row.path) else { continue }
-                    rows.append(row)
-                    let offset = run.offset + Int64(rowInRun) * rowBytes
-                    if let last = runs.last, last.offset + Int64(last.rowCount) * rowBytes == offset {
-                        runs[runs.count - 1] = JournalFeatureRun(offset: last.offset, rowCount: last.rowCount + 1)
-                    } else {
-                        runs.append(JournalFeatureRun(offset: offset, rowCount: 1))
-                    }
+        var sources = [RowSource?](repeating: nil, count: manifest.count)
+        var identities = [FileIdentity?](repeating: nil, count: manifest.count)
+        var reused = 0, refreshed = 0, removed = 0, recovered = 0
+        var changed = Set<String>()
+        // The earlier cache first: when a kill came between renaming the finished cache into place and
+        // deleting the journal, both hold the same rows, and the file is then left as it is.
+        if let previous {
+            for row in 0..<previous.count {
+                guard let index = manifestIndex[previous.paths[row]] else {
+                    removed += 1
+                    continue
                 }
+                let recorded = previous.identities[row]
+                guard let current = currentIdentity(manifest[index], recorded) else {
+                    changed.insert(previous.paths[row])
+                    continue
+                }
+                sources[index] = .previous(row: row)
+                identities[index] = current
+                reused += 1
+                if current != recorded { refreshed += 1 }
             }
         }
-        self.journalRows = rows
-        self.journalFeatureRuns = runs
-        self.recoveredRowCount = rows.count
-        self.donePaths = previousPaths.union(rows.map(\.path))
+        for row in contents?.rows ?? [] {
+            guard let index = manifestIndex[row.path], sources[index] == nil,
+                  let current = currentIdentity(manifest[index], row.identity) else { continue }
+            sources[index] = .journal(offset: row.featureOffset)
+            identities[index] = current
+            recovered += 1
+        }
+        for failure in (previous?.failed ?? []) + (contents?.failures ?? []) { failureReasons[failure.path] = failure.reason }
+        self.sources = sources
+        self.identities = identities
+        self.changedPaths = changed
+        self.reusedRowCount = reused
+        self.refreshedRowCount = refreshed
+        self.removedRowCount = removed
+        self.recoveredRowCount = recovered
     }
 
-    /// Adds one batch: `features` holds `items.count` rows of `fingerprint.rowSize` floats, row-major,
-    /// and `failed` the inputs of the batch that could not be read. Durable when this returns.
-    public func append(features: UnsafeBufferPointer<Float>, items: [ImageFolder.Item],
+    /// Adds one batch: `features` holds `rows.count` rows of `fingerprint.rowSize` floats, row-major, made
+    /// from the bytes `identity` describes, and `failed` the inputs of the batch that could not be read.
+    /// Only pending manifest items are accepted, and only finite features. Durable when this returns.
+    public func append(features: UnsafeBufferPointer<Float>, rows: [(item: ImageFolder.Item, identity: FileIdentity)],
                        failed: [(path: String, reason: String)]) throws {
         guard let journal else { throw FeatureCacheError(.invalidInput, "\(path) is already finished") }
-        guard features.count == items.count * fingerprint.rowSize else {
-            throw FeatureCacheError(.invalidInput, "\(path): \(features.count) feature values for \(items.count) rows "
+        guard features.count == rows.count * fingerprint.rowSize else {
+            throw FeatureCacheError(.invalidInput, "\(path): \(features.count) feature values for \(rows.count) rows "
                                     + "of \(fingerprint.rowSize) (\(fingerprint.activationShape))")
         }
         var batchPaths = Set<String>()
-        for item in items {
-            guard item.label >= -1, item.label < Int32(classes.count) else {
-                throw FeatureCacheError(.invalidInput, "\(path): \(item.path) has label \(item.label) but there are \(classes.count) classes")
+        for (item, _) in rows {
+            guard let index = manifestIndex[item.path], manifest[index] == item else {
+                throw FeatureCacheError(.invalidInput, "\(path): \(item.path) is not one of the run's images")
             }
-            guard !donePaths.contains(item.path), batchPaths.insert(item.path).inserted else {
+            guard sources[index] == nil, batchPaths.insert(item.path).inserted else {
                 throw FeatureCacheError(.invalidInput, "\(path): \(item.path) already has a row")
             }
         }
-        guard !items.isEmpty || !failed.isEmpty else { return }
+        if let row = Self.firstNonFiniteRow(features, rowSize: fingerprint.rowSize) {
+            throw FeatureCacheError(.invalidInput, "\(path): the features of \(rows[row].item.path) are not finite (NaN or infinite); "
+                                    + "nothing of the batch was written")
+        }
+        guard !rows.isEmpty || !failed.isEmpty else { return }
         let failures = failed.map { CacheFailure(path: $0.path, reason: $0.reason) }
-        let featuresOffset = try journal.appendBatch(items, failures: failures, features: features)
-        if !items.isEmpty { journalFeatureRuns.append(JournalFeatureRun(offset: featuresOffset, rowCount: items.count)) }
-        journalRows += items.map { CacheRowInfo(path: $0.path, className: $0.label < 0 ? nil : classes[Int($0.label)], split: $0.split) }
-        journalFailures += failures
-        donePaths.formUnion(batchPaths)
-        appendedRowCount += items.count
+        for journalRow in try journal.appendBatch(rows, failures: failures, features: features) {
+            let index = manifestIndex[journalRow.path]!
+            sources[index] = .journal(offset: journalRow.featureOffset)
+            identities[index] = journalRow.identity
+        }
+        for failure in failures { failureReasons[failure.path] = failure.reason }
+        appendedRowCount += rows.count
     }
 
-    /// Writes the cache: the earlier cache's rows, then the journal's, into a temporary file
-    /// that replaces `path` atomically; then deletes the journal. `complete` is what the file
-    /// claims: that every image of the run has a row or a failure. A rerun that found nothing new
-    /// leaves the earlier file alone: copying a pool5 cache of many GB to get the same bytes (but the
-    /// creation time) would take minutes and twice the disk.
-    public func finish(compress: Bool, complete: Bool = true) throws -> CacheSummary {
+    /// The first of the `features.count / rowSize` rows holding a NaN or an infinity.
+    public static func firstNonFiniteRow(_ features: UnsafeBufferPointer<Float>, rowSize: Int) -> Int? {
+        guard rowSize > 0 else { return nil }
+        for row in 0..<(features.count / rowSize) {
+            // x - x is 0 for a finite x and NaN otherwise; a sum of them is NaN as soon as one is.
+            var sum: Float = 0
+            for value in features[(row * rowSize)..<((row + 1) * rowSize)] { sum += value - value }
+            if sum != 0 { return row }
+        }
+        return nil
+    }
+
+    /// Writes the cache: the manifest's rows in manifest order, copied from the earlier cache and the journal,
+    /// into a temporary file that replaces `path` atomically; then deletes the journal. The file says it is
+    /// `complete` when every manifest item has a row or a failure. A rerun that found nothing new leaves the
+    /// earlier file alone: copying a pool5 cache of many GB to get the same bytes (but the creation time)
+    /// would take minutes and twice the disk.
+    public func finish(compress: Bool) throws -> CacheSummary {
         guard let journal else { throw FeatureCacheError(.invalidInput, "\(path) is already finished") }
-        let failures = finalFailures()
-        let rowCount = reusedRowCount + journalRows.count
-        if !wouldRewritePrevious(failures: failures, compress: compress, complete: complete) {
+        let rowItems = manifest.indices.filter { sources[$0] != nil }
+        let failures = manifest.compactMap { item in
+            sources[manifestIndex[item.path]!] == nil ? failureReasons[item.path].map { CacheFailure(path: item.path, reason: $0) } : nil
+        }
+        let complete = rowItems.count + failures.count == manifest.count
+        if !wouldRewritePrevious(rowItems: rowItems, failures: failures, compress: compress, complete: complete) {
             let temporaryPath = path + ".tmp"
-            let metadataBytes = rowCount * 256 + failures.count * 512 + (1 << 20)
-            try DurableFiles.checkFreeSpace(for: temporaryPath, bytes: rowCount * fingerprint.rowSize * MemoryLayout<Float>.size + metadataBytes,
-                                            keeping: "the \(journalRows.count) extracted rows stay in \(journalPath): free some space and rerun")
+            let metadataBytes = rowItems.count * 512 + failures.count * 512 + (1 << 20)
+            try DurableFiles.checkFreeSpace(for: temporaryPath, bytes: rowItems.count * fingerprint.rowSize * MemoryLayout<Float>.size + metadataBytes,
+                                            keeping: "the extracted rows stay in \(journalPath): free some space and rerun")
             do {
-                try writeCache(to: temporaryPath, from: journal, failures: failures, compress: compress, complete: complete)
+                try writeCache(to: temporaryPath, from: journal, rowItems: rowItems, failures: failures, compress: compress,
+                               complete: complete)
                 try DurableFiles.replace(path, with: temporaryPath)
             } catch {
                 try? DurableFiles.remove(temporaryPath)
@@ -186,76 +259,82 @@ public final class FeatureCacheBuilder {
         try journal.delete()
         self.journal = nil
         let attributes = try FileManager.default.attributesOfItem(atPath: path)
-        return CacheSummary(path: path, rows: rowCount, reusedRows: reusedRowCount,
-                            recoveredRows: recoveredRowCount, extractedRows: appendedRowCount, failed: failures.count,
-                            fileBytes: (attributes[.size] as? NSNumber)?.intValue ?? 0)
+        let newRows = rowItems.filter { if case .journal = sources[$0] { true } else { false } }
+        let changedRows = newRows.count { changedPaths.contains(manifest[$0].path) }
+        return CacheSummary(path: path, rows: rowItems.count, reusedRows: reusedRowCount,
+                            extractedRows: newRows.count - changedRows, changedRows: changedRows,
+                            removedRows: removedRowCount, recoveredRows: recoveredRowCount, refreshedRows: refreshedRowCount,
+                            failed: failures.count, fileBytes: (attributes[.size] as? NSNumber)?.intValue ?? 0)
     }
 
-    /// Whether writing the cache now would give the earlier cache again: no row since, the same failures
-    /// (the broken images retried and failing again, for the same reasons), no new class, the same
-    /// completeness and compression.
-    private func wouldRewritePrevious(failures: [CacheFailure], compress: Bool, complete: Bool) -> Bool {
-        guard let previous else { return false }
-        return journalRows.isEmpty && failures == previous.failed && previous.isComplete == complete
-            && Set(classes).isSubset(of: previous.classes)
+    /// Whether writing the cache now would give the earlier cache again: its rows, all of them, in the same
+    /// order; the same failures (the broken images retried and failing again, for the same reasons), the
+    /// same classes, completeness and compression. New times on unchanged files alone do not rewrite it.
+    private func wouldRewritePrevious(rowItems: [Int], failures: [CacheFailure], compress: Bool, complete: Bool) -> Bool {
+        guard let previous, rowItems.count == previous.count else { return false }
+        return rowItems.enumerated().allSatisfy { position, index in sources[index] == .previous(row: position) }
+            && failures == previous.failed && previous.isComplete == complete && previous.classes == classes
             && previous.storage.filters.contains { $0.name == "deflate" } == compress
     }
 
-    /// Failures of the earlier cache and the journal, the latest reason per path, without the paths
-    /// that have a row by now (a retry that worked).
-    private func finalFailures() -> [CacheFailure] {
-        var reasons: [String: String] = [:]
-        var order: [String] = []
-        for failure in (previous?.failed ?? []) + journalFailures {
-            if reasons.updateValue(failure.reason, forKey: failure.path) == nil { order.append(failure.path) }
-        }
-        return order.filter { !donePaths.contains($0) }.map { CacheFailure(path: $0, reason: reasons[$0]!) }
-    }
-
-    private func writeCache(to temporaryPath: String, from journal: CacheJournal, failures: [CacheFailure], compress: Bool,
-                            complete: Bool) throws {
+    private func writeCache(to temporaryPath: String, from journal: CacheJournal, rowItems: [Int], failures: [CacheFailure],
+                            compress: Bool, complete: Bool) throws {
         let file = try HDF5File(path: temporaryPath, mode: .truncate)
         let rowSize = fingerprint.rowSize
-        let rowCount = reusedRowCount + journalRows.count
+        let rowCount = rowItems.count
+        let rowBytes = Int64(rowSize * MemoryLayout<Float>.size)
 
         let chunkRows = max(1, min(CacheSchema.chunkBytes / (rowSize * MemoryLayout<Float>.size), rowCount))
         let features = try file.createDataset(
             CacheSchema.features, of: Float.self, shape: [0] + fingerprint.activationShape,
-            layout: .extendibleRows(chunkRows: chunkRows, deflateLevel: compress ? CacheSchema.deflateLevel : nil))
+            layout: .extendibleRows(chunkRows: chunkRows, deflateLevel: compress ? CacheSchema.deflateLevel : nil, checksum: true))
         var writer = FeatureBlockWriter(dataset: features, rowSize: rowSize, chunkRows: chunkRows)
-        if let previous {
-            try writer.append(previous.count) { rows, destination in try previous.readRows(rows, into: destination) }
-        }
-        for run in journalFeatureRuns {
-            try writer.append(run.rowCount) { rows, destination in
-                try journal.readFeatures(from: run.offset + Int64(rows.lowerBound * rowSize * MemoryLayout<Float>.size),
-                                         into: destination)
+        // Consecutive rows from consecutive places in one source are copied in one call.
+        var position = 0
+        while position < rowItems.count {
+            let first = sources[rowItems[position]]!
+            var end = position + 1
+            func follows(_ source: RowSource?, _ step: Int) -> Bool {
+                switch (first, source) {
+                case (.previous(let row), .previous(let next)?): next == row + step
+                case (.journal(let offset), .journal(let next)?): next == offset + Int64(step) * rowBytes
+                default: false
+                }
             }
+            while end < rowItems.count && follows(sources[rowItems[end]], end - position) { end += 1 }
+            try writer.append(end - position) { rows, destination in
+                switch first {
+                case .previous(let row):
+                    try previous!.readRows((row + rows.lowerBound)..<(row + rows.upperBound), into: destination)
+                case .journal(let offset):
+                    try journal.readFeatures(from: offset + Int64(rows.lowerBound) * rowBytes, into: destination)
+                }
+            }
+            position = end
         }
         try writer.flush()
 
-        // Labels are stored by class name until now: the final list is the sorted union,
-        // so an earlier cache's labels keep naming the same classes.
-        let previousRows = previous.map { previous in
-            previous.paths.indices.map { row in
-                CacheRowInfo(path: previous.paths[row],
-                             className: previous.labels[row] < 0 ? nil : previous.classes[Int(previous.labels[row])],
-                             split: previous.splits[row])
-            }
-        } ?? []
-        let rows = previousRows + journalRows
-        let finalClasses = Set(classes).union(previous?.classes ?? []).union(rows.compactMap(\.className))
-            .sorted { $0.utf8.lexicographicallyPrecedes($1.utf8) }
-        let classIndex = Dictionary(uniqueKeysWithValues: finalClasses.enumerated().map { ($1, Int32($0)) })
-
-        try file.createDataset(CacheSchema.labels, of: Int32.self, shape: [rowCount])
-            .write(rows.map { row in row.className.map { classIndex[$0]! } ?? -1 })
-        try file.createStringDataset(CacheSchema.classes, count: finalClasses.count).writeStrings(finalClasses)
-        try file.createStringDataset(CacheSchema.paths, count: rowCount).writeStrings(rows.map(\.path))
-        try file.createStringDataset(CacheSchema.split, count: rowCount).writeStrings(rows.map(\.split.rawValue))
+        let items = rowItems.map { manifest[$0] }
+        let rowIdentities = rowItems.map { identities[$0]! }
+        let checked = { (rows: Int) in HDF5Layout.extendibleRows(chunkRows: max(1, min(rows, CacheSchema.metadataChunkRows)), checksum: true) }
+        try file.createDataset(CacheSchema.labels, of: Int32.self, shape: [rowCount], layout: checked(rowCount)).write(items.map(\.label))
+        try file.createStringDataset(CacheSchema.classes, strings: classes, layout: checked(classes.count))
+        try file.createStringDataset(CacheSchema.paths, strings: items.map(\.path), layout: checked(rowCount))
+        try file.createStringDataset(CacheSchema.split, strings: items.map(\.split.rawValue), layout: checked(rowCount))
+        let source = try file.createGroup(CacheSchema.source)
+        try source.createDataset(CacheSchema.sourceSize, of: Int64.self, shape: [rowCount], layout: checked(rowCount))
+            .write(rowIdentities.map(\.size))
+        try source.createDataset(CacheSchema.sourceMtime, of: Int64.self, shape: [rowCount], layout: checked(rowCount))
+            .write(rowIdentities.map(\.mtimeNanoseconds))
+        try source.createDataset(CacheSchema.sourceCtime, of: Int64.self, shape: [rowCount], layout: checked(rowCount))
+            .write(rowIdentities.map(\.ctimeNanoseconds))
+        try source.createDataset(CacheSchema.sourceInode, of: UInt64.self, shape: [rowCount], layout: checked(rowCount))
+            .write(rowIdentities.map(\.inode))
+        try source.createStringDataset(CacheSchema.sourceSHA256, strings: rowIdentities.map { SHA256.hex($0.sha256) },
+                                       layout: checked(rowCount))
         let failed = try file.createGroup(CacheSchema.failed)
-        try failed.createStringDataset(CacheSchema.failedPaths, count: failures.count).writeStrings(failures.map(\.path))
-        try failed.createStringDataset(CacheSchema.failedReasons, count: failures.count).writeStrings(failures.map(\.reason))
+        try failed.createStringDataset(CacheSchema.failedPaths, strings: failures.map(\.path), layout: checked(failures.count))
+        try failed.createStringDataset(CacheSchema.failedReasons, strings: failures.map(\.reason), layout: checked(failures.count))
 
         try fingerprint.writeAttributes(to: file)
         try file.setAttribute(CacheSchema.created, ISO8601DateFormatter().string(from: Date()))

@@ -18,6 +18,8 @@ public final class FeatureCacheReader: Sendable {
     /// Relative to `fingerprint.imageRoot`.
     public let paths: [String]
     public let splits: [ImageFolder.Split]
+    /// What each row's image file held when its row was made.
+    public let identities: [FileIdentity]
     public let failed: [CacheFailure]
     public let isComplete: Bool
     /// ISO 8601, when the file was written.
@@ -55,7 +57,9 @@ public final class FeatureCacheReader: Sendable {
                 throw FeatureCacheError(.notACache, "\(path) is an HDF5 file but not a bottleneck feature cache (no 'schema' attribute)")
             }
             guard schema == CacheFingerprint.currentSchema else {
-                throw FeatureCacheError(.notACache, "\(path) has schema \(schema); this bottleneck reads \(CacheFingerprint.currentSchema)")
+                let older = schema.hasPrefix("bottleneck-cache/") && schema < CacheFingerprint.currentSchema
+                throw FeatureCacheError(.notACache, "\(path) has schema \(schema); this bottleneck reads \(CacheFingerprint.currentSchema)"
+                                        + (older ? " (it was made by an older bottleneck: rerun extract with --overwrite)" : ""))
             }
             fingerprint = try CacheFingerprint(attributesOf: file)
             isComplete = try file.attribute(CacheSchema.complete, as: Int32.self) == 1
@@ -81,6 +85,9 @@ public final class FeatureCacheReader: Sendable {
             }
             storage = try features.storage()
             let classNames = try dataset(CacheSchema.classes).readStrings()
+            guard Set(classNames).count == classNames.count else {
+                throw FeatureCacheError(.damaged, "\(path) is damaged: /\(CacheSchema.classes) names a class twice")
+            }
             let labelValues = try dataset(CacheSchema.labels).read(as: Int32.self)
             classes = classNames
             labels = labelValues
@@ -92,9 +99,41 @@ public final class FeatureCacheReader: Sendable {
                 }
                 return split
             }
-            for (name, length) in [(CacheSchema.labels, labelValues.count), (CacheSchema.paths, paths.count), (CacheSchema.split, splits.count)]
+            guard try file.contains(CacheSchema.source) else {
+                throw FeatureCacheError(.damaged, "\(path) is damaged: no /\(CacheSchema.source) group")
+            }
+            let sourceGroup = try file.openGroup(CacheSchema.source)
+            func sourceDataset(_ name: String) throws -> HDF5Dataset {
+                guard try sourceGroup.contains(name), try sourceGroup.kind(of: name) == .dataset else {
+                    throw FeatureCacheError(.damaged, "\(path) is damaged: no /\(CacheSchema.source)/\(name) dataset")
+                }
+                return try sourceGroup.openDataset(name)
+            }
+            let sizes = try sourceDataset(CacheSchema.sourceSize).read(as: Int64.self)
+            let mtimes = try sourceDataset(CacheSchema.sourceMtime).read(as: Int64.self)
+            let ctimes = try sourceDataset(CacheSchema.sourceCtime).read(as: Int64.self)
+            let inodes = try sourceDataset(CacheSchema.sourceInode).read(as: UInt64.self)
+            let digests = try sourceDataset(CacheSchema.sourceSHA256).readStrings()
+            for (name, length) in [(CacheSchema.labels, labelValues.count), (CacheSchema.paths, paths.count), (CacheSchema.split, splits.count),
+                                   ("\(CacheSchema.source)/\(CacheSchema.sourceSize)", sizes.count),
+                                   ("\(CacheSchema.source)/\(CacheSchema.sourceMtime)", mtimes.count),
+                                   ("\(CacheSchema.source)/\(CacheSchema.sourceCtime)", ctimes.count),
+                                   ("\(CacheSchema.source)/\(CacheSchema.sourceInode)", inodes.count),
+                                   ("\(CacheSchema.source)/\(CacheSchema.sourceSHA256)", digests.count)]
             where length != rowCount {
                 throw FeatureCacheError(.damaged, "\(path) is damaged: /\(name) has \(length) entries for \(rowCount) rows of /features")
+            }
+            identities = try (0..<rowCount).map { row in
+                guard let digest = SHA256.bytes(fromHex: digests[row]) else {
+                    throw FeatureCacheError(.damaged, "\(path) is damaged: /\(CacheSchema.source)/\(CacheSchema.sourceSHA256) "
+                                            + "holds '\(digests[row].prefix(80))' for row \(row), not a SHA-256")
+                }
+                return FileIdentity(size: sizes[row], mtimeNanoseconds: mtimes[row], ctimeNanoseconds: ctimes[row],
+                                    inode: inodes[row], sha256: digest)
+            }
+            var seen = Set<String>()
+            if let repeated = paths.first(where: { !seen.insert($0).inserted }) {
+                throw FeatureCacheError(.damaged, "\(path) is damaged: /\(CacheSchema.paths) holds \(repeated) twice")
             }
             if let label = labelValues.first(where: { $0 < -1 || $0 >= Int32(classNames.count) }) {
                 throw FeatureCacheError(.damaged, "\(path) is damaged: label \(label) for \(classNames.count) classes")
@@ -125,7 +164,7 @@ public final class FeatureCacheReader: Sendable {
     /// Rows `range` into a caller's buffer of exactly `range.count * rowSize` floats.
     public func readRows(_ range: Range<Int>, into buffer: UnsafeMutableBufferPointer<Float>) throws {
         try checkRows(range.isEmpty ? [] : [range.lowerBound, range.upperBound - 1])
-        try features.readRows([range], into: buffer)
+        try readFeatures { try features.readRows([range], into: buffer) }
     }
 
     /// The rows at `indices`, in that order (repeats allowed), read in one pass over the file.
@@ -141,7 +180,7 @@ public final class FeatureCacheReader: Sendable {
             }
         }
         var gathered = [Float](repeating: 0, count: sortedRows.count * rowSize)
-        try gathered.withUnsafeMutableBufferPointer { try features.readRows(runs, into: $0) }
+        try gathered.withUnsafeMutableBufferPointer { buffer in try readFeatures { try features.readRows(runs, into: buffer) } }
         let position = Dictionary(uniqueKeysWithValues: sortedRows.enumerated().map { ($1, $0) })
         let rowSize = rowSize
         return Tensor(shape: [indices.count] + activationShape) { output in
@@ -149,6 +188,16 @@ public final class FeatureCacheReader: Sendable {
                 let source = position[row]! * rowSize
                 for column in 0..<rowSize { output[outputRow * rowSize + column] = gathered[source + column] }
             }
+        }
+    }
+
+    /// A chunk failing its checksum (a flipped bit on disk) or otherwise unreadable is one line naming the dataset.
+    private func readFeatures(_ read: () throws -> Void) throws {
+        do {
+            try read()
+        } catch let error as HDF5Error {
+            throw FeatureCacheError(.damaged, "\(path) is damaged: /\(CacheSchema.features) cannot be read (\(error.reason)); "
+                                    + "rerun extract with --overwrite")
         }
     }
 

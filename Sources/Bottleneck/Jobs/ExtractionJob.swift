@@ -26,11 +26,20 @@ public struct ExtractionJob: Sendable {
         self.weights = weights
     }
 
+    /// Every image found is exactly one of extracted (new to the cache), reused, changed (extracted again:
+    /// its contents changed) or failed; `removed` rows belonged to images that are gone.
     public struct Summary: Sendable {
         public var found = 0
         public var extracted = 0
         public var reused = 0
+        public var changed = 0
+        public var removed = 0
+        /// Rows an interrupted run had made durable (counted in extracted or changed too).
         public var recovered = 0
+        /// Reused rows whose file had new times or another inode but the same bytes.
+        public var refreshed = 0
+        /// Images this run put through the network.
+        public var processed = 0
         public var failed: [(path: String, reason: String)] = []
         public var seconds = 0.0
         /// Seconds of the decode + network loop alone, without loading weights or writing the final file.
@@ -40,9 +49,16 @@ public struct ExtractionJob: Sendable {
         public var emptyClassFolders: [String] = []
 
         /// Images this run put through the network, per second of the whole run.
-        public var imagesPerSecond: Double { seconds > 0 ? Double(extracted) / seconds : 0 }
+        public var imagesPerSecond: Double { seconds > 0 ? Double(processed) / seconds : 0 }
         /// The same per second of the extraction loop: the figure to set beside `bench forward`.
-        public var loopImagesPerSecond: Double { extractionSeconds > 0 ? Double(extracted) / extractionSeconds : 0 }
+        public var loopImagesPerSecond: Double { extractionSeconds > 0 ? Double(processed) / extractionSeconds : 0 }
+        /// Rows the cache holds now.
+        public var rows: Int { extracted + reused + changed }
+
+        /// "84 images (2 extracted, 80 reused, 1 changed, 3 removed, 1 failed)": the counts add up to the images found.
+        public var counts: String {
+            "\(found) images (\(extracted) extracted, \(reused) reused, \(changed) changed, \(removed) removed, \(failed.count) failed)"
+        }
     }
 
     /// Runs the job. `log` gets one-off messages (what was found, reused, warnings);
@@ -79,13 +95,17 @@ public struct ExtractionJob: Sendable {
         fingerprint.shard = shard?.description
         if let shard { log("shard \(shard): \(items.count) of the \(folder.items.count) images") }
         let builder = try FeatureCacheBuilder.open(path: outputPath, fingerprint: fingerprint, classes: folder.classes,
-                                                   overwrite: overwrite)
-        summary.reused = builder.reusedRowCount
-        summary.recovered = builder.recoveredRowCount
-        if summary.reused > 0 { log("reusing \(summary.reused) rows of the existing cache \(outputPath)") }
-        if summary.recovered > 0 { log("resuming: \(summary.recovered) rows were already durable from an interrupted run") }
+                                                   manifest: items, overwrite: overwrite) { item, recorded in
+            FileIdentity.current(recorded: recorded, path: folder.url(of: item).path)
+        }
+        if builder.reusedRowCount > 0 {
+            log("reusing \(builder.reusedRowCount) rows of the existing cache \(outputPath)"
+                + (builder.refreshedRowCount > 0 ? " (\(builder.refreshedRowCount) files had new times but the same bytes)" : ""))
+        }
+        if builder.removedRowCount > 0 { log("dropping \(builder.removedRowCount) rows of images that are gone") }
+        if builder.recoveredRowCount > 0 { log("resuming: \(builder.recoveredRowCount) rows were already durable from an interrupted run") }
 
-        let pending = items.filter { !builder.donePaths.contains($0.path) }
+        let pending = builder.pending
         // The network is only built when there is something to run it on: a rerun that finds
         // nothing new does not read 500 MB of weights.
         let loaded = pending.isEmpty ? nil : try cut.map { try NetworkLoader.load(config: config, through: $0, weights: weights) }
@@ -101,27 +121,32 @@ public struct ExtractionJob: Sendable {
         var processed = 0
         let loopStart = ResourceUsage.now
         while let batch = decoder.next() {
-            summary.failed += batch.failed
-            if batch.items.isEmpty {
-                try builder.append(features: UnsafeBufferPointer<Float>(start: nil, count: 0), items: [], failed: batch.failed)
-            } else if let loaded, let cut {
-                let features = try loaded.network.forward(batch.images, through: cut)
-                precondition(features.count == batch.items.count * rowSize, "activation shape disagrees with the cut")
-                try features.data.withUnsafeBufferPointer { rows in
-                    try builder.append(features: rows, items: batch.items, failed: batch.failed)
-                }
-            } else {
-                try batch.images.data.withUnsafeBufferPointer { rows in
-                    try builder.append(features: rows, items: batch.items, failed: batch.failed)
-                }
+            var failed = batch.failed
+            var rows = zip(batch.items, batch.identities).map { (item: $0, identity: $1) }
+            let features = if let loaded, let cut { try loaded.network.forward(batch.images, through: cut) } else { batch.images }
+            precondition(features.count == batch.items.count * rowSize, "activation shape disagrees with the cut")
+            // A NaN or infinity never reaches the cache: such an image is recorded as failed.
+            var finiteRows = features.data
+            while let bad = finiteRows.withUnsafeBufferPointer({ FeatureCacheBuilder.firstNonFiniteRow($0, rowSize: rowSize) }) {
+                failed.append((rows[bad].item.path, "the network gave non-finite (NaN or infinite) activations at \(fingerprint.layer)"))
+                rows.remove(at: bad)
+                finiteRows.removeSubrange((bad * rowSize)..<((bad + 1) * rowSize))
             }
-            summary.extracted += batch.items.count
+            try finiteRows.withUnsafeBufferPointer { try builder.append(features: $0, rows: rows, failed: failed) }
+            summary.failed += failed
+            summary.processed += batch.items.count
             processed += batch.items.count + batch.failed.count
             progress.update(done: processed, extra: summary.failed.isEmpty ? "" : "\(summary.failed.count) failed")
         }
         progress.finish()
         summary.extractionSeconds = ResourceUsage.now - loopStart
         let cache = try builder.finish(compress: compress)
+        summary.extracted = cache.extractedRows
+        summary.reused = cache.reusedRows
+        summary.changed = cache.changedRows
+        summary.removed = cache.removedRows
+        summary.recovered = cache.recoveredRows
+        summary.refreshed = cache.refreshedRows
         summary.fileBytes = cache.fileBytes
         summary.path = outputPath
         summary.seconds = ResourceUsage.now - start
@@ -166,6 +191,8 @@ final class BatchDecoder: @unchecked Sendable {
         /// [items.count, 3, crop, crop]
         var images: Tensor
         var items: [ImageFolder.Item]
+        /// What each item's file held when it was read: the bytes that were decoded.
+        var identities: [FileIdentity]
         var failed: [(path: String, reason: String)]
     }
 
@@ -216,6 +243,7 @@ final class BatchDecoder: @unchecked Sendable {
         let slotSize = imageShape.reduce(1, *)
         while index < items.count {
             var batchItems: [ImageFolder.Item] = []
+            var identities: [FileIdentity] = []
             var failed: [(path: String, reason: String)] = []
             var buffer = [Float](repeating: 0, count: batchSize * slotSize)
             buffer.withUnsafeMutableBufferPointer { slots in
@@ -223,10 +251,13 @@ final class BatchDecoder: @unchecked Sendable {
                     let item = items[index]
                     index += 1
                     do {
-                        let image = try ImageDecoder.decode(path: folder.url(of: item).path)
+                        let path = folder.url(of: item).path
+                        let file = try FileIdentity.read(path: path)
+                        let image = try ImageDecoder.decode(bytes: file.bytes, name: path)
                         let slot = batchItems.count * slotSize
                         transform(image, index - 1, UnsafeMutableBufferPointer(rebasing: slots[slot..<(slot + slotSize)]))
                         batchItems.append(item)
+                        identities.append(file.identity)
                     } catch let error as ImageDecodingError {
                         failed.append((item.path, error.reason))
                     } catch {
@@ -236,7 +267,7 @@ final class BatchDecoder: @unchecked Sendable {
             }
             buffer.removeLast((batchSize - batchItems.count) * slotSize)
             let batch = Batch(images: Tensor(shape: [batchItems.count] + imageShape, data: buffer),
-                              items: batchItems, failed: failed)
+                              items: batchItems, identities: identities, failed: failed)
             condition.lock()
             while ready.count >= capacity && !cancelled { condition.wait() }
             if cancelled {

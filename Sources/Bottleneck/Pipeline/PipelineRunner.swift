@@ -111,10 +111,10 @@ public struct PipelineRunner {
             job.config = pipeline.backbone
             job.preprocessing = pipeline.preprocessing
             let summary = try job.run(log: log)
-            guard summary.extracted + summary.reused + summary.recovered > 0 else {
+            guard summary.rows > 0 else {
                 throw PipelineError("\(stage.name): no image of \(pipeline.images) could be read (\(summary.failed.count) failed)")
             }
-            return "\(summary.found) images (\(summary.extracted) extracted, \(summary.reused) reused, \(summary.failed.count) failed), "
+            return "\(summary.counts), "
                 + String(format: "%.2f img/s; ", summary.imagesPerSecond) + "\(summary.path) (\(summary.fileBytes.formattedBytes))"
         case .trainHead(let settings):
             var job = HeadTrainingJob(cachePath: pipeline.cachePath, runDirectory: pipeline.runDirectory(of: stage))

@@ -41,6 +41,11 @@ extension Int64: HDF5Scalar {
     public static var hdf5FileType: hid_t { bn_H5T_STD_I64LE() }
 }
 
+extension UInt64: HDF5Scalar {
+    public static var hdf5MemoryType: hid_t { bn_H5T_NATIVE_UINT64() }
+    public static var hdf5FileType: hid_t { bn_H5T_STD_U64LE() }
+}
+
 extension UInt8: HDF5Scalar {
     public static var hdf5MemoryType: hid_t { bn_H5T_NATIVE_UINT8() }
     public static var hdf5FileType: hid_t { bn_H5T_STD_U8LE() }
@@ -63,8 +68,9 @@ public enum HDF5Layout: Sendable {
     /// One block, fixed shape: model weights, small tables.
     case contiguous
     /// Chunks of `chunkRows` rows along the first axis, which can grow without limit (rows appended in
-    /// batches); `deflateLevel` 1–9 adds shuffle + deflate compression.
-    case extendibleRows(chunkRows: Int, deflateLevel: Int? = nil)
+    /// batches); `deflateLevel` 1–9 adds shuffle + deflate compression; `checksum` adds HDF5's fletcher32
+    /// filter, so a read of a chunk whose bytes changed on disk fails instead of returning them.
+    case extendibleRows(chunkRows: Int, deflateLevel: Int? = nil, checksum: Bool = false)
 }
 
 /// Runs one HDF5 call and turns a negative result into `HDF5Error`.
@@ -136,6 +142,14 @@ private func variableStringType() throws -> ScopedID {
     let type = ScopedID(try hdf5Call("copy the string type") { H5Tcopy(bn_H5T_C_S1()) })
     try hdf5Call("make a variable-length string type") { H5Tset_size(type.id, bn_H5T_VARIABLE()) }
     try hdf5Call("make a UTF-8 string type") { H5Tset_cset(type.id, H5T_CSET_UTF8) }
+    return type
+}
+
+private func fixedStringType(cellSize: Int) throws -> ScopedID {
+    let type = ScopedID(try hdf5Call("copy the string type") { H5Tcopy(bn_H5T_C_S1()) })
+    try hdf5Call("set the string size") { H5Tset_size(type.id, cellSize) }
+    try hdf5Call("make a UTF-8 string type") { H5Tset_cset(type.id, H5T_CSET_UTF8) }
+    try hdf5Call("make a NUL-padded string type") { H5Tset_strpad(type.id, H5T_STR_NULLPAD) }
     return type
 }
 
@@ -342,10 +356,25 @@ public class HDF5Group: HDF5Object, @unchecked Sendable {
         try createDataset(name, fileType: T.hdf5FileType, shape: shape, layout: layout)
     }
 
-    /// A dataset of UTF-8 variable-length strings (h5py reads it as `str`).
-    public func createStringDataset(_ name: String, count: Int, layout: HDF5Layout = .contiguous) throws -> HDF5Dataset {
-        let type = try variableStringType()
-        return try createDataset(name, fileType: type.id, shape: [count], layout: layout)
+    /// A dataset holding `strings` as fixed-length, NUL-padded UTF-8 cells as wide as the longest
+    /// (h5py: `.asstr()[:]`). Fixed-length cells live in the dataset's own chunks, where a checksum
+    /// filter covers them; variable-length strings would live in the global heap, which nothing checks.
+    @discardableResult
+    public func createStringDataset(_ name: String, strings: [String], layout: HDF5Layout = .contiguous) throws -> HDF5Dataset {
+        let cellSize = max(1, strings.map(\.utf8.count).max() ?? 0)
+        let type = try fixedStringType(cellSize: cellSize)
+        let dataset = try createDataset(name, fileType: type.id, shape: [strings.count], layout: layout)
+        guard !strings.isEmpty else { return dataset }
+        var cells = [UInt8](repeating: 0, count: strings.count * cellSize)
+        for (index, string) in strings.enumerated() {
+            cells.replaceSubrange((index * cellSize)..<(index * cellSize + string.utf8.count), with: string.utf8)
+        }
+        try cells.withUnsafeBytes { bytes in
+            _ = try hdf5Call("write strings to \(dataset.location)") {
+                H5Dwrite(dataset.id, type.id, bn_H5S_ALL(), bn_H5S_ALL(), bn_H5P_DEFAULT(), bytes.baseAddress)
+            }
+        }
+        return dataset
     }
 
     private func createDataset(_ name: String, fileType: hid_t, shape: [Int], layout: HDF5Layout) throws -> HDF5Dataset {
@@ -354,7 +383,7 @@ public class HDF5Group: HDF5Object, @unchecked Sendable {
             H5Pcreate(bn_H5P_DATASET_CREATE())
         })
         var maxShape: [hsize_t]?
-        if case .extendibleRows(let chunkRows, let deflateLevel) = layout {
+        if case .extendibleRows(let chunkRows, let deflateLevel, let checksum) = layout {
             guard !shape.isEmpty, chunkRows > 0 else {
                 throw HDF5Error(operation: "create dataset \(location)",
                                 reason: "extendible rows need a shape with a first axis and chunkRows > 0")
@@ -366,6 +395,8 @@ public class HDF5Group: HDF5Object, @unchecked Sendable {
                 try hdf5Call("enable shuffle on \(location)") { H5Pset_shuffle(properties.id) }
                 try hdf5Call("enable deflate on \(location)") { H5Pset_deflate(properties.id, UInt32(deflateLevel)) }
             }
+            // Last in the pipeline: the checksum covers the bytes as stored, compressed or not.
+            if checksum { try hdf5Call("enable fletcher32 on \(location)") { H5Pset_fletcher32(properties.id) } }
         }
         let space = try simpleSpace(shape, maxShape: maxShape, what: location)
         return HDF5Dataset(id: try hdf5Call("create dataset \(location)") {
@@ -392,10 +423,13 @@ public final class HDF5File: HDF5Group, @unchecked Sendable {
             id = try hdf5Call("open \(path)") { H5Fopen(path, bn_H5F_ACC_RDONLY(), bn_H5P_DEFAULT()) }
         case .readWrite:
             id = try hdf5Call("open \(path) for writing") { H5Fopen(path, bn_H5F_ACC_RDWR(), bn_H5P_DEFAULT()) }
-        case .truncate:
-            id = try hdf5Call("create \(path)") { H5Fcreate(path, bn_H5F_ACC_TRUNC(), bn_H5P_DEFAULT(), bn_H5P_DEFAULT()) }
-        case .createNew:
-            id = try hdf5Call("create \(path)") { H5Fcreate(path, bn_H5F_ACC_EXCL(), bn_H5P_DEFAULT(), bn_H5P_DEFAULT()) }
+        case .truncate, .createNew:
+            // HDF5 1.8's file format, not the 1.0 default: its object headers and B-trees carry
+            // checksums, so damaged metadata is an error on open rather than wrong values.
+            let access = ScopedID(try hdf5Call("create file access properties for \(path)") { H5Pcreate(bn_H5P_FILE_ACCESS()) })
+            try hdf5Call("set the file format of \(path)") { H5Pset_libver_bounds(access.id, H5F_LIBVER_V18, H5F_LIBVER_V110) }
+            let flags = mode == .truncate ? bn_H5F_ACC_TRUNC() : bn_H5F_ACC_EXCL()
+            id = try hdf5Call("create \(path)") { H5Fcreate(path, flags, bn_H5P_DEFAULT(), access.id) }
         }
         self.path = path
         super.init(id: id, location: path + ":/")
@@ -497,21 +531,6 @@ public final class HDF5Dataset: HDF5Object, @unchecked Sendable {
         let count = try shape().reduce(1, *)
         return try readStringValues(count: count, storedType: type.id, what: location) {
             H5Dread(id, $0, bn_H5S_ALL(), bn_H5S_ALL(), bn_H5P_DEFAULT(), $1)
-        }
-    }
-
-    /// Writes strings into a string dataset from row `firstRow`, growing it if it is extendible.
-    public func writeStrings(_ strings: [String], startingAt firstRow: Int = 0) throws {
-        let rows = try rowsToWrite(strings.count, startingAt: firstRow)
-        guard !rows.isEmpty else { return }
-        let selection = try rowSelection(rows, shape: try shape())
-        let type = try variableStringType()
-        // strdup'd copies: the C pointers must outlive one withCString scope per string.
-        let copies = strings.map { strdup($0) }
-        defer { copies.forEach { free($0) } }
-        var pointers = copies.map { UnsafePointer<CChar>($0) }
-        try hdf5Call("write strings to \(location)") {
-            H5Dwrite(id, type.id, selection.memory.id, selection.file.id, bn_H5P_DEFAULT(), &pointers)
         }
     }
 
