@@ -139,6 +139,61 @@ final class ExtractionTests: XCTestCase {
         XCTAssertEqual(cache.count, 10)
     }
 
+    /// The folder changes between runs — an image deleted, one replaced by other bytes of the same size with
+    /// its modification time set back (`touch -d`), one renamed, one added — and the rerun's cache equals a
+    /// fresh extraction of the folder as it is now, byte for byte.
+    func testRerunAfterTheFolderChangedEqualsAFreshExtraction() throws {
+        let images = folder.appendingPathComponent("images")
+        _ = try job(batchSize: 4).run { _ in }
+
+        try FileManager.default.removeItem(at: images.appendingPathComponent("train/dogs/rgb_97x131.png"))
+        try FileManager.default.moveItem(at: images.appendingPathComponent("train/cats/gray_64x64.jpg"),
+                                         to: images.appendingPathComponent("val/cats/gray_renamed.jpg"))
+        try FileManager.default.copyItem(atPath: Fixtures.path("images/rgb_q75_420_101x67.jpg"),
+                                         toPath: images.appendingPathComponent("train/cats/added.jpg").path)
+        // Other pixels, same size and mtime: the DC step of the first quantisation table moves by one.
+        let replaced = images.appendingPathComponent("val/dogs/photo_500x375_q90.jpg").path
+        var status = stat()
+        XCTAssertEqual(stat(replaced, &status), 0)
+        var jpeg = try Data(contentsOf: URL(fileURLWithPath: replaced))
+        let table = try XCTUnwrap(jpeg.range(of: Data([0xFF, 0xDB]))).lowerBound
+        jpeg[table + 5] += 1
+        try jpeg.write(to: URL(fileURLWithPath: replaced))
+        var times = [status.st_atim, status.st_mtim]
+        XCTAssertEqual(utimensat(AT_FDCWD, replaced, &times, 0), 0)
+        var after = stat()
+        XCTAssertEqual(stat(replaced, &after), 0)
+        XCTAssertEqual([after.st_size, after.st_mtim.tv_sec, after.st_mtim.tv_nsec], [status.st_size, status.st_mtim.tv_sec, status.st_mtim.tv_nsec])
+
+        let rerun = try job(batchSize: 3).run { _ in }
+        XCTAssertEqual(rerun.found, 15)
+        XCTAssertEqual([rerun.extracted, rerun.reused, rerun.changed, rerun.removed, rerun.failed.count], [2, 7, 1, 2, 5], rerun.counts)
+        XCTAssertEqual(rerun.counts, "15 images (2 extracted, 7 reused, 1 changed, 2 removed, 5 failed)")
+
+        _ = try job(batchSize: 5, out: "fresh.h5").run { _ in }
+        let updated = try FeatureCacheReader(path: folder.appendingPathComponent("cache.h5").path)
+        let fresh = try FeatureCacheReader(path: folder.appendingPathComponent("fresh.h5").path)
+        XCTAssertEqual(updated.paths, fresh.paths)
+        XCTAssertEqual(updated.labels, fresh.labels)
+        XCTAssertEqual(updated.splits, fresh.splits)
+        XCTAssertEqual(updated.failed, fresh.failed)
+        XCTAssertEqual(updated.identities.map(\.sha256), fresh.identities.map(\.sha256))
+        let (updatedBits, freshBits) = (try updated.readRows(0..<updated.count).data.map(\.bitPattern),
+                                        try fresh.readRows(0..<fresh.count).data.map(\.bitPattern))
+        XCTAssertEqual(updatedBits.count, freshBits.count)
+        XCTAssertEqual(zip(updatedBits, freshBits).count { $0 != $1 }, 0, "values whose bits differ from a fresh extraction")
+    }
+
+    /// A FIFO named like an image would block a plain open() forever: it is recorded as failed instead.
+    func testFIFOInTheFolderIsRecordedNotWaitedFor() throws {
+        let fifo = folder.appendingPathComponent("images/train/cats/pipe.jpg").path
+        XCTAssertEqual(mkfifo(fifo, 0o644), 0)
+        let summary = try job().run { _ in }
+        XCTAssertEqual(summary.rows, 10)
+        let failure = try XCTUnwrap(summary.failed.first { $0.path == "train/cats/pipe.jpg" })
+        XCTAssertTrue(failure.reason.contains("not a regular file"), failure.reason)
+    }
+
     func testInputLayerStoresThePreprocessedTensor() throws {
         _ = try job(layer: "input").run { _ in }
         let cache = try FeatureCacheReader(path: folder.appendingPathComponent("cache.h5").path)

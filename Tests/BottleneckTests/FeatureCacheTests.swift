@@ -392,6 +392,156 @@ final class FeatureCacheTests: XCTestCase {
         XCTAssertEqual(cache.failed, [CacheFailure(path: "train/dog/b.png", reason: "still not a PNG file")])
     }
 
+    // MARK: - A cache as fresh as its folder
+
+    /// A rerun after images were edited, deleted, renamed and added holds exactly what a fresh run over the
+    /// folder as it is now holds, in the same order, and its counts add up.
+    func testRerunAfterTheFolderChangedEqualsAFreshRun() throws {
+        let before = (0..<10).map { item($0) }
+        try writeCache(before)
+        editedPaths = [item(3).path]
+        let renamed = ImageFolder.Item(path: "train/cat/renamed.jpg", label: 0, split: .train)
+        let added = item(12)
+        // item(5) deleted, item(7) renamed.
+        let now = [item(0), item(1), item(2), item(3), item(4), item(6), item(8), renamed, item(9), added]
+        let rerun = try openBuilder(manifest: now)
+        XCTAssertEqual(rerun.pending, [item(3), renamed, added])
+        try append(rerun.pending, to: rerun)
+        let summary = try rerun.finish(compress: false)
+        XCTAssertEqual([summary.reusedRows, summary.extractedRows, summary.changedRows, summary.removedRows], [7, 2, 1, 2])
+
+        let fresh = cachePath("fresh.h5")
+        let freshBuilder = try openBuilder(fresh, manifest: now)
+        try append(now, to: freshBuilder)
+        _ = try freshBuilder.finish(compress: false)
+        XCTAssertEqual(try storedFeatureBits(cachePath()), try storedFeatureBits(fresh))
+        let (updated, reference) = (try FeatureCacheReader(path: cachePath()), try FeatureCacheReader(path: fresh))
+        XCTAssertEqual(updated.paths, reference.paths)
+        XCTAssertEqual(updated.labels, reference.labels)
+        XCTAssertEqual(updated.identities, reference.identities)
+    }
+
+    /// A file changed while a run was interrupted: its journal row is not reused, and the row extracted again
+    /// replaces it when the journal is read back.
+    func testJournalRowOfAChangedFileIsExtractedAgain() throws {
+        let items = (0..<4).map { item($0) }
+        do {
+            let interrupted = try openBuilder(manifest: items)
+            try append(Array(items[0..<3]), to: interrupted)
+        }
+        editedPaths = [item(1).path]
+        do {
+            let second = try openBuilder(manifest: items)
+            XCTAssertEqual(second.recoveredRowCount, 2)
+            XCTAssertEqual(second.pending, [item(1), item(3)])
+            try append([item(1)], to: second)
+        }
+        XCTAssertEqual(try CacheJournal.read(path: FeatureCacheBuilder.journalPath(for: cachePath())).rows.map(\.path),
+                       items[0..<3].map(\.path), "the later row of item 1 replaced the earlier")
+        let third = try openBuilder(manifest: items)
+        XCTAssertEqual(third.pending, [item(3)])
+        try append([item(3)], to: third)
+        _ = try third.finish(compress: false)
+        XCTAssertEqual(try FeatureCacheReader(path: cachePath()).readRows(0..<4).data, features(of: items))
+    }
+
+    func testRepeatedJournalRecordIsRefusedAsDamage() throws {
+        let journalPath: String
+        do {
+            let builder = try openBuilder(manifest: [item(0), item(1)])
+            journalPath = builder.journalPath
+            let header = try journalSize(journalPath)
+            try append([item(0)], to: builder)
+            let bytes = try Data(contentsOf: URL(fileURLWithPath: journalPath))
+            try (bytes + bytes[header...]).write(to: URL(fileURLWithPath: journalPath))
+        }
+        assertFails(.damaged, mentioning: [journalPath, "\(item(0).path) has the same row twice", "--overwrite"]) {
+            _ = try openBuilder(manifest: [item(0), item(1)])
+        }
+    }
+
+    func testNonFiniteFeaturesAreNeverWritten() throws {
+        let builder = try openBuilder(manifest: [item(0), item(1)])
+        var values = features(of: [item(0), item(1)])
+        for poison in [Float.nan, .infinity, -.infinity] {
+            values[Self.rowSize + 2] = poison
+            assertFails(.invalidInput, mentioning: [item(1).path, "not finite"]) {
+                try values.withUnsafeBufferPointer {
+                    try builder.append(features: $0, rows: [(item(0), identity(item(0))), (item(1), identity(item(1)))], failed: [])
+                }
+            }
+        }
+        XCTAssertEqual(try CacheJournal.read(path: builder.journalPath).rows.count, 0, "nothing of the batch reached the journal")
+        XCTAssertEqual(FeatureCacheBuilder.firstNonFiniteRow(UnsafeBufferPointer(start: nil, count: 0), rowSize: 6), nil)
+    }
+
+    func testShardsSharingAnImageAreRefused() throws {
+        for (index, items) in [(1, [item(0), item(1)]), (2, [item(1), item(2)])] {
+            var shardFingerprint = fingerprint()
+            shardFingerprint.shard = "\(index)/2"
+            let builder = try openBuilder(cachePath("shard\(index).h5"), fingerprint: shardFingerprint, manifest: items)
+            try append(items, to: builder)
+            _ = try builder.finish(compress: false)
+        }
+        assertFails(.invalidInput, mentioning: [cachePath("shard2.h5"), "\(item(1).path) is in shard 1/2 and in shard 2/2"]) {
+            _ = try CacheMerge.merge(shards: [cachePath("shard1.h5"), cachePath("shard2.h5")], into: cachePath())
+        }
+    }
+
+    // MARK: - Integrity
+
+    /// One flipped bit inside `/features` is a clear error naming the dataset, never silently different numbers.
+    func testFlippedBitInTheFeaturesIsAnError() throws {
+        let items = (0..<40).map { item($0) }
+        try writeCache(items)
+        var bytes = try Data(contentsOf: URL(fileURLWithPath: cachePath()))
+        let row7 = features(of: [item(7)]).withUnsafeBytes { Data($0) }
+        let offset = try XCTUnwrap(bytes.range(of: row7)).lowerBound
+        bytes[offset + 5] ^= 0x10
+        try bytes.write(to: URL(fileURLWithPath: cachePath()))
+        let cache = try FeatureCacheReader(path: cachePath())
+        assertFails(.damaged, mentioning: [cachePath(), "/features", "--overwrite"]) { _ = try cache.readRows(0..<40) }
+    }
+
+    func testCacheOfTheOlderSchemaNamesTheWayOut() throws {
+        let path = cachePath("old.h5")
+        do {
+            let file = try HDF5File(path: path, mode: .truncate)
+            var old = fingerprint()
+            old.schema = "bottleneck-cache/1"
+            try old.writeAttributes(to: file)
+        }
+        assertFails(.notACache, mentioning: [path, "bottleneck-cache/1", "older bottleneck", "--overwrite"]) {
+            _ = try FeatureCacheReader(path: path)
+        }
+    }
+
+    func testReaderRefusesRepeatedPathsAndClasses() throws {
+        try writeCache([item(0), item(1)])
+        let valid = try FeatureCacheReader(path: cachePath())
+        for (name, paths, classes) in [("paths", [item(0).path, item(0).path], valid.classes), ("classes", valid.paths, ["cat", "cat"])] {
+            let path = cachePath("repeated-\(name).h5")
+            do {
+                let file = try HDF5File(path: path, mode: .truncate)
+                try valid.fingerprint.writeAttributes(to: file)
+                try file.setAttribute("complete", Int32(1))
+                try file.createDataset("features", of: Float.self, shape: [2, 2, 3]).write(try valid.readRows(0..<2).data)
+                try file.createDataset("labels", of: Int32.self, shape: [2]).write(valid.labels)
+                try file.createStringDataset("classes", strings: classes)
+                try file.createStringDataset("paths", strings: paths)
+                try file.createStringDataset("split", strings: valid.splits.map(\.rawValue))
+                let source = try file.createGroup("source")
+                for field in ["size", "mtime_ns", "ctime_ns"] { try source.createDataset(field, of: Int64.self, shape: [2]).write([1, 1]) }
+                try source.createDataset("inode", of: UInt64.self, shape: [2]).write([1, 1])
+                try source.createStringDataset("sha256", strings: valid.identities.map { SHA256.hex($0.sha256) })
+                let failed = try file.createGroup("failed")
+                try failed.createStringDataset("paths", strings: [])
+                try failed.createStringDataset("reasons", strings: [])
+            }
+            assertFails(.damaged, mentioning: [path, "/\(name)", "twice"]) { _ = try FeatureCacheReader(path: path) }
+        }
+    }
+
     // MARK: - Storage and other readers
 
     func testCompressedCacheReadsTheSame() throws {
