@@ -57,7 +57,7 @@ final class ReportTests: XCTestCase {
         ]
         try TrainedModel(mode: mode, config: Self.config, classes: Self.classes, cut: try CutPoint("fc7", in: Self.config), cutName: "fc7",
                          weights: .random(seed: 0), preprocessing: Preprocessing(resize: 37, crop: 32), trainableLayers: trained,
-                         dropout: 0.5, stateDict: mode == .head ? Array(stateDict.suffix(2)) : stateDict)
+                         dropout: 0.5, split: nil, stateDict: mode == .head ? Array(stateDict.suffix(2)) : stateDict)
             .save(to: directory.appendingPathComponent("model.h5").path)
         return directory.path
     }
