@@ -79,7 +79,7 @@ public struct EvaluationJob: Sendable {
         let (split, rows, scored) = try selectRows(paths: folder.items.map(\.path), labels: labels, splits: folder.items.map(\.split),
                                                    model: model, source: root)
         let classifier = try ImageClassifier(model: model, weights: weights)
-        log("evaluating \(rows.count) images of \(root) (\(scored)) through \(model.cutName) and the head")
+        log("evaluating \(rows.count) images of \(root) through \(model.cutName) and the head: \(scored)")
         let items = rows.map { folder.items[$0] }
         let labelOfPath = Dictionary(uniqueKeysWithValues: rows.map { (folder.items[$0].path, labels[$0]) })
         let decoder = BatchDecoder(folder: folder, items: items, batchSize: batchSize, preprocessing: model.preprocessing)
