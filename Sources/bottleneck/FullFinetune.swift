@@ -46,14 +46,16 @@ struct FullFinetune: ParsableCommand {
     @Option(help: "Weight decay (default 0, or 0.01 for adamw: torch's defaults).") var weightDecay: Double?
     @Option(help: "Training augmentation: standard (RandomResizedCrop + flip) or none.") var augment = FineTuneSettings.AugmentationKind.standard
     @Option(help: "Dropout probability of the classifier's dropout layers (torchvision: 0.5).") var dropout = 0.5
-    @Option(help: "Seed of the new layer, shuffling, augmentation, dropout masks and the split.") var seed: UInt64 = 0
+    @Option(help: "Seed of the new layer, shuffling, augmentation and dropout masks.") var seed: UInt64 = 0
+    @Option(help: "Seed of the hashed validation split alone (train-head's on the same images splits them alike).")
+    var splitSeed: UInt64 = 0
     @Option(help: ArgumentHelp("Freeze this layer and all below it (conv3_3, features.16, fc7).", valueName: "LAYER"))
     var freezeThrough: String?
     @Option(help: ArgumentHelp("A train-head run's model.h5 to start the head from.", valueName: "RUN_DIR/model.h5"))
     var initHead: String?
     @Option(help: "Learning-rate factor of the pretrained layers (the head learns at --lr).") var backboneLrMult = 1.0
     @Option(help: "Side of the square training images (evaluation resizes to 256/224 of it first).") var imageSize = 224
-    @Option(help: "Share of each class held out for validation when the folder has no val/.") var valFraction = 0.2
+    @Option(help: "Share of the images held out for validation (by hash) when the folder has no val/.") var valFraction = 0.2
     @Flag(help: "Continue the interrupted run in RUN_DIR from its last checkpoint (same settings).") var resume = false
     @Flag(help: "Replace a run already in RUN_DIR.") var overwrite = false
 
@@ -68,6 +70,7 @@ struct FullFinetune: ParsableCommand {
         job.settings.augment = augment
         job.settings.dropout = dropout
         job.settings.seed = seed
+        job.settings.splitSeed = splitSeed
         job.settings.freezeThrough = freezeThrough
         job.settings.backboneLearningRateMultiplier = backboneLrMult
         job.settings.imageSize = imageSize

@@ -13,6 +13,10 @@ struct ReportCommand: ParsableCommand {
         recall and confusion matrix. The HTML has its CSS and SVG charts inline and fetches nothing: mail it, \
         attach it to CI, open it offline. --format md prints tables for terminals and CI logs.
 
+        Runs that were not validated on the same images (their summary.json records how many and a digest of \
+        their paths) are refused, naming each run's validation set: their accuracies would not compare. \
+        --allow-different-validation writes the report anyway, with a warning at its top.
+
         Examples:
           bottleneck report runs/demo/head runs/demo/finetune --out report.html
           bottleneck report runs/demo/* --format md
@@ -24,9 +28,12 @@ struct ReportCommand: ParsableCommand {
     @Option(help: ArgumentHelp("Write here (default: stdout for md, report.html for html).", valueName: "FILE")) var out: String?
     @Option(help: "html or md.") var format = Pipeline.ReportFormat.html
     @Option(help: "The report's heading.") var title = "bottleneck — head vs fine-tune"
+    @Flag(help: "Compare runs validated on different images anyway (the report says so at its top).")
+    var allowDifferentValidation = false
 
     func run() throws {
-        let report = Report(title: title, runs: try runs.map { try RunRecord(directory: $0) })
+        let report = try Report(title: title, runs: try runs.map { try RunRecord(directory: $0) },
+                                allowDifferentValidation: allowDifferentValidation)
         if format == .md && out == nil {
             print(report.markdown, terminator: "")
             return

@@ -22,9 +22,10 @@ struct Run: ParsableCommand {
         Stage keys (each stage a '- stage: KIND' item, optional 'name:'):
           extract        batch_size, compress
           train-head     epochs, batch_size, lr, optimizer, momentum, weight_decay, schedule, step_size, gamma,
-                         patience, val_fraction, seed, dropout, train_from, threads
+                         patience, val_fraction, seed, split_seed, dropout, train_from, threads
           full-finetune  epochs, batch_size, lr, optimizer, momentum, weight_decay, augment, dropout, seed,
-                         freeze_through, backbone_lr_mult, image_size, val_fraction, init_head (a train-head stage)
+                         split_seed, freeze_through, backbone_lr_mult, image_size, val_fraction,
+                         init_head (a train-head stage)
           report         formats ([html, md])
         The keys mean what the flags of the same name (with dashes) mean in train-head and full-finetune.
 

@@ -14,7 +14,9 @@ struct TrainHead: ParsableCommand {
         (seed, epoch, image, layer): training on the cache gives the same model as training the frozen network \
         (prefix in eval mode, head in train mode) from the images.
 
-        Validation: the cache's val split when it has one, else --val-fraction of each class, drawn by --seed. \
+        Validation: the cache's val split when it has one, else each image by a hash of --split-seed, its class \
+        and its path (SHA-256, below --val-fraction: about that share of each class), so that full-finetune on the \
+        images splits them alike, unreadable files or not, and added images never move the others. \
         Training stops when the validation loss has not improved for --patience epochs and keeps the best epoch. \
         The same command and seed give the same model.
 
@@ -45,8 +47,9 @@ struct TrainHead: ParsableCommand {
     @Option(help: "StepLR: epochs between decays (default a third of --epochs).") var stepSize: Int?
     @Option(help: "StepLR: the factor of each decay.") var gamma = 0.1
     @Option(help: "Stop after this many epochs without a lower validation loss (0: never stop early).") var patience = 5
-    @Option(help: "Share of each class held out for validation when the cache has no val split.") var valFraction = 0.2
-    @Option(help: "Seed of the new layer, the shuffling, the dropout masks and the split.") var seed: UInt64 = 0
+    @Option(help: "Share of the images held out for validation (by hash) when the cache has no val split.") var valFraction = 0.2
+    @Option(help: "Seed of the new layer, the shuffling and the dropout masks.") var seed: UInt64 = 0
+    @Option(help: "Seed of the hashed validation split alone (runs to compare must share it).") var splitSeed: UInt64 = 0
     @Option(help: "Dropout probability of the classifier's dropout layers (torchvision: 0.5).") var dropout = 0.5
     @Option(help: ArgumentHelp("The lowest layer that learns (fc8, fc7, fc6); those between the cut and it stay frozen.", valueName: "LAYER"))
     var trainFrom = "fc8"
@@ -77,6 +80,7 @@ struct TrainHead: ParsableCommand {
         job.settings.patience = patience
         job.settings.validationFraction = valFraction
         job.settings.seed = seed
+        job.settings.splitSeed = splitSeed
         job.settings.dropout = dropout
         job.settings.trainFrom = trainFrom
         job.settings.threads = threads

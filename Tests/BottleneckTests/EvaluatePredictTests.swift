@@ -141,9 +141,11 @@ final class EvaluatePredictTests: FolderTestCase {
         }
         let model = TrainedModel(mode: .finetune, config: config, classes: ["a", "b", "c"], cut: try CutPoint("fc7", in: config),
                                  cutName: "fc7", weights: .random(seed: 8), preprocessing: SampleCaches.preprocessing,
-                                 trainableLayers: config.layers.compactMap(\.parameterPrefix), dropout: 0.5, stateDict: stateDict)
+                                 trainableLayers: config.layers.compactMap(\.parameterPrefix), dropout: 0.5,
+                                 split: .init(source: .hashed, seed: 3, validationFraction: 0.25), stateDict: stateDict)
         try model.save(to: path("whole.h5"))
         let reloaded = try TrainedModel(contentsOf: path("whole.h5"))
+        XCTAssertEqual(reloaded.split, model.split)
         XCTAssertEqual(reloaded.stateDict.map(\.key), config.stateDictShapes.map(\.key), "torchvision's order")
 
         let imagePath = Fixtures.path("images/rgb_97x131.png")

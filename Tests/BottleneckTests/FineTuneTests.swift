@@ -199,7 +199,7 @@ final class FineTuneTests: XCTestCase {
         let head = HeadNetwork.newLinear(inFeatures: config.hidden, outFeatures: 2, seed: 0)
         try TrainedModel(mode: .head, config: config, classes: ["a", "b"], cut: try CutPoint("fc7", in: config), cutName: "fc7",
                          weights: .random(seed: 1), preprocessing: Preprocessing(resize: 37, crop: 32), trainableLayers: ["classifier.6"],
-                         dropout: 0.5, stateDict: [("classifier.6.weight", head.weight), ("classifier.6.bias", head.bias)])
+                         dropout: 0.5, split: nil, stateDict: [("classifier.6.weight", head.weight), ("classifier.6.bias", head.bias)])
             .save(to: headPath)
         var otherClasses = job(images: images, out: try temporaryDirectory(), epochs: 1)
         otherClasses.initialHead = headPath

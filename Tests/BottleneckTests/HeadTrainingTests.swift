@@ -51,7 +51,8 @@ final class HeadTrainingTests: FolderTestCase {
         settings.threads = 2
 
         let cache = try FeatureCacheReader(path: cachePath)
-        let split = try TrainingSplit.make(labels: cache.labels, splits: cache.splits, classCount: 3, validationFraction: 0.2, seed: 11)
+        let split = try TrainingSplit.make(paths: cache.paths, labels: cache.labels, splits: cache.splits, classes: cache.classes,
+                                           seed: 11, validationFraction: 0.2)
         let head = try HeadNetwork.initial(config: headConfig, cut: try CutPoint(cache.fingerprint.layerPath, in: headConfig), dropout: 0.5,
                                            seed: 11, weights: SampleCaches.weights, fingerprint: cache.fingerprint.weightsSHA256)
         let trainer = try HeadTrainer(network: head, settings: settings)
@@ -169,7 +170,7 @@ final class HeadTrainingTests: FolderTestCase {
         let fingerprint = (config["cache"] as! [String: Any])["fingerprint"] as! [String: Any]
         XCTAssertEqual(fingerprint["layer_path"] as? String, "classifier.4")
         XCTAssertEqual(fingerprint["weights_sha256"] as? String, "random-seed-0")
-        XCTAssertEqual((config["split"] as! [String: Any])["source"] as? String, "cache")
+        XCTAssertEqual(((config["split"] as! [String: Any])["rule"] as! [String: Any])["source"] as? String, "folder")
 
         let metrics = try String(contentsOfFile: path("run/metrics.csv"), encoding: .utf8).split(separator: "\n")
         XCTAssertEqual(metrics.first, "epoch,train_loss,train_acc,val_loss,val_acc,lr,seconds")
@@ -245,24 +246,18 @@ final class HeadTrainingTests: FolderTestCase {
 
     // MARK: splits
 
-    func testStratifiedSplitWhenTheCacheHasNone() throws {
-        let labels: [Int32] = Array(repeating: 0, count: 10) + Array(repeating: 1, count: 5) + [2, -1]
-        let splits = Array(repeating: ImageFolder.Split.none, count: labels.count)
-        let split = try TrainingSplit.make(labels: labels, splits: splits, classCount: 3, validationFraction: 0.2, seed: 1)
-        XCTAssertEqual(split.source, .stratified)
-        XCTAssertEqual(split.validationRows.count { labels[$0] == 0 }, 2)
-        XCTAssertEqual(split.validationRows.count { labels[$0] == 1 }, 1)
-        XCTAssertEqual(split.validationRows.count { labels[$0] == 2 }, 0, "a class of one row trains")
-        XCTAssertEqual(Set(split.trainRows + split.validationRows), Set(0..<16), "unlabeled rows do neither")
-        XCTAssertTrue(Set(split.trainRows).isDisjoint(with: split.validationRows))
-        XCTAssertEqual(try TrainingSplit.make(labels: labels, splits: splits, classCount: 3, validationFraction: 0.2, seed: 1), split)
-        XCTAssertNotEqual(try TrainingSplit.make(labels: labels, splits: splits, classCount: 3, validationFraction: 0.2, seed: 2), split)
-
+    /// Without val/ rows the hash decides (SplitTests pins the rule); config.json and summary.json say how.
+    func testHashedSplitWhenTheCacheHasNoValRows() throws {
         let cache = try SyntheticCache.write(at: path("cache.h5"), splits: .none)
-        _ = try job(cache) { $0.validationFraction = 0.25 }.run { _ in }
+        let summary = try job(cache) { $0.validationFraction = 0.25 }.run { _ in }
         let recorded = try jsonObject(path("run/config.json"))["split"] as! [String: Any]
-        XCTAssertEqual(recorded["source"] as? String, "stratified")
-        XCTAssertEqual(recorded["val_rows_per_class"] as? [String: Int], ["cats": 3, "dogs": 3, "zebras": 3])
+        XCTAssertEqual(recorded["rule"] as? NSDictionary, ["source": "hashed", "seed": 0, "validation_fraction": 0.25] as NSDictionary)
+        // Python: [(c, i) for c in classes for i in range(12) if position(0, c, f"{c}/img{i}.jpg") < 0.25]
+        XCTAssertEqual(recorded["val_rows_per_class"] as? [String: Int], ["cats": 6, "dogs": 4, "zebras": 3])
+        let validation = [1, 3, 4, 9, 10, 11].map { "cats/img\($0).jpg" } + [2, 5, 6, 9].map { "dogs/img\($0).jpg" }
+            + [0, 1, 9].map { "zebras/img\($0).jpg" }
+        XCTAssertEqual(summary.split, TrainingSplit.Record(rule: .init(source: .hashed, seed: 0, validationFraction: 0.25),
+                                                           validationPaths: validation))
     }
 
     // MARK: streaming
@@ -378,7 +373,7 @@ final class HeadTrainingTests: FolderTestCase {
         }
         assertRefused(try SyntheticCache.write(at: path("one.h5"), classes: ["only"]), "a classifier needs at least 2")
         assertRefused(try SyntheticCache.write(at: path("valonly.h5"), splits: .val), "the train split is empty")
-        assertRefused(try SyntheticCache.write(at: path("tiny.h5"), rowsPerClass: 1, splits: .none), "the validation split is empty")
+        assertRefused(try SyntheticCache.write(at: path("tiny.h5"), rowsPerClass: 1, splits: .none), "class zebras has no training rows")
         assertRefused(try SyntheticCache.write(at: path("nan.h5"), poison: .nan), "holds NaN or infinite features")
         assertRefused(try SyntheticCache.write(at: path("inf.h5"), poison: .infinity), "train/dogs/img")
         let incomplete = try SyntheticCache.write(at: path("incomplete.h5"), complete: false)

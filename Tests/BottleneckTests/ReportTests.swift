@@ -23,7 +23,7 @@ final class ReportTests: XCTestCase {
 
     /// A finished run directory as train-head or full-finetune leaves it.
     private func writeRun(_ name: String, mode: TrainedModel.Mode, accuracies: [Double], epochSeconds: Double,
-                          bestAccuracy: Double, confusion: [[Int]]) throws -> String {
+                          bestAccuracy: Double, confusion: [[Int]], validation: TrainingSplit.Record? = sampleValidation) throws -> String {
         let directory = folder.appendingPathComponent(name)
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         let cachePath = folder.appendingPathComponent("features-fc7.h5").path
@@ -41,7 +41,7 @@ final class ReportTests: XCTestCase {
             metrics += "\(index + 1),\(1.5 - accuracy),\(accuracy),\(1.2 - accuracy),\(accuracy),0.001,\(epochSeconds)\n"
         }
         try metrics.write(to: directory.appendingPathComponent("metrics.csv"), atomically: true, encoding: .utf8)
-        let summary: [String: Any] = [
+        var summary: [String: Any] = [
             "best_epoch": accuracies.firstIndex(of: accuracies.max()!)! + 1, "best_val_accuracy": bestAccuracy, "best_val_loss": 0.4321,
             "chance_accuracy": 1.0 / 3, "classes": Self.classes, "confusion_matrix": confusion, "wall_seconds": epochSeconds * 3 + 0.5,
             mode == .head ? "samples_per_second" : "train_images_per_second": mode == .head ? 9876.0 : 3.21,
@@ -49,6 +49,11 @@ final class ReportTests: XCTestCase {
                 ["name": name, "precision": 0.5 + Double(index) / 10, "recall": 0.25, "f1": 0.3, "support": 8] as [String: Any]
             },
         ]
+        if let validation {
+            let encoder = JSONEncoder()
+            encoder.keyEncodingStrategy = .convertToSnakeCase
+            summary["split"] = try JSONSerialization.jsonObject(with: try encoder.encode(validation))
+        }
         try JSONSerialization.data(withJSONObject: summary).write(to: directory.appendingPathComponent("summary.json"))
         let trained = mode == .head ? ["classifier.6"] : ["features.17", "classifier.6"]
         let stateDict: [(key: String, tensor: Tensor)] = [
@@ -57,17 +62,24 @@ final class ReportTests: XCTestCase {
         ]
         try TrainedModel(mode: mode, config: Self.config, classes: Self.classes, cut: try CutPoint("fc7", in: Self.config), cutName: "fc7",
                          weights: .random(seed: 0), preprocessing: Preprocessing(resize: 37, crop: 32), trainableLayers: trained,
-                         dropout: 0.5, stateDict: mode == .head ? Array(stateDict.suffix(2)) : stateDict)
+                         dropout: 0.5, split: nil, stateDict: mode == .head ? Array(stateDict.suffix(2)) : stateDict)
             .save(to: directory.appendingPathComponent("model.h5").path)
         return directory.path
     }
 
-    private func twoRuns() throws -> Report {
+    /// The 24 val/ images of the sample data, as both runs record them.
+    private static let sampleValidation = TrainingSplit.Record(
+        rule: .init(source: .folder, seed: 0, validationFraction: 0.2),
+        validationPaths: classes.flatMap { name in (20..<28).map { "val/\(name)/\(name)_\($0).jpg" } })
+
+    private func twoRuns(finetuneValidation: TrainingSplit.Record? = sampleValidation,
+                         allowDifferentValidation: Bool = false) throws -> Report {
         let head = try writeRun("head", mode: .head, accuracies: [0.5, 0.75, 0.7083], epochSeconds: 0.012, bestAccuracy: 0.75,
                                 confusion: [[8, 0, 0], [2, 5, 1], [0, 3, 5]])
         let finetune = try writeRun("finetune", mode: .finetune, accuracies: [0.4583, 0.625], epochSeconds: 41.5, bestAccuracy: 0.625,
-                                    confusion: [[6, 2, 0], [1, 4, 3], [0, 3, 5]])
-        return Report(title: "head <vs> finetune", runs: [try RunRecord(directory: head), try RunRecord(directory: finetune)])
+                                    confusion: [[6, 2, 0], [1, 4, 3], [0, 3, 5]], validation: finetuneValidation)
+        return try Report(title: "head <vs> finetune", runs: [try RunRecord(directory: head), try RunRecord(directory: finetune)],
+                          allowDifferentValidation: allowDifferentValidation)
     }
 
     func testRunRecordsReadTheRunDirectories() throws {
@@ -85,6 +97,28 @@ final class ReportTests: XCTestCase {
         XCTAssertEqual(finetune.frozen, "through conv3_3")
         XCTAssertNil(finetune.cache)
         XCTAssertEqual(finetune.samplesPerSecond, 3.21)
+        XCTAssertEqual(finetune.validation, Self.sampleValidation)
+    }
+
+    /// Accuracies on different images do not compare: refused, naming each run's validation set, unless
+    /// asked for, and then the report says so first.
+    func testRunsValidatedOnDifferentImagesAreRefusedOrFlagged() throws {
+        let sameCount = TrainingSplit.Record(rule: .init(source: .hashed, seed: 1, validationFraction: 0.2),
+                                             validationPaths: (0..<24).map { "discs/\($0).jpg" })
+        XCTAssertThrowsError(try twoRuns(finetuneValidation: sameCount)) { error in
+            let message = "\(error)"
+            XCTAssertTrue(message.contains("head: 24 rows (the folder's train/ and val/; paths sha256 "), message)
+            XCTAssertTrue(message.contains("finetune: 24 rows (hashed split, seed 1, fraction 0.2; paths sha256 "), message)
+            XCTAssertTrue(message.contains("--allow-different-validation"), message)
+        }
+        XCTAssertThrowsError(try twoRuns(finetuneValidation: nil)) { error in
+            XCTAssertTrue("\(error)".contains("finetune: no record of its validation images"), "\(error)")
+        }
+        let flagged = try twoRuns(finetuneValidation: sameCount, allowDifferentValidation: true)
+        XCTAssertTrue(flagged.html.contains("<p class=\"warning\">NOT COMPARABLE: the runs' validation images differ"), flagged.html)
+        XCTAssertTrue(flagged.markdown.contains("\n> **NOT COMPARABLE: "), flagged.markdown)
+        XCTAssertFalse(try twoRuns().markdown.contains("NOT COMPARABLE"))
+        XCTAssertTrue(try twoRuns().markdown.contains("All runs validated on the same 24 images (the folder's train/ and val/)."))
     }
 
     /// The cells of every row of the HTML table with `class`, tags stripped.

@@ -11,7 +11,9 @@ public struct EvaluationJob: Sendable {
 
     public var modelPath: String
     public var source: Source
-    /// "train", "val", "test" or "all"; nil: test when there is one, else val, else all labeled rows.
+    /// "train", "val", "test" or "all"; nil: test when there is one, else val. val and train are the sides
+    /// of the split the model was trained with: the source's val/ when it has one, else the model's hashed
+    /// split (its seed and fraction) applied to the source's rows.
     public var split: String?
     /// Backbone weights for `.images`; nil: the ones the model records.
     public var weights: WeightsChoice?
@@ -28,6 +30,9 @@ public struct EvaluationJob: Sendable {
         public var metrics: ClassificationMetrics
         /// The split evaluated ("val", "all", …).
         public var split: String
+        /// What the scored rows were, after their count: "held-out validation rows of the split the model
+        /// was trained with (hashed split, seed 0, fraction 0.2)".
+        public var scored: String
         /// Images that could not be read (images only).
         public var failed: [(path: String, reason: String)]
     }
@@ -56,7 +61,7 @@ public struct EvaluationJob: Sendable {
                                 + "takes \(model.cutName) features of its own backbone weights and preprocessing")
         }
         let labels = try modelLabels(cache.labels, sourceClasses: cache.classes, model: model, source: path)
-        let (split, rows) = try selectRows(labels: labels, splits: cache.splits, source: path)
+        let (split, rows, scored) = try selectRows(paths: cache.paths, labels: labels, splits: cache.splits, model: model, source: path)
         let head = try model.head()
         var metrics = ClassificationMetrics(classes: model.classes)
         let readRows = max(1, (64 << 20) / (cache.rowSize * MemoryLayout<Float>.size))
@@ -64,16 +69,17 @@ public struct EvaluationJob: Sendable {
             let group = Array(rows[start..<min(start + readRows, rows.count)])
             metrics.add(logits: head.forward(try cache.readRows(at: group)), labels: group.map { labels[$0] })
         }
-        return Result(metrics: metrics, split: split, failed: [])
+        return Result(metrics: metrics, split: split, scored: scored, failed: [])
     }
 
     private func evaluateImages(_ root: String, model: TrainedModel, log: (String) -> Void) throws -> Result {
         guard batchSize >= 1 else { throw TrainingError(.invalidInput, "--batch-size must be at least 1") }
         let folder = try ImageFolder(root: root)
         let labels = try modelLabels(folder.items.map(\.label), sourceClasses: folder.classes, model: model, source: root)
-        let (split, rows) = try selectRows(labels: labels, splits: folder.items.map(\.split), source: root)
+        let (split, rows, scored) = try selectRows(paths: folder.items.map(\.path), labels: labels, splits: folder.items.map(\.split),
+                                                   model: model, source: root)
         let classifier = try ImageClassifier(model: model, weights: weights)
-        log("evaluating \(rows.count) images of \(root) (split \(split)) through \(model.cutName) and the head")
+        log("evaluating \(rows.count) images of \(root) through \(model.cutName) and the head: \(scored)")
         let items = rows.map { folder.items[$0] }
         let labelOfPath = Dictionary(uniqueKeysWithValues: rows.map { (folder.items[$0].path, labels[$0]) })
         let decoder = BatchDecoder(folder: folder, items: items, batchSize: batchSize, preprocessing: model.preprocessing)
@@ -94,7 +100,7 @@ public struct EvaluationJob: Sendable {
         guard metrics.count > 0 else {
             throw TrainingError(.invalidInput, "no image of \(root) could be read (\(failed.count) failed)")
         }
-        return Result(metrics: metrics, split: split, failed: failed)
+        return Result(metrics: metrics, split: split, scored: scored, failed: failed)
     }
 
     /// Source labels (indices into `sourceClasses`, -1 unlabeled) as indices into the model's classes.
@@ -108,24 +114,48 @@ public struct EvaluationJob: Sendable {
         return labels.map { $0 < 0 ? -1 : modelIndex[sourceClasses[Int($0)]]! }
     }
 
-    /// The split to evaluate and its labeled rows; refuses an empty one.
-    private func selectRows(labels: [Int32], splits: [ImageFolder.Split], source: String) throws -> (String, [Int]) {
+    /// The split to evaluate, its labeled rows and what they are; refuses an empty one, and val or train
+    /// where the model's held-out rows cannot be found again.
+    private func selectRows(paths: [String], labels: [Int32], splits: [ImageFolder.Split], model: TrainedModel,
+                            source: String) throws -> (String, [Int], String) {
         let labeled = labels.indices.filter { labels[$0] >= 0 }
         let present = Set(labeled.map { splits[$0] })
-        let chosen: String
-        if let split {
-            guard split == "all" || ImageFolder.Split(rawValue: split) != nil else {
-                throw TrainingError(.invalidInput, "--split \(split): use train, val, test or all")
-            }
-            chosen = split
-        } else {
-            chosen = present.contains(.test) ? "test" : present.contains(.val) ? "val" : "all"
+        var chosen = split ?? (present.contains(.test) ? "test" : "val")
+        guard ["train", "val", "test", "all"].contains(chosen) else {
+            throw TrainingError(.invalidInput, "--split \(chosen): use train, val, test or all")
         }
-        let rows = chosen == "all" ? labeled : labeled.filter { splits[$0].rawValue == chosen }
+        let rule = model.split
+        var rows: [Int]
+        var scored: String
+        switch chosen {
+        case "all":
+            (rows, scored) = (labeled, "labeled rows, all of them (any the model trained on included)")
+        case "test":
+            (rows, scored) = (labeled.filter { splits[$0] == .test }, "test rows")
+        default:
+            let partition = TrainingSplit.assign(paths: paths, labels: labels, splits: splits, classes: model.classes,
+                                                 seed: rule?.seed ?? 0, validationFraction: rule?.validationFraction ?? 0)
+            rows = chosen == "val" ? partition.validationRows : partition.trainRows
+            switch (partition.source, rule?.source) {
+            case (.folder, .folder):
+                scored = chosen == "val" ? "held-out val/ rows (the folder's split the model was trained with)" : "train/ rows"
+            case (.folder, _):
+                scored = "\(chosen)/ rows of \(source) (the model's own split: \(rule?.description ?? "not recorded"))"
+            case (.hashed, .hashed):
+                scored = (chosen == "val" ? "held-out validation rows" : "training rows")
+                    + " of the split the model was trained with (\(rule!.description))"
+            case (.hashed, _):
+                let why = "\(source) has no val/ rows and the model "
+                    + (rule == nil ? "does not record its split" : "validated on its own folder's val/")
+                    + ", so the rows it trained on cannot be told apart"
+                guard split == nil else { throw TrainingError(.invalidInput, "--split \(chosen): \(why); use --split all") }
+                (chosen, rows, scored) = ("all", labeled, "labeled rows, all of them: \(why)")
+            }
+        }
         guard !rows.isEmpty else {
             throw TrainingError(.invalidInput, "\(source) has no labeled rows in split \(chosen)"
                                 + " (it has: \(present.map(\.rawValue).sorted().joined(separator: ", ")))")
         }
-        return (chosen, rows)
+        return (chosen, rows, scored)
     }
 }

@@ -34,7 +34,10 @@ public struct FineTuneJob: Sendable {
         public var bestValLoss: Double
         public var epochsRun: Int
         public var trainImages: Int
+        /// Validation images scored (those that could be read).
         public var valImages: Int
+        /// Which images validated: report refuses to compare runs whose records differ.
+        public var split: TrainingSplit.Record
         public var chanceAccuracy: Double
         public var classes: [String]
         public var perClass: [ClassificationMetrics.ClassFigures]
@@ -73,7 +76,7 @@ public struct FineTuneJob: Sendable {
         var network: Network
         var trainImages: Int
         var valImages: Int
-        var splitSource: TrainingSplit.Source
+        var split: TrainingSplit.Rule
         var estimatedStepBytes: Int
     }
 
@@ -85,9 +88,9 @@ public struct FineTuneJob: Sendable {
             throw TrainingError(.invalidInput, "\(imagesRoot) has \(folder.classes.count) class folder\(folder.classes.count == 1 ? "" : "s"): "
                                 + "a classifier needs at least 2 class subfolders")
         }
-        let split = try TrainingSplit.make(labels: folder.items.map(\.label), splits: folder.items.map(\.split),
-                                           classCount: folder.classes.count, validationFraction: settings.validationFraction,
-                                           seed: settings.seed)
+        let split = try TrainingSplit.make(paths: folder.items.map(\.path), labels: folder.items.map(\.label),
+                                           splits: folder.items.map(\.split), classes: folder.classes, seed: settings.splitSeed,
+                                           validationFraction: settings.validationFraction)
         var modelConfig = config
         modelConfig.classes = folder.classes.count
         let freezePoint = try settings.freezeThrough.map { try CutPoint($0, in: modelConfig) }
@@ -116,8 +119,7 @@ public struct FineTuneJob: Sendable {
         let frozenNote = freezePoint.map { "frozen through \($0.name) (\($0.layer.path)), " } ?? ""
         log("\(modelConfig.name): \(frozenNote)training \(trainableLayers.count) layers (\(trainableLayers.first!) … "
             + "\(trainableLayers.last!), \(network.trainableParameterCount) parameters); step needs about \(estimate.formattedBytes)")
-        log("\(split.trainRows.count) training images, \(split.validationRows.count) validation images "
-            + (split.source == .cache ? "(the folder's train/val split)" : "(stratified split, seed \(settings.seed))"))
+        log("\(split.trainRows.count) training images, \(split.validationRows.count) validation images (\(split.rule.description))")
 
         let evaluation = settings.evaluationPreprocessing
         let augmentation = settings.augment == .standard ? Augmentation(matching: evaluation) : nil
@@ -154,7 +156,7 @@ public struct FineTuneJob: Sendable {
                 network: .init(backbone: modelConfig.name, frozenThrough: freezePoint?.name, frozenThroughPath: freezePoint?.layer.path,
                                trainableLayers: trainableLayers, trainableParameters: network.trainableParameterCount,
                                headLayers: headLayers, initialHead: initialHead, weights: weightsIdentity),
-                trainImages: split.trainRows.count, valImages: split.validationRows.count, splitSource: split.source,
+                trainImages: split.trainRows.count, valImages: split.validationRows.count, split: split.rule,
                 estimatedStepBytes: estimate), to: RunDirectory.configFile)
             try run.startMetrics()
         }
@@ -166,10 +168,19 @@ public struct FineTuneJob: Sendable {
         let model = { (network: FineTuneNetwork) in
             TrainedModel(mode: .finetune, config: modelConfig, classes: folder.classes, cut: try CutPoint("fc7", in: modelConfig),
                          cutName: "fc7", weights: weightsIdentity, preprocessing: evaluation, trainableLayers: trainableLayers,
-                         dropout: settings.dropout, stateDict: network.stateDict)
+                         dropout: settings.dropout, split: split.rule, stateDict: network.stateDict)
         }
         let itemIndex = Dictionary(uniqueKeysWithValues: folder.items.enumerated().map { ($1.path, $0) })
         var failed = Set<String>()
+        func skip(_ failures: [(path: String, reason: String)]) {
+            for failure in failures where failed.insert(failure.path).inserted { log("warning: skipping \(failure.path): \(failure.reason)") }
+        }
+        func validate(_ network: FineTuneNetwork) throws -> ClassificationMetrics {
+            let (metrics, failures) = try Self.evaluate(network, folder: folder, rows: split.validationRows, preprocessing: evaluation,
+                                                        batchSize: settings.batchSize)
+            skip(failures)
+            return metrics
+        }
         var stepSeconds = 0.0
         var imagesTrained = 0
         var bestValidation: ClassificationMetrics?
@@ -197,9 +208,7 @@ public struct FineTuneJob: Sendable {
             var step = 0
             var epochStepSeconds = 0.0
             while let batch = decoder.next() {
-                for failure in batch.failed where failed.insert(failure.path).inserted {
-                    log("warning: skipping \(failure.path): \(failure.reason)")
-                }
+                skip(batch.failed)
                 guard !batch.items.isEmpty else { continue }
                 step += 1
                 let rows = batch.items.map { itemIndex[$0.path]! }
@@ -225,8 +234,7 @@ public struct FineTuneJob: Sendable {
             }
             progress.finish()
             guard trainCount > 0 else { throw TrainingError(.invalidInput, "no training image could be read") }
-            let validation = try Self.evaluate(network, folder: folder, rows: split.validationRows, preprocessing: evaluation,
-                                               batchSize: settings.batchSize)
+            let validation = try validate(network)
             let seen = Double(trainCount)
             let epochSeconds: Double = ResourceUsage.now - epochStart
             let record = HeadTrainer.EpochRecord(epoch: epoch + 1, trainLoss: trainLoss / seen, trainAccuracy: Double(trainCorrect) / seen,
@@ -253,12 +261,13 @@ public struct FineTuneJob: Sendable {
         }
 
         // A resumed run whose best epoch came before the interruption evaluates the saved best model again.
-        let best = try bestValidation ?? Self.evaluate(
-            try Self.network(from: TrainedModel(contentsOf: run.file(RunDirectory.modelFile)), dropout: Float(settings.dropout)),
-            folder: folder, rows: split.validationRows, preprocessing: evaluation, batchSize: settings.batchSize)
+        let best = try bestValidation ?? validate(
+            try Self.network(from: TrainedModel(contentsOf: run.file(RunDirectory.modelFile)), dropout: Float(settings.dropout)))
+        let scoredValidation = split.validationRows.map { folder.items[$0].path }.filter { !failed.contains($0) }
         let summary = Summary(
             bestEpoch: bestEpoch, bestValAccuracy: best.accuracy, bestValLoss: best.meanLoss, epochsRun: history.count,
-            trainImages: split.trainRows.count, valImages: split.validationRows.count,
+            trainImages: split.trainRows.count, valImages: scoredValidation.count,
+            split: TrainingSplit.Record(rule: split.rule, validationPaths: scoredValidation),
             chanceAccuracy: 1 / Double(folder.classes.count), classes: folder.classes, perClass: best.perClass,
             confusionMatrix: best.confusion, frozenThrough: freezePoint?.name, trainableLayers: trainableLayers,
             trainableParameters: network.trainableParameterCount, wallSeconds: ResourceUsage.now - start,
@@ -281,18 +290,20 @@ public struct FineTuneJob: Sendable {
                 loaded.weights)
     }
 
-    /// The validation images through the network in evaluation mode.
+    /// The validation images through the network in evaluation mode, and those that could not be read.
     static func evaluate(_ network: FineTuneNetwork, folder: ImageFolder, rows: [Int], preprocessing: Preprocessing,
-                         batchSize: Int) throws -> ClassificationMetrics {
+                         batchSize: Int) throws -> (ClassificationMetrics, failed: [(path: String, reason: String)]) {
         var metrics = ClassificationMetrics(classes: folder.classes)
+        var failed: [(path: String, reason: String)] = []
         let decoder = BatchDecoder(folder: folder, items: rows.map { folder.items[$0] }, batchSize: batchSize,
                                    preprocessing: preprocessing)
         defer { decoder.cancel() }
         while let batch = decoder.next() {
+            failed += batch.failed
             guard !batch.items.isEmpty else { continue }
             metrics.add(logits: network.logits(batch.images), labels: batch.items.map(\.label))
         }
-        return metrics
+        return (metrics, failed)
     }
 
     /// The whole network a fine-tuned model.h5 holds.

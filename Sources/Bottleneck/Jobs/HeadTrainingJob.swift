@@ -29,6 +29,8 @@ public struct HeadTrainingJob: Sendable {
         public var stoppedEarly: Bool
         public var trainRows: Int
         public var valRows: Int
+        /// Which rows validated: report refuses to compare runs whose records differ.
+        public var split: TrainingSplit.Record
         /// 1 / classes: what guessing gives.
         public var chanceAccuracy: Double
         /// The share of validation rows in its largest class: what always answering that class gives.
@@ -66,7 +68,7 @@ public struct HeadTrainingJob: Sendable {
             var backboneWeights: WeightsIdentity?
         }
         struct Split: Encodable {
-            var source: TrainingSplit.Source
+            var rule: TrainingSplit.Rule
             var trainRows: Int
             var valRows: Int
             var trainRowsPerClass: [String: Int]
@@ -115,8 +117,8 @@ public struct HeadTrainingJob: Sendable {
                                 + "at \(preprocessing.crop) px gives \(expectedShape): it was made with another network")
         }
 
-        let split = try TrainingSplit.make(labels: cache.labels, splits: cache.splits, classCount: cache.classes.count,
-                                           validationFraction: settings.validationFraction, seed: settings.seed)
+        let split = try TrainingSplit.make(paths: cache.paths, labels: cache.labels, splits: cache.splits, classes: cache.classes,
+                                           seed: settings.splitSeed, validationFraction: settings.validationFraction)
         let trainCounts = Self.countPerClass(split.trainRows, labels: cache.labels, classes: cache.classes)
         let validationCounts = Self.countPerClass(split.validationRows, labels: cache.labels, classes: cache.classes)
         let trainedClasses = cache.classes.filter { trainCounts[$0]! > 0 }
@@ -139,8 +141,7 @@ public struct HeadTrainingJob: Sendable {
         let trainedParameters = trainer.trainedLinears.reduce(0) { $0 + network.linears[$1].weight.count + network.linears[$1].bias.count }
         log("head above \(fingerprint.layer) (\(cut.layer.path)): \(describe(network.positions)); training "
             + "\(trainedPaths.joined(separator: ", ")) (\(trainedParameters) parameters)")
-        log("\(split.trainRows.count) training rows, \(split.validationRows.count) validation rows "
-            + (split.source == .cache ? "(the cache's train/val split)" : "(stratified split, seed \(settings.seed))"))
+        log("\(split.trainRows.count) training rows, \(split.validationRows.count) validation rows (\(split.rule.description))")
 
         let rows = try FeatureRows(cache: cache, needed: split.trainRows + split.validationRows,
                                    width: trainer.stemOutputWidth(activationShape: cache.activationShape),
@@ -159,7 +160,7 @@ public struct HeadTrainingJob: Sendable {
                         newLayerInit: "torch nn.Linear default: U(-1/sqrt(in), 1/sqrt(in)) for weight and bias, from the seed",
                         backboneWeights: network.linears.count > 1 ? cacheWeights : nil),
             settings: settings.resolved,
-            split: .init(source: split.source, trainRows: split.trainRows.count, valRows: split.validationRows.count,
+            split: .init(rule: split.rule, trainRows: split.trainRows.count, valRows: split.validationRows.count,
                          trainRowsPerClass: trainCounts, valRowsPerClass: validationCounts),
             loading: .init(mode: rows.isStreaming ? "streaming" : "memory", rowFloats: rows.width, windowRows: rows.windowRows)),
             to: RunDirectory.configFile)
@@ -177,13 +178,14 @@ public struct HeadTrainingJob: Sendable {
 
         let model = TrainedModel(mode: .head, config: modelConfig, classes: cache.classes, cut: cut, cutName: fingerprint.layer,
                                  weights: cacheWeights, preprocessing: preprocessing, trainableLayers: trainedPaths,
-                                 dropout: settings.dropout, stateDict: trainer.network.stateDict)
+                                 dropout: settings.dropout, split: split.rule, stateDict: trainer.network.stateDict)
         try model.save(to: run.file(RunDirectory.modelFile))
         let best = outcome.validation
         let summary = Summary(
             bestEpoch: outcome.bestEpoch, bestValAccuracy: best.accuracy, bestValLoss: best.meanLoss,
             epochsRun: outcome.epochs.count, stoppedEarly: outcome.stoppedEarly,
             trainRows: split.trainRows.count, valRows: split.validationRows.count,
+            split: TrainingSplit.Record(rule: split.rule, validationPaths: split.validationRows.map { cache.paths[$0] }),
             chanceAccuracy: 1 / Double(cache.classes.count),
             majorityClassAccuracy: Double(validationCounts.values.max() ?? 0) / Double(split.validationRows.count),
             classes: cache.classes, perClass: best.perClass, confusionMatrix: best.confusion,

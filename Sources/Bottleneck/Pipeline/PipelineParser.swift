@@ -164,6 +164,7 @@ extension Pipeline {
             "weight_decay": { $0.weightDecay = try $1.double($2)! },
             "val_fraction": { $0.validationFraction = try $1.double($2)! },
             "seed": { $0.seed = UInt64(try $1.nonNegativeInt($2)!) },
+            "split_seed": { $0.splitSeed = UInt64(try $1.nonNegativeInt($2)!) },
             "dropout": { $0.dropout = try $1.double($2)! },
         ]
     }
@@ -242,6 +243,7 @@ protocol SharedTrainingSettings {
     var weightDecay: Double? { get set }
     var validationFraction: Double { get set }
     var seed: UInt64 { get set }
+    var splitSeed: UInt64 { get set }
     var dropout: Double { get set }
 }
 

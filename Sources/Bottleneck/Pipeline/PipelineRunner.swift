@@ -137,7 +137,7 @@ public struct PipelineRunner {
                           pipeline.runDirectory(of: stage))
         case .report(let formats):
             let runs = try trainingStages.map { try RunRecord(directory: pipeline.runDirectory(of: $0)) }
-            let report = Report(title: "bottleneck — \(pipeline.name)", runs: runs)
+            let report = try Report(title: "bottleneck — \(pipeline.name)", runs: runs)
             for format in formats {
                 try report.write(format: format, to: pipeline.reportPath(format))
             }

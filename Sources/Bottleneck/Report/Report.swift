@@ -5,10 +5,40 @@ import Foundation
 public struct Report: Sendable {
     public var title: String
     public var runs: [RunRecord]
+    /// Set when runs validated on different images were compared anyway: the report says so at the top.
+    public private(set) var validationMismatch: String?
 
-    public init(title: String, runs: [RunRecord]) {
+    /// Refuses runs that were not validated on the same images, whose accuracies would not compare, unless
+    /// `allowDifferentValidation`.
+    public init(title: String, runs: [RunRecord], allowDifferentValidation: Bool = false) throws {
         self.title = title
         self.runs = runs
+        if let mismatch = Self.validationMismatch(runs) {
+            guard allowDifferentValidation else {
+                throw PipelineError("\(mismatch); train them with the same --val-fraction and --split-seed on the same images, "
+                                    + "or compare them anyway with 'bottleneck report --allow-different-validation'")
+            }
+            validationMismatch = mismatch
+        }
+    }
+
+    /// What differs between the runs' validation sets; nil when every run recorded scoring the same images.
+    static func validationMismatch(_ runs: [RunRecord]) -> String? {
+        let records = runs.map(\.validation)
+        let sets = Set(records.map { $0.map { "\($0.validationRows) \($0.validationPathsSha256)" } })
+        guard sets.count > 1 || (runs.count > 1 && sets.contains(nil)) else { return nil }
+        let each = zip(runs, records).map { run, record in
+            "\(run.name): \(record?.description ?? "no record of its validation images (made before runs recorded them)")"
+        }
+        return "the runs' validation images differ or are not recorded, so their accuracies do not compare: "
+            + each.joined(separator: ", ")
+    }
+
+    /// "All runs validated on the same 24 images (the folder's train/ and val/)."
+    private var validationNote: String {
+        if let validationMismatch { return "NOT COMPARABLE: \(validationMismatch)." }
+        guard runs.count > 1, let record = runs.first?.validation else { return "" }
+        return "All runs validated on the same \(record.validationRows) images (\(record.rule.description))."
     }
 
     public func write(format: Pipeline.ReportFormat, to path: String) throws {
@@ -97,6 +127,11 @@ public struct Report: Sendable {
             }.joined() + "</tr>\n"
         }
         body += "</tbody></table></div>\n"
+        if validationMismatch != nil {
+            body += "<p class=\"warning\">\(HTML.escape(validationNote))</p>\n"
+        } else if !validationNote.isEmpty {
+            body += "<p class=\"note\">\(HTML.escape(validationNote))</p>\n"
+        }
         if let chance = runs.first?.chanceAccuracy {
             body += "<p class=\"note\">Chance accuracy \(String(format: "%.3f", chance)) (\(runs.first!.classes.count) classes). "
                 + "Wall time is the whole training command; throughput counts training samples through optimizer steps. "
@@ -175,6 +210,8 @@ public struct Report: Sendable {
     h3 { font-size: 16px; margin: 0 0 4px; display: flex; align-items: center; gap: 8px; }
     .meta, .note, .path, figcaption { color: var(--muted); font-size: 13px; }
     .note { margin: 10px 0 0; max-width: 900px; }
+    .warning { margin: 10px 0 0; padding: 8px 12px; background: #fdecea; color: #8a1c12; border-left: 4px solid #c62828;
+               font-weight: 600; }
     table { border-collapse: collapse; background: #fff; font-size: 13.5px; }
     th, td { padding: 7px 10px; border-bottom: 1px solid var(--line); text-align: left; white-space: nowrap; }
     th { background: #eef1f5; font-weight: 600; font-size: 12.5px; color: #3a4452; white-space: normal; vertical-align: bottom; }
@@ -213,7 +250,9 @@ public struct Report: Sendable {
                 + rows.map { "| " + $0.map(escaped).joined(separator: " | ") + " |" }.joined(separator: "\n") + "\n"
         }
         var out = "# \(title)\n\n"
+        if validationMismatch != nil { out += "> **\(validationNote)**\n\n" }
         out += table(Row.header, runs.map { row($0).cells }) + "\n"
+        if validationMismatch == nil && !validationNote.isEmpty { out += validationNote + "\n\n" }
         if let chance = runs.first?.chanceAccuracy { out += String(format: "Chance accuracy %.3f.\n\n", chance) }
 
         out += "## Validation accuracy by epoch\n\n"

@@ -43,6 +43,8 @@ public struct RunRecord: Sendable {
     public var perClass: [ClassificationMetrics.ClassFigures]
     /// confusion[true class][predicted class], validation rows, best epoch.
     public var confusion: [[Int]]
+    /// Which images it validated on; nil for a run made before runs recorded it.
+    public var validation: TrainingSplit.Record?
 
     /// The keys of summary.json that both jobs write, and those only one of them does.
     private struct SummaryFile: Decodable {
@@ -56,6 +58,7 @@ public struct RunRecord: Sendable {
         var wallSeconds: Double
         var samplesPerSecond: Double?
         var trainImagesPerSecond: Double?
+        var split: TrainingSplit.Record?
     }
 
     private struct ConfigFile: Decodable {
@@ -129,6 +132,7 @@ public struct RunRecord: Sendable {
         classes = summary.classes
         perClass = summary.perClass
         confusion = summary.confusionMatrix
+        validation = summary.split
     }
 
     /// metrics.csv by its header's column names.

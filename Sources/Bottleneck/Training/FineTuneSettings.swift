@@ -27,8 +27,10 @@ public struct FineTuneSettings: Codable, Sendable, Equatable {
     public var backboneLearningRateMultiplier = 1.0
     /// Side of the square images the network sees (torchvision's 224); evaluation resizes to 256/224 of it.
     public var imageSize = 224
-    /// The share of each class held out for validation when the folder has no val split.
+    /// The share of the images held out for validation when the folder has no val split (see `TrainingSplit`).
     public var validationFraction = 0.2
+    /// Of the validation split alone, so that runs of different `seed`s validate on the same images.
+    public var splitSeed: UInt64 = 0
 
     public init() {}
 

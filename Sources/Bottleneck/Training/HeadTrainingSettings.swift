@@ -27,9 +27,12 @@ public struct HeadTrainingSettings: Codable, Sendable, Equatable {
     /// Epochs without a lower validation loss before stopping; 0 never stops early. The best epoch's
     /// parameters are kept either way.
     public var patience = 5
-    /// The share of each class held out for validation when the cache has no val split.
+    /// The share of the images held out for validation when the cache has no val split (see `TrainingSplit`).
     public var validationFraction = 0.2
+    /// Of the new layer, the shuffling and the dropout masks.
     public var seed: UInt64 = 0
+    /// Of the validation split alone, so that runs of different `seed`s validate on the same images.
+    public var splitSeed: UInt64 = 0
     /// torchvision's classifier dropout probability.
     public var dropout = 0.5
     /// The lowest layer that learns; the layers between the cut and it stay frozen.

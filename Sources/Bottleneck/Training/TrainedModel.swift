@@ -32,6 +32,9 @@ public struct TrainedModel: Sendable {
     /// torchvision paths of the layers that learned ("classifier.6").
     public var trainableLayers: [String]
     public var dropout: Double
+    /// How its validation rows were chosen, so that evaluate can score the held-out rows again; nil in a
+    /// model that does not say (written before models recorded it, or made by hand).
+    public var split: TrainingSplit.Rule?
     public var stateDict: [(key: String, tensor: Tensor)]
 
     private enum Attribute {
@@ -47,12 +50,13 @@ public struct TrainedModel: Sendable {
         static let preprocess = "preprocess"
         static let trainableLayers = "trainable_layers"
         static let dropout = "dropout"
+        static let split = "split"
         static let toolVersion = "tool_version"
         static let created = "created"
     }
 
     public init(mode: Mode, config: VGGConfig, classes: [String], cut: CutPoint, cutName: String, weights: WeightsIdentity,
-                preprocessing: Preprocessing, trainableLayers: [String], dropout: Double,
+                preprocessing: Preprocessing, trainableLayers: [String], dropout: Double, split: TrainingSplit.Rule?,
                 stateDict: [(key: String, tensor: Tensor)]) {
         precondition(config.classes == classes.count, "the configuration has \(config.classes) outputs for \(classes.count) classes")
         self.mode = mode
@@ -64,12 +68,13 @@ public struct TrainedModel: Sendable {
         self.preprocessing = preprocessing
         self.trainableLayers = trainableLayers
         self.dropout = dropout
+        self.split = split
         self.stateDict = stateDict
     }
 
     /// Writes `path` atomically (a file aside, then renamed).
     public func save(to path: String) throws {
-        let attributes = [
+        var attributes = [
             Attribute.format: Self.formatName,
             Attribute.mode: mode.rawValue,
             Attribute.backbone: config.name,
@@ -85,6 +90,7 @@ public struct TrainedModel: Sendable {
             Attribute.toolVersion: BottleneckVersion.current,
             Attribute.created: ISO8601DateFormatter().string(from: Date()),
         ]
+        if let split { attributes[Attribute.split] = Self.json(split) }
         try writeStateDictHDF5(path: path, tensors: stateDict.map { ($0.key, $0.tensor) }, attributes: attributes)
     }
 
@@ -124,6 +130,7 @@ public struct TrainedModel: Sendable {
         preprocessing = try decoded(Preprocessing.self, Attribute.preprocess)
         trainableLayers = try decoded([String].self, Attribute.trainableLayers)
         dropout = Double(try attribute(Attribute.dropout)) ?? 0.5
+        split = try metadata[Attribute.split].map { _ in try decoded(TrainingSplit.Rule.self, Attribute.split) }
         // HDF5 lists datasets by name; torchvision's order reads better and is what a state dict has.
         let order = Dictionary(config.stateDictShapes.enumerated().map { ($1.key, $0) }, uniquingKeysWith: { first, _ in first })
         let keys = file.entries.map(\.key).sorted { (order[$0] ?? .max, $0) < (order[$1] ?? .max, $1) }

@@ -1,65 +1,138 @@
-/// Which rows of a cache train and which validate: the cache's own train/val split when it has a
-/// val split, else a split of each class by seed (stratified). Unlabeled and test rows do neither.
-public struct TrainingSplit: Codable, Sendable, Equatable {
+/// Which rows train and which validate, decided by each image alone, so that train-head (cache rows),
+/// full-finetune (folder files), evaluate and report agree by construction.
+///
+/// When the rows include `val/` images (the folder's `train/` and `val/`, as the cache records them),
+/// `train/` rows train and `val/` rows validate. Otherwise a labeled image validates exactly when
+///
+///     (top 53 bits of the first 8 bytes of SHA-256("SEED/CLASS/PATH" in UTF-8), big-endian) / 2^53  <  fraction
+///
+/// with PATH relative to the image root (`cats/a.jpg`, as the cache's `/paths` holds it) and CLASS its
+/// class name. In Python:
+/// `(int.from_bytes(hashlib.sha256(f"{seed}/{cls}/{path}".encode()).digest()[:8], "big") >> 11) / 2**53 < fraction`.
+/// As TensorFlow's retrain.py did by hashing file names, membership is a pure function of the image: the
+/// unreadable files a folder has and its cache lacks change no other image's side, adding images never moves
+/// the old ones, and the name of a class (not its index) keeps a new class from reshuffling the others.
+///
+/// The price: fractions are approximate per class, and no class is promised a validation or a training
+/// row, since a per-class minimum would make an image's side depend on its neighbours. Instead a split
+/// whose validation side is empty, or that leaves a class no training row, is refused with the numbers.
+/// Unlabeled and test rows do neither.
+public struct TrainingSplit: Sendable, Equatable {
     public enum Source: String, Codable, Sendable {
         /// The folder's train/ and val/.
-        case cache
-        /// `validationFraction` of each class, drawn by seed.
-        case stratified
+        case folder
+        /// Each image by the hash of its seed, class and path.
+        case hashed
     }
 
-    public let source: Source
-    /// Cache row indices, ascending.
+    /// How a split was decided: what a model records, so that evaluate can find its held-out rows again.
+    public struct Rule: Codable, Sendable, Equatable {
+        public var source: Source
+        public var seed: UInt64
+        public var validationFraction: Double
+
+        public init(source: Source, seed: UInt64, validationFraction: Double) {
+            self.source = source
+            self.seed = seed
+            self.validationFraction = validationFraction
+        }
+
+        /// "the folder's train/ and val/", "hashed split, seed 0, fraction 0.2".
+        public var description: String {
+            switch source {
+            case .folder: "the folder's train/ and val/"
+            case .hashed: "hashed split, seed \(seed), fraction \(validationFraction)"
+            }
+        }
+    }
+
+    /// Which images a run validated on: its rule, how many images it scored, and a digest of their paths.
+    /// Two runs with the same record were validated on the same images; report compares them.
+    public struct Record: Codable, Sendable, Equatable {
+        public var rule: Rule
+        public var validationRows: Int
+        /// SHA-256 of the scored images' relative paths, sorted by their UTF-8 bytes, each followed by "\n".
+        public var validationPathsSha256: String
+
+        public init(rule: Rule, validationPaths: [String]) {
+            self.rule = rule
+            validationRows = validationPaths.count
+            let sorted = validationPaths.sorted { Array($0.utf8).lexicographicallyPrecedes(Array($1.utf8)) }
+            validationPathsSha256 = SHA256.hex(SHA256.digest(Array(sorted.map { $0 + "\n" }.joined().utf8)))
+        }
+
+        /// "15 rows (hashed split, seed 0, fraction 0.2; paths sha256 1a2b3c4d…)"
+        public var description: String {
+            "\(validationRows) rows (\(rule.description); paths sha256 \(validationPathsSha256.prefix(12))…)"
+        }
+    }
+
+    public let rule: Rule
+    /// Row indices, ascending.
     public let trainRows: [Int]
     public let validationRows: [Int]
 
-    public init(source: Source, trainRows: [Int], validationRows: [Int]) {
-        self.source = source
+    public init(rule: Rule, trainRows: [Int], validationRows: [Int]) {
+        self.rule = rule
         self.trainRows = trainRows
         self.validationRows = validationRows
     }
 
-    /// The split of rows with `labels` (-1 unlabeled) and `splits`; refuses one that leaves either side empty.
-    public static func make(labels: [Int32], splits: [ImageFolder.Split], classCount: Int, validationFraction: Double,
-                            seed: UInt64) throws -> TrainingSplit {
-        let labeled = labels.indices.filter { labels[$0] >= 0 }
-        guard !labeled.isEmpty else {
+    public var source: Source { rule.source }
+
+    /// The split for training; refuses one that leaves either side empty or a hashed class without training rows.
+    public static func make(paths: [String], labels: [Int32], splits: [ImageFolder.Split], classes: [String],
+                            seed: UInt64, validationFraction: Double) throws -> TrainingSplit {
+        guard labels.contains(where: { $0 >= 0 }) else {
             throw TrainingError(.invalidInput, "no labeled rows: every image was loose in the folder, outside a class subfolder")
         }
-        let split: TrainingSplit
-        if labeled.contains(where: { splits[$0] == .val }) {
-            split = TrainingSplit(source: .cache, trainRows: labeled.filter { splits[$0] == .train },
-                                  validationRows: labeled.filter { splits[$0] == .val })
+        let split = assign(paths: paths, labels: labels, splits: splits, classes: classes, seed: seed,
+                           validationFraction: validationFraction)
+        let flags = "--val-fraction \(validationFraction), --split-seed \(seed)"
+        switch split.source {
+        case .folder:
             guard !split.trainRows.isEmpty else {
-                throw TrainingError(.invalidInput, "the train split is empty: the cache has val rows but no labeled train rows")
+                throw TrainingError(.invalidInput, "the train split is empty: the rows include val/ images but no labeled train/ ones")
             }
-        } else {
-            let pool = labeled.filter { splits[$0] == .train || splits[$0] == .none }
-            guard !pool.isEmpty else { throw TrainingError(.invalidInput, "the train split is empty: every labeled row is a test row") }
-            split = stratified(pool, labels: labels, classCount: classCount, validationFraction: validationFraction, seed: seed)
+        case .hashed:
+            guard !split.trainRows.isEmpty || !split.validationRows.isEmpty else {
+                throw TrainingError(.invalidInput, "the train split is empty: every labeled row is a test row")
+            }
             guard !split.validationRows.isEmpty else {
-                throw TrainingError(.invalidInput, "the validation split is empty: --val-fraction \(validationFraction) of "
-                                    + "\(pool.count) rows holds out none (a class needs 2 rows to give one to validation)")
+                throw TrainingError(.invalidInput, "the validation split is empty: none of the \(split.trainRows.count) labeled rows "
+                                    + "hashes below \(flags); raise --val-fraction, try another --split-seed, or give the folder a val/")
+            }
+            let training = Set(split.trainRows.map { labels[$0] })
+            if let starved = split.validationRows.map({ labels[$0] }).first(where: { !training.contains($0) }) {
+                let count = split.validationRows.count { labels[$0] == starved }
+                throw TrainingError(.invalidInput, "class \(classes[Int(starved)]) has no training rows: all \(count) of its rows "
+                                    + "hash to validation under \(flags); lower --val-fraction, try another --split-seed, or add images")
             }
         }
         return split
     }
 
-    /// Per class, round(fraction · n) of its rows (at least 1 and at most n - 1 when n ≥ 2, none of a
-    /// single row) to validation, drawn by seed; classes in order, one generator.
-    static func stratified(_ rows: [Int], labels: [Int32], classCount: Int, validationFraction: Double,
-                           seed: UInt64) -> TrainingSplit {
-        var generator = SeededGenerator(seed: TrainingRandomness.seed(seed, .validationSplit))
-        var byClass = Array(repeating: [Int](), count: classCount)
-        for row in rows { byClass[Int(labels[row])].append(row) }
-        var train: [Int] = []
-        var validation: [Int] = []
-        for var members in byClass where !members.isEmpty {
-            members.shuffleReproducibly(using: &generator)
-            let held = members.count < 2 ? 0 : min(max(Int((validationFraction * Double(members.count)).rounded()), 1), members.count - 1)
-            validation += members.prefix(held)
-            train += members.dropFirst(held)
+    /// Every labeled row's side, unchecked (evaluate scores what it is asked for): the folder's val/ when
+    /// the rows include any, else the hash.
+    static func assign(paths: [String], labels: [Int32], splits: [ImageFolder.Split], classes: [String],
+                       seed: UInt64, validationFraction: Double) -> TrainingSplit {
+        let labeled = labels.indices.filter { labels[$0] >= 0 }
+        if labeled.contains(where: { splits[$0] == .val }) {
+            return TrainingSplit(rule: Rule(source: .folder, seed: seed, validationFraction: validationFraction),
+                                 trainRows: labeled.filter { splits[$0] == .train }, validationRows: labeled.filter { splits[$0] == .val })
         }
-        return TrainingSplit(source: .stratified, trainRows: train.sorted(), validationRows: validation.sorted())
+        let pool = labeled.filter { splits[$0] == .train || splits[$0] == .none }
+        let validates = pool.map { hashPosition(path: paths[$0], className: classes[Int(labels[$0])], seed: seed) < validationFraction }
+        return TrainingSplit(rule: Rule(source: .hashed, seed: seed, validationFraction: validationFraction),
+                             trainRows: zip(pool, validates).filter { !$1 }.map(\.0),
+                             validationRows: zip(pool, validates).filter { $1 }.map(\.0))
+    }
+
+    /// Where the image falls in [0, 1): it validates when this is below the fraction.
+    static func hashPosition(path: String, className: String, seed: UInt64) -> Double {
+        let digest = SHA256.digest(Array("\(seed)/\(className)/\(path)".utf8))
+        let value = digest.prefix(8).reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+        // The top 53 bits: a Double holds them exactly, so the comparison is the same in any language.
+        return Double(value >> 11) / Double(UInt64(1) << 53)
     }
 }
