@@ -201,7 +201,8 @@ final class PipelineTests: XCTestCase {
         // On Linux Bundle.main is the xctest executable; swift build puts the tool beside it.
         let executable = Bundle.main.bundleURL.appendingPathComponent("bottleneck")
         guard FileManager.default.isExecutableFile(atPath: executable.path) else {
-            throw XCTSkip("no bottleneck executable at \(executable.path): swift build first")
+            XCTFail("no bottleneck executable at \(executable.path): swift build first")
+            throw CocoaError(.fileNoSuchFile)
         }
         let process = Process()
         process.executableURL = executable
