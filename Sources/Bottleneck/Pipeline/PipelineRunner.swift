@@ -9,8 +9,9 @@ import Foundation
 ///
 /// A stage that reruns keeps the guarantees its command has alone: extract continues its journal and reuses
 /// the rows of the existing cache, full-finetune continues from its checkpoint when the interrupted run had
-/// the same key, and a stage that fails leaves the older record and outputs where they were. Only `--force`
-/// (and a cache made with other weights or preprocessing) starts a stage from scratch.
+/// the same key, and a stage that fails leaves the older record in place (and the older cache: it is only ever
+/// replaced whole). Only `--force` (and a cache made with other weights or preprocessing) starts a stage from
+/// scratch.
 public struct PipelineRunner {
     public let pipeline: Pipeline
     /// Names (or kinds) of stages to rerun whether or not they are up to date.
@@ -114,9 +115,9 @@ public struct PipelineRunner {
         pipeline.stages.filter { [.trainHead, .fullFinetune].contains($0.kind) }
     }
 
-    func recordPath(of stage: Pipeline.Stage) -> String { pipeline.outputRoot + "/.stages/\(stage.name).json" }
+    private func recordPath(of stage: Pipeline.Stage) -> String { pipeline.outputRoot + "/.stages/\(stage.name).json" }
 
-    func startedRecordPath(of stage: Pipeline.Stage) -> String { pipeline.outputRoot + "/.stages/\(stage.name).started.json" }
+    private func startedRecordPath(of stage: Pipeline.Stage) -> String { pipeline.outputRoot + "/.stages/\(stage.name).started.json" }
 
     /// `fromScratch` (`--force`): the cache or checkpoint of earlier runs is not reused.
     private func run(_ stage: Pipeline.Stage, key: String, fromScratch: Bool, weights: WeightsChoice,
