@@ -198,8 +198,10 @@ final class PipelineTests: XCTestCase {
     private func startRun(_ yaml: String) throws -> Process {
         let file = folder.appendingPathComponent("pipeline-\(UUID().uuidString).yaml")
         try yaml.write(to: file, atomically: true, encoding: .utf8)
-        // On Linux Bundle.main is the xctest executable; swift build puts the tool beside it.
-        let executable = Bundle.main.bundleURL.appendingPathComponent("bottleneck")
+        // swift build puts the tool beside the test bundle: on Linux the bundle is Bundle.main's executable.
+        let products = Bundle.allBundles.first { $0.bundlePath.hasSuffix(".xctest") }?.bundleURL.deletingLastPathComponent()
+            ?? Bundle.main.bundleURL
+        let executable = products.appendingPathComponent("bottleneck")
         guard FileManager.default.isExecutableFile(atPath: executable.path) else {
             XCTFail("no bottleneck executable at \(executable.path): swift build first")
             throw CocoaError(.fileNoSuchFile)
@@ -216,7 +218,7 @@ final class PipelineTests: XCTestCase {
     }
 
     /// Waits for `condition` while the child runs, then kills it with SIGKILL.
-    private func kill(_ process: Process, once condition: () -> Bool, file: StaticString = #filePath, line: UInt = #line) throws {
+    private func killHard(_ process: Process, once condition: () -> Bool, file: StaticString = #filePath, line: UInt = #line) throws {
         // Generous: the child needs seconds; this only keeps a broken run from hanging the suite.
         let giveUp = Date().addingTimeInterval(300)
         while !condition() {
@@ -229,7 +231,7 @@ final class PipelineTests: XCTestCase {
             }
             usleep(20_000)
         }
-        Glibc.kill(process.processIdentifier, SIGKILL)
+        kill(process.processIdentifier, SIGKILL)
         process.waitUntilExit()
         XCTAssertEqual(process.terminationReason, .uncaughtSignal, file: file, line: line)
     }
@@ -246,7 +248,7 @@ final class PipelineTests: XCTestCase {
         try makeFIFO(pipe)
         let yaml = fixturePipeline(images: images, out: "runs", stages: extractOnly)
         let cache = folder.appendingPathComponent("runs/features-fc7.h5").path
-        try kill(try startRun(yaml), once: { (try? CacheInspection(path: cache))?.journal?.rows == 10 })
+        try killHard(try startRun(yaml), once: { (try? CacheInspection(path: cache))?.journal?.rows == 10 })
         XCTAssertFalse(FileManager.default.fileExists(atPath: cache))
 
         try FileManager.default.removeItem(atPath: pipe)
@@ -329,7 +331,7 @@ final class PipelineTests: XCTestCase {
         let runs = folder.appendingPathComponent("runs").path
         // The pipe lets the first epoch through and holds the second, after checkpoint.h5 is written.
         let firstEpoch = PipeFeeder(pipe, limit: 1)
-        try kill(try startRun(yaml), once: { FileManager.default.fileExists(atPath: runs + "/finetune/checkpoint.h5") })
+        try killHard(try startRun(yaml), once: { FileManager.default.fileExists(atPath: runs + "/finetune/checkpoint.h5") })
         firstEpoch.stop()
         XCTAssertFalse(FileManager.default.fileExists(atPath: runs + "/.stages/finetune.json"))
         try FileManager.default.copyItem(atPath: runs, toPath: runs + "-other-weights")
