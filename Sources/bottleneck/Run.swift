@@ -13,7 +13,10 @@ struct Run: ParsableCommand {
 
         Like make, a stage whose settings and inputs have not changed since it last finished, and whose output \
         is still there, is reused and says so; a stage that reruns makes the stages that read its output rerun. \
-        --force STAGE reruns one stage (and so those after it that read it). Unknown keys and bad values are \
+        A rerun keeps what the commands promise alone: an interrupted extract continues from its journal and \
+        extracts only new images, an interrupted full-finetune continues from its checkpoint when its settings and \
+        inputs are unchanged, and a failed stage keeps the record of its last good run. --force STAGE reruns one \
+        stage from scratch (and so those after it that read it). Unknown keys and bad values are \
         refused with the file's line number before anything runs. Paths in the file are relative to the \
         directory the command runs from.
 
@@ -36,7 +39,7 @@ struct Run: ParsableCommand {
         """)
 
     @Argument(help: ArgumentHelp("The pipeline file.", valueName: "PIPELINE.yaml")) var pipeline: String
-    @Option(name: .long, help: ArgumentHelp("Rerun this stage (a name or a kind) even when it is up to date; repeatable.",
+    @Option(name: .long, help: ArgumentHelp("Rerun this stage (a name or a kind) from scratch, even when it is up to date; repeatable.",
                                             valueName: "STAGE"))
     var force: [String] = []
     @Flag(help: "Only read and validate the file; run nothing.") var check = false

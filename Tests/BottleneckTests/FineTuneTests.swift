@@ -182,6 +182,22 @@ final class FineTuneTests: XCTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: out + "/summary.json"))
     }
 
+    /// --overwrite over an interrupted run, then a stop before the first epoch ends: no checkpoint of the
+    /// replaced run is left for a --resume to continue under the new run's config.json.
+    func testOverwriteDropsTheReplacedRunsCheckpoint() throws {
+        let images = try tinyImageFolder()
+        let out = try temporaryDirectory()
+        var interrupted = job(images: images, out: out, epochs: 2)
+        interrupted.interruptAfterEpochs = 1
+        XCTAssertThrowsError(try interrupted.run { _ in })
+        XCTAssertTrue(FileManager.default.fileExists(atPath: out + "/checkpoint.h5"))
+        var diverging = job(images: images, out: out, epochs: 2)
+        diverging.overwrite = true
+        diverging.settings.learningRate = 1e12
+        XCTAssertThrowsError(try diverging.run { _ in }) { XCTAssertTrue("\($0)".contains("no checkpoint was written"), "\($0)") }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: out + "/checkpoint.h5"))
+    }
+
     func testRefusesBadLayersHeadsAndBatchesTooLargeForMemory() throws {
         let images = try tinyImageFolder()
         var unknownLayer = job(images: images, out: try temporaryDirectory(), epochs: 1)

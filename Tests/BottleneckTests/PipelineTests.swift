@@ -1,10 +1,10 @@
-import Bottleneck
+@testable import Bottleneck
 import Foundation
 import XCTest
 
 /// Pipeline files: errors that point at the line, and the demo pipeline at fixture size (the narrow
 /// VGG16 at 32 px on a subset of data/shapes) run end to end, reused when nothing changed, rerun by --force
-/// and by a changed input.
+/// and by a changed input; `bottleneck run` killed mid-extract and mid-finetune continues where it was.
 final class PipelineTests: XCTestCase {
     var folder: URL!
 
@@ -80,10 +80,10 @@ final class PipelineTests: XCTestCase {
     }
 
     /// A copy of part of data/shapes, so that the test can add an image.
-    private func sampleImages() throws -> String {
+    private func sampleImages(into name: String = "shapes") throws -> String {
         let manager = FileManager.default
         let source = Fixtures.root.deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("data/shapes")
-        let target = folder.appendingPathComponent("shapes")
+        let target = folder.appendingPathComponent(name)
         for (split, count) in [("train", 5), ("val", 2)] {
             for name in ["checkerboard", "discs", "stripes"] {
                 let into = target.appendingPathComponent("\(split)/\(name)")
@@ -165,7 +165,204 @@ final class PipelineTests: XCTestCase {
                                          toPath: added.path)
         let rerun = try run(demoAtFixtureSize(images: images, headEpochs: 2))
         XCTAssertEqual(rerun.outcomes.map(\.reused), [false, false, false, false])
+        XCTAssertTrue(rerun.outcomes[0].result.hasPrefix("22 images (1 extracted, 21 reused,"), rerun.outcomes[0].result)
         XCTAssertEqual(try FeatureCacheReader(path: root + "/features-fc7.h5").count, 22)
+    }
+
+    // MARK: interrupted and failed runs
+
+    /// A pipeline of the given stages on the fixture network at 32 px.
+    private func fixturePipeline(images: String, out: String, weights: String = Fixtures.path("network/narrow_vgg16_legacy.pth"),
+                                 imageSize: Int = 32, stages: String) -> String {
+        """
+        name: interrupted
+        images: \(images)
+        weights: \(weights)
+        backbone: vgg16-narrow16
+        image_size: \(imageSize)
+        out: \(folder.appendingPathComponent(out).path)
+        stages:
+        \(stages)
+        """
+    }
+
+    private let extractOnly = "  - stage: extract\n    batch_size: 2"
+
+    /// A named pipe where an image would be. Opening it blocks until someone opens it for writing, and once
+    /// opened it reads as an empty file (a failed image): a deterministic place to hold a run for the kill.
+    private func makeFIFO(_ path: String) throws {
+        guard mkfifo(path, 0o644) == 0 else { throw CocoaError(.fileWriteUnknown, userInfo: [NSFilePathErrorKey: path]) }
+    }
+
+    /// `bottleneck run FILE` as a child process, its output in a log file beside it.
+    private func startRun(_ yaml: String) throws -> Process {
+        let file = folder.appendingPathComponent("pipeline-\(UUID().uuidString).yaml")
+        try yaml.write(to: file, atomically: true, encoding: .utf8)
+        // swift build puts the tool beside the test bundle: on Linux the bundle is Bundle.main's executable.
+        let products = Bundle.allBundles.first { $0.bundlePath.hasSuffix(".xctest") }?.bundleURL.deletingLastPathComponent()
+            ?? Bundle.main.bundleURL
+        let executable = products.appendingPathComponent("bottleneck")
+        guard FileManager.default.isExecutableFile(atPath: executable.path) else {
+            XCTFail("no bottleneck executable at \(executable.path): swift build first")
+            throw CocoaError(.fileNoSuchFile)
+        }
+        let process = Process()
+        process.executableURL = executable
+        process.arguments = ["run", file.path]
+        let log = file.deletingPathExtension().appendingPathExtension("log")
+        guard FileManager.default.createFile(atPath: log.path, contents: nil) else { throw CocoaError(.fileWriteUnknown) }
+        process.standardOutput = try FileHandle(forWritingTo: log)
+        process.standardError = process.standardOutput
+        try process.run()
+        return process
+    }
+
+    /// Waits for `condition` while the child runs, then kills it with SIGKILL.
+    private func killHard(_ process: Process, once condition: () -> Bool, file: StaticString = #filePath, line: UInt = #line) throws {
+        // Generous: the child needs seconds; this only keeps a broken run from hanging the suite.
+        let giveUp = Date().addingTimeInterval(300)
+        while !condition() {
+            guard process.isRunning else {
+                return XCTFail("bottleneck run exited (\(process.terminationStatus)) before it got there", file: file, line: line)
+            }
+            guard Date() < giveUp else {
+                process.terminate()
+                return XCTFail("bottleneck run never got there", file: file, line: line)
+            }
+            usleep(20_000)
+        }
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+        XCTAssertEqual(process.terminationReason, .uncaughtSignal, file: file, line: line)
+    }
+
+    private func readFeatures(_ path: String) throws -> (paths: [String], labels: [Int32], bits: [UInt32]) {
+        let cache = try FeatureCacheReader(path: path)
+        return (cache.paths, cache.labels, try cache.readRows(0..<cache.count).data.map(\.bitPattern))
+    }
+
+    func testKilledExtractContinuesFromItsJournalAndAFailedRunKeepsTheCache() throws {
+        let images = try sampleImages()
+        // Sorted, the pipe is image 10: five batches of 2 become durable, then the decoder waits on it.
+        let pipe = images + "/train/discs/zz.jpg"
+        try makeFIFO(pipe)
+        let yaml = fixturePipeline(images: images, out: "runs", stages: extractOnly)
+        let cache = folder.appendingPathComponent("runs/features-fc7.h5").path
+        try killHard(try startRun(yaml), once: { (try? CacheInspection(path: cache))?.journal?.rows == 10 })
+        XCTAssertFalse(FileManager.default.fileExists(atPath: cache))
+
+        try FileManager.default.removeItem(atPath: pipe)
+        try FileManager.default.copyItem(atPath: images + "/val/discs/" + FileManager.default.contentsOfDirectory(atPath: images + "/val/discs").sorted()[0],
+                                         toPath: pipe)
+        let resumed = try run(yaml)
+        XCTAssertTrue(resumed.log.contains("resuming: 10 rows were already durable from an interrupted run"), "\(resumed.log)")
+        XCTAssertTrue(resumed.outcomes[0].result.hasPrefix("22 images (22 extracted, 0 reused, 0 changed, 0 removed, 0 failed; 10 of them recovered from an interrupted run)"), resumed.outcomes[0].result)
+
+        // The same bytes as one uninterrupted run over the same images.
+        let reference = folder.appendingPathComponent("reference").path
+        try FileManager.default.copyItem(atPath: images, toPath: reference)
+        _ = try run(fixturePipeline(images: reference, out: "reference-runs", stages: extractOnly))
+        let expected = try readFeatures(folder.appendingPathComponent("reference-runs/features-fc7.h5").path)
+        let actual = try readFeatures(cache)
+        XCTAssertEqual(actual.paths, expected.paths)
+        XCTAssertEqual(actual.labels, expected.labels)
+        XCTAssertEqual(actual.bits, expected.bits)
+
+        // A mistyped folder fails before anything is deleted: the next good run finds the stage up to date.
+        let record = folder.appendingPathComponent("runs/.stages/extract.json").path
+        let recordBefore = try Data(contentsOf: URL(fileURLWithPath: record))
+        XCTAssertThrowsError(try run(fixturePipeline(images: images + "-typo", out: "runs", stages: extractOnly)))
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: record)), recordBefore)
+        XCTAssertEqual(try readFeatures(cache).bits, expected.bits)
+        XCTAssertEqual(try run(yaml).outcomes.map(\.reused), [true])
+    }
+
+    func testCacheOfOtherPreprocessingIsStartedAfresh() throws {
+        let images = try sampleImages()
+        _ = try run(fixturePipeline(images: images, out: "runs", stages: extractOnly))
+        let larger = try run(fixturePipeline(images: images, out: "runs", imageSize: 48, stages: extractOnly))
+        XCTAssertTrue(larger.log.contains { $0.hasPrefix("extract: ") && $0.contains("was made with") && $0.hasSuffix("; starting the cache afresh") },
+                      "\(larger.log)")
+        let cache = try FeatureCacheReader(path: folder.appendingPathComponent("runs/features-fc7.h5").path)
+        XCTAssertEqual(cache.count, 21)
+        XCTAssertEqual(try Preprocessing(jsonDescription: cache.fingerprint.preprocess).crop, 48)
+    }
+
+    /// Opens `fifo` for writing whenever a reader waits on it and closes it at once, so the reader sees an empty
+    /// file and moves on; at most `limit` times, until `stop()`.
+    private final class PipeFeeder: @unchecked Sendable {
+        private let lock = NSLock()
+        private var stopped = false
+        private var done = 0
+
+        init(_ fifo: String, limit: Int = .max) {
+            Thread { [self] in
+                while true {
+                    lock.lock()
+                    let finished = stopped || done >= limit
+                    lock.unlock()
+                    if finished { return }
+                    // Non-blocking: succeeds only while a reader has the pipe open (or waits in open).
+                    let descriptor = open(fifo, O_WRONLY | O_NONBLOCK)
+                    if descriptor >= 0 {
+                        close(descriptor)
+                        lock.lock()
+                        done += 1
+                        lock.unlock()
+                    }
+                    usleep(2_000)
+                }
+            }.start()
+        }
+
+        func stop() {
+            lock.lock()
+            stopped = true
+            lock.unlock()
+        }
+    }
+
+    func testKilledFinetuneContinuesFromItsCheckpointOnlyWithTheSameKey() throws {
+        let images = try sampleImages()
+        let pipe = images + "/train/discs/zz.jpg"
+        try makeFIFO(pipe)
+        let finetune = "  - stage: full-finetune\n    epochs: 2\n    freeze_through: conv3_3\n    batch_size: 6"
+        let yaml = fixturePipeline(images: images, out: "runs", stages: finetune)
+        let runs = folder.appendingPathComponent("runs").path
+        // The pipe lets the first epoch through and holds the second, after checkpoint.h5 is written.
+        let firstEpoch = PipeFeeder(pipe, limit: 1)
+        try killHard(try startRun(yaml), once: { FileManager.default.fileExists(atPath: runs + "/finetune/checkpoint.h5") })
+        firstEpoch.stop()
+        XCTAssertFalse(FileManager.default.fileExists(atPath: runs + "/.stages/finetune.json"))
+        try FileManager.default.copyItem(atPath: runs, toPath: runs + "-other-weights")
+
+        let feeder = PipeFeeder(pipe)
+        defer { feeder.stop() }
+        let resumed = try run(yaml)
+        XCTAssertTrue(resumed.log.contains("finetune: continuing the interrupted run from \(runs)/finetune/checkpoint.h5"), "\(resumed.log)")
+        XCTAssertTrue(resumed.log.contains("resuming after epoch 1 of 2"), "\(resumed.log)")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: runs + "/.stages/finetune.started.json"))
+
+        // The same model as one uninterrupted run.
+        let reference = try sampleImages(into: "reference")
+        let referencePipe = reference + "/train/discs/zz.jpg"
+        try makeFIFO(referencePipe)
+        let referenceFeeder = PipeFeeder(referencePipe)
+        defer { referenceFeeder.stop() }
+        _ = try run(fixturePipeline(images: reference, out: "reference-runs", stages: finetune))
+        let expected = try StateDictFile.open(path: folder.appendingPathComponent("reference-runs/finetune/model.h5").path)
+        let actual = try StateDictFile.open(path: runs + "/finetune/model.h5")
+        XCTAssertEqual(actual.entries.map(\.key), expected.entries.map(\.key))
+        for entry in expected.entries {
+            XCTAssertEqual(try actual.tensor(entry.key), try expected.tensor(entry.key), entry.key)
+        }
+
+        // Other weights, same settings: the job alone would continue; the pipeline starts over.
+        let otherWeights = try run(fixturePipeline(images: images, out: "runs-other-weights", weights: "random:3", stages: finetune))
+        XCTAssertTrue(otherWeights.log.contains(
+            "finetune: \(runs)-other-weights/finetune/checkpoint.h5 was left by a run with other settings or inputs; starting over"),
+                      "\(otherWeights.log)")
+        XCTAssertFalse(otherWeights.log.contains { $0.hasPrefix("resuming") }, "\(otherWeights.log)")
     }
 
     func testShippedPipelinesAreValid() throws {

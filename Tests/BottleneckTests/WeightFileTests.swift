@@ -258,6 +258,64 @@ final class WeightFileTests: XCTestCase {
         }
     }
 
+    // MARK: non-finite values
+
+    /// A copy of the narrow network fixture `name` with element `index` of tensor `key` set to `value`: the
+    /// element is found by the bytes of its run in the reference file, so one helper patches all four formats.
+    private func damagedCopy(_ name: String, key: String, index: Int, value: Float) throws -> String {
+        let original = try StateDictFile.open(path: network("narrow_vgg16.safetensors")).tensor(key).data
+        guard index < original.count else { throw WeightFileProblem.malformed("\(key) has \(original.count) elements, not \(index + 1)") }
+        let first = min(index, original.count - 4)
+        let run = Data(original[first..<(first + 4)].flatMap { withUnsafeBytes(of: $0.bitPattern.littleEndian, Array.init) })
+        var bytes = try Data(contentsOf: URL(fileURLWithPath: network(name)))
+        guard let found = bytes.range(of: run), bytes.range(of: run, in: found.upperBound..<bytes.count) == nil else {
+            throw WeightFileProblem.malformed("\(name): the bytes of \(key)[\(index)] are not found exactly once")
+        }
+        let offset = found.lowerBound + (index - first) * 4
+        bytes.replaceSubrange(offset..<(offset + 4), with: withUnsafeBytes(of: value.bitPattern.littleEndian, Array.init))
+        let path = temporaryPath("\(key)-\(index)-\(value)-\(name)")
+        try bytes.write(to: URL(fileURLWithPath: path))
+        return path
+    }
+
+    func testNonFiniteParametersAreRefusedAtLoadWithTheTensorsName() throws {
+        let config = VGGConfig.vgg16.narrowed(by: 16, hidden: 64, classes: 10)
+        // conv1_1's weight [4, 3, 3, 3] and conv1_2's bias [4]: nothing below conv1_1 is usable, or nothing above it.
+        let cases: [(key: String, index: Int, value: Float, text: String, usable: String?)] = [
+            ("features.0.weight", 100, .nan, "NaN", nil), ("features.0.weight", 7, .infinity, "inf", nil),
+            ("features.2.bias", 1, -.infinity, "-inf", "relu1_1"), ("features.2.bias", 3, .nan, "NaN", "relu1_1"),
+        ]
+        for name in ["narrow_vgg16_legacy.pth", "narrow_vgg16_zip.pth", "narrow_vgg16.safetensors", "narrow_vgg16.h5"] {
+            for damage in cases {
+                let path = try damagedCopy(name, key: damage.key, index: damage.index, value: damage.value)
+                XCTAssertThrowsError(try NetworkLoader.load(config: config, through: try CutPoint("conv1_2", in: config),
+                                                            weights: .file(path))) { error in
+                    XCTAssertEqual((error as? WeightsError)?.kind, .nonFinite, "\(error)")
+                    XCTAssertEqual("\(error)", "weights file \(path): tensor \(damage.key) holds \(damage.text) at index \(damage.index) "
+                                   + "— the file is damaged")
+                }
+                let inspection = try WeightsInspection(path: path, config: config)
+                XCTAssertEqual(inspection.problem, "tensor \(damage.key) holds \(damage.text) at index \(damage.index) — the file is damaged")
+                XCTAssertEqual(inspection.deepestUsableLayer, damage.usable, path)
+                XCTAssertTrue(inspection.report.contains("usable cut layers: " + (damage.usable.map { "up to \($0)" } ?? "none")),
+                              inspection.report)
+            }
+        }
+    }
+
+    /// Only what a prefix loads is read, so only that is checked; inspect says how far the file is usable.
+    func testDamageAboveTheCutLeavesThePrefixUsable() throws {
+        let config = VGGConfig.vgg16.narrowed(by: 16, hidden: 64, classes: 10)
+        let path = try damagedCopy("narrow_vgg16.safetensors", key: "classifier.0.bias", index: 2, value: .nan)
+        XCTAssertNoThrow(try NetworkLoader.load(config: config, through: try CutPoint("pool5", in: config), weights: .file(path)))
+        XCTAssertThrowsError(try NetworkLoader.load(config: config, through: try CutPoint("fc7", in: config), weights: .file(path))) {
+            XCTAssertTrue("\($0)".hasSuffix("tensor classifier.0.bias holds NaN at index 2 — the file is damaged"), "\($0)")
+        }
+        let inspection = try WeightsInspection(path: path, config: config)
+        XCTAssertEqual(inspection.deepestUsableLayer, "avgpool")
+        XCTAssertTrue(inspection.report.contains("not usable as it is: tensor classifier.0.bias holds NaN"), inspection.report)
+    }
+
     // MARK: SHA-256
 
     func testSHA256KnownVectors() {

@@ -55,9 +55,11 @@ public struct ExtractionJob: Sendable {
         /// Rows the cache holds now.
         public var rows: Int { extracted + reused + changed }
 
-        /// "84 images (2 extracted, 80 reused, 1 changed, 3 removed, 1 failed)": the counts add up to the images found.
+        /// "84 images (2 extracted, 80 reused, 1 changed, 3 removed, 1 failed)": the counts add up to the images found;
+        /// rows an interrupted run had made durable are named after them.
         public var counts: String {
-            "\(found) images (\(extracted) extracted, \(reused) reused, \(changed) changed, \(removed) removed, \(failed.count) failed)"
+            "\(found) images (\(extracted) extracted, \(reused) reused, \(changed) changed, \(removed) removed, \(failed.count) failed"
+                + (recovered > 0 ? "; \(recovered) of them recovered from an interrupted run)" : ")")
         }
     }
 

@@ -150,6 +150,15 @@ public struct FineTuneJob: Sendable {
             log("resuming after epoch \(checkpoint.epochsDone) of \(settings.epochs)")
         } else {
             run = try RunDirectory(path: runDirectory, overwrite: overwrite)
+            // A checkpoint of the replaced run would otherwise be what a --resume after a kill in this run's first
+            // epoch continues from: other parameters under this run's config.json.
+            do {
+                if FileManager.default.fileExists(atPath: run.file(FineTuneCheckpoint.fileName)) {
+                    try FileManager.default.removeItem(atPath: run.file(FineTuneCheckpoint.fileName))
+                }
+            } catch {
+                throw TrainingError(.runDirectory, "cannot remove the old \(run.file(FineTuneCheckpoint.fileName)): \(error.localizedDescription)")
+            }
             try run.writeJSON(Configuration(
                 images: folder.root.path, classes: folder.classes, settings: settings.resolved, preprocessing: evaluation,
                 augmentation: augmentation,

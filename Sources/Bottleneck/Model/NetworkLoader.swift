@@ -36,7 +36,7 @@ public enum NetworkLoader {
             try file.validate(expected: Dictionary(uniqueKeysWithValues: needed.map { ($0.key, $0.shape) }),
                               allowingExtraKeys: true)
             let digest = try identity(ofWeightsFile: file).fingerprint
-            let network = try VGG(config: config, through: cut) { key, _ in try file.tensor(key) }
+            let network = try VGG(config: config, through: cut) { key, _ in try file.parameter(key) }
             return LoadedNetwork(network: network, weights: WeightsIdentity(source: path, fingerprint: digest),
                                  notes: file.notes)
         }

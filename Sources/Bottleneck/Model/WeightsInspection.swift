@@ -5,7 +5,7 @@ public struct WeightsInspection: Sendable {
     public let entries: [WeightEntry]
     public let notes: [String]
     public let sha256: String
-    /// nil when every key and shape of `config` is present; else the one-line reason.
+    /// nil when every key and shape of `config` is present and every value finite; else the one-line reason.
     public let problem: String?
     /// The deepest layer a prefix can be cut at with this file (e.g. pool5 for a features-only file).
     public let deepestUsableLayer: String?
@@ -20,16 +20,26 @@ public struct WeightsInspection: Sendable {
         self.sha256 = try file.sha256()
         self.config = config
         let expected = Dictionary(uniqueKeysWithValues: config.stateDictShapes.map { ($0.key, $0.shape) })
+        let loadable = Set(config.stateDictShapes.filter { key, shape in
+            file.entry(key).map { $0.shape == shape && $0.dtype.isReadableAsFloat32 } ?? false
+        }.map(\.key))
+        // Every value is read, as running the network would: a NaN is only found by looking.
+        var damaged: [String: String] = [:]
+        for (key, _) in config.stateDictShapes where loadable.contains(key) {
+            do {
+                _ = try file.parameter(key)
+            } catch {
+                damaged[key] = error.detail
+            }
+        }
         do {
             try file.validate(expected: expected)
-            problem = nil
+            problem = config.stateDictShapes.lazy.compactMap { damaged[$0.key] }.first
         } catch {
             problem = error.description
         }
         let usable = config.layers.prefix { layer in
-            config.stateDictShapes(throughPosition: layer.position).allSatisfy { key, shape in
-                file.entry(key).map { $0.shape == shape && $0.dtype.isReadableAsFloat32 } ?? false
-            }
+            config.stateDictShapes(throughPosition: layer.position).allSatisfy { loadable.contains($0.key) && damaged[$0.key] == nil }
         }
         deepestUsableLayer = usable.last?.name
     }
@@ -46,7 +56,7 @@ public struct WeightsInspection: Sendable {
         if sha256 == WeightsChoice.torchvisionSHA256 { lines.append("identity: torchvision's vgg16-397923af.pth (ImageNet)") }
         lines += notes.map { "note: \($0)" }
         if let problem {
-            lines.append("\(config.name): not a complete match: \(problem)")
+            lines.append("\(config.name): not usable as it is: \(problem)")
             lines.append("usable cut layers: " + (deepestUsableLayer.map { "up to \($0)" } ?? "none"))
         } else {
             lines.append("\(config.name): every key and shape matches; usable at any cut layer")

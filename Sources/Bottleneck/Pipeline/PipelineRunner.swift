@@ -6,6 +6,12 @@ import Foundation
 /// backbone, and the identity of its inputs (the image files' names, sizes and times; the weights file's; the
 /// keys and files of the stages it reads). A stage that reruns changes its output files, so every stage
 /// that reads them reruns too.
+///
+/// A stage that reruns keeps the guarantees its command has alone: extract continues its journal and reuses
+/// the rows of the existing cache, full-finetune continues from its checkpoint when the interrupted run had
+/// the same key, and a stage that fails leaves the older record in place (and the older cache: it is only ever
+/// replaced whole). Only `--force` (and a cache made with other weights or preprocessing) starts a stage from
+/// scratch.
 public struct PipelineRunner {
     public let pipeline: Pipeline
     /// Names (or kinds) of stages to rerun whether or not they are up to date.
@@ -43,6 +49,14 @@ public struct PipelineRunner {
         var result: String
     }
 
+    /// What `.stages/NAME.started.json` holds while a full-finetune run has not finished: its checkpoint is only
+    /// continued by a run with the same key (the job itself compares settings, not the weights or the images).
+    struct StartedRecord: Codable {
+        var stage: String
+        var key: String
+        var started: String
+    }
+
     public func run(log: (String) -> Void) throws -> [StageOutcome] {
         let (weights, fellBack) = WeightsChoice.resolve(pipeline.weights)
         // Said once, by the first stage that runs the network on stand-in weights; reused stages say nothing.
@@ -58,8 +72,8 @@ public struct PipelineRunner {
             let key = try stageKey(stage, weights: weights, upstreamKeys: keys)
             keys[stage.name] = key
             let outputs = outputPaths(of: stage)
-            let recordPath = pipeline.outputRoot + "/.stages/\(stage.name).json"
-            let record = try? JSONDecoder().decode(StageRecord.self, from: Data(contentsOf: URL(fileURLWithPath: recordPath)))
+            let recordPath = self.recordPath(of: stage)
+            let record = Self.read(StageRecord.self, from: recordPath)
             let isForced = forced.contains(stage.name) || forced.contains(stage.kind.rawValue)
             if !isForced, let record, record.key == key, outputs.allSatisfy(FileManager.default.fileExists) {
                 log("\(stage.name): up to date (\(outputs.joined(separator: ", "))), reused")
@@ -67,20 +81,21 @@ public struct PipelineRunner {
                                              result: record.result))
                 continue
             }
+            // The record stays until the stage succeeds: a run that fails leaves the last good one in place.
             log("\(stage.name): \(isForced ? "forced" : record == nil ? "running" : "inputs or settings changed, running") "
                 + "\(stage.kind.rawValue)")
-            try? FileManager.default.removeItem(atPath: recordPath)
             if warnOfRandomWeights && [.extract, .fullFinetune].contains(stage.kind) {
                 log(WeightsChoice.randomFallbackWarning())
                 warnOfRandomWeights = false
             }
             let start = ResourceUsage.now
-            let result = try run(stage, weights: weights, log: log)
+            let result = try run(stage, key: key, fromScratch: isForced, weights: weights, log: log)
             let seconds = ResourceUsage.now - start
             log("\(stage.name): \(result)")
             try write(StageRecord(stage: stage.name, kind: stage.kind.rawValue, key: key,
                                   finished: ISO8601DateFormatter().string(from: Date()), seconds: seconds, result: result),
                       to: recordPath)
+            try? FileManager.default.removeItem(atPath: startedRecordPath(of: stage))
             outcomes.append(StageOutcome(name: stage.name, kind: stage.kind, reused: false, outputs: outputs, seconds: seconds,
                                          result: result))
         }
@@ -100,17 +115,33 @@ public struct PipelineRunner {
         pipeline.stages.filter { [.trainHead, .fullFinetune].contains($0.kind) }
     }
 
-    private func run(_ stage: Pipeline.Stage, weights: WeightsChoice, log: (String) -> Void) throws -> String {
+    private func recordPath(of stage: Pipeline.Stage) -> String { pipeline.outputRoot + "/.stages/\(stage.name).json" }
+
+    private func startedRecordPath(of stage: Pipeline.Stage) -> String { pipeline.outputRoot + "/.stages/\(stage.name).started.json" }
+
+    /// `fromScratch` (`--force`): the cache or checkpoint of earlier runs is not reused.
+    private func run(_ stage: Pipeline.Stage, key: String, fromScratch: Bool, weights: WeightsChoice,
+                     log: (String) -> Void) throws -> String {
         switch stage.settings {
         case .extract(let batchSize, let compress):
             var job = ExtractionJob(imagesRoot: pipeline.images, outputPath: pipeline.cachePath, weights: weights)
             job.layer = pipeline.layer
             job.batchSize = batchSize
             job.compress = compress
-            job.overwrite = true
+            job.overwrite = fromScratch
             job.config = pipeline.backbone
             job.preprocessing = pipeline.preprocessing
-            let summary = try job.run(log: log)
+            let summary: ExtractionJob.Summary
+            do {
+                summary = try job.run(log: log)
+            } catch let error as FeatureCacheError where error.kind == .mismatch {
+                // Weights, preprocessing or the image folder changed in the file: that cache (or journal) can never
+                // serve this pipeline again, while a journal of this fingerprint never gets here (a mere resume).
+                let reason = error.description.components(separatedBy: "; use --overwrite").first!
+                log("\(stage.name): \(reason); starting the cache afresh")
+                job.overwrite = true
+                summary = try job.run(log: log)
+            }
             guard summary.rows > 0 else {
                 throw PipelineError("\(stage.name): no image of \(pipeline.images) could be read (\(summary.failed.count) failed)")
             }
@@ -126,11 +157,28 @@ public struct PipelineRunner {
                           summary.bestEpoch, summary.epochsRun, Report.duration(summary.wallSeconds), summary.samplesPerSecond,
                           pipeline.runDirectory(of: stage))
         case .fullFinetune(let settings, let initialHead):
-            var job = FineTuneJob(imagesRoot: pipeline.images, runDirectory: pipeline.runDirectory(of: stage), weights: weights)
+            let directory = pipeline.runDirectory(of: stage)
+            var job = FineTuneJob(imagesRoot: pipeline.images, runDirectory: directory, weights: weights)
             job.settings = settings
             job.config = pipeline.backbone
-            job.overwrite = true
             job.initialHead = initialHead.map { headModelPath(ofStage: $0) }
+            let checkpoint = directory + "/" + FineTuneCheckpoint.fileName
+            let startedPath = startedRecordPath(of: stage)
+            let interrupted = FileManager.default.fileExists(atPath: checkpoint)
+                && !FileManager.default.fileExists(atPath: directory + "/" + RunDirectory.summaryFile)
+            if interrupted && !fromScratch {
+                if Self.read(StartedRecord.self, from: startedPath)?.key == key {
+                    job.resume = true
+                    log("\(stage.name): continuing the interrupted run from \(checkpoint)")
+                } else {
+                    log("\(stage.name): \(checkpoint) was left by a run with other settings or inputs; starting over")
+                }
+            }
+            if !job.resume {
+                job.overwrite = true
+                try write(StartedRecord(stage: stage.name, key: key, started: ISO8601DateFormatter().string(from: Date())),
+                          to: startedPath)
+            }
             let summary = try job.run(log: log)
             return String(format: "val accuracy %.4f at epoch %d of %d, %@, %.2f img/s; %@", summary.bestValAccuracy,
                           summary.bestEpoch, summary.epochsRun, Report.duration(summary.wallSeconds), summary.trainImagesPerSecond,
@@ -219,7 +267,11 @@ public struct PipelineRunner {
         return String(decoding: try! encoder.encode(value), as: UTF8.self)
     }
 
-    private func write(_ record: StageRecord, to path: String) throws {
+    private static func read<Record: Decodable>(_ type: Record.Type, from path: String) -> Record? {
+        try? JSONDecoder().decode(type, from: Data(contentsOf: URL(fileURLWithPath: path)))
+    }
+
+    private func write<Record: Encodable>(_ record: Record, to path: String) throws {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
         do {

@@ -162,7 +162,7 @@ public struct HeadNetwork: Sendable {
             case .file(let path):
                 let file = try StateDictFile.open(path: path)
                 try file.validate(expected: Dictionary(uniqueKeysWithValues: needed.map { ($0.key, $0.shape) }), allowingExtraKeys: true)
-                for entry in needed { tensors[entry.key] = try file.tensor(entry.key) }
+                for entry in needed { tensors[entry.key] = try file.parameter(entry.key) }
             case .random(let seed):
                 // The generator runs through the state dict in order, so the layers must be drawn with
                 // everything before them, exactly as the prefix that made the cache was.

@@ -134,7 +134,7 @@ public struct TrainedModel: Sendable {
         // HDF5 lists datasets by name; torchvision's order reads better and is what a state dict has.
         let order = Dictionary(config.stateDictShapes.enumerated().map { ($1.key, $0) }, uniquingKeysWith: { first, _ in first })
         let keys = file.entries.map(\.key).sorted { (order[$0] ?? .max, $0) < (order[$1] ?? .max, $1) }
-        stateDict = try keys.map { ($0, try file.tensor($0)) }
+        stateDict = try keys.map { ($0, try file.parameter($0)) }
     }
 
     /// The layers above the cut, in evaluation mode, from the state dict.

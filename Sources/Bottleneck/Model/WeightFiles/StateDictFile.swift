@@ -148,6 +148,18 @@ public final class StateDictFile: Sendable {
         }
     }
 
+    /// `tensor(key)` for a network to run with: refused, naming the first bad element, when a value is NaN or
+    /// infinite, which no trained parameter is and which would turn every feature into NaN without a word.
+    public func parameter(_ key: String) throws(WeightsError) -> Tensor {
+        let values = try tensor(key)
+        if let index = values.data.withUnsafeBufferPointer(firstNonFiniteIndex) {
+            let value = values.data[index]
+            throw WeightsError(.nonFinite, path: path,
+                               "tensor \(key) holds \(value.isNaN ? "NaN" : "\(value)") at index \(index) — the file is damaged")
+        }
+        return values
+    }
+
     /// SHA-256 of the whole file, hex: the fingerprint caches and runs record.
     /// Streams the file (no memory), once per file version: `DigestCache` remembers it.
     public func sha256() throws(WeightsError) -> String {
@@ -214,6 +226,19 @@ private func naturalKeyOrder(_ left: String, _ right: String) -> Bool {
         return leftPart < rightPart
     }
     return leftParts.count < rightParts.count
+}
+
+/// The index of the first NaN or infinity, nil when every value is finite. The common answer costs one integer
+/// max over the magnitude bits, which vectorises (a float compare loop does not: NaN breaks the reduction).
+func firstNonFiniteIndex(_ values: UnsafeBufferPointer<Float>) -> Int? {
+    values.withMemoryRebound(to: UInt32.self) { words in
+        let magnitude: UInt32 = 0x7fff_ffff
+        let infinity: UInt32 = 0x7f80_0000
+        var largest: UInt32 = 0
+        for word in words { largest = max(largest, word & magnitude) }
+        guard largest >= infinity else { return nil }
+        return words.firstIndex { $0 & magnitude >= infinity }
+    }
 }
 
 func checkedAdd(_ left: Int, _ right: Int) -> Int? {

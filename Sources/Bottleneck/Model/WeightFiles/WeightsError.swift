@@ -11,6 +11,8 @@ public struct WeightsError: Error, CustomStringConvertible, Sendable {
         case malformed
         case missingKey
         case nonFloatTensor
+        /// A parameter holds NaN or infinity.
+        case nonFinite
         /// The keys or shapes do not match what the model expects.
         case mismatch
         case writeFailed
