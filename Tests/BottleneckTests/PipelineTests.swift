@@ -167,6 +167,14 @@ final class PipelineTests: XCTestCase {
         XCTAssertEqual(rerun.outcomes.map(\.reused), [false, false, false, false])
         XCTAssertTrue(rerun.outcomes[0].result.hasPrefix("22 images (1 extracted, 21 reused,"), rerun.outcomes[0].result)
         XCTAssertEqual(try FeatureCacheReader(path: root + "/features-fc7.h5").count, 22)
+
+        // A touched image: extract looks again and finds the same bytes, so the cache and the head stay as they were;
+        // the fine-tuning reads the images themselves and reruns.
+        try FileManager.default.setAttributes([.modificationDate: Date(timeIntervalSinceNow: 5)], ofItemAtPath: added.path)
+        let touched = try run(demoAtFixtureSize(images: images, headEpochs: 2))
+        XCTAssertEqual(touched.outcomes.map(\.reused), [false, true, false, false])
+        XCTAssertTrue(touched.outcomes[0].result.hasPrefix("22 images (0 extracted, 22 reused, 0 changed, 0 removed, 0 failed)"),
+                      touched.outcomes[0].result)
     }
 
     // MARK: interrupted and failed runs

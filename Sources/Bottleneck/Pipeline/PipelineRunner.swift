@@ -215,8 +215,9 @@ public struct PipelineRunner {
             settings.threads = 0
             settings.memoryBudgetBytes = 0
             ingredients["settings"] = Self.json(settings.resolved)
-            let extract = pipeline.stages.first { $0.kind == .extract }!
-            ingredients["cache"] = upstream(extract.name, pipeline.cachePath)
+            // The cache file alone, not the extract stage's key: an extract rerun that found the same bytes
+            // (images touched, not changed) leaves the file as it was, and the head as it was.
+            ingredients["cache"] = Self.fileIdentity(pipeline.cachePath)
         case .fullFinetune(let settings, let initialHead):
             ingredients["images"] = try Self.folderIdentity(pipeline.images)
             ingredients["weights"] = Self.identity(of: weights)
@@ -238,12 +239,13 @@ public struct PipelineRunner {
         }
     }
 
-    /// Size and modification time, as make would judge a file.
+    /// Size, modification time and inode, as make would judge a file (the inode tells a file renamed into place).
     private static func fileIdentity(_ path: String) -> String {
         guard let attributes = try? FileManager.default.attributesOfItem(atPath: path) else { return "missing" }
         let size = (attributes[.size] as? Int) ?? -1
         let modified = (attributes[.modificationDate] as? Date)?.timeIntervalSince1970 ?? 0
-        return "\(size)@\(modified)"
+        let inode = (attributes[.systemFileNumber] as? Int) ?? -1
+        return "\(size)@\(modified)#\(inode)"
     }
 
     /// Every file under the folder with its size and time: adding, removing or replacing an image changes it.
