@@ -194,6 +194,18 @@ final class ExtractionTests: XCTestCase {
         XCTAssertTrue(failure.reason.contains("not a regular file"), failure.reason)
     }
 
+    /// Damaged weights stop the job before anything is extracted, and leave no journal behind.
+    func testNonFiniteWeightsStopTheJobAndLeaveNoJournal() throws {
+        var damaged = job()
+        damaged.weights = .file(try Fixtures.damagedWeights("narrow_vgg16_legacy.pth", key: "features.0.weight", index: 5,
+                                                             value: .nan, at: folder.appendingPathComponent("nan.pth").path))
+        XCTAssertThrowsError(try damaged.run { _ in }) { error in
+            XCTAssertTrue("\(error)".contains("tensor features.0.weight holds NaN at index 5"), "\(error)")
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: FeatureCacheBuilder.journalPath(for: damaged.outputPath)))
+        XCTAssertFalse(FileManager.default.fileExists(atPath: damaged.outputPath))
+    }
+
     func testInputLayerStoresThePreprocessedTensor() throws {
         _ = try job(layer: "input").run { _ in }
         let cache = try FeatureCacheReader(path: folder.appendingPathComponent("cache.h5").path)

@@ -21,6 +21,23 @@ enum Fixtures {
         }
     }
 
+    /// A copy at `path` of the narrow network's weights file `name` (any format) with element `index` of tensor
+    /// `key` set to `value`: the float is found by its bytes and those of its neighbours, exactly once.
+    static func damagedWeights(_ name: String, key: String, index: Int, value: Float, at path: String) throws -> String {
+        let original = try StateDictFile.open(path: Self.path("network/narrow_vgg16.safetensors")).tensor(key).data
+        guard index < original.count else { throw ModelError.badInput("\(key) has \(original.count) elements, not \(index + 1)") }
+        let first = min(index, original.count - 4)
+        let run = Data(original[first..<(first + 4)].flatMap { withUnsafeBytes(of: $0.bitPattern.littleEndian, Array.init) })
+        var bytes = try Data(contentsOf: URL(fileURLWithPath: Self.path("network/\(name)")))
+        guard let found = bytes.range(of: run), bytes.range(of: run, in: found.upperBound..<bytes.count) == nil else {
+            throw ModelError.badInput("\(name): the bytes of \(key)[\(index)] are not found exactly once")
+        }
+        let offset = found.lowerBound + (index - first) * 4
+        bytes.replaceSubrange(offset..<(offset + 4), with: withUnsafeBytes(of: value.bitPattern.littleEndian, Array.init))
+        try bytes.write(to: URL(fileURLWithPath: path))
+        return path
+    }
+
     static func json(_ relative: String) throws -> [String: Any] {
         try JSONSerialization.jsonObject(with: Data(contentsOf: root.appendingPathComponent(relative))) as! [String: Any]
     }

@@ -263,19 +263,8 @@ final class WeightFileTests: XCTestCase {
     /// A copy of the narrow network fixture `name` with element `index` of tensor `key` set to `value`: the
     /// element is found by the bytes of its run in the reference file, so one helper patches all four formats.
     private func damagedCopy(_ name: String, key: String, index: Int, value: Float) throws -> String {
-        let original = try StateDictFile.open(path: network("narrow_vgg16.safetensors")).tensor(key).data
-        guard index < original.count else { throw WeightFileProblem.malformed("\(key) has \(original.count) elements, not \(index + 1)") }
-        let first = min(index, original.count - 4)
-        let run = Data(original[first..<(first + 4)].flatMap { withUnsafeBytes(of: $0.bitPattern.littleEndian, Array.init) })
-        var bytes = try Data(contentsOf: URL(fileURLWithPath: network(name)))
-        guard let found = bytes.range(of: run), bytes.range(of: run, in: found.upperBound..<bytes.count) == nil else {
-            throw WeightFileProblem.malformed("\(name): the bytes of \(key)[\(index)] are not found exactly once")
-        }
-        let offset = found.lowerBound + (index - first) * 4
-        bytes.replaceSubrange(offset..<(offset + 4), with: withUnsafeBytes(of: value.bitPattern.littleEndian, Array.init))
-        let path = temporaryPath("\(key)-\(index)-\(value)-\(name)")
-        try bytes.write(to: URL(fileURLWithPath: path))
-        return path
+        try Fixtures.damagedWeights(name, key: key, index: index, value: value,
+                                    at: temporaryPath("\(key)-\(index)-\(value)-\(name)"))
     }
 
     func testNonFiniteParametersAreRefusedAtLoadWithTheTensorsName() throws {

@@ -50,6 +50,8 @@ struct JournalContents {
     /// End of the last whole record: what a kill left after it is a torn tail.
     var durableLength: Int64
     var fileLength: Int64
+    /// Where the first record starts.
+    var headerLength: Int64
     /// Position in `rows` of each path.
     fileprivate var rowIndex: [String: Int] = [:]
 
@@ -92,12 +94,19 @@ final class CacheJournal {
     /// What the labels of the next batch index.
     private var classes: [String] = []
 
-    private init(path: String, descriptor: Int32, length: Int64, rowCount: Int) {
+    /// Where the first record starts.
+    private let headerLength: Int64
+
+    private init(path: String, descriptor: Int32, length: Int64, headerLength: Int64, rowCount: Int) {
         self.path = path
         self.descriptor = descriptor
         self.length = length
+        self.headerLength = headerLength
         self.rowCount = rowCount
     }
+
+    /// Whether the journal holds no record: nothing a later run could reuse.
+    var isEmpty: Bool { length == headerLength }
 
     deinit { close(descriptor) }
 
@@ -123,7 +132,8 @@ final class CacheJournal {
         }
         try DurableFiles.syncFolder(of: path)
         let descriptor = try openFile(path, flags: O_RDWR)
-        let journal = CacheJournal(path: path, descriptor: descriptor, length: Int64(bytes.count), rowCount: 0)
+        let journal = CacheJournal(path: path, descriptor: descriptor, length: Int64(bytes.count), headerLength: Int64(bytes.count),
+                                   rowCount: 0)
         journal.classes = header.classes
         try lock(descriptor, path: path)
         return journal
@@ -142,7 +152,7 @@ final class CacheJournal {
             throw error
         }
         let journal = CacheJournal(path: path, descriptor: descriptor, length: contents.durableLength,
-                                   rowCount: contents.rows.count)
+                                   headerLength: contents.headerLength, rowCount: contents.rows.count)
         journal.classes = contents.currentClasses
         let differences = contents.header.fingerprint.differences(from: fingerprint)
         guard differences.isEmpty else { throw FeatureCacheError.mismatch(path, differences) }
@@ -222,8 +232,8 @@ final class CacheJournal {
         guard try json.withUnsafeMutableBytes({ try DurableFiles.read(into: $0, from: descriptor, at: Int64(headerPrefixSize), path: path) }),
               json.withUnsafeBytes({ CRC32.checksum($0) }) == storedCRC,
               let header = try? JSONDecoder().decode(JournalHeader.self, from: Data(json)) else { throw notAJournal }
-        return JournalContents(header: header, currentClasses: header.classes,
-                               durableLength: Int64(headerPrefixSize + json.count), fileLength: fileLength)
+        return JournalContents(header: header, currentClasses: header.classes, durableLength: Int64(headerPrefixSize + json.count),
+                               fileLength: fileLength, headerLength: Int64(headerPrefixSize + json.count))
     }
 
     /// Appends one batch; the rows' labels index the class list of the latest header or classes record.

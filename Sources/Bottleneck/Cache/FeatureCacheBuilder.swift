@@ -218,6 +218,14 @@ public final class FeatureCacheBuilder {
         appendedRowCount += rows.count
     }
 
+    /// Ends a run that stopped before its first batch (its weights were refused, say): a journal holding
+    /// no record is deleted, so the failure leaves no trace beside the cache; one with rows is kept for the rerun.
+    public func abandon() {
+        guard let journal, journal.isEmpty else { return }
+        try? journal.delete()
+        self.journal = nil
+    }
+
     /// The first of the `features.count / rowSize` rows holding a NaN or an infinity.
     public static func firstNonFiniteRow(_ features: UnsafeBufferPointer<Float>, rowSize: Int) -> Int? {
         guard rowSize > 0 else { return nil }

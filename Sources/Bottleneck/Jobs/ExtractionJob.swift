@@ -110,7 +110,13 @@ public struct ExtractionJob: Sendable {
         let pending = builder.pending
         // The network is only built when there is something to run it on: a rerun that finds
         // nothing new does not read 500 MB of weights.
-        let loaded = pending.isEmpty ? nil : try cut.map { try NetworkLoader.load(config: config, through: $0, weights: weights) }
+        let loaded: LoadedNetwork?
+        do {
+            loaded = pending.isEmpty ? nil : try cut.map { try NetworkLoader.load(config: config, through: $0, weights: weights) }
+        } catch {
+            builder.abandon()
+            throw error
+        }
         for note in loaded?.notes ?? [] { log("weights: \(note)") }
         if !pending.isEmpty {
             log("extracting \(pending.count) images at \(fingerprint.layer) (\(fingerprint.layerPath)), "
