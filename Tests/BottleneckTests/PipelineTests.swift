@@ -73,6 +73,10 @@ final class PipelineTests: XCTestCase {
         assertRefused(valid + "\n  - stage: train-head\n", "pipelines/x.yaml:6: two stages are named 'head'")
         assertRefused(valid + "\n  - stage: full-finetune\n    freeze_through: conv9_9\n", "pipelines/x.yaml:7: freeze_through:")
         assertRefused("images: d\nstages:\n  - stage: extract\n  - stage: report\n", "pipelines/x.yaml:4: a report compares training runs")
+        assertRefused(valid + "\n  - stage: full-finetune\n    split_seed: 1\n  - stage: report\n",
+                      "pipelines/x.yaml:8: the report compares runs validated on the same images, but stage head holds out "
+                      + "val_fraction 0.2 with split_seed 0 and stage finetune val_fraction 0.2 with split_seed 1: give every training stage the same")
+        XCTAssertNoThrow(try parse(valid + "\n    split_seed: 1\n  - stage: full-finetune\n    split_seed: 1\n  - stage: report\n"))
         XCTAssertThrowsError(try PipelineRunner(pipeline: try parse(valid), force: ["haed"])) { error in
             XCTAssertTrue("\(error)".contains("--force haed: pipelines/x.yaml has no such stage (its stages: extract, head) (did you mean 'head'?)"),
                           "\(error)")

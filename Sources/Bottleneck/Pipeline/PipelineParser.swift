@@ -121,6 +121,20 @@ extension Pipeline {
             guard before.contains(where: { [.trainHead, .fullFinetune].contains($0.kind) }) else {
                 throw entry.error(at: "stage", "a report compares training runs: put a train-head or full-finetune stage before it")
             }
+            // The report refuses runs validated on different images: say so now, not after hours of training.
+            let splits = before.compactMap { stage -> (name: String, fraction: Double, seed: UInt64)? in
+                let shared: (any SharedTrainingSettings)? = switch stage.settings {
+                case .trainHead(let settings): settings
+                case .fullFinetune(let settings, _): settings
+                default: nil
+                }
+                return shared.map { (stage.name, $0.validationFraction, $0.splitSeed) }
+            }
+            if let first = splits.first, let other = splits.first(where: { $0.fraction != first.fraction || $0.seed != first.seed }) {
+                throw entry.error(at: "stage", "the report compares runs validated on the same images, but stage \(first.name) holds out "
+                                  + "val_fraction \(first.fraction) with split_seed \(first.seed) and stage \(other.name) val_fraction "
+                                  + "\(other.fraction) with split_seed \(other.seed): give every training stage the same")
+            }
             var formats = ReportFormat.allCases
             if let list = stageEntry.value("formats") {
                 guard case .sequence(let items) = list else {
