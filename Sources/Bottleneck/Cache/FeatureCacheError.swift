@@ -20,14 +20,17 @@ public struct FeatureCacheError: Error, CustomStringConvertible, Sendable {
 
     public let kind: Kind
     public let description: String
+    /// What is wrong, without the advice to a person at the command line (a pipeline acts on it itself).
+    public let finding: String
 
-    init(_ kind: Kind, _ description: String) {
+    init(_ kind: Kind, _ description: String, finding: String? = nil) {
         self.kind = kind
         self.description = description
+        self.finding = finding ?? description
     }
 
     static func mismatch(_ path: String, _ differences: [String]) -> FeatureCacheError {
-        FeatureCacheError(.mismatch, "\(path) was made with \(differences.joined(separator: ", ")); "
-                          + "use --overwrite to start afresh, or another --out")
+        let finding = "\(path) was made with \(differences.joined(separator: ", "))"
+        return FeatureCacheError(.mismatch, finding + "; use --overwrite to start afresh, or another --out", finding: finding)
     }
 }

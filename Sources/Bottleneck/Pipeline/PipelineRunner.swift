@@ -137,8 +137,7 @@ public struct PipelineRunner {
             } catch let error as FeatureCacheError where error.kind == .mismatch {
                 // Weights, preprocessing or the image folder changed in the file: that cache (or journal) can never
                 // serve this pipeline again, while a journal of this fingerprint never gets here (a mere resume).
-                let reason = error.description.components(separatedBy: "; use --overwrite").first!
-                log("\(stage.name): \(reason); starting the cache afresh")
+                log("\(stage.name): \(error.finding); starting the cache afresh")
                 job.overwrite = true
                 summary = try job.run(log: log)
             }
