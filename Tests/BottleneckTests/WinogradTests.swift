@@ -33,16 +33,34 @@ final class WinogradTests: XCTestCase {
         }
     }
 
-    /// Blocks of 6 tiles over 3 images of 5x4 tiles: blocks start and end inside tile rows and
-    /// span images, and there are more blocks than cores.
+    /// Blocks of 16 tiles over 3 images of 5x6 tiles: blocks start and end inside tile rows and
+    /// span images, the last is padded to whole groups, and there are more blocks than cores.
     func testSmallBlocksMatchIm2col() {
         var generator = SeededGenerator(seed: 11)
         let conv = Self.randomConv(inChannels: 6, outChannels: 5, using: &generator)
-        let x = Self.randomTensor([3, 6, 18, 15], using: &generator)
+        let x = Self.randomTensor([3, 6, 18, 21], using: &generator)
         let winograd = Winograd.convolve(x, filters: Winograd.transformFilters(conv.weight), bias: conv.bias,
-                                         fusingReLU: true, tilesPerBlock: 6)
+                                         fusingReLU: true, tilesPerBlock: 16)
         let im2col = Conv2D.$algorithm.withValue(.im2col) { conv.forward(x, fusingReLU: true) }
         XCTAssertLessThanOrEqual(winograd.relativeDifference(to: im2col), Self.winogradTolerance)
+    }
+
+    /// An image's output is the same bits in a batch of any size, among any batch-mates: an incremental
+    /// feature cache joins rows extracted in different batches. conv2_1's channels at 20 px: 25 tiles an
+    /// image, so a batch's blocks begin and end anywhere in an image, and the gemms are small enough for
+    /// OpenBLAS's small-matrix kernel.
+    func testAnImagesOutputDoesNotDependOnItsBatch() {
+        var generator = SeededGenerator(seed: 13)
+        let conv = Self.randomConv(inChannels: 64, outChannels: 128, using: &generator)
+        let x = Self.randomTensor([16, 64, 20, 20], using: &generator)
+        let whole = conv.forward(x, fusingReLU: true)
+        for batch in [1, 3] {
+            for first in stride(from: 0, to: 16, by: batch) {
+                let images = first..<min(first + batch, 16)
+                XCTAssertTrue(conv.forward(x.rows(images), fusingReLU: true).data == whole.rows(images).data,
+                              "images \(images) in a batch of \(images.count) differ from the same in a batch of 16")
+            }
+        }
     }
 
     func testChangedWeightsAreTransformedAgain() {

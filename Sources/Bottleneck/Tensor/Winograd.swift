@@ -38,7 +38,15 @@ enum Winograd {
     static let cacheBytes = 1 << 20
     static let largestCachedFilterBytes = 128 << 10
     static let tilesForFilterReuse = 256
-    static let minimumTilesPerBlock = 16
+
+    /// Tiles reach the gemms in groups of this many: blocks are whole groups, and the last block's gemms
+    /// run on whole groups too, their extra columns computed from stale workspace and never read. OpenBLAS's
+    /// AVX-512 sgemm (SkylakeX, Cooperlake) then gives a tile's column the same bits wherever it sits in
+    /// whichever block, so an image's output depends neither on its batch-mates nor on the batch size nor
+    /// on the core count. Its small-matrix kernel (M·N·K ≤ 10⁶) sums a last group of 1-8 columns in
+    /// another order: without whole groups, VGG16's fc7 at 224 px moved by 2e-6 relative between batch 1
+    /// and 16. (Its AVX2 Haswell kernel gives a gemm's first and last 8 columns other bits even so.)
+    static let tileGroup = 16
 
     /// Tiles per block for a layer. Where one position's filter matrix U[ξ] is small (≤ 128 KB), as
     /// many tiles as keep the block's V and M within `cacheBytes`, about L2, so each pass hands its
@@ -48,7 +56,7 @@ enum Winograd {
     static func preferredTilesPerBlock(inChannels: Int, outChannels: Int) -> Int {
         let floatSize = MemoryLayout<Float>.size
         guard inChannels * outChannels * floatSize <= largestCachedFilterBytes else { return tilesForFilterReuse }
-        return max(minimumTilesPerBlock, cacheBytes / (positions * (inChannels + outChannels) * floatSize))
+        return max(tileGroup, cacheBytes / (positions * (inChannels + outChannels) * floatSize))
     }
 
     // MARK: Filter transform
@@ -119,7 +127,7 @@ enum Winograd {
     ///   V [36, Cin, T] = Bᵀ d B of the block's T tiles,
     ///   M[ξ] [Cout, T] = U[ξ] · V[ξ] for the 36 positions (single-threaded sgemm),
     ///   y tiles = Aᵀ M A + bias.
-    /// `tilesPerBlock` is a parameter only so tests can force many small blocks.
+    /// `tilesPerBlock` (rounded down to whole groups) is a parameter only so tests can force many small blocks.
     static func convolve(_ x: Tensor, filters: [Float], bias: Tensor, fusingReLU: Bool,
                          tilesPerBlock: Int? = nil) -> Tensor {
         let (batch, inChannels, height, width) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
@@ -143,11 +151,12 @@ enum Winograd {
                                     let products = transformedInput + positions * blocking.inputPositionStride
                                     for block in blocking.blocks(of: worker) {
                                         let tiles = blocking.tiles(ofBlock: block)
+                                        let columns = roundedUpToGroups(tiles.count)
                                         transformInput(input, channels: inChannels, grid: grid, tiles: tiles,
                                                        into: transformedInput, columnStride: blocking.tilesPerBlock,
                                                        positionStride: blocking.inputPositionStride)
                                         for position in 0..<positions {
-                                            sgemm(m: outChannels, n: tiles.count, k: inChannels,
+                                            sgemm(m: outChannels, n: columns, k: inChannels,
                                                   a: filters + position * outChannels * inChannels,
                                                   b: transformedInput + position * blocking.inputPositionStride,
                                                   ldb: blocking.tilesPerBlock,
@@ -179,12 +188,15 @@ enum Winograd {
         let productPositionStride: Int
         var floatsPerWorker: Int { positions * (inputPositionStride + productPositionStride) }
 
-        /// Blocks of equal size, as many as a multiple of the core count, so no core idles at the end.
+        /// Blocks of whole `tileGroup`s, of equal size but for a shorter last one, as many as a multiple of
+        /// the core count, so no core idles at the end.
         init(totalTiles: Int, inChannels: Int, outChannels: Int, preferredTilesPerBlock preferred: Int?, cores: Int) {
             let preferred = preferred ?? Winograd.preferredTilesPerBlock(inChannels: inChannels, outChannels: outChannels)
-            let blocksPerCore = (totalTiles + cores * preferred - 1) / (cores * preferred)
+            let groups = roundedUpToGroups(totalTiles) / tileGroup
+            let preferredGroups = max(1, preferred / tileGroup)
+            let blocksPerCore = (groups + cores * preferredGroups - 1) / (cores * preferredGroups)
             self.totalTiles = totalTiles
-            tilesPerBlock = (totalTiles + cores * blocksPerCore - 1) / (cores * blocksPerCore)
+            tilesPerBlock = tileGroup * ((groups + cores * blocksPerCore - 1) / (cores * blocksPerCore))
             blockCount = (totalTiles + tilesPerBlock - 1) / tilesPerBlock
             workers = min(blockCount, cores)
             inputPositionStride = Self.paddedPositionStride(inChannels * tilesPerBlock)
@@ -209,6 +221,11 @@ enum Winograd {
             let page = 1024, cacheLine = 16
             return (count + page - 1) / page * page + cacheLine
         }
+    }
+
+    /// `count` rounded up to a multiple of `tileGroup`.
+    static func roundedUpToGroups(_ count: Int) -> Int {
+        (count + tileGroup - 1) / tileGroup * tileGroup
     }
 
     /// How one image's H x W outputs divide into 4x4 tiles (the last row and column of tiles
