@@ -49,7 +49,9 @@ final class WinogradTests: XCTestCase {
     /// feature cache joins rows extracted in different batches. conv2_1's channels at 20 px: 25 tiles an
     /// image, so a batch's blocks begin and end anywhere in an image, and the gemms are small enough for
     /// OpenBLAS's small-matrix kernel.
-    func testAnImagesOutputDoesNotDependOnItsBatch() {
+    func testAnImagesOutputDoesNotDependOnItsBatch() throws {
+        try XCTSkipUnless(BLASRuntime.keepsFeaturesBatchInvariant,
+                          "OpenBLAS kernel \(BLASRuntime.coreName) sums a gemm's edge columns in another order (see keepsFeaturesBatchInvariant)")
         var generator = SeededGenerator(seed: 13)
         let conv = Self.randomConv(inChannels: 64, outChannels: 128, using: &generator)
         let x = Self.randomTensor([16, 64, 20, 20], using: &generator)

@@ -49,6 +49,14 @@ public enum BLASRuntime {
         unsetenv(reexecMarker)
     }
 
+    /// Whether the running kernel gives an image's features the same bits in any batch: measured for OpenBLAS
+    /// 0.3.21's AVX-512 sgemm kernels with the Winograd blocks cut at whole groups of tiles. Haswell's (AVX2)
+    /// sums the first and last 8 columns of every gemm in another order, so there an image's features move
+    /// by about 2e-6 with its batch-mates, and an incremental cache equals a fresh one only to that.
+    public static var keepsFeaturesBatchInvariant: Bool {
+        ["cooperlake", "skylakex", "sapphirerapids"].contains(coreName.lowercased())
+    }
+
     /// How the kernel was chosen, for `doctor`.
     public static var selectionNote: String {
         let environment = ProcessInfo.processInfo.environment
