@@ -8,8 +8,7 @@ import XCTest
 /// OpenBLAS's small-matrix kernel, whose bits for a row depend on the batch size.
 final class BatchInvarianceTests: XCTestCase {
     func testFeaturesDoNotDependOnTheBatch() throws {
-        try XCTSkipUnless(BLASRuntime.keepsFeaturesBatchInvariant,
-                          "OpenBLAS kernel \(BLASRuntime.coreName) sums a gemm's edge columns in another order (see keepsFeaturesBatchInvariant)")
+        try skipUnlessFeaturesAreBatchInvariant()
         let config = VGGConfig.vgg16.narrowed(by: 8, hidden: 1024, classes: 10)
         let network = VGG.randomlyInitialized(config: config, seed: 3)
         var generator = SeededGenerator(seed: 17)

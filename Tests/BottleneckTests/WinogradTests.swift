@@ -50,8 +50,7 @@ final class WinogradTests: XCTestCase {
     /// image, so a batch's blocks begin and end anywhere in an image, and the gemms are small enough for
     /// OpenBLAS's small-matrix kernel.
     func testAnImagesOutputDoesNotDependOnItsBatch() throws {
-        try XCTSkipUnless(BLASRuntime.keepsFeaturesBatchInvariant,
-                          "OpenBLAS kernel \(BLASRuntime.coreName) sums a gemm's edge columns in another order (see keepsFeaturesBatchInvariant)")
+        try skipUnlessFeaturesAreBatchInvariant()
         var generator = SeededGenerator(seed: 13)
         let conv = Self.randomConv(inChannels: 64, outChannels: 128, using: &generator)
         let x = Self.randomTensor([16, 64, 20, 20], using: &generator)
