@@ -38,11 +38,14 @@ final class FeatureCacheTests: XCTestCase {
 
     /// Paths whose synthetic file has been given other contents since the test began.
     private var editedPaths: Set<String> = []
+    /// Paths whose synthetic file has new times, not new contents.
+    private var touchedPaths: Set<String> = []
 
     /// What item's synthetic file holds: the same on every run, until its path is in `editedPaths`.
     private func identity(_ item: ImageFolder.Item) -> FileIdentity {
         let contents = item.path + (editedPaths.contains(item.path) ? " (edited)" : "")
-        return FileIdentity(size: Int64(item.path.utf8.count), mtimeNanoseconds: 1_700_000_000_000_000_000,
+        return FileIdentity(size: Int64(item.path.utf8.count),
+                            mtimeNanoseconds: 1_700_000_000_000_000_000 + (touchedPaths.contains(item.path) ? 1 : 0),
                             ctimeNanoseconds: 1_700_000_000_000_000_000, inode: UInt64(item.path.utf8.count),
                             sha256: SHA256.digest(Array(contents.utf8)))
     }
@@ -63,7 +66,8 @@ final class FeatureCacheTests: XCTestCase {
                              manifest: [ImageFolder.Item], overwrite: Bool = false) throws -> FeatureCacheBuilder {
         try FeatureCacheBuilder.open(path: path ?? cachePath(), fingerprint: fingerprint ?? self.fingerprint(), classes: classes,
                                      manifest: manifest, overwrite: overwrite) { item, recorded in
-            recorded == identity(item) ? recorded : nil
+            let now = identity(item)
+            return recorded.sha256 == now.sha256 ? now : nil
         }
     }
 
@@ -400,6 +404,7 @@ final class FeatureCacheTests: XCTestCase {
         let before = (0..<10).map { item($0) }
         try writeCache(before)
         editedPaths = [item(3).path]
+        touchedPaths = [item(4).path]
         let renamed = ImageFolder.Item(path: "train/cat/renamed.jpg", label: 0, split: .train)
         let added = item(12)
         // item(5) deleted, item(7) renamed.
@@ -409,6 +414,7 @@ final class FeatureCacheTests: XCTestCase {
         try append(rerun.pending, to: rerun)
         let summary = try rerun.finish(compress: false)
         XCTAssertEqual([summary.reusedRows, summary.extractedRows, summary.changedRows, summary.removedRows], [7, 2, 1, 2])
+        XCTAssertEqual(summary.refreshedRows, 1, "item 4 was touched: same bytes, new times")
 
         let fresh = cachePath("fresh.h5")
         let freshBuilder = try openBuilder(fresh, manifest: now)

@@ -164,7 +164,8 @@ public final class FeatureCacheBuilder {
                 sources[index] = .previous(row: row)
                 identities[index] = current
                 reused += 1
-                if current != recorded { refreshed += 1 }
+                // A row recorded too fresh to trust its stat (ctime -1) was only checked, not found under new times.
+                if current != recorded && recorded.ctimeNanoseconds != -1 { refreshed += 1 }
             }
         }
         for row in contents?.rows ?? [] {
