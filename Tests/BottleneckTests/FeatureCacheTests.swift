@@ -467,18 +467,21 @@ final class FeatureCacheTests: XCTestCase {
     }
 
     func testNonFiniteFeaturesAreNeverWritten() throws {
-        let builder = try openBuilder(manifest: [item(0), item(1)])
-        var values = features(of: [item(0), item(1)])
-        for poison in [Float.nan, .infinity, -.infinity] {
-            values[Self.rowSize + 2] = poison
-            assertFails(.invalidInput, mentioning: [item(1).path, "not finite"]) {
-                try values.withUnsafeBufferPointer {
-                    try builder.append(features: $0, rows: [(item(0), identity(item(0))), (item(1), identity(item(1)))], failed: [])
-                }
-            }
+        let items = (0..<5).map { item($0) }
+        let builder = try openBuilder(manifest: items)
+        var values = features(of: items)
+        for (row, poison) in [(1, Float.nan), (2, .infinity), (4, -.infinity)] { values[row * Self.rowSize + 2] = poison }
+        let failures = try values.withUnsafeBufferPointer {
+            try builder.append(features: $0, rows: items.map { ($0, identity($0)) }, failed: [("val/x.jpg", "truncated")])
         }
-        XCTAssertEqual(try CacheJournal.read(path: builder.journalPath).rows.count, 0, "nothing of the batch reached the journal")
-        XCTAssertEqual(FeatureCacheBuilder.firstNonFiniteRow(UnsafeBufferPointer(start: nil, count: 0), rowSize: 6), nil)
+        XCTAssertEqual(failures.map(\.path), ["val/x.jpg"] + [1, 2, 4].map { item($0).path })
+        XCTAssertTrue(failures[1].reason.contains("non-finite"), failures[1].reason)
+        XCTAssertEqual(builder.pending, [item(1), item(2), item(4)])
+        try append([item(1), item(2), item(4)], to: builder)
+        _ = try builder.finish(compress: false)
+        let cache = try FeatureCacheReader(path: cachePath())
+        XCTAssertEqual(cache.paths, items.map(\.path))
+        XCTAssertEqual(try cache.readRows(0..<5).data, features(of: items))
     }
 
     func testShardsSharingAnImageAreRefused() throws {

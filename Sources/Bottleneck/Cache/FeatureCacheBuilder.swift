@@ -187,13 +187,17 @@ public final class FeatureCacheBuilder {
 
     /// Adds one batch: `features` holds `rows.count` rows of `fingerprint.rowSize` floats, row-major, made
     /// from the bytes `identity` describes, and `failed` the inputs of the batch that could not be read.
-    /// Only pending manifest items are accepted, and only finite features. Durable when this returns.
+    /// Only pending manifest items are accepted. A row holding a NaN or an infinity is never written: its image
+    /// is recorded as failed instead. Returns the batch's failures, those given and those found; durable when
+    /// this returns.
+    @discardableResult
     public func append(features: UnsafeBufferPointer<Float>, rows: [(item: ImageFolder.Item, identity: FileIdentity)],
-                       failed: [(path: String, reason: String)]) throws {
+                       failed: [(path: String, reason: String)]) throws -> [(path: String, reason: String)] {
         guard let journal else { throw FeatureCacheError(.invalidInput, "\(path) is already finished") }
-        guard features.count == rows.count * fingerprint.rowSize else {
+        let rowSize = fingerprint.rowSize
+        guard features.count == rows.count * rowSize else {
             throw FeatureCacheError(.invalidInput, "\(path): \(features.count) feature values for \(rows.count) rows "
-                                    + "of \(fingerprint.rowSize) (\(fingerprint.activationShape))")
+                                    + "of \(rowSize) (\(fingerprint.activationShape))")
         }
         var batchPaths = Set<String>()
         for (item, _) in rows {
@@ -204,19 +208,29 @@ public final class FeatureCacheBuilder {
                 throw FeatureCacheError(.invalidInput, "\(path): \(item.path) already has a row")
             }
         }
-        if let row = Self.firstNonFiniteRow(features, rowSize: fingerprint.rowSize) {
-            throw FeatureCacheError(.invalidInput, "\(path): the features of \(rows[row].item.path) are not finite (NaN or infinite); "
-                                    + "nothing of the batch was written")
+        let nonFinite = (0..<rows.count).filter { row in
+            !Self.allFinite(UnsafeBufferPointer(rebasing: features[(row * rowSize)..<((row + 1) * rowSize)]))
         }
-        guard !rows.isEmpty || !failed.isEmpty else { return }
+        let failed = failed + nonFinite.map {
+            (path: rows[$0].item.path, reason: "the network gave non-finite (NaN or infinite) activations at \(fingerprint.layer)")
+        }
+        guard !rows.isEmpty || !failed.isEmpty else { return failed }
         let failures = failed.map { CacheFailure(path: $0.path, reason: $0.reason) }
-        for journalRow in try journal.appendBatch(rows, failures: failures, features: features) {
+        let kept = rows.indices.filter { !nonFinite.contains($0) }
+        let written = kept.map { rows[$0] }
+        let journalRows = try nonFinite.isEmpty
+            ? journal.appendBatch(written, failures: failures, features: features)
+            : kept.flatMap { features[($0 * rowSize)..<(($0 + 1) * rowSize)] }.withUnsafeBufferPointer {
+                try journal.appendBatch(written, failures: failures, features: $0)
+            }
+        for journalRow in journalRows {
             let index = manifestIndex[journalRow.path]!
             sources[index] = .journal(offset: journalRow.featureOffset)
             identities[index] = journalRow.identity
         }
         for failure in failures { failureReasons[failure.path] = failure.reason }
-        appendedRowCount += rows.count
+        appendedRowCount += written.count
+        return failed
     }
 
     /// Ends a run that stopped before its first batch (its weights were refused, say): a journal holding
@@ -227,16 +241,12 @@ public final class FeatureCacheBuilder {
         self.journal = nil
     }
 
-    /// The first of the `features.count / rowSize` rows holding a NaN or an infinity.
-    public static func firstNonFiniteRow(_ features: UnsafeBufferPointer<Float>, rowSize: Int) -> Int? {
-        guard rowSize > 0 else { return nil }
-        for row in 0..<(features.count / rowSize) {
-            // x - x is 0 for a finite x and NaN otherwise; a sum of them is NaN as soon as one is.
-            var sum: Float = 0
-            for value in features[(row * rowSize)..<((row + 1) * rowSize)] { sum += value - value }
-            if sum != 0 { return row }
-        }
-        return nil
+    /// Whether no value is a NaN or an infinity.
+    private static func allFinite(_ values: UnsafeBufferPointer<Float>) -> Bool {
+        // x - x is 0 for a finite x and NaN otherwise; a sum of them is NaN as soon as one is.
+        var sum: Float = 0
+        for value in values { sum += value - value }
+        return sum == 0
     }
 
     /// Writes the cache: the manifest's rows in manifest order, copied from the earlier cache and the journal,

@@ -129,19 +129,10 @@ public struct ExtractionJob: Sendable {
         var processed = 0
         let loopStart = ResourceUsage.now
         while let batch = decoder.next() {
-            var failed = batch.failed
-            var rows = zip(batch.items, batch.identities).map { (item: $0, identity: $1) }
+            let rows = zip(batch.items, batch.identities).map { (item: $0, identity: $1) }
             let features = if let loaded, let cut { try loaded.network.forward(batch.images, through: cut) } else { batch.images }
             precondition(features.count == batch.items.count * rowSize, "activation shape disagrees with the cut")
-            // A NaN or infinity never reaches the cache: such an image is recorded as failed.
-            var finiteRows = features.data
-            while let bad = finiteRows.withUnsafeBufferPointer({ FeatureCacheBuilder.firstNonFiniteRow($0, rowSize: rowSize) }) {
-                failed.append((rows[bad].item.path, "the network gave non-finite (NaN or infinite) activations at \(fingerprint.layer)"))
-                rows.remove(at: bad)
-                finiteRows.removeSubrange((bad * rowSize)..<((bad + 1) * rowSize))
-            }
-            try finiteRows.withUnsafeBufferPointer { try builder.append(features: $0, rows: rows, failed: failed) }
-            summary.failed += failed
+            summary.failed += try features.data.withUnsafeBufferPointer { try builder.append(features: $0, rows: rows, failed: batch.failed) }
             summary.processed += batch.items.count
             processed += batch.items.count + batch.failed.count
             progress.update(done: processed, extra: summary.failed.isEmpty ? "" : "\(summary.failed.count) failed")
