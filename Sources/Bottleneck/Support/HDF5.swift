@@ -230,13 +230,17 @@ public class HDF5Object: @unchecked Sendable {
         return kindOfType(type.id)
     }
 
+    /// A fixed-length UTF-8 string: it is stored in the object header, which the 1.8 file format checksums;
+    /// a variable-length one would live in the global heap, which nothing checks (and whose damage crashes
+    /// libhdf5 1.10 itself).
     public func setAttribute(_ name: String, _ value: String) throws {
-        let type = try variableStringType()
+        let bytes = Array(value.utf8)
+        let type = try fixedStringType(cellSize: max(1, bytes.count))
         let space = try simpleSpace([], what: "attribute \(name)")
         let attribute = try createAttribute(name, type: type.id, space: space.id)
-        try value.withCString { characters in
-            var pointer: UnsafePointer<CChar>? = characters
-            try hdf5Call("write attribute \(name) of \(location)") { H5Awrite(attribute.id, type.id, &pointer) }
+        let cell = bytes.isEmpty ? [0] : bytes
+        _ = try cell.withUnsafeBytes { buffer in
+            try hdf5Call("write attribute \(name) of \(location)") { H5Awrite(attribute.id, type.id, buffer.baseAddress) }
         }
     }
 
