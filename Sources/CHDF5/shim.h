@@ -2,6 +2,7 @@
 #define BOTTLENECK_CHDF5_SHIM_H
 #include <hdf5.h>
 #include <hdf5_hl.h>
+#include <string.h>
 
 /* HDF5's type ids and property-list classes are macros that expand to
    library globals initialised by H5open(); Swift cannot import them, so
@@ -55,4 +56,32 @@ static inline size_t bn_H5T_VARIABLE(void) { return H5T_VARIABLE; }
 /* HDF5 prints a stack trace to stderr on every failed call by default;
    the tool reports its own one-line errors instead. */
 static inline void bn_h5_silence_errors(void) { H5Eset_auto2(H5E_DEFAULT, NULL, NULL); }
+/* An object's identity within the open files: the file number and the object's address (1.10) or
+   token (1.12 and later), so a walk recognises an object it reached before through another link. */
+static inline herr_t bn_object_identity(hid_t object, unsigned long *file_number, unsigned char identity[16]) {
+    memset(identity, 0, 16);
+#if H5_VERSION_GE(1, 12, 0)
+    H5O_info2_t info;
+    if (H5Oget_info3(object, &info, H5O_INFO_BASIC) < 0) return -1;
+    memcpy(identity, &info.token, sizeof info.token < 16 ? sizeof info.token : 16);
+#else
+    H5O_info_t info;
+    if (H5Oget_info2(object, &info, H5O_INFO_BASIC) < 0) return -1;
+    memcpy(identity, &info.addr, sizeof info.addr);
+#endif
+    *file_number = info.fileno;
+    return 0;
+}
+
+/* The kind of the link `name` in `group` (H5L_TYPE_HARD, _SOFT, _EXTERNAL), without following it; -1 on failure. */
+static inline int bn_link_type(hid_t group, const char *name) {
+#if H5_VERSION_GE(1, 12, 0)
+    H5L_info2_t info;
+    if (H5Lget_info2(group, name, &info, H5P_DEFAULT) < 0) return -1;
+#else
+    H5L_info_t info;
+    if (H5Lget_info(group, name, &info, H5P_DEFAULT) < 0) return -1;
+#endif
+    return (int)info.type;
+}
 #endif

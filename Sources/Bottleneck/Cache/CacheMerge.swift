@@ -16,7 +16,12 @@ public enum CacheMerge {
             guard let text = reader.fingerprint.shard else {
                 throw FeatureCacheError(.invalidInput, "\(path) is not a shard (made without --shard)")
             }
-            return (try Shard(text), reader)
+            do {
+                return (try Shard(text), reader)
+            } catch {
+                throw FeatureCacheError(.damaged, "\(path) is damaged: its 'shard' attribute is '\(text.prefix(40))', "
+                                        + "not I/N with 1 <= I <= N <= \(Shard.maximumCount)")
+            }
         }.sorted { $0.shard.index < $1.shard.index }
 
         let count = shards[0].shard.count

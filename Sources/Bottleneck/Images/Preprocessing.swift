@@ -50,9 +50,14 @@ public struct Preprocessing: Codable, Equatable, Sendable {
     }
 
     private var problem: String? {
-        if resize < 1 || crop < 1 { return "resize (\(resize)) and crop (\(crop)) must be at least 1" }
+        // The bound keeps a hostile cache or model from sizing every image's buffers; VGG's own is 256.
+        let largest = 8192
+        if !(1...largest).contains(resize) || !(1...largest).contains(crop) {
+            return "resize (\(resize)) and crop (\(crop)) must be between 1 and \(largest)"
+        }
         if mean.count != 3 || std.count != 3 { return "mean and std need 3 values (R, G, B), got \(mean.count) and \(std.count)" }
         if std.contains(0) { return "std must not contain 0" }
+        if !(mean + std).allSatisfy(\.isFinite) { return "mean and std must be finite numbers" }
         return nil
     }
 

@@ -162,10 +162,15 @@ public struct Shard: Sendable, Equatable, CustomStringConvertible {
     public let index: Int
     public let count: Int
 
+    /// Far more processes than one extraction runs; the bound keeps a cache's hostile `shard` attribute from
+    /// sizing merge's bookkeeping.
+    public static let maximumCount = 100_000
+
     public init(_ text: String) throws {
         let parts = text.split(separator: "/")
-        guard parts.count == 2, let index = Int(parts[0]), let count = Int(parts[1]), count >= 1, (1...count).contains(index)
-        else { throw ExtractionError("--shard \(text): expected I/N with 1 <= I <= N, e.g. 2/4") }
+        guard parts.count == 2, let index = Int(parts[0]), let count = Int(parts[1]), (1...Self.maximumCount).contains(count),
+              (1...count).contains(index)
+        else { throw ExtractionError("--shard \(text): expected I/N with 1 <= I <= N <= \(Self.maximumCount), e.g. 2/4") }
         self.index = index
         self.count = count
     }

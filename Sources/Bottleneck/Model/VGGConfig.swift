@@ -58,4 +58,25 @@ public struct VGGConfig: Sendable, Equatable, Codable {
     }
 
     public var flattenedFeatures: Int { lastConvWidth * pooledSize * pooledSize }
+
+    /// Why a configuration read from a file cannot be built, nil when it can. Every width, count and size is
+    /// bounded (each far above any VGG's) before a layer list or parameter shape is computed from it, so no
+    /// product overflows; what the parameters then need is `parameterCount`.
+    public var problem: String? {
+        let bounded = [("inputChannels", inputChannels, 1...64), ("hidden", hidden, 1...1 << 16),
+                       ("classes", classes, 1...1 << 20), ("pooledSize", pooledSize, 1...64)]
+        if let (name, value, range) = bounded.first(where: { !$0.2.contains($0.1) }) {
+            return "\(name) is \(value), outside \(range.lowerBound)...\(range.upperBound)"
+        }
+        guard (1...64).contains(features.count) else { return "it lists \(features.count) feature layers, outside 1...64" }
+        for case .conv(let width) in features where !(1...1 << 14).contains(width) {
+            return "a convolution is \(width) channels wide, outside 1...\(1 << 14)"
+        }
+        return nil
+    }
+
+    /// Every parameter's value, counted; only for a configuration without a `problem`, where it cannot overflow.
+    public var parameterCount: Int {
+        stateDictShapes.reduce(0) { $0 + $1.shape.reduce(1, *) }
+    }
 }

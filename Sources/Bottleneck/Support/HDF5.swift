@@ -63,6 +63,12 @@ public enum HDF5ObjectKind: Sendable {
     case group, dataset, other
 }
 
+/// Which object in which open file: two links that reach the same group give the same identity.
+public struct HDF5ObjectIdentity: Hashable, Sendable {
+    let fileNumber: UInt
+    let address: [UInt8]
+}
+
 /// How a new dataset is laid out on disk.
 public enum HDF5Layout: Sendable {
     /// One block, fixed shape: model weights, small tables.
@@ -207,6 +213,14 @@ public class HDF5Object: @unchecked Sendable {
 
     deinit { H5Idec_ref(id) }
 
+    /// What a walk of the file remembers to stop at a link cycle (h5py's `g['loop'] = g`).
+    public func identity() throws -> HDF5ObjectIdentity {
+        var fileNumber: UInt = 0
+        var address = [UInt8](repeating: 0, count: 16)
+        try hdf5Call("identify \(location)") { bn_object_identity(id, &fileNumber, &address) }
+        return HDF5ObjectIdentity(fileNumber: fileNumber, address: address)
+    }
+
     public func attributeNames() throws -> [String] {
         let names = StringCollector()
         var index: hsize_t = 0
@@ -327,6 +341,7 @@ public class HDF5Group: HDF5Object, @unchecked Sendable {
     }
 
     public func kind(of name: String) throws -> HDF5ObjectKind {
+        try refuseLinkOutsideTheFile(name)
         let object = ScopedID(try hdf5Call("open \(childLocation(name))") { H5Oopen(id, name, bn_H5P_DEFAULT()) })
         switch H5Iget_type(object.id) {
         case H5I_GROUP: return .group
@@ -337,6 +352,7 @@ public class HDF5Group: HDF5Object, @unchecked Sendable {
 
     public func openGroup(_ name: String) throws -> HDF5Group {
         let location = childLocation(name)
+        try refuseLinkOutsideTheFile(name)
         return HDF5Group(id: try hdf5Call("open group \(location)") { H5Gopen2(id, name, bn_H5P_DEFAULT()) },
                          location: location)
     }
@@ -348,10 +364,24 @@ public class HDF5Group: HDF5Object, @unchecked Sendable {
         }, location: location)
     }
 
+    /// Refuses a dataset whose values live outside the file (see `refuseStorageOutsideTheFile`).
     public func openDataset(_ name: String) throws -> HDF5Dataset {
         let location = childLocation(name)
-        return HDF5Dataset(id: try hdf5Call("open dataset \(location)") { H5Dopen2(id, name, bn_H5P_DEFAULT()) },
-                           location: location)
+        try refuseLinkOutsideTheFile(name)
+        let dataset = HDF5Dataset(id: try hdf5Call("open dataset \(location)") { H5Dopen2(id, name, bn_H5P_DEFAULT()) },
+                                  location: location)
+        try dataset.refuseStorageOutsideTheFile()
+        return dataset
+    }
+
+    /// Only hard and soft links are followed: an external (or user-defined) link would let what the file
+    /// holds change while its own bytes, and so its sha256, stay the same.
+    private func refuseLinkOutsideTheFile(_ name: String) throws {
+        let type = try hdf5Call("look up the link \(childLocation(name))") { bn_link_type(id, name) }
+        guard type == H5L_TYPE_HARD.rawValue || type == H5L_TYPE_SOFT.rawValue else {
+            throw HDF5Error(operation: "open \(childLocation(name))",
+                            reason: "it is an external link into another file, which bottleneck does not follow")
+        }
     }
 
     /// A numeric dataset. With `.extendibleRows` the first axis of `shape` is the initial row count (often 0).
@@ -454,6 +484,18 @@ public final class HDF5Dataset: HDF5Object, @unchecked Sendable {
         var dims = [hsize_t](repeating: 0, count: Int(rank))
         try hdf5Call("get the shape of \(location)") { H5Sget_simple_extent_dims(space.id, &dims, nil) }
         return dims.map { Int($0) }
+    }
+
+    /// Values kept in an external raw file or mapped from other files (a virtual dataset) could change while
+    /// this file does not, and reading them would open files no one named.
+    fileprivate func refuseStorageOutsideTheFile() throws {
+        let properties = ScopedID(try hdf5Call("get the creation properties of \(location)") { H5Dget_create_plist(id) })
+        if H5Pget_layout(properties.id) == H5D_VIRTUAL {
+            throw HDF5Error(operation: "open \(location)", reason: "it is a virtual dataset mapping other files, which bottleneck does not read")
+        }
+        if try hdf5Call("count the external files of \(location)") { H5Pget_external_count(properties.id) } > 0 {
+            throw HDF5Error(operation: "open \(location)", reason: "its values are stored in external files, which bottleneck does not read")
+        }
     }
 
     public func elementKind() throws -> HDF5ElementKind {

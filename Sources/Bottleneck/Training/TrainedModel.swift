@@ -91,11 +91,28 @@ public struct TrainedModel: Sendable {
             Attribute.created: ISO8601DateFormatter().string(from: Date()),
         ]
         if let split { attributes[Attribute.split] = Self.json(split) }
-        try writeStateDictHDF5(path: path, tensors: stateDict.map { ($0.key, $0.tensor) }, attributes: attributes)
+        do {
+            try writeStateDictHDF5(path: path, tensors: stateDict.map { ($0.key, $0.tensor) }, attributes: attributes)
+        } catch let error as WeightsError {
+            throw error.naming(role: Self.role)
+        }
     }
 
+    /// What messages call the file.
+    private static let role = "model file"
+
     /// Reads a model written by `save(to:)`; a weights file or a feature cache is refused as not a model.
+    /// Every attribute is range-checked and every dataset's shape compared with the configuration before a
+    /// parameter is read, so a damaged or hostile file is one line naming it and the attribute, never a crash.
     public init(contentsOf path: String) throws {
+        do {
+            try self.init(checking: path)
+        } catch let error as WeightsError {
+            throw error.naming(role: Self.role)
+        }
+    }
+
+    private init(checking path: String) throws {
         let file = try StateDictFile.open(path: path)
         let metadata = file.metadata
         guard metadata[Attribute.format] == Self.formatName else {
@@ -118,23 +135,58 @@ public struct TrainedModel: Sendable {
         guard let mode = Mode(rawValue: try attribute(Attribute.mode)) else {
             throw TrainingError(.malformed, "\(path): unknown mode '\(try attribute(Attribute.mode))'")
         }
+        func damaged(_ name: String, _ problem: String) -> TrainingError {
+            TrainingError(.malformed, "\(path) is damaged: its '\(name)' attribute \(problem)")
+        }
         self.mode = mode
         config = try decoded(VGGConfig.self, Attribute.config)
+        if let problem = config.problem { throw damaged(Attribute.config, "is not a network bottleneck can build: \(problem)") }
         classes = try decoded([String].self, Attribute.classes)
         guard config.classes == classes.count else {
             throw TrainingError(.malformed, "\(path) is damaged: \(classes.count) class names for \(config.classes) outputs")
         }
-        cut = try CutPoint(try attribute(Attribute.cutLayerPath), in: config)
+        var seenClasses = Set<String>()
+        if let repeated = classes.first(where: { !seenClasses.insert($0).inserted }) {
+            throw damaged(Attribute.classes, "names the class \(repeated) twice")
+        }
+        do {
+            cut = try CutPoint(try attribute(Attribute.cutLayerPath), in: config)
+        } catch let error as ModelError {
+            throw damaged(Attribute.cutLayerPath, "is not a layer of its network (\(error))")
+        }
         cutName = try attribute(Attribute.cutLayer)
         weights = WeightsIdentity(source: try attribute(Attribute.weightsSource), fingerprint: try attribute(Attribute.weightsSHA256))
         preprocessing = try decoded(Preprocessing.self, Attribute.preprocess)
         trainableLayers = try decoded([String].self, Attribute.trainableLayers)
-        dropout = Double(try attribute(Attribute.dropout)) ?? 0.5
+        guard let dropout = Double(try attribute(Attribute.dropout)), (0..<1).contains(dropout) else {
+            throw damaged(Attribute.dropout, "is '\(try attribute(Attribute.dropout).prefix(40))', not a probability in [0, 1)")
+        }
+        self.dropout = dropout
         split = try metadata[Attribute.split].map { _ in try decoded(TrainingSplit.Rule.self, Attribute.split) }
+        if let fraction = split?.validationFraction, !(0...1).contains(fraction) {
+            throw damaged(Attribute.split, "gives the validation fraction \(fraction), outside [0, 1]")
+        }
+        stateDict = try Self.parameters(of: file, config: config)
+    }
+
+    /// The file's parameters in torchvision's order, each dataset's shape checked against the configuration
+    /// and their total against the memory before any is read.
+    private static func parameters(of file: StateDictFile, config: VGGConfig) throws -> [(key: String, tensor: Tensor)] {
+        let shapes = config.stateDictShapes
+        let expected = Dictionary(shapes.map { ($0.key, $0.shape) }, uniquingKeysWith: { first, _ in first })
+        for entry in file.entries where expected[entry.key] != entry.shape {
+            throw TrainingError(.malformed, "\(file.path) is damaged: dataset \(entry.key) "
+                                + (expected[entry.key].map { "has shape \(entry.shape), but its 'config' gives \($0)" }
+                                   ?? "has no place in the network its 'config' describes"))
+        }
+        let bytes = file.entries.reduce(0) { $0 + $1.elementCount } * MemoryLayout<Float>.size
+        guard UInt64(bytes) <= ProcessInfo.processInfo.physicalMemory / 2 else {
+            throw TrainingError(.malformed, "\(file.path): its parameters need \(bytes.formattedBytes), more than half this machine's memory")
+        }
         // HDF5 lists datasets by name; torchvision's order reads better and is what a state dict has.
-        let order = Dictionary(config.stateDictShapes.enumerated().map { ($1.key, $0) }, uniquingKeysWith: { first, _ in first })
+        let order = Dictionary(shapes.enumerated().map { ($1.key, $0) }, uniquingKeysWith: { first, _ in first })
         let keys = file.entries.map(\.key).sorted { (order[$0] ?? .max, $0) < (order[$1] ?? .max, $1) }
-        stateDict = try keys.map { ($0, try file.parameter($0)) }
+        return try keys.map { ($0, try file.parameter($0)) }
     }
 
     /// The layers above the cut, in evaluation mode, from the state dict.

@@ -22,10 +22,13 @@ enum HDF5WeightsFormat {
         return false
     }
 
+    /// Far deeper than any weights file nests its groups (Keras: 4), far shallower than the stack allows.
+    static let maximumGroupDepth = 32
+
     static func parse(_ file: HDF5File) throws -> ParsedStateDict {
-        var tensors: [ParsedTensor] = []
-        var skipped: [String] = []
-        try collectDatasets(in: file, path: "", into: &tensors, skipped: &skipped)
+        var walk = Walk()
+        try collectDatasets(in: file, path: "", depth: 0, walk: &walk)
+        let tensors = walk.tensors, skipped = walk.skipped
         var notes: [String] = []
         if !skipped.isEmpty { notes.append("ignored \(counted(skipped.count, "non-numeric dataset")) (\(listFew(skipped)))") }
         var metadata: [String: String] = [:]
@@ -35,27 +38,40 @@ enum HDF5WeightsFormat {
         return ParsedStateDict(format: .hdf5, tensors: tensors, notes: notes, metadata: metadata)
     }
 
-    private static func collectDatasets(in group: HDF5Group, path: String, into tensors: inout [ParsedTensor],
-                                        skipped: inout [String]) throws {
+    private struct Walk {
+        var tensors: [ParsedTensor] = []
+        var skipped: [String] = []
+        /// Each group entered, by identity and path: a second link to one is a cycle or a repeat, never more weights
+        /// (and a chain of repeats would make the walk exponential).
+        var visited: [HDF5ObjectIdentity: String] = [:]
+    }
+
+    private static func collectDatasets(in group: HDF5Group, path: String, depth: Int, walk: inout Walk) throws {
+        guard depth <= maximumGroupDepth else {
+            throw WeightFileProblem.malformed("group \(path) is nested more than \(maximumGroupDepth) groups deep")
+        }
+        if let earlier = walk.visited.updateValue(path.isEmpty ? "/" : path, forKey: try group.identity()) {
+            throw WeightFileProblem.malformed("group \(path) links again to group \(earlier): the file's links repeat or form a cycle")
+        }
         for name in try group.memberNames() {
             let memberPath = path.isEmpty ? name : path + "/" + name
             switch try group.kind(of: name) {
             case .group:
-                try collectDatasets(in: try group.openGroup(name), path: memberPath, into: &tensors, skipped: &skipped)
+                try collectDatasets(in: try group.openGroup(name), path: memberPath, depth: depth + 1, walk: &walk)
             case .dataset:
                 let dataset = try group.openDataset(name)
                 guard let dtype = dtype(of: try dataset.elementKind()) else {
-                    skipped.append(memberPath)
+                    walk.skipped.append(memberPath)
                     continue
                 }
                 let shape = try dataset.shape()
                 guard checkedElementCount(shape) != nil else {
                     throw WeightFileProblem.malformed("dataset \(memberPath) claims shape \(shape)")
                 }
-                tensors.append(ParsedTensor(key: memberPath.split(separator: "/").joined(separator: "."), dtype: dtype,
-                                            shape: shape, location: .hdf5Dataset(path: memberPath)))
+                walk.tensors.append(ParsedTensor(key: memberPath.split(separator: "/").joined(separator: "."), dtype: dtype,
+                                                 shape: shape, location: .hdf5Dataset(path: memberPath)))
             case .other:
-                skipped.append(memberPath)
+                walk.skipped.append(memberPath)
             }
         }
     }

@@ -43,7 +43,7 @@ enum SafetensorsFormat {
         }
 
         var metadata: [String: String] = [:]
-        var tensors: [(begin: Int, tensor: ParsedTensor)] = []
+        var tensors: [(begin: Int, end: Int, tensor: ParsedTensor)] = []
         for (key, value) in header {
             if key == "__metadata__" {
                 metadata = (value as? [String: Any])?.compactMapValues { $0 as? String } ?? [:]
@@ -73,11 +73,24 @@ enum SafetensorsFormat {
                 throw WeightFileProblem.malformed(
                     "tensor \(key): shape \(shape) of \(dtype) does not fill data_offsets \(offsets)")
             }
-            tensors.append((offsets[0], ParsedTensor(key: key, dtype: dtype, shape: shape,
+            tensors.append((offsets[0], offsets[1], ParsedTensor(key: key, dtype: dtype, shape: shape,
                                                      location: .mapped(byteOffset: dataStart + offsets[0], strides: strides))))
         }
-        // JSON objects have no order; the data does.
-        tensors.sort { $0.begin < $1.begin }
+        // JSON objects have no order; the data does. As the reference implementation requires, the tensors
+        // tile the data exactly: bytes shared by two tensors, or claimed by none, are a damaged or forged file.
+        tensors.sort { ($0.begin, $0.end) < ($1.begin, $1.end) }
+        var end = 0
+        for (begin, tensorEnd, tensor) in tensors {
+            guard begin == end else {
+                let found = begin < end ? "bytes an earlier tensor holds (up to \(end)): tensors overlap"
+                                        : "after bytes \(end)..<\(begin), which belong to no tensor"
+                throw WeightFileProblem.malformed("tensor \(tensor.key) starts at data offset \(begin), \(found)")
+            }
+            end = tensorEnd
+        }
+        guard end == dataSize else {
+            throw WeightFileProblem.malformed("bytes \(end)..<\(dataSize) after the header belong to no tensor")
+        }
         return ParsedStateDict(format: .safetensors, tensors: tensors.map(\.tensor), metadata: metadata)
     }
 }

@@ -21,15 +21,23 @@ public struct WeightsError: Error, CustomStringConvertible, Sendable {
     public let kind: Kind
     public let path: String
     public let detail: String
+    /// What the file is to the command that read or wrote it ("weights file", "model file"): the message's first words.
+    public let role: String
 
-    public init(_ kind: Kind, path: String, _ detail: String) {
+    public init(_ kind: Kind, path: String, _ detail: String, role: String = "weights file") {
         self.kind = kind
         self.path = path
         self.detail = detail
+        self.role = role
+    }
+
+    /// The same error for a file that holds a state dict in another role (a trained model).
+    public func naming(role: String) -> WeightsError {
+        WeightsError(kind, path: path, detail, role: role)
     }
 
     public var description: String {
-        let line = "weights file \(path): \(detail)"
+        let line = "\(role) \(path): \(detail)"
         return line.contains("\n") ? line.split(whereSeparator: \.isNewline).joined(separator: " ") : line
     }
 }

@@ -1,0 +1,161 @@
+import Foundation
+import XCTest
+@testable import Bottleneck
+
+/// Damaged and hostile files (Tests/Fixtures/hostile, made by make_hostile_fixtures.py): each once crashed,
+/// hung or was silently accepted, and must now be one line naming the file and what is wrong.
+final class HostileReaderTests: XCTestCase {
+    private var folder: URL!
+
+    override func setUpWithError() throws {
+        folder = FileManager.default.temporaryDirectory.appendingPathComponent("hostile-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+    }
+
+    override func tearDownWithError() throws {
+        try? FileManager.default.removeItem(at: folder)
+    }
+
+    private func fixture(_ name: String) -> String { Fixtures.path("hostile/\(name)") }
+
+    /// `body` throws an error whose one-line message names `name` and contains each of `phrases`.
+    private func assertRefused(_ name: String, mentioning phrases: [String], file: StaticString = #filePath, line: UInt = #line,
+                               _ body: () throws -> Void) {
+        XCTAssertThrowsError(try body(), name, file: file, line: line) { error in
+            let message = "\(error)"
+            XCTAssertFalse(message.contains("\n"), "one line: \(message)", file: file, line: line)
+            for phrase in [name] + phrases {
+                XCTAssertTrue(message.contains(phrase), "'\(phrase)' in: \(message)", file: file, line: line)
+            }
+        }
+    }
+
+    // MARK: - HDF5 weights
+
+    func testLinkCyclesInWeightsAreRefused() {
+        for name in ["loop_weights.h5", "soft_loop_weights.h5"] {
+            assertRefused(name, mentioning: ["weights file", "cycle"]) { _ = try StateDictFile.open(path: fixture(name)) }
+            assertRefused(name, mentioning: ["cycle"]) { _ = try WeightsInspection(path: fixture(name)) }
+        }
+    }
+
+    func testDeeplyNestedGroupsAreRefused() {
+        assertRefused("deep_weights.h5", mentioning: ["nested more than \(HDF5WeightsFormat.maximumGroupDepth)"]) {
+            _ = try StateDictFile.open(path: fixture("deep_weights.h5"))
+        }
+    }
+
+    /// Values from another file would let the weights change under an unchanged sha256.
+    func testValuesOutsideTheFileAreRefused() {
+        for (name, phrase) in [("external_link_weights.h5", "external link"), ("external_storage_weights.h5", "external files"),
+                               ("virtual_weights.h5", "virtual dataset")] {
+            assertRefused(name, mentioning: ["features.1.bias", phrase]) { _ = try StateDictFile.open(path: fixture(name)) }
+        }
+    }
+
+    // MARK: - safetensors
+
+    func testSafetensorsWhoseTensorsOverlapOrLeaveGapsAreRefused() {
+        assertRefused("overlapping.safetensors", mentioning: ["features.1.bias", "overlap"]) {
+            _ = try StateDictFile.open(path: fixture("overlapping.safetensors"))
+        }
+        assertRefused("gap.safetensors", mentioning: ["features.1.bias", "belong to no tensor"]) {
+            _ = try StateDictFile.open(path: fixture("gap.safetensors"))
+        }
+    }
+
+    // MARK: - model.h5
+
+    func testTheUnchangedModelLoads() throws {
+        let model = try TrainedModel(contentsOf: fixture("model_ok.h5"))
+        XCTAssertEqual(model.classes, ["cat", "dog"])
+        XCTAssertEqual(try model.head().classCount, 2)
+    }
+
+    func testModelAttributesOutOfRangeAreRefused() {
+        for (name, phrases) in [("model_dropout_2.h5", ["'dropout'", "2.0"]), ("model_dropout_nan.h5", ["'dropout'", "nan"]),
+                                ("model_hidden_negative.h5", ["'config'", "hidden is -1"]),
+                                ("model_conv_negative.h5", ["'config'", "-4 channels"]),
+                                ("model_conv_huge.h5", ["'config'", "\(1 << 40) channels"]),
+                                ("model_pooled_huge.h5", ["'config'", "pooledSize is 100000"]),
+                                ("model_duplicate_classes.h5", ["'classes'", "cat twice"]),
+                                ("model_crop_huge.h5", ["'preprocess'", "between 1 and 8192"])] {
+            assertRefused(name, mentioning: phrases) { _ = try TrainedModel(contentsOf: fixture(name)) }
+        }
+    }
+
+    func testModelDatasetsMustFitTheConfiguration() {
+        assertRefused("model_wrong_shape.h5", mentioning: ["classifier.6.weight", "[2, 5]", "[2, 4]"]) {
+            _ = try TrainedModel(contentsOf: fixture("model_wrong_shape.h5"))
+        }
+        assertRefused("model_extra_key.h5", mentioning: ["features.9.bias", "no place"]) {
+            _ = try TrainedModel(contentsOf: fixture("model_extra_key.h5"))
+        }
+        assertRefused("model_loop.h5", mentioning: ["model file", "cycle"]) { _ = try TrainedModel(contentsOf: fixture("model_loop.h5")) }
+    }
+
+    func testAFailedModelWriteNamesTheModelFile() throws {
+        let model = try TrainedModel(contentsOf: fixture("model_ok.h5"))
+        let target = folder.appendingPathComponent("missing-folder/model.h5").path
+        assertRefused("missing-folder/model.h5", mentioning: ["model file"]) { try model.save(to: target) }
+    }
+
+    // MARK: - Caches
+
+    /// An empty finished cache whose `shard` attribute is `shard`.
+    private func shardCache(_ shard: String) throws -> String {
+        let path = folder.appendingPathComponent("shard.h5").path
+        var fingerprint = CacheFingerprint(backbone: "vgg16", layer: "fc7", layerPath: "classifier.4", activationShape: [2],
+                                           weightsSHA256: String(repeating: "ab", count: 32), weightsSource: "/weights/vgg16.pth",
+                                           preprocess: Preprocessing.imageNet.jsonDescription, imageRoot: "/data")
+        fingerprint.shard = shard
+        _ = try FeatureCacheBuilder.open(path: path, fingerprint: fingerprint, classes: ["cat"], manifest: [],
+                                         overwrite: true) { _, _ in nil }.finish(compress: false)
+        return path
+    }
+
+    func testShardAttributesOutOfRangeAreRefusedByMerge() throws {
+        for shard in ["1/9223372036854775807", "1/300000000", "0/0"] {
+            let path = try shardCache(shard)
+            assertRefused("shard.h5", mentioning: ["'shard'", shard]) {
+                _ = try CacheMerge.merge(shards: [path], into: folder.appendingPathComponent("merged.h5").path)
+            }
+        }
+        XCTAssertThrowsError(try Shard("1/\(Shard.maximumCount + 1)"))
+        XCTAssertEqual(try Shard("\(Shard.maximumCount)/\(Shard.maximumCount)").index, Shard.maximumCount)
+    }
+
+    // MARK: - The command line
+
+    /// The tool as a child process: its exit status and everything it wrote.
+    private func runTool(_ arguments: [String]) throws -> (status: Int32, output: String) {
+        let products = Bundle.allBundles.first { $0.bundlePath.hasSuffix(".xctest") }?.bundleURL.deletingLastPathComponent()
+            ?? Bundle.main.bundleURL
+        let executable = products.appendingPathComponent("bottleneck")
+        guard FileManager.default.isExecutableFile(atPath: executable.path) else {
+            throw XCTSkip("no bottleneck executable at \(executable.path): swift build first")
+        }
+        let process = Process()
+        process.executableURL = executable
+        process.arguments = arguments
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardError = output
+        try process.run()
+        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        return (process.terminationStatus, text)
+    }
+
+    func testTheToolRefusesHostileFilesWithOneLine() throws {
+        for arguments in [["inspect", fixture("loop_weights.h5")],
+                          ["predict", "--model", fixture("model_conv_huge.h5"), Fixtures.path("images/rgb_17x23.jpg")],
+                          ["evaluate", "--model", fixture("model_duplicate_classes.h5"), "--images", folder.path]] {
+            let (status, output) = try runTool(arguments)
+            XCTAssertEqual(status, 1, "\(arguments): \(output)")
+            let lines = output.split(whereSeparator: \.isNewline)
+            XCTAssertEqual(lines.count, 1, "\(arguments): \(output)")
+            XCTAssertTrue(output.contains((arguments.first { $0.hasSuffix(".h5") } ?? "").split(separator: "/").last ?? ""), output)
+        }
+    }
+}
