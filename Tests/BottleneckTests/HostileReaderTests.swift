@@ -125,6 +125,38 @@ final class HostileReaderTests: XCTestCase {
         XCTAssertEqual(try Shard("\(Shard.maximumCount)/\(Shard.maximumCount)").index, Shard.maximumCount)
     }
 
+    func testCacheActivationShapeOutOfRangeIsRefused() throws {
+        let path = try shardCache("1/1")
+        for shape: [Int64] in [[1 << 40, 1 << 40], [0], [-2, 3], []] {
+            try HDF5File(path: path, mode: .readWrite).setAttribute("activation_shape", values: shape)
+            assertRefused("shard.h5", mentioning: ["'activation_shape'"]) { _ = try FeatureCacheReader(path: path) }
+        }
+    }
+
+    /// A chunked dataset never written takes no room in the file, whatever rows it claims.
+    func testDatasetsClaimingMoreThanMemoryAreRefusedBeforeAllocating() throws {
+        let path = folder.appendingPathComponent("sparse.h5").path
+        try {
+            let file = try HDF5File(path: path, mode: .createNew)
+            try file.createDataset("labels", of: Int32.self, shape: [0], layout: .extendibleRows(chunkRows: 1024)).setRowCount(1 << 50)
+        }()
+        XCTAssertLessThan(try FileManager.default.attributesOfItem(atPath: path)[.size] as? Int ?? .max, 1 << 20)
+        assertRefused("sparse.h5:/labels", mentioning: ["more than half this machine's memory"]) {
+            _ = try HDF5File(path: path, mode: .readOnly).openDataset("labels").read(as: Int32.self)
+        }
+    }
+
+    /// Damage HDF5 cannot get past is called that, not a damaged weights file (inspect reads a non-cache as weights).
+    func testATruncatedCacheIsADamagedHDF5FileNotWeights() throws {
+        let path = try shardCache("1/1")
+        let size = try FileManager.default.attributesOfItem(atPath: path)[.size] as? Int ?? 0
+        try FileHandle(forWritingTo: URL(fileURLWithPath: path)).truncate(atOffset: UInt64(size / 2))
+        assertRefused("shard.h5", mentioning: ["damaged HDF5 file"]) { _ = try CacheInspection(path: path) }
+        let (status, output) = try runTool(["inspect", path])
+        XCTAssertEqual(status, 1, output)
+        XCTAssertTrue(output.contains("damaged HDF5 file") && !output.contains("weights file"), output)
+    }
+
     // MARK: - The command line
 
     /// The tool as a child process: its exit status and everything it wrote.

@@ -49,6 +49,12 @@ public final class FeatureCacheReader: Sendable {
         do {
             file = try HDF5File(path: path, mode: .readOnly)
         } catch let error as HDF5Error {
+            // Damage is reported as such: called "not a cache", the file would go on to be read as weights
+            // and be called a damaged weights file.
+            if HDF5File.hasSignature(path: path) {
+                throw FeatureCacheError(.damaged, "\(path) is a damaged HDF5 file, which HDF5 cannot open (\(error.reason)): "
+                                        + "neither a feature cache nor weights can be read from it")
+            }
             throw FeatureCacheError(.notACache, "\(path) is not a bottleneck feature cache: not a readable HDF5 file (\(error.reason))")
         }
         self.path = path

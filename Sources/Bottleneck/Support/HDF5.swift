@@ -1,4 +1,5 @@
 import CHDF5
+import Foundation
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -90,6 +91,15 @@ func hdf5Call<Result: BinaryInteger>(_ operation: @autoclosure () -> String, _ c
     return result
 }
 
+/// Refuses a read of `count` values of `elementSize` bytes that this machine could not hold: a file's
+/// dataspace (a chunked dataset never written, an attribute's) can claim far more than the file stores.
+private func checkReadable(_ count: Int, elementSize: Int, what: @autoclosure () -> String) throws {
+    let (bytes, overflow) = count.multipliedReportingOverflow(by: elementSize)
+    guard !overflow, bytes >= 0, UInt64(bytes) <= ProcessInfo.processInfo.physicalMemory / 2 else {
+        throw HDF5Error(operation: "read \(what())", reason: "it claims \(count) values of \(elementSize) bytes, more than half this machine's memory")
+    }
+}
+
 /// Where HDF5's C iteration callbacks put the names they visit (passed as their client data).
 private final class StringCollector {
     var strings: [String] = []
@@ -175,6 +185,7 @@ private func readStringValues(count: Int, storedType: hid_t, what: String,
                          read: (hid_t, UnsafeMutableRawPointer) -> herr_t) throws -> [String] {
     guard count > 0 else { return [] }
     if H5Tis_variable_str(storedType) > 0 {
+        try checkReadable(count, elementSize: MemoryLayout<UnsafeMutablePointer<CChar>?>.size, what: what)
         let memoryType = try variableStringType()
         var pointers = [UnsafeMutablePointer<CChar>?](repeating: nil, count: count)
         try hdf5Call("read \(what)") { pointers.withUnsafeMutableBytes { read(memoryType.id, $0.baseAddress!) } }
@@ -185,6 +196,7 @@ private func readStringValues(count: Int, storedType: hid_t, what: String,
     }
     let cellSize = H5Tget_size(storedType)
     guard cellSize > 0 else { throw HDF5Error(operation: "read \(what)", reason: "its string type has no size") }
+    try checkReadable(count, elementSize: cellSize, what: what)
     let memoryType = ScopedID(try hdf5Call("copy the type of \(what)") { H5Tcopy(storedType) })
     var cells = [UInt8](repeating: 0, count: count * cellSize)
     try hdf5Call("read \(what)") { cells.withUnsafeMutableBytes { read(memoryType.id, $0.baseAddress!) } }
@@ -469,6 +481,12 @@ public final class HDF5File: HDF5Group, @unchecked Sendable {
         super.init(id: id, location: path + ":/")
     }
 
+    /// Whether `path` starts with HDF5's signature, opened or not: what tells a damaged HDF5 file from another kind of file.
+    public static func hasSignature(path: String) -> Bool {
+        bn_h5_silence_errors()
+        return H5Fis_hdf5(path) > 0
+    }
+
     /// Pushes everything written so far to the operating system: what a
     /// resumable writer calls before recording progress.
     public func flush() throws {
@@ -483,7 +501,12 @@ public final class HDF5Dataset: HDF5Object, @unchecked Sendable {
         let rank = try hdf5Call("get the rank of \(location)") { H5Sget_simple_extent_ndims(space.id) }
         var dims = [hsize_t](repeating: 0, count: Int(rank))
         try hdf5Call("get the shape of \(location)") { H5Sget_simple_extent_dims(space.id, &dims, nil) }
-        return dims.map { Int($0) }
+        // Checked once here, every product of some of the sizes (a row's, the whole) is safe to compute.
+        let shape = dims.compactMap { Int(exactly: $0) }
+        guard shape.count == dims.count, checkedElementCount(shape.map { max($0, 1) }) != nil else {
+            throw HDF5Error(operation: "get the shape of \(location)", reason: "its shape \(dims) has more values than can be counted")
+        }
+        return shape
     }
 
     /// Values kept in an external raw file or mapped from other files (a virtual dataset) could change while
@@ -506,6 +529,7 @@ public final class HDF5Dataset: HDF5Object, @unchecked Sendable {
     /// The whole dataset, converted by HDF5 to `T` (float16 or float64 data read as Float, for example).
     public func read<T: HDF5Scalar>(as type: T.Type) throws -> [T] {
         let count = try shape().reduce(1, *)
+        try checkReadable(count, elementSize: MemoryLayout<T>.size, what: location)
         return try [T](unsafeUninitializedCapacity: count) { buffer, initialized in
             if count > 0 {
                 try hdf5Call("read \(location)") {
@@ -520,8 +544,9 @@ public final class HDF5Dataset: HDF5Object, @unchecked Sendable {
     public func readRows<T: HDF5Scalar>(_ rows: Range<Int>, as type: T.Type) throws -> [T] {
         let shape = try shape()
         let rowSize = shape.dropFirst().reduce(1, *)
-        let count = rows.count * rowSize
         let selection = try rowSelection(rows, shape: shape)
+        let count = rows.count * rowSize
+        try checkReadable(count, elementSize: MemoryLayout<T>.size, what: "rows \(rows) of \(location)")
         return try [T](unsafeUninitializedCapacity: count) { buffer, initialized in
             if count > 0 {
                 try hdf5Call("read rows \(rows) of \(location)") {
@@ -650,6 +675,7 @@ extension HDF5Object {
         let attribute = try openAttribute(name)
         let space = ScopedID(try hdf5Call("get the shape of attribute \(name)") { H5Aget_space(attribute.id) })
         let count = Int(try hdf5Call("count the values of attribute \(name)") { H5Sget_simple_extent_npoints(space.id) })
+        try checkReadable(count, elementSize: MemoryLayout<T>.size, what: "attribute \(name) of \(location)")
         return try [T](unsafeUninitializedCapacity: count) { buffer, initialized in
             if count > 0 {
                 try hdf5Call("read attribute \(name) of \(location)") {
