@@ -102,14 +102,18 @@ final class HostileReaderTests: XCTestCase {
 
     // MARK: - Caches
 
-    /// An empty finished cache whose `shard` attribute is `shard`.
-    private func shardCache(_ shard: String) throws -> String {
-        let path = folder.appendingPathComponent("shard.h5").path
+    private func cacheFingerprint(shard: String?) -> CacheFingerprint {
         var fingerprint = CacheFingerprint(backbone: "vgg16", layer: "fc7", layerPath: "classifier.4", activationShape: [2],
                                            weightsSHA256: String(repeating: "ab", count: 32), weightsSource: "/weights/vgg16.pth",
                                            preprocess: Preprocessing.imageNet.jsonDescription, imageRoot: "/data")
         fingerprint.shard = shard
-        _ = try FeatureCacheBuilder.open(path: path, fingerprint: fingerprint, classes: ["cat"], manifest: [],
+        return fingerprint
+    }
+
+    /// An empty finished cache whose `shard` attribute is `shard`.
+    private func shardCache(_ shard: String) throws -> String {
+        let path = folder.appendingPathComponent("shard.h5").path
+        _ = try FeatureCacheBuilder.open(path: path, fingerprint: cacheFingerprint(shard: shard), classes: ["cat"], manifest: [],
                                          overwrite: true) { _, _ in nil }.finish(compress: false)
         return path
     }
@@ -131,6 +135,20 @@ final class HostileReaderTests: XCTestCase {
             try HDF5File(path: path, mode: .readWrite).setAttribute("activation_shape", values: shape)
             assertRefused("shard.h5", mentioning: ["'activation_shape'"]) { _ = try FeatureCacheReader(path: path) }
         }
+    }
+
+    /// The header's JSON length (bytes 12..<16) claiming 4 GB of a small file is refused before it is allocated.
+    func testAJournalHeaderLongerThanItsFileIsRefused() throws {
+        let path = folder.appendingPathComponent("journal.h5").path
+        let item = ImageFolder.Item(path: "cat/a.jpg", label: 0, split: .train)
+        _ = try FeatureCacheBuilder.open(path: path, fingerprint: cacheFingerprint(shard: nil), classes: ["cat"], manifest: [item],
+                                         overwrite: true) { _, _ in nil }
+        let journal = FeatureCacheBuilder.journalPath(for: path)
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: journal))
+        try handle.seek(toOffset: 12)
+        try handle.write(contentsOf: [0xff, 0xff, 0xff, 0xff])
+        try handle.close()
+        assertRefused("journal.h5.partial", mentioning: ["not a bottleneck journal"]) { _ = try CacheJournal.read(path: journal) }
     }
 
     /// A chunked dataset never written takes no room in the file, whatever rows it claims.

@@ -70,6 +70,14 @@ public struct CacheFingerprint: Codable, Equatable, Sendable {
 
     public var rowSize: Int { activationShape.reduce(1, *) }
 
+    /// Whether `shape` can be one image's activation ([C, H, W], [F]): each size at least 1, and bounded so that
+    /// every size computed from it (a row, a read buffer) stays far from overflow. A file's claim is checked
+    /// with this before `rowSize` is used; conv1_1 at a crop of 8192 is 2^32 values.
+    static func isActivationShape(_ shape: [Int]) -> Bool {
+        guard (1...4).contains(shape.count), shape.allSatisfy({ $0 >= 1 }), let size = checkedElementCount(shape) else { return false }
+        return size <= 1 << 32
+    }
+
     /// What in `self` (a file's fingerprint) differs from `wanted` (the run's), each as
     /// "layer fc7 (classifier.4), not pool5 (features.30)"; empty when the two are compatible.
     public func differences(from wanted: CacheFingerprint) -> [String] {

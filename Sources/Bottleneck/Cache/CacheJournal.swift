@@ -228,10 +228,12 @@ final class CacheJournal {
             throw FeatureCacheError(.damaged, "\(path) is a journal of format \(version), this bottleneck writes \(Self.version); "
                                     + "use --overwrite to start afresh")
         }
+        guard Int64(jsonLength) <= fileLength - Int64(headerPrefixSize) else { throw notAJournal }
         var json = [UInt8](repeating: 0, count: Int(jsonLength))
         guard try json.withUnsafeMutableBytes({ try DurableFiles.read(into: $0, from: descriptor, at: Int64(headerPrefixSize), path: path) }),
               json.withUnsafeBytes({ CRC32.checksum($0) }) == storedCRC,
-              let header = try? JSONDecoder().decode(JournalHeader.self, from: Data(json)) else { throw notAJournal }
+              let header = try? JSONDecoder().decode(JournalHeader.self, from: Data(json)),
+              CacheFingerprint.isActivationShape(header.fingerprint.activationShape) else { throw notAJournal }
         return JournalContents(header: header, currentClasses: header.classes, durableLength: Int64(headerPrefixSize + json.count),
                                fileLength: fileLength, headerLength: Int64(headerPrefixSize + json.count))
     }

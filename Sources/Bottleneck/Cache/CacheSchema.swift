@@ -52,10 +52,7 @@ extension CacheFingerprint {
         guard let shape = try file.attributeValues(CodingKeys.activationShape.rawValue, as: Int64.self) else {
             throw missing(.activationShape)
         }
-        // One image's activation ([C, H, W], [F]), each size at least 1; bounded so that every size computed from
-        // it (a row, a read buffer) stays far from overflow. conv1_1 at a crop of 8192 is 2^32 values.
-        guard (1...4).contains(shape.count), shape.allSatisfy({ $0 >= 1 }),
-              let rowSize = checkedElementCount(shape.map { Int($0) }), rowSize <= 1 << 32 else {
+        guard CacheFingerprint.isActivationShape(shape.map { Int($0) }) else {
             throw FeatureCacheError(.damaged, "\(file.path) is damaged: its '\(CodingKeys.activationShape.rawValue)' attribute "
                                     + "is \(shape.prefix(8)), not the shape of one image's activation")
         }
