@@ -100,6 +100,28 @@ final class HostileReaderTests: XCTestCase {
         assertRefused("missing-folder/model.h5", mentioning: ["model file"]) { try model.save(to: target) }
     }
 
+    // MARK: - Fine-tune checkpoints
+
+    func testCheckpointsWhoseEpochsDisagreeOrWhoseOptimizerStateDoesNotFitAreRefused() throws {
+        let path = folder.appendingPathComponent("checkpoint.h5").path
+        let parameters = [(key: "classifier.6.weight", tensor: Tensor(zeros: [2, 3])), (key: "classifier.6.bias", tensor: Tensor(zeros: [2]))]
+        func checkpoint(epochs: Int, best: Int, optimizer: [String: Tensor]) -> FineTuneCheckpoint {
+            let record = HeadTrainer.EpochRecord(epoch: 1, trainLoss: 1, trainAccuracy: 0.5, validationLoss: 1, validationAccuracy: 0.5,
+                                                 learningRate: 0.01, seconds: 1, trainSeconds: 1)
+            return FineTuneCheckpoint(epochsDone: epochs, settingsJSON: "{}", history: [record], bestEpoch: best,
+                                      stateDict: parameters, optimizerState: optimizer)
+        }
+        try checkpoint(epochs: 3, best: 5, optimizer: [:]).save(to: path)
+        assertRefused("checkpoint.h5", mentioning: ["'epochs_done' 3", "disagree"]) { _ = try FineTuneCheckpoint(contentsOf: path) }
+
+        for (key, values, phrase) in [("1000000000000.step", [Float(1)], "names no parameter"), ("0.step", [.nan], "whole step count"),
+                                      ("0.exp_avg", [1, 2], "2 values for classifier.6.weight's 6")] {
+            try checkpoint(epochs: 1, best: 1, optimizer: [key: Tensor(shape: [values.count], data: values)]).save(to: path)
+            let loaded = try FineTuneCheckpoint(contentsOf: path)
+            assertRefused("checkpoint.h5", mentioning: [key, phrase]) { try loaded.checkOptimizerState(against: parameters, path: path) }
+        }
+    }
+
     // MARK: - Caches
 
     private func cacheFingerprint(shard: String?) -> CacheFingerprint {

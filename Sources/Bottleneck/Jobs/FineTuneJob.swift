@@ -142,6 +142,7 @@ public struct FineTuneJob: Sendable {
                 }
                 try network.setParameters(path: path, weight: tensor, bias: bias.tensor)
             }
+            try checkpoint.checkOptimizerState(against: network.stateDict, path: run.file(FineTuneCheckpoint.fileName))
             optimizer.state = checkpoint.optimizerState
             history = checkpoint.history
             bestEpoch = checkpoint.bestEpoch

@@ -22,13 +22,15 @@ struct FineTuneCheckpoint {
     func save(to path: String) throws {
         let tensors = stateDict.map { ($0.key, $0.tensor) }
             + optimizerState.sorted { $0.key < $1.key }.map { (Self.optimizerPrefix + $0.key, $0.value) }
-        try writeStateDictHDF5(path: path, tensors: tensors, attributes: [
-            "format": Self.formatName,
-            "epochs_done": String(epochsDone),
-            "settings": settingsJSON,
-            "history": String(decoding: try JSONEncoder().encode(history), as: UTF8.self),
-            "best_epoch": String(bestEpoch),
-        ])
+        try inRole("checkpoint file") {
+            try writeStateDictHDF5(path: path, tensors: tensors, attributes: [
+                "format": Self.formatName,
+                "epochs_done": String(epochsDone),
+                "settings": settingsJSON,
+                "history": String(decoding: try JSONEncoder().encode(history), as: UTF8.self),
+                "best_epoch": String(bestEpoch),
+            ])
+        }
     }
 
     init(epochsDone: Int, settingsJSON: String, history: [HeadTrainer.EpochRecord], bestEpoch: Int,
@@ -45,6 +47,10 @@ struct FineTuneCheckpoint {
         guard FileManager.default.fileExists(atPath: path) else {
             throw TrainingError(.runDirectory, "no checkpoint at \(path): the run did not finish an epoch; start it again without --resume")
         }
+        self = try inRole("checkpoint file") { try FineTuneCheckpoint(checking: path) }
+    }
+
+    private init(checking path: String) throws {
         let file = try StateDictFile.open(path: path)
         let metadata = file.metadata
         guard metadata["format"] == Self.formatName, let done = metadata["epochs_done"].flatMap({ Int($0) }),
@@ -54,7 +60,15 @@ struct FineTuneCheckpoint {
         }
         epochsDone = done
         settingsJSON = settings
-        self.history = try JSONDecoder().decode([HeadTrainer.EpochRecord].self, from: Data(history.utf8))
+        do {
+            self.history = try JSONDecoder().decode([HeadTrainer.EpochRecord].self, from: Data(history.utf8))
+        } catch {
+            throw TrainingError(.malformed, "\(path) is damaged: its 'history' attribute is not valid (\(error))")
+        }
+        guard self.history.count == done, (0...done).contains(best), (best == 0) == (done == 0) else {
+            throw TrainingError(.malformed, "\(path) is damaged: 'epochs_done' \(done), 'best_epoch' \(best) and a 'history' of "
+                                + "\(self.history.count) epochs disagree")
+        }
         bestEpoch = best
         var parameters: [(key: String, tensor: Tensor)] = []
         var optimizer: [String: Tensor] = [:]
@@ -68,5 +82,26 @@ struct FineTuneCheckpoint {
         }
         stateDict = parameters
         optimizerState = optimizer
+    }
+
+    /// Refuses optimizer state that does not fit `parameters` (the network's state dict, in slot order: slot
+    /// `i` is `parameters[i]`), before the optimizer sizes or indexes anything by it.
+    func checkOptimizerState(against parameters: [(key: String, tensor: Tensor)], path: String) throws {
+        for (key, tensor) in optimizerState {
+            let parts = key.split(separator: ".", maxSplits: 1)
+            func damaged(_ problem: String) -> TrainingError {
+                TrainingError(.malformed, "\(path) is damaged: dataset \(Self.optimizerPrefix)\(key) \(problem)")
+            }
+            guard parts.count == 2, let slot = Int(parts[0]), parameters.indices.contains(slot) else {
+                throw damaged("names no parameter of the network (it has \(parameters.count))")
+            }
+            if parts[1] == "step" {
+                guard tensor.count == 1, let step = tensor.data.first, step >= 0, step <= Float(1 << 24), step.rounded() == step else {
+                    throw damaged("is not one whole step count")
+                }
+            } else if tensor.count != parameters[slot].tensor.count {
+                throw damaged("holds \(tensor.count) values for \(parameters[slot].key)'s \(parameters[slot].tensor.count)")
+            }
+        }
     }
 }

@@ -91,10 +91,8 @@ public struct TrainedModel: Sendable {
             Attribute.created: ISO8601DateFormatter().string(from: Date()),
         ]
         if let split { attributes[Attribute.split] = Self.json(split) }
-        do {
+        try inRole(Self.role) {
             try writeStateDictHDF5(path: path, tensors: stateDict.map { ($0.key, $0.tensor) }, attributes: attributes)
-        } catch let error as WeightsError {
-            throw error.naming(role: Self.role)
         }
     }
 
@@ -105,11 +103,7 @@ public struct TrainedModel: Sendable {
     /// Every attribute is range-checked and every dataset's shape compared with the configuration before a
     /// parameter is read, so a damaged or hostile file is one line naming it and the attribute, never a crash.
     public init(contentsOf path: String) throws {
-        do {
-            try self.init(checking: path)
-        } catch let error as WeightsError {
-            throw error.naming(role: Self.role)
-        }
+        self = try inRole(Self.role) { try TrainedModel(checking: path) }
     }
 
     private init(checking path: String) throws {

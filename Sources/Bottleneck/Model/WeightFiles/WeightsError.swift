@@ -73,6 +73,16 @@ func namingFile<Result>(_ path: String, _ body: () throws -> Result) throws(Weig
     }
 }
 
+/// Runs `body`, calling the file `role` in the weights error it throws: models and checkpoints are read and
+/// written as state dicts, and a message about one must not call it a weights file.
+func inRole<Result>(_ role: String, _ body: () throws -> Result) throws -> Result {
+    do {
+        return try body()
+    } catch let error as WeightsError {
+        throw error.naming(role: role)
+    }
+}
+
 /// "1 key", "3 keys".
 func counted(_ count: Int, _ noun: String) -> String {
     "\(count) \(noun)\(count == 1 ? "" : "s")"
