@@ -34,6 +34,12 @@ public struct Preprocessing: Codable, Equatable, Sendable {
         if let problem { preconditionFailure(problem) }
     }
 
+    /// The largest resize or crop: the bound keeps a hostile cache or model from sizing every image's buffers
+    /// (VGG's own resize is 256).
+    public static let largestSize = 8192
+    /// The largest training image side whose evaluation resize (256/224 of it) stays within `largestSize`.
+    public static let largestImageSize = 4096
+
     /// The transform every torchvision ImageNet model card uses.
     public static let imageNet = Preprocessing()
 
@@ -50,10 +56,8 @@ public struct Preprocessing: Codable, Equatable, Sendable {
     }
 
     private var problem: String? {
-        // The bound keeps a hostile cache or model from sizing every image's buffers; VGG's own is 256.
-        let largest = 8192
-        if !(1...largest).contains(resize) || !(1...largest).contains(crop) {
-            return "resize (\(resize)) and crop (\(crop)) must be between 1 and \(largest)"
+        if !(1...Self.largestSize).contains(resize) || !(1...Self.largestSize).contains(crop) {
+            return "resize (\(resize)) and crop (\(crop)) must be between 1 and \(Self.largestSize)"
         }
         if mean.count != 3 || std.count != 3 { return "mean and std need 3 values (R, G, B), got \(mean.count) and \(std.count)" }
         if std.contains(0) { return "std must not contain 0" }

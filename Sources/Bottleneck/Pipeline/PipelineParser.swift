@@ -42,7 +42,9 @@ extension Pipeline {
             throw top.error(at: "layer", "\(error)")
         }
         imageSize = try top.int("image_size") ?? 224
-        guard imageSize >= 32 else { throw top.error(at: "image_size", "image_size must be at least 32 (five 2x2 pools)") }
+        guard (32...Preprocessing.largestImageSize).contains(imageSize) else {
+            throw top.error(at: "image_size", "image_size must be between 32 (five 2x2 pools) and \(Preprocessing.largestImageSize)")
+        }
         outputRoot = Self.expandingTilde(try top.string("out") ?? "runs/\(name)")
 
         guard let stageList = top.value("stages") else {

@@ -71,8 +71,9 @@ public struct FineTuneSettings: Codable, Sendable, Equatable {
         guard backboneLearningRateMultiplier >= 0 && backboneLearningRateMultiplier.isFinite else {
             throw TrainingError(.invalidInput, "--backbone-lr-mult must be a number >= 0, got \(backboneLearningRateMultiplier)")
         }
-        guard imageSize >= 32 else {
-            throw TrainingError(.invalidInput, "--image-size must be at least 32 (five 2x2 pools), got \(imageSize)")
+        guard (32...Preprocessing.largestImageSize).contains(imageSize) else {
+            throw TrainingError(.invalidInput, "--image-size must be between 32 (five 2x2 pools) and \(Preprocessing.largestImageSize), "
+                                + "got \(imageSize)")
         }
     }
 }
