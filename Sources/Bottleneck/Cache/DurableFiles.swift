@@ -199,17 +199,17 @@ extension DurableFiles {
         var status = stat()
         guard lstat(path, &status) == 0 else {
             if errno == ENOENT { return }
-            throw FileAccessError(path: path, code: errno, reason: "cannot write it: \(systemMessage(errno))")
+            throw FileAccessError(path: path, code: errno, reason: systemMessage(errno))
         }
         switch status.st_mode & S_IFMT {
         case S_IFREG: return
         case S_IFLNK:
             let target = (try? FileManager.default.destinationOfSymbolicLink(atPath: path)).map { " to \($0)" } ?? ""
-            throw FileAccessError(path: path, code: nil, reason: "refusing to write it: it is a symbolic link\(target); "
-                                  + "name the file itself, or remove the link")
+            throw FileAccessError(path: path, code: nil, reason: "it is a symbolic link\(target), which is never written "
+                                  + "through or replaced: name the file itself, or remove the link")
         default:
-            throw FileAccessError(path: path, code: nil, reason: "refusing to write it: it is \(kindName(of: status.st_mode)), "
-                                  + "not a regular file")
+            throw FileAccessError(path: path, code: nil, reason: "it is \(kindName(of: status.st_mode)), not a regular file, "
+                                  + "and is never replaced")
         }
     }
 
@@ -246,7 +246,7 @@ extension DurableFiles {
             }
             defer { close(descriptor) }
             if let code = bytes.withUnsafeBytes({ DurableFiles.write($0, to: descriptor, at: 0) }) {
-                throw FileAccessError(path: destination, code: code, reason: "cannot write it: \(systemMessage(code))")
+                throw FileAccessError(path: destination, code: code, reason: systemMessage(code))
             }
         }
     }

@@ -59,8 +59,8 @@ public final class FeatureCacheBuilder {
         case journal(offset: Int64)
     }
 
-    /// Held from before anything is deleted or created until the builder goes.
-    private let lock: CacheLock
+    /// Held from before anything is deleted or created until the builder finishes, is abandoned, or goes.
+    private var lock: CacheLock?
     private let previous: FeatureCacheReader?
     /// nil once finished.
     private var journal: CacheJournal?
@@ -243,6 +243,7 @@ public final class FeatureCacheBuilder {
     /// Ends a run that stopped before its first batch (its weights were refused, say): a journal holding
     /// no record is deleted, so the failure leaves no trace beside the cache; one with rows is kept for the rerun.
     public func abandon() {
+        defer { lock = nil }
         guard let journal, journal.isEmpty else { return }
         try? journal.delete()
         self.journal = nil
@@ -283,6 +284,7 @@ public final class FeatureCacheBuilder {
         }
         try journal.delete()
         self.journal = nil
+        lock = nil
         let attributes = try FileManager.default.attributesOfItem(atPath: path)
         let newRows = rowItems.filter { if case .journal = sources[$0] { true } else { false } }
         let changedRows = newRows.count { changedPaths.contains(manifest[$0].path) }
