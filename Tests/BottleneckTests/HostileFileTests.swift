@@ -71,6 +71,8 @@ final class HostileFileTests: XCTestCase {
             ("HDF5", { _ = try HDF5File(path: fifo, mode: .readOnly) }),
             ("pipeline", { _ = try Pipeline(contentsOf: fifo) }),
             ("sha256", { _ = try SHA256.hexDigest(ofFileAt: fifo) }),
+            ("image to predict", { _ = try ImageDecoder.decode(path: fifo) }),
+            ("image to extract", { _ = try FileIdentity.read(path: fifo) }),
         ]
         for (what, read) in readers {
             let failure = UncheckedSendable(NSMutableArray())
