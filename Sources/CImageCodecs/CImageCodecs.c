@@ -82,7 +82,8 @@ CImageDecoder *cimage_decoder_open_file(const char *path) {
     if (decoder == NULL) {
         return NULL;
     }
-    int descriptor = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: a FIFO would block open() until a writer came; it is refused below. */
+    int descriptor = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (descriptor < 0) {
         set_error(decoder, "cannot open file (%s)", strerror(errno));
         decoder->open_failed = 1;
@@ -92,8 +93,10 @@ CImageDecoder *cimage_decoder_open_file(const char *path) {
     if (fstat(descriptor, &status) != 0) {
         set_error(decoder, "cannot read file (%s)", strerror(errno));
         decoder->open_failed = 1;
-    } else if (S_ISDIR(status.st_mode)) {
-        set_error(decoder, "is a directory, not an image file");
+    } else if (!S_ISREG(status.st_mode)) {
+        set_error(decoder, "not a regular file: it is %s",
+                  S_ISDIR(status.st_mode) ? "a directory" : S_ISFIFO(status.st_mode) ? "a FIFO"
+                  : S_ISCHR(status.st_mode) ? "a character device" : S_ISBLK(status.st_mode) ? "a block device" : "a socket");
         decoder->open_failed = 1;
     } else if (status.st_size > 0) {
         size_t size = (size_t)status.st_size;

@@ -25,7 +25,7 @@ struct Extract: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Image folder (ImageFolder layout).", valueName: "DIR"))
     var images: String
 
-    @Option(name: .long, help: ArgumentHelp("The HDF5 feature cache to write or continue.", valueName: "CACHE.h5"))
+    @Option(name: .long, help: ArgumentHelp("The HDF5 feature cache to write or continue. " + outputPolicy, valueName: "CACHE.h5"))
     var out: String
 
     @OptionGroup var weights: WeightsOption

@@ -33,7 +33,7 @@ struct FullFinetune: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Image folder (ImageFolder layout, optionally train/ val/).", valueName: "DIR"))
     var images: String
 
-    @Option(name: .long, help: ArgumentHelp("The run directory to write (created if missing).", valueName: "RUN_DIR"))
+    @Option(name: .long, help: ArgumentHelp("The run directory to write (created if missing). " + outputPolicy, valueName: "RUN_DIR"))
     var out: String
 
     @OptionGroup var weights: WeightsOption

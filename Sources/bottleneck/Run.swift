@@ -18,11 +18,13 @@ struct Run: ParsableCommand {
         inputs are unchanged, and a failed stage keeps the record of its last good run. --force STAGE reruns one \
         stage from scratch (and so those after it that read it). Unknown keys and bad values are \
         refused with the file's line number before anything runs. Paths in the file are relative to the \
-        directory the command runs from.
+        directory the command runs from. Files are written aside and renamed into place; an existing symbolic \
+        link, device or FIFO where one goes is refused, never written through or replaced.
 
         Top-level keys: name, images, weights (FILE, random, random:SEED; default: torchvision's download if \
         found, else random with a warning), backbone (vgg16), layer (fc7), image_size (224), out, stages.
-        Stage keys (each stage a '- stage: KIND' item, optional 'name:'):
+        Stage keys (each stage a '- stage: KIND' item, optional 'name:', a plain name: letters, digits, '-', '_', \
+        '.', not starting with '.'):
           extract        batch_size, compress
           train-head     epochs, batch_size, lr, optimizer, momentum, weight_decay, schedule, step_size, gamma,
                          patience, val_fraction, seed, split_seed, dropout, train_from, threads

@@ -33,7 +33,7 @@ struct TrainHead: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("The feature cache written by 'bottleneck extract'.", valueName: "CACHE.h5"))
     var cache: String
 
-    @Option(name: .long, help: ArgumentHelp("The run directory to write (created if missing).", valueName: "RUN_DIR"))
+    @Option(name: .long, help: ArgumentHelp("The run directory to write (created if missing). " + outputPolicy, valueName: "RUN_DIR"))
     var out: String
 
     @Option(help: "Passes over the training rows (fewer when early stopping ends the run).") var epochs = 30

@@ -120,22 +120,15 @@ final class CacheJournal {
         bytes.appendLittleEndian(json.withUnsafeBytes { CRC32.checksum($0) })
         bytes.append(contentsOf: json)
 
-        let temporaryPath = path + ".new"
-        let temporary = try openFile(temporaryPath, flags: O_WRONLY | O_CREAT | O_TRUNC)
-        defer { close(temporary) }
-        if let error = bytes.withUnsafeBytes({ DurableFiles.write($0, to: temporary, at: 0) }) {
-            throw FeatureCacheError(.writeFailed, "cannot write \(temporaryPath): \(systemMessage(error))")
+        do {
+            try DurableFiles.writeAtomically(bytes, to: path)
+        } catch let error as FileAccessError {
+            throw FeatureCacheError(.writeFailed, error.description)
         }
-        try DurableFiles.sync(temporary, path: temporaryPath)
-        guard rename(temporaryPath, path) == 0 else {
-            throw FeatureCacheError(.writeFailed, "cannot rename \(temporaryPath) to \(path): \(systemMessage(errno))")
-        }
-        try DurableFiles.syncFolder(of: path)
         let descriptor = try openFile(path, flags: O_RDWR)
         let journal = CacheJournal(path: path, descriptor: descriptor, length: Int64(bytes.count), headerLength: Int64(bytes.count),
                                    rowCount: 0)
         journal.classes = header.classes
-        try lock(descriptor, path: path)
         return journal
     }
 
@@ -145,7 +138,6 @@ final class CacheJournal {
         let descriptor = try openFile(path, flags: O_RDWR)
         let contents: JournalContents
         do {
-            try lock(descriptor, path: path)
             contents = try read(descriptor: descriptor, path: path)
         } catch {
             close(descriptor)
@@ -315,20 +307,15 @@ final class CacheJournal {
         try DurableFiles.sync(descriptor, path: path)
     }
 
-    /// One extraction at a time per cache: a second one would interleave records.
-    private static func lock(_ descriptor: Int32, path: String) throws {
-        guard flock(descriptor, LOCK_EX | LOCK_NB) == 0 else {
-            throw FeatureCacheError(.busy, "\(path) is in use: another bottleneck extract is writing this cache")
-        }
-    }
-
+    /// Only a regular file, and for writing never through a symbolic link.
     private static func openFile(_ path: String, flags: Int32) throws -> Int32 {
-        let descriptor = open(path, flags | O_CLOEXEC, 0o644)
-        guard descriptor >= 0 else {
-            throw FeatureCacheError(flags & O_ACCMODE == O_RDONLY ? .missing : .writeFailed,
-                                    "cannot open \(path): \(systemMessage(errno))")
+        let reading = flags & O_ACCMODE == O_RDONLY
+        do {
+            return try DurableFiles.openRegularFile(path, flags: reading ? flags : flags | O_NOFOLLOW).descriptor
+        } catch {
+            throw FeatureCacheError(!reading ? .writeFailed : error.code == ENOENT ? .missing : .damaged,
+                                    "cannot open \(path): \(error.reason)")
         }
-        return descriptor
     }
 }
 

@@ -59,6 +59,8 @@ public final class FeatureCacheBuilder {
         case journal(offset: Int64)
     }
 
+    /// Held from before anything is deleted or created until the builder finishes, is abandoned, or goes.
+    private var lock: CacheLock?
     private let previous: FeatureCacheReader?
     /// nil once finished.
     private var journal: CacheJournal?
@@ -98,6 +100,10 @@ public final class FeatureCacheBuilder {
             }
         }
         let journalPath = journalPath(for: path)
+        let lock = try CacheLock(cachePath: path)
+        for file in [path, journalPath] {
+            do { try DurableFiles.checkDestination(file) } catch { throw FeatureCacheError(.writeFailed, error.description) }
+        }
         if overwrite {
             try DurableFiles.remove(path)
             try DurableFiles.remove(journalPath)
@@ -113,7 +119,7 @@ public final class FeatureCacheBuilder {
         } else {
             journal = try CacheJournal.create(path: journalPath, header: JournalHeader(fingerprint: fingerprint, classes: classes))
         }
-        return FeatureCacheBuilder(path: path, fingerprint: fingerprint, classes: classes, manifest: manifest,
+        return FeatureCacheBuilder(path: path, lock: lock, fingerprint: fingerprint, classes: classes, manifest: manifest,
                                    manifestIndex: manifestIndex, previous: previous, journal: journal, contents: contents,
                                    currentIdentity: currentIdentity)
     }
@@ -131,10 +137,11 @@ public final class FeatureCacheBuilder {
         return previous
     }
 
-    private init(path: String, fingerprint: CacheFingerprint, classes: [String], manifest: [ImageFolder.Item],
+    private init(path: String, lock: CacheLock, fingerprint: CacheFingerprint, classes: [String], manifest: [ImageFolder.Item],
                  manifestIndex: [String: Int], previous: FeatureCacheReader?, journal: CacheJournal,
                  contents: JournalContents?, currentIdentity: (ImageFolder.Item, FileIdentity) -> FileIdentity?) {
         self.path = path
+        self.lock = lock
         self.journalPath = journal.path
         self.fingerprint = fingerprint
         self.classes = classes
@@ -236,6 +243,7 @@ public final class FeatureCacheBuilder {
     /// Ends a run that stopped before its first batch (its weights were refused, say): a journal holding
     /// no record is deleted, so the failure leaves no trace beside the cache; one with rows is kept for the rerun.
     public func abandon() {
+        defer { lock = nil }
         guard let journal, journal.isEmpty else { return }
         try? journal.delete()
         self.journal = nil
@@ -262,21 +270,21 @@ public final class FeatureCacheBuilder {
         }
         let complete = rowItems.count + failures.count == manifest.count
         if !wouldRewritePrevious(rowItems: rowItems, failures: failures, compress: compress, complete: complete) {
-            let temporaryPath = path + ".tmp"
             let metadataBytes = rowItems.count * 512 + failures.count * 512 + (1 << 20)
-            try DurableFiles.checkFreeSpace(for: temporaryPath, bytes: rowItems.count * fingerprint.rowSize * MemoryLayout<Float>.size + metadataBytes,
+            try DurableFiles.checkFreeSpace(for: path, bytes: rowItems.count * fingerprint.rowSize * MemoryLayout<Float>.size + metadataBytes,
                                             keeping: "the extracted rows stay in \(journalPath): free some space and rerun")
             do {
-                try writeCache(to: temporaryPath, from: journal, rowItems: rowItems, failures: failures, compress: compress,
-                               complete: complete)
-                try DurableFiles.replace(path, with: temporaryPath)
-            } catch {
-                try? DurableFiles.remove(temporaryPath)
-                throw error
+                try DurableFiles.writeThroughTemporary(to: path) { temporaryPath in
+                    try writeCache(to: temporaryPath, from: journal, rowItems: rowItems, failures: failures, compress: compress,
+                                   complete: complete)
+                }
+            } catch let error as FileAccessError {
+                throw FeatureCacheError(.writeFailed, error.description)
             }
         }
         try journal.delete()
         self.journal = nil
+        lock = nil
         let attributes = try FileManager.default.attributesOfItem(atPath: path)
         let newRows = rowItems.filter { if case .journal = sources[$0] { true } else { false } }
         let changedRows = newRows.count { changedPaths.contains(manifest[$0].path) }
@@ -298,7 +306,7 @@ public final class FeatureCacheBuilder {
 
     private func writeCache(to temporaryPath: String, from journal: CacheJournal, rowItems: [Int], failures: [CacheFailure],
                             compress: Bool, complete: Bool) throws {
-        let file = try HDF5File(path: temporaryPath, mode: .truncate)
+        let file = try HDF5File(path: temporaryPath, mode: .createNew)
         let rowSize = fingerprint.rowSize
         let rowCount = rowItems.count
         let rowBytes = Int64(rowSize * MemoryLayout<Float>.size)

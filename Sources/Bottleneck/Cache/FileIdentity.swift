@@ -62,28 +62,14 @@ public struct FileIdentity: Equatable, Sendable {
     /// taken from that descriptor before the read, so the identity never describes other bytes than
     /// the ones returned. Refuses what is not a regular file (a FIFO would block forever).
     public static func read(path: String, now: Date = Date()) throws(ImageDecodingError) -> (bytes: [UInt8], identity: FileIdentity) {
-        let descriptor = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
-        guard descriptor >= 0 else { throw ImageDecodingError(file: path, reason: "cannot open: \(systemMessage(errno))") }
-        defer { close(descriptor) }
-        var status = stat()
-        guard fstat(descriptor, &status) == 0 else {
-            throw ImageDecodingError(file: path, reason: "cannot stat: \(systemMessage(errno))")
+        let read: (bytes: [UInt8], status: stat)
+        do {
+            read = try DurableFiles.readRegularFile(path)
+        } catch {
+            throw ImageDecodingError(file: path, reason: error.reason)
         }
-        guard status.st_mode & S_IFMT == S_IFREG else {
-            throw ImageDecodingError(file: path, reason: "not a regular file (a FIFO, device or socket), skipped")
-        }
-        let stat = Stat(status)
-        var bytes = [UInt8](repeating: 0, count: Int(stat.size))
-        var filled = 0
-        while filled < bytes.count {
-            let count = bytes.withUnsafeMutableBytes { pread(descriptor, $0.baseAddress! + filled, $0.count - filled, off_t(filled)) }
-            if count < 0 && errno == EINTR { continue }
-            guard count > 0 else {
-                throw ImageDecodingError(file: path, reason: count == 0 ? "the file shrank while it was read"
-                                         : "read failed: \(systemMessage(errno))")
-            }
-            filled += count
-        }
+        let bytes = read.bytes
+        let stat = Stat(read.status)
         let nowNanoseconds = Int64(now.timeIntervalSince1970 * 1e9)
         let fresh = nowNanoseconds - max(stat.mtimeNanoseconds, stat.ctimeNanoseconds) < racyWindowNanoseconds
         let identity = FileIdentity(size: stat.size, mtimeNanoseconds: stat.mtimeNanoseconds,

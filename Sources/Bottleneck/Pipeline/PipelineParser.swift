@@ -7,9 +7,9 @@ extension Pipeline {
     public init(contentsOf path: String) throws {
         let text: String
         do {
-            text = try String(contentsOfFile: path, encoding: .utf8)
+            text = try DurableFiles.readText(path)
         } catch {
-            throw PipelineError("\(path): cannot read the pipeline file: \(error.localizedDescription)")
+            throw PipelineError("\(path): cannot read the pipeline file: \(error.reason)")
         }
         try self.init(yaml: text, path: path)
     }
@@ -73,6 +73,12 @@ extension Pipeline {
                               + " (one of \(kinds.joined(separator: ", ")))")
         }
         let name = try entry.string("name") ?? kind.defaultName
+        // The name is a folder under out: `../victim` or `/etc` would write elsewhere.
+        guard let first = name.first, first != ".",
+              name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "-_.".contains($0)) }) else {
+            throw entry.error(at: "name", "stage name '\(name)' is not a plain name: use letters, digits, '-', '_' and '.', "
+                              + "not starting with '.' (it names the stage's folder under out)")
+        }
         if before.contains(where: { $0.name == name }) {
             throw entry.error(at: entry.value("name") == nil ? "stage" : "name",
                               "two stages are named '\(name)'; give one of them another 'name:'")

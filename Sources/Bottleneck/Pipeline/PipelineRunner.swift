@@ -269,7 +269,7 @@ public struct PipelineRunner {
     }
 
     private static func read<Record: Decodable>(_ type: Record.Type, from path: String) -> Record? {
-        try? JSONDecoder().decode(type, from: Data(contentsOf: URL(fileURLWithPath: path)))
+        try? JSONDecoder().decode(type, from: Data(DurableFiles.readRegularFile(path).bytes))
     }
 
     private func write<Record: Encodable>(_ record: Record, to path: String) throws {
@@ -277,9 +277,11 @@ public struct PipelineRunner {
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
         do {
             try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
-            try encoder.encode(record).write(to: URL(fileURLWithPath: path), options: .atomic)
+            try DurableFiles.writeAtomically(encoder.encode(record), to: path)
+        } catch let error as FileAccessError {
+            throw PipelineError("cannot write \(path): \(error.reason)")
         } catch {
-            throw PipelineError("cannot write \(path): \(error.localizedDescription)")
+            throw PipelineError("cannot write \(path): \(error)")
         }
     }
 }

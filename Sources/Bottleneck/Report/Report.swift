@@ -46,9 +46,11 @@ public struct Report: Sendable {
         do {
             let folder = (path as NSString).deletingLastPathComponent
             if !folder.isEmpty { try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true) }
-            try Data(text.utf8).write(to: URL(fileURLWithPath: path), options: .atomic)
+            try DurableFiles.writeAtomically(Array(text.utf8), to: path)
+        } catch let error as FileAccessError {
+            throw PipelineError("cannot write \(path): \(error.reason)")
         } catch {
-            throw PipelineError("cannot write \(path): \(error.localizedDescription)")
+            throw PipelineError("cannot write \(path): \(error)")
         }
     }
 

@@ -95,7 +95,7 @@ public struct RunRecord: Sendable {
         decoder.nonConformingFloatDecodingStrategy = .convertFromString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
         func decode<T: Decodable>(_ type: T.Type, _ file: String) throws -> T {
             do {
-                return try decoder.decode(type, from: Data(contentsOf: URL(fileURLWithPath: run(file))))
+                return try decoder.decode(type, from: Data(DurableFiles.readRegularFile(run(file)).bytes))
             } catch {
                 throw PipelineError("\(run(file)): cannot read it: \(error)")
             }
@@ -137,7 +137,8 @@ public struct RunRecord: Sendable {
 
     /// metrics.csv by its header's column names.
     private static func readMetrics(_ path: String) throws -> [Epoch] {
-        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { throw PipelineError("\(path): cannot read it") }
+        let text: String
+        do { text = try DurableFiles.readText(path) } catch { throw PipelineError("\(path): cannot read it: \(error.reason)") }
         let lines = text.split(whereSeparator: \.isNewline).map { $0.split(separator: ",", omittingEmptySubsequences: false).map(String.init) }
         guard let header = lines.first else { throw PipelineError("\(path) is empty") }
         let columns = try RunDirectory.metricsColumns.map { name in

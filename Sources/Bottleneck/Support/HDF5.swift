@@ -464,6 +464,10 @@ public final class HDF5File: HDF5Group, @unchecked Sendable {
 
     public init(path: String, mode: Mode) throws {
         let id: hid_t
+        // libhdf5 opens with a blocking open(): a FIFO would hang it forever.
+        if mode == .readOnly || mode == .readWrite {
+            do { try DurableFiles.checkRegularFile(path) } catch { throw HDF5Error(operation: "open \(path)", reason: error.reason) }
+        }
         switch mode {
         case .readOnly:
             id = try hdf5Call("open \(path)") { H5Fopen(path, bn_H5F_ACC_RDONLY(), bn_H5P_DEFAULT()) }

@@ -45,7 +45,14 @@ struct FineTuneCheckpoint {
 
     init(contentsOf path: String) throws {
         guard FileManager.default.fileExists(atPath: path) else {
-            throw TrainingError(.runDirectory, "no checkpoint at \(path): the run did not finish an epoch; start it again without --resume")
+            // metrics.csv, not the missing checkpoint, says whether epochs finished: a checkpoint deleted by
+            // hand or lost with its folder's other files is not a run that never got through one.
+            let metrics = (path as NSString).deletingLastPathComponent + "/" + RunDirectory.metricsFile
+            let finished = max(0, ((try? DurableFiles.readText(metrics)) ?? "").split(whereSeparator: \.isNewline).count - 1)
+            throw TrainingError(.runDirectory, finished == 0
+                ? "no checkpoint at \(path): the run did not finish an epoch; start it again without --resume"
+                : "no checkpoint at \(path), though \(metrics) records \(counted(finished, "finished epoch")): the checkpoint "
+                  + "was deleted, so the run cannot continue; start it again with --overwrite instead of --resume")
         }
         self = try inRole("checkpoint file") { try FineTuneCheckpoint(checking: path) }
     }

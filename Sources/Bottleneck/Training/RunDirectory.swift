@@ -1,3 +1,8 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 import Foundation
 
 /// A training run's folder: `config.json` when training starts, a `metrics.csv` line after every
@@ -36,6 +41,7 @@ public final class RunDirectory {
                 throw TrainingError(.runDirectory, "cannot create the run folder \(path): \(error.localizedDescription)")
             }
         }
+        removeOrphanTemporaries()
     }
 
     /// Opens the folder of an interrupted run to continue it: it must hold the run's config.json and no
@@ -49,11 +55,18 @@ public final class RunDirectory {
         guard !manager.fileExists(atPath: (path as NSString).appendingPathComponent(Self.summaryFile)) else {
             throw TrainingError(.runDirectory, "\(path) holds a finished run (\(Self.summaryFile)); nothing to resume")
         }
+        removeOrphanTemporaries()
     }
 
     public func file(_ name: String) -> String { (path as NSString).appendingPathComponent(name) }
 
-    /// Pretty, sorted, snake_case JSON, written atomically.
+    /// Deletes what killed runs of this folder left half-written (`model.h5.partial-PID-…`, up to a model's
+    /// size each), and only those of dead processes.
+    private func removeOrphanTemporaries() {
+        for name in Self.runFiles + [FineTuneCheckpoint.fileName] { DurableFiles.removeOrphanTemporaries(of: file(name)) }
+    }
+
+    /// Pretty, sorted, snake_case JSON, written atomically (see `DurableFiles.writeAtomically`).
     func writeJSON<T: Encodable>(_ value: T, to name: String) throws {
         let encoder = JSONEncoder.snakeCaseDocument()
         encoder.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
@@ -71,21 +84,24 @@ public final class RunDirectory {
         let line = [String(record.epoch), "\(record.trainLoss)", "\(record.trainAccuracy)", "\(record.validationLoss)",
                     "\(record.validationAccuracy)", "\(record.learningRate)", String(format: "%.4f", record.seconds)]
             .joined(separator: ",") + "\n"
+        let path = file(Self.metricsFile)
+        let descriptor: Int32, status: stat
         do {
-            let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: file(Self.metricsFile)))
-            defer { try? handle.close() }
-            try handle.seekToEnd()
-            try handle.write(contentsOf: Data(line.utf8))
+            (descriptor, status) = try DurableFiles.openRegularFile(path, flags: O_WRONLY | O_APPEND | O_NOFOLLOW)
         } catch {
-            throw TrainingError(.runDirectory, "cannot write \(file(Self.metricsFile)): \(error.localizedDescription)")
+            throw TrainingError(.runDirectory, "cannot write \(path): \(error.reason)")
+        }
+        defer { close(descriptor) }
+        if let code = Array(line.utf8).withUnsafeBytes({ DurableFiles.write($0, to: descriptor, at: Int64(status.st_size)) }) {
+            throw TrainingError(.runDirectory, "cannot write \(path): \(systemMessage(code))")
         }
     }
 
     private func write(_ data: Data, to name: String) throws {
         do {
-            try data.write(to: URL(fileURLWithPath: file(name)), options: .atomic)
+            try DurableFiles.writeAtomically(data, to: file(name))
         } catch {
-            throw TrainingError(.runDirectory, "cannot write \(file(name)): \(error.localizedDescription)")
+            throw TrainingError(.runDirectory, "cannot write \(file(name)): \(error)")
         }
     }
 }

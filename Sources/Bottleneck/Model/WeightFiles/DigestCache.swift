@@ -45,7 +45,7 @@ public enum DigestCache {
     }
 
     private static func load() -> [String: Entry] {
-        guard let data = FileManager.default.contents(atPath: storePath),
+        guard let data = try? Data(DurableFiles.readRegularFile(storePath).bytes),
               let entries = try? JSONDecoder().decode([String: Entry].self, from: data) else { return [:] }
         return entries
     }
@@ -55,6 +55,6 @@ public enum DigestCache {
         let url = URL(fileURLWithPath: storePath)
         try? FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
         guard let data = try? JSONEncoder().encode(entries) else { return }
-        try? data.write(to: url, options: .atomic)
+        try? DurableFiles.writeAtomically(data, to: storePath)
     }
 }

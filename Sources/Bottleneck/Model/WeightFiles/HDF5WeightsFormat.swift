@@ -105,18 +105,17 @@ enum HDF5WeightsFormat {
 
 /// Saves a state dict as the project's HDF5 weights file (float32, one root
 /// dataset per key, `attributes` as root string attributes). Written to a
-/// temporary file beside `path` and renamed over it, so an interrupted save
-/// never leaves a half-written model where a good one was.
+/// fresh temporary file beside `path` and renamed over it, so an interrupted save
+/// never leaves a half-written model where a good one was (see `DurableFiles.writeThroughTemporary`).
 public func writeStateDictHDF5(path: String, tensors: [(String, Tensor)], attributes: [String: String] = [:]) throws {
     var seen = Set<String>()
     if let duplicate = tensors.first(where: { !seen.insert($0.0).inserted }) {
         throw WeightsError(.writeFailed, path: path, "the state dict names \(duplicate.0) twice")
     }
-    let temporaryPath = path + ".partial-\(getpid())"
     do {
-        // The file closes when `file` and its datasets go out of scope, before the rename.
-        try {
-            let file = try HDF5File(path: temporaryPath, mode: .truncate)
+        try DurableFiles.writeThroughTemporary(to: path) { temporaryPath in
+            // The file closes when `file` and its datasets go out of scope, before the rename.
+            let file = try HDF5File(path: temporaryPath, mode: .createNew)
             for (key, tensor) in tensors {
                 try file.createDataset(key, of: Float.self, shape: tensor.shape).write(tensor.data)
             }
@@ -124,14 +123,10 @@ public func writeStateDictHDF5(path: String, tensors: [(String, Tensor)], attrib
                 try file.setAttribute(name, value)
             }
             try file.flush()
-        }()
+        }
+    } catch let error as FileAccessError {
+        throw WeightsError(.writeFailed, path: path, error.reason)
     } catch {
-        unlink(temporaryPath)
         throw WeightsError(.writeFailed, path: path, "\(error)")
-    }
-    guard rename(temporaryPath, path) == 0 else {
-        let reason = systemMessage(errno)
-        unlink(temporaryPath)
-        throw WeightsError(.writeFailed, path: path, "cannot move the new file into place: \(reason)")
     }
 }

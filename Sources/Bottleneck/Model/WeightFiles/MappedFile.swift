@@ -17,17 +17,13 @@ final class MappedFile: @unchecked Sendable {
 
     init(path: String) throws(WeightsError) {
         self.path = path
-        let descriptor = open(path, O_RDONLY | O_CLOEXEC)
-        guard descriptor >= 0 else {
-            let reason = errno
-            throw WeightsError(reason == ENOENT ? .missingFile : .unreadable, path: path, systemMessage(reason))
+        let descriptor: Int32, status: stat
+        do {
+            (descriptor, status) = try DurableFiles.openRegularFile(path)
+        } catch {
+            throw WeightsError(error.code == ENOENT ? .missingFile : .unreadable, path: path, error.reason)
         }
         defer { close(descriptor) }
-        var status = stat()
-        guard fstat(descriptor, &status) == 0 else { throw WeightsError(.unreadable, path: path, systemMessage(errno)) }
-        guard (status.st_mode & S_IFMT) == S_IFREG else {
-            throw WeightsError(.unreadable, path: path, "not a regular file (a directory?)")
-        }
         let size = Int(status.st_size)
         guard size > 0 else { throw WeightsError(.emptyFile, path: path, "the file is empty (0 bytes)") }
         guard let address = mmap(nil, size, PROT_READ, MAP_PRIVATE, descriptor, 0), address != MAP_FAILED else {

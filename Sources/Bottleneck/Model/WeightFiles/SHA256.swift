@@ -89,10 +89,11 @@ public struct SHA256: Sendable {
 
     /// Hex digest of a file read in 4 MB pieces: memory stays flat whatever the file size.
     public static func hexDigest(ofFileAt path: String) throws(WeightsError) -> String {
-        let descriptor = open(path, O_RDONLY | O_CLOEXEC)
-        guard descriptor >= 0 else {
-            let reason = errno
-            throw WeightsError(reason == ENOENT ? .missingFile : .unreadable, path: path, systemMessage(reason))
+        let descriptor: Int32
+        do {
+            descriptor = try DurableFiles.openRegularFile(path).descriptor
+        } catch {
+            throw WeightsError(error.code == ENOENT ? .missingFile : .unreadable, path: path, error.reason)
         }
         defer { close(descriptor) }
         let chunkSize = 4 << 20
