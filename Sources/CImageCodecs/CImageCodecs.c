@@ -82,7 +82,8 @@ CImageDecoder *cimage_decoder_open_file(const char *path) {
     if (decoder == NULL) {
         return NULL;
     }
-    int descriptor = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: a FIFO named like an image must not block the open; it is refused below. */
+    int descriptor = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (descriptor < 0) {
         set_error(decoder, "cannot open file (%s)", strerror(errno));
         decoder->open_failed = 1;
@@ -94,6 +95,9 @@ CImageDecoder *cimage_decoder_open_file(const char *path) {
         decoder->open_failed = 1;
     } else if (S_ISDIR(status.st_mode)) {
         set_error(decoder, "is a directory, not an image file");
+        decoder->open_failed = 1;
+    } else if (!S_ISREG(status.st_mode)) {
+        set_error(decoder, "not a regular file (a FIFO, device or socket), skipped");
         decoder->open_failed = 1;
     } else if (status.st_size > 0) {
         size_t size = (size_t)status.st_size;

@@ -75,6 +75,7 @@ public struct EvaluationJob: Sendable {
     private func evaluateImages(_ root: String, model: TrainedModel, log: (String) -> Void) throws -> Result {
         guard batchSize >= 1 else { throw TrainingError(.invalidInput, "--batch-size must be at least 1") }
         let folder = try ImageFolder(root: root)
+        for warning in folder.warnings { log("warning: \(warning)") }
         let labels = try modelLabels(folder.items.map(\.label), sourceClasses: folder.classes, model: model, source: root)
         let (split, rows, scored) = try selectRows(paths: folder.items.map(\.path), labels: labels, splits: folder.items.map(\.split),
                                                    model: model, source: root)

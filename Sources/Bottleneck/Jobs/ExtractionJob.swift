@@ -81,6 +81,7 @@ public struct ExtractionJob: Sendable {
         log("found \(folder.items.count) images in \(folder.classes.count) classes"
             + (splitNote.isEmpty ? "" : " (splits: \(splitNote.joined(separator: ", ")))") + " under \(folder.root.path)")
         for empty in folder.emptyClassFolders { log("warning: class folder \(empty) holds no images") }
+        for warning in folder.warnings { log("warning: \(warning)") }
 
         let isInputLayer = layer.lowercased() == Self.inputLayer
         let cut = isInputLayer ? nil : try CutPoint(layer, in: config)

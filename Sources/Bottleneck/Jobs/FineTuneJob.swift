@@ -84,6 +84,7 @@ public struct FineTuneJob: Sendable {
         let start = ResourceUsage.now
         try settings.validate()
         let folder = try ImageFolder(root: imagesRoot)
+        for warning in folder.warnings { log("warning: \(warning)") }
         guard folder.classes.count >= 2 else {
             throw TrainingError(.invalidInput, "\(imagesRoot) has \(folder.classes.count) class folder\(folder.classes.count == 1 ? "" : "s"): "
                                 + "a classifier needs at least 2 class subfolders")
