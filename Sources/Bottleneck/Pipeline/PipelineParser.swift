@@ -5,16 +5,27 @@ extension Pipeline {
     /// Reads and validates a pipeline file. Every mistake is reported as `FILE:LINE: what is wrong`, unknown
     /// keys with the closest known one, before anything runs.
     public init(contentsOf path: String) throws {
-        let text: String
+        if let size = FileIdentity.Stat(path: path)?.size, size > Self.maximumFileBytes {
+            throw PipelineError("\(path): a pipeline file of \(Int(size).formattedBytes) is too large (at most "
+                                + "\(Self.maximumFileBytes.formattedBytes))")
+        }
+        let bytes: [UInt8]
         do {
-            text = try String(contentsOfFile: path, encoding: .utf8)
+            bytes = try FileIdentity.read(path: path).bytes
         } catch {
-            throw PipelineError("\(path): cannot read the pipeline file: \(error.localizedDescription)")
+            throw PipelineError("\(path): cannot read the pipeline file: \(error.reason)")
+        }
+        guard bytes.count <= Self.maximumFileBytes, let text = String(validating: bytes, as: UTF8.self) else {
+            throw PipelineError("\(path): a pipeline file must be UTF-8 text of at most \(Self.maximumFileBytes.formattedBytes)")
         }
         try self.init(yaml: text, path: path)
     }
 
+    /// Pipelines are a few hundred bytes; a larger file is a mistake (or an attack on the parser).
+    static let maximumFileBytes = 1 << 20
+
     public init(yaml text: String, path: String) throws {
+        try YAMLAliasCheck.refuseAnchorsAndAliases(in: text, file: path)
         let root: Node?
         do {
             root = try Yams.compose(yaml: text)
