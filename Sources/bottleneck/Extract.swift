@@ -48,7 +48,8 @@ struct Extract: ParsableCommand {
     var shard: String?
 
     func run() throws {
-        var job = ExtractionJob(imagesRoot: images, outputPath: out, weights: weights.resolved())
+        var job = ExtractionJob(imagesRoot: images, outputPath: out,
+                                weights: weights.resolved(usingWeights: layer.lowercased() != ExtractionJob.inputLayer))
         job.layer = layer
         job.batchSize = batchSize
         job.compress = compress

@@ -33,7 +33,7 @@ struct Predict: ParsableCommand {
         job.topK = topK
         job.batchSize = batchSize
         if format == .csv { print("path,rank,class,probability,error") }
-        let predictions = try job.run { prediction in
+        let predictions = try job.run(log: printErr) { prediction in
             switch format {
             case .text:
                 if let error = prediction.error {

@@ -11,10 +11,11 @@ struct WeightsOption: ParsableArguments {
         """, valueName: "FILE|random"))
     var weights: String?
 
-    /// The choice, after warning loudly when random weights stand in for missing pretrained ones.
-    func resolved() -> WeightsChoice {
+    /// The choice, after warning loudly when random weights stand in for missing pretrained ones
+    /// that the command would use (`extract --layer input` uses none).
+    func resolved(usingWeights: Bool = true) -> WeightsChoice {
         let (choice, fellBack) = WeightsChoice.resolve(weights)
-        if fellBack { printErr(WeightsChoice.randomFallbackWarning()) }
+        if fellBack && usingWeights { printErr(WeightsChoice.randomFallbackWarning()) }
         return choice
     }
 }

@@ -22,9 +22,14 @@ public struct ImageFolder: Sendable {
     public let items: [Item]
     /// Class folders that hold no image, per split ("train/cat"); reported, not fatal.
     public let emptyClassFolders: [String]
+    /// What the scan left out, one line each: a symbolic link to a folder already scanned (a link loop),
+    /// a file or folder whose name is not UTF-8.
+    public let warnings: [String]
 
     public static let imageExtensions: Set<String> = ["jpg", "jpeg", "png"]
 
+    /// Classes are found as torchvision's `find_classes` finds them: every entry of the folder that is a
+    /// folder or a symbolic link to one, dot-folders included, sorted by name.
     public init(root path: String) throws {
         let root = URL(fileURLWithPath: path).standardizedFileURL
         var isDirectory: ObjCBool = false
@@ -33,83 +38,107 @@ public struct ImageFolder: Sendable {
         }
         guard isDirectory.boolValue else { throw ImageFolderError("\(path): not a folder") }
         self.root = root
+        var warnings: [String] = []
 
-        let topFolders = try Self.subfolders(of: root)
-        let splitFolders = topFolders.filter { Split(rawValue: $0) != nil && $0 != "none" }
+        let top = try DirectoryListing(folder: root.path)
+        let splitFolders = top.entries.filter { $0.isDirectory && $0.name != "none" }.compactMap { Split(rawValue: $0.name) }
         let layouts: [(prefix: String, split: Split)] = splitFolders.isEmpty
             ? [("", .none)]
-            : splitFolders.map { ("\($0)/", Split(rawValue: $0)!) }
+            : splitFolders.map { ("\($0.rawValue)/", $0) }
 
         // Classes are the union of class folders over all splits, so that an index
         // means the same class in train and val.
-        var classNames = Set<String>()
+        var listings: [DirectoryListing] = []
+        var classNames: [String: String] = [:]
         for layout in layouts {
-            classNames.formUnion(try Self.subfolders(of: root.appendingPathComponent(layout.prefix)))
+            let base = root.path + "/" + layout.prefix
+            let listing = layout.prefix.isEmpty ? top : try DirectoryListing(folder: base)
+            if let undecodable = listing.undecodable.first(where: \.isDirectory) {
+                throw ImageFolderError("\(base)\(undecodable.escapedName): a class folder whose name is not UTF-8; rename it "
+                                       + "(leaving it out would shift the class indices torchvision's ImageFolder gives)")
+            }
+            for entry in listing.entries where entry.isDirectory {
+                // Swift compares strings by canonical equivalence: "é" and "e\u{301}" would be one class.
+                if let other = classNames[entry.name], other.utf8.elementsEqual(entry.name.utf8) == false {
+                    throw ImageFolderError("\(base): class folders '\(other)' and '\(entry.name)' differ only in Unicode "
+                                           + "normalization; rename one of them")
+                }
+                classNames[entry.name] = entry.name
+            }
+            listings.append(listing)
         }
-        let classes = classNames.sorted()
+        let classes = classNames.values.sorted { $0.utf8.lexicographicallyPrecedes($1.utf8) }
         let classIndex = Dictionary(uniqueKeysWithValues: classes.enumerated().map { ($1, Int32($0)) })
 
         var items: [Item] = []
         var empty: [String] = []
-        for layout in layouts {
-            let base = root.appendingPathComponent(layout.prefix)
-            for loose in try Self.imageFiles(in: base) {
-                items.append(Item(path: layout.prefix + loose, label: -1, split: layout.split))
+        for (layout, listing) in zip(layouts, listings) {
+            let base = root.path + "/" + layout.prefix
+            warnings += listing.undecodable.map { "skipped \(base)\($0.escapedName): the name is not UTF-8" }
+            for loose in listing.entries where !loose.isDirectory && Self.hasImageExtension(loose.name) {
+                items.append(Item(path: layout.prefix + loose.name, label: -1, split: layout.split))
             }
-            for className in try Self.subfolders(of: base) {
-                let files = try Self.imageFiles(in: base.appendingPathComponent(className), recursive: true)
-                if files.isEmpty { empty.append(layout.prefix + className) }
+            for classFolder in listing.entries where classFolder.isDirectory {
+                let files = try Self.imageFiles(under: base + classFolder.name, warnings: &warnings)
+                if files.isEmpty { empty.append(layout.prefix + classFolder.name) }
+                let label = classIndex[classFolder.name] ?? -1
                 for file in files {
-                    items.append(Item(path: "\(layout.prefix)\(className)/\(file)", label: classIndex[className]!,
-                                      split: layout.split))
+                    items.append(Item(path: "\(layout.prefix)\(classFolder.name)/\(file)", label: label, split: layout.split))
                 }
             }
         }
         self.classes = classes
         self.items = items
         self.emptyClassFolders = empty
+        self.warnings = warnings
     }
 
     public func url(of item: Item) -> URL { root.appendingPathComponent(item.path) }
 
-    static func subfolders(of folder: URL) throws -> [String] {
-        try entries(of: folder).filter { isDirectory(folder.appendingPathComponent($0)) }
+    /// torchvision's `has_file_allowed_extension`: the lowercased name ends with one of the extensions
+    /// (compared as bytes, so ".jpg" alone counts and "x.jpg" followed by a combining mark does not).
+    static func hasImageExtension(_ name: String) -> Bool {
+        let lowered = name.utf8.map { (0x41...0x5a).contains($0) ? $0 + 0x20 : $0 }
+        return imageExtensions.contains { lowered.reversed().starts(with: Array(".\($0)".utf8).reversed()) }
     }
 
-    /// Image files in `folder` (and below it when recursive, as ImageFolder's sorted os.walk
-    /// does: a folder's own files first, then each subfolder in order), relative to `folder`.
-    static func imageFiles(in folder: URL, recursive: Bool = false) throws -> [String] {
-        var files: [String] = []
-        var subfolders: [String] = []
-        for name in try entries(of: folder) {
-            let url = folder.appendingPathComponent(name)
-            if isDirectory(url) {
-                subfolders.append(name)
-            } else if imageExtensions.contains(url.pathExtension.lowercased()) {
-                files.append(name)
+    /// Image files under `folder`, relative to it, in the order of torchvision's
+    /// `sorted(os.walk(folder, followlinks=True))`: the folders walked sorted by path, each one's files
+    /// sorted by name. Unlike `os.walk`, a folder (device and inode) is walked once: a symbolic link to a
+    /// folder already walked — a link loop, or a second link to one place — is skipped and named in
+    /// `warnings`. Real subfolders are walked before links, so a folder is listed under its own path.
+    public static func imageFiles(under folder: String, warnings: inout [String]) throws -> [String] {
+        var visited: Set<DirectoryListing.FolderIdentity> = []
+        if let identity = DirectoryListing.FolderIdentity(path: folder) { visited.insert(identity) }
+        var walked: [(path: String, files: [String])] = []
+        var links: [String] = []
+        func walk(_ relative: String) throws {
+            let listing = try DirectoryListing(folder: relative.isEmpty ? folder : folder + "/" + relative)
+            let prefix = relative.isEmpty ? "" : relative + "/"
+            warnings += listing.undecodable.map { "skipped \(folder)/\(prefix)\($0.escapedName): the name is not UTF-8" }
+            walked.append((relative, listing.entries.filter { !$0.isDirectory && hasImageExtension($0.name) }.map(\.name)))
+            for entry in listing.entries where entry.isDirectory {
+                if entry.isSymbolicLink {
+                    links.append(prefix + entry.name)
+                } else if let identity = entry.folder, visited.insert(identity).inserted {
+                    try walk(prefix + entry.name)
+                } else {
+                    warnings.append("skipped \(folder)/\(prefix)\(entry.name): the same folder as one already scanned")
+                }
             }
         }
-        guard recursive else { return files }
-        for name in subfolders {
-            files += try imageFiles(in: folder.appendingPathComponent(name), recursive: true).map { "\(name)/\($0)" }
+        try walk("")
+        while !links.isEmpty {
+            links.sort { $0.utf8.lexicographicallyPrecedes($1.utf8) }
+            let link = links.removeFirst()
+            if let identity = DirectoryListing.FolderIdentity(path: folder + "/" + link), visited.insert(identity).inserted {
+                try walk(link)
+            } else {
+                warnings.append("skipped \(folder)/\(link): a symbolic link to a folder already scanned (a link loop?)")
+            }
         }
-        return files
-    }
-
-    /// Visible entries, sorted by their UTF-8 bytes like Python's `sorted(os.scandir(...))`.
-    static func entries(of folder: URL) throws -> [String] {
-        do {
-            return try FileManager.default.contentsOfDirectory(atPath: folder.path)
-                .filter { !$0.hasPrefix(".") }
-                .sorted { Array($0.utf8).lexicographicallyPrecedes(Array($1.utf8)) }
-        } catch {
-            throw ImageFolderError("\(folder.path): cannot list folder (\(error.localizedDescription))")
-        }
-    }
-
-    static func isDirectory(_ url: URL) -> Bool {
-        var isDirectory: ObjCBool = false
-        return FileManager.default.fileExists(atPath: url.path, isDirectory: &isDirectory) && isDirectory.boolValue
+        return walked.sorted { $0.path.utf8.lexicographicallyPrecedes($1.path.utf8) }
+            .flatMap { walkedFolder in walkedFolder.files.map { walkedFolder.path.isEmpty ? $0 : walkedFolder.path + "/" + $0 } }
     }
 }
 

@@ -19,6 +19,8 @@ public struct EvaluationJob: Sendable {
     public var weights: WeightsChoice?
     /// Images per forward pass (images only).
     public var batchSize = 8
+    /// Bytes a run may plan to use; nil: MemAvailable from /proc/meminfo.
+    public var memoryLimitBytes: Int?
     public var allowIncomplete = false
 
     public init(modelPath: String, source: Source) {
@@ -73,11 +75,17 @@ public struct EvaluationJob: Sendable {
     }
 
     private func evaluateImages(_ root: String, model: TrainedModel, log: (String) -> Void) throws -> Result {
-        guard batchSize >= 1 else { throw TrainingError(.invalidInput, "--batch-size must be at least 1") }
+        if let problem = MemoryEstimate.batchSizeProblem(batchSize) { throw TrainingError(.invalidInput, problem) }
         let folder = try ImageFolder(root: root)
+        for warning in folder.warnings { log("warning: \(warning)") }
         let labels = try modelLabels(folder.items.map(\.label), sourceClasses: folder.classes, model: model, source: root)
         let (split, rows, scored) = try selectRows(paths: folder.items.map(\.path), labels: labels, splits: folder.items.map(\.split),
                                                    model: model, source: root)
+        let largestBatch = min(batchSize, rows.count)
+        if let refusal = MemoryEstimate.refusal(forward: model.config, imageShape: model.preprocessing.outputShape,
+                                                batchSize: largestBatch, limit: memoryLimitBytes) {
+            throw TrainingError(.invalidInput, refusal)
+        }
         let classifier = try ImageClassifier(model: model, weights: weights)
         log("evaluating \(rows.count) images of \(root) through \(model.cutName) and the head: \(scored)")
         let items = rows.map { folder.items[$0] }

@@ -16,6 +16,8 @@ public struct ExtractionJob: Sendable {
     /// Only this contiguous part of the sorted image list (`--shard 2/4`), for scale-out; `bottleneck merge`
     /// joins the shards' caches into what one process would have written.
     public var shard: Shard?
+    /// Bytes a run may plan to use; nil: MemAvailable from /proc/meminfo.
+    public var memoryLimitBytes: Int?
 
     /// `--layer input` stores the preprocessed images themselves.
     public static let inputLayer = "input"
@@ -67,7 +69,7 @@ public struct ExtractionJob: Sendable {
     /// progress is drawn on stderr by a ProgressReporter.
     public func run(log: (String) -> Void) throws -> Summary {
         let start = ResourceUsage.now
-        guard batchSize >= 1 else { throw ExtractionError("--batch-size must be at least 1") }
+        if let problem = MemoryEstimate.batchSizeProblem(batchSize) { throw ExtractionError(problem) }
         let folder = try ImageFolder(root: imagesRoot)
         guard !folder.items.isEmpty else {
             throw ExtractionError("\(imagesRoot): no images found (.jpg, .jpeg or .png, in class subfolders or loose)")
@@ -81,6 +83,7 @@ public struct ExtractionJob: Sendable {
         log("found \(folder.items.count) images in \(folder.classes.count) classes"
             + (splitNote.isEmpty ? "" : " (splits: \(splitNote.joined(separator: ", ")))") + " under \(folder.root.path)")
         for empty in folder.emptyClassFolders { log("warning: class folder \(empty) holds no images") }
+        for warning in folder.warnings { log("warning: \(warning)") }
 
         let isInputLayer = layer.lowercased() == Self.inputLayer
         let cut = isInputLayer ? nil : try CutPoint(layer, in: config)
@@ -108,6 +111,12 @@ public struct ExtractionJob: Sendable {
         if builder.recoveredRowCount > 0 { log("resuming: \(builder.recoveredRowCount) rows were already durable from an interrupted run") }
 
         let pending = builder.pending
+        let largestBatch = min(batchSize, pending.count)
+        if let refusal = MemoryEstimate.refusal(forward: cut.map { _ in config }, imageShape: preprocessing.outputShape,
+                                                batchSize: largestBatch, limit: memoryLimitBytes) {
+            builder.abandon()
+            throw ExtractionError(refusal)
+        }
         // The network is only built when there is something to run it on: a rerun that finds
         // nothing new does not read 500 MB of weights.
         let loaded: LoadedNetwork?
@@ -204,7 +213,7 @@ final class BatchDecoder: @unchecked Sendable {
     private var ready: [Batch] = []
     private var finished = false
     private var cancelled = false
-    private let capacity = 2
+    static let capacity = 2
 
     /// Writes image `items[index]` as a [3, S, S] tensor into a batch slot.
     typealias Transform = @Sendable (_ image: RGBImage, _ index: Int, _ slot: UnsafeMutableBufferPointer<Float>) -> Void
@@ -249,7 +258,9 @@ final class BatchDecoder: @unchecked Sendable {
             var batchItems: [ImageFolder.Item] = []
             var identities: [FileIdentity] = []
             var failed: [(path: String, reason: String)] = []
-            var buffer = [Float](repeating: 0, count: batchSize * slotSize)
+            // Sized by the images left, not the batch size: `--batch-size 8000` on 2 images allocates 2 slots.
+            let slotCount = min(batchSize, items.count - index)
+            var buffer = [Float](repeating: 0, count: slotCount * slotSize)
             buffer.withUnsafeMutableBufferPointer { slots in
                 while batchItems.count < batchSize && index < items.count {
                     let item = items[index]
@@ -269,11 +280,11 @@ final class BatchDecoder: @unchecked Sendable {
                     }
                 }
             }
-            buffer.removeLast((batchSize - batchItems.count) * slotSize)
+            buffer.removeLast((slotCount - batchItems.count) * slotSize)
             let batch = Batch(images: Tensor(shape: [batchItems.count] + imageShape, data: buffer),
                               items: batchItems, identities: identities, failed: failed)
             condition.lock()
-            while ready.count >= capacity && !cancelled { condition.wait() }
+            while ready.count >= Self.capacity && !cancelled { condition.wait() }
             if cancelled {
                 condition.unlock()
                 return

@@ -84,6 +84,7 @@ public struct FineTuneJob: Sendable {
         let start = ResourceUsage.now
         try settings.validate()
         let folder = try ImageFolder(root: imagesRoot)
+        for warning in folder.warnings { log("warning: \(warning)") }
         guard folder.classes.count >= 2 else {
             throw TrainingError(.invalidInput, "\(imagesRoot) has \(folder.classes.count) class folder\(folder.classes.count == 1 ? "" : "s"): "
                                 + "a classifier needs at least 2 class subfolders")
@@ -99,7 +100,7 @@ public struct FineTuneJob: Sendable {
         let estimate = FineTuneNetwork.estimatedStepBytes(config: modelConfig, imageSize: settings.imageSize,
                                                           batchSize: settings.batchSize, frozenThrough: frozenThrough,
                                                           optimizerCopies: optimizerCopies)
-        if let available = memoryLimitBytes ?? Self.availableMemoryBytes(), estimate > available {
+        if let available = memoryLimitBytes ?? MemoryEstimate.availableBytes(), estimate > available {
             throw TrainingError(.invalidInput, "--batch-size \(settings.batchSize) at \(settings.imageSize) px needs about "
                                 + "\(estimate.formattedBytes) (parameters, optimizer state, kept activations and gradients), "
                                 + "but only \(available.formattedBytes) is available; use a smaller --batch-size or --image-size, "
@@ -366,14 +367,6 @@ public struct FineTuneJob: Sendable {
             try network.setParameters(path: layer, weight: weight, bias: bias)
         }
         return head.trainableLayers
-    }
-
-    /// MemAvailable from /proc/meminfo; nil where there is none.
-    static func availableMemoryBytes() -> Int? {
-        guard let text = try? String(contentsOfFile: "/proc/meminfo", encoding: .utf8),
-              let line = text.split(separator: "\n").first(where: { $0.hasPrefix("MemAvailable:") }),
-              let kilobytes = line.split(separator: " ").dropFirst().first.flatMap({ Int($0) }) else { return nil }
-        return kilobytes * 1024
     }
 
     private static func sortedJSON<T: Encodable>(_ value: T) -> String {

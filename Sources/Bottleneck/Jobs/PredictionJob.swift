@@ -10,6 +10,8 @@ public struct PredictionJob: Sendable {
     public var weights: WeightsChoice?
     public var topK = 5
     public var batchSize = 8
+    /// Bytes a run may plan to use; nil: MemAvailable from /proc/meminfo.
+    public var memoryLimitBytes: Int?
 
     public init(modelPath: String, inputs: [String]) {
         self.modelPath = modelPath
@@ -33,12 +35,21 @@ public struct PredictionJob: Sendable {
         public var error: String?
     }
 
-    /// Predicts every image, handing each result to `report` as its batch finishes (in input order).
-    public func run(report: (Prediction) -> Void) throws -> [Prediction] {
-        guard topK >= 1, batchSize >= 1 else { throw TrainingError(.invalidInput, "--top-k and --batch-size must be at least 1") }
-        let paths = try expandedInputs()
+    /// Predicts every image, handing each result to `report` as its batch finishes (in input order);
+    /// `log` gets what the scan of a folder left out.
+    public func run(log: (String) -> Void = { _ in }, report: (Prediction) -> Void) throws -> [Prediction] {
+        guard topK >= 1 else { throw TrainingError(.invalidInput, "--top-k must be at least 1") }
+        if let problem = MemoryEstimate.batchSizeProblem(batchSize) { throw TrainingError(.invalidInput, problem) }
+        var warnings: [String] = []
+        let paths = try expandedInputs(warnings: &warnings)
+        for warning in warnings { log("warning: \(warning)") }
         guard !paths.isEmpty else { throw TrainingError(.invalidInput, "no images given (.jpg, .jpeg or .png files or folders)") }
         let model = try TrainedModel(contentsOf: modelPath)
+        let largestBatch = min(batchSize, paths.count)
+        if let refusal = MemoryEstimate.refusal(forward: model.config, imageShape: model.preprocessing.outputShape,
+                                                batchSize: largestBatch, limit: memoryLimitBytes) {
+            throw TrainingError(.invalidInput, refusal)
+        }
         let classifier = try ImageClassifier(model: model, weights: weights)
         let preprocessing = model.preprocessing
         var results: [Prediction] = []
@@ -82,12 +93,16 @@ public struct PredictionJob: Sendable {
             .map { Prediction.Ranked(className: classes[$0 - values.startIndex], probability: Double(values[$0])) }
     }
 
-    /// Files as given; folders replaced by their images, recursively, in sorted order.
-    private func expandedInputs() throws -> [String] {
-        try inputs.flatMap { input -> [String] in
-            guard ImageFolder.isDirectory(URL(fileURLWithPath: input)) else { return [input] }
-            return try ImageFolder.imageFiles(in: URL(fileURLWithPath: input), recursive: true)
-                .map { (input as NSString).appendingPathComponent($0) }
+    /// Files as given; folders replaced by their images, recursively, in the order ImageFolder lists them.
+    private func expandedInputs(warnings: inout [String]) throws -> [String] {
+        var paths: [String] = []
+        for input in inputs {
+            guard DirectoryListing.FolderIdentity(path: input) != nil else {
+                paths.append(input)
+                continue
+            }
+            paths += try ImageFolder.imageFiles(under: input, warnings: &warnings).map { (input as NSString).appendingPathComponent($0) }
         }
+        return paths
     }
 }

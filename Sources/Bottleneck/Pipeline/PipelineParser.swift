@@ -5,6 +5,10 @@ extension Pipeline {
     /// Reads and validates a pipeline file. Every mistake is reported as `FILE:LINE: what is wrong`, unknown
     /// keys with the closest known one, before anything runs.
     public init(contentsOf path: String) throws {
+        if let size = FileIdentity.Stat(path: path)?.size, size > Self.maximumFileBytes {
+            throw PipelineError("\(path): a pipeline file of \(Int(size).formattedBytes) is too large (at most "
+                                + "\(Self.maximumFileBytes.formattedBytes))")
+        }
         let text: String
         do {
             text = try DurableFiles.readText(path)
@@ -14,7 +18,11 @@ extension Pipeline {
         try self.init(yaml: text, path: path)
     }
 
+    /// Pipelines are a few hundred bytes; a larger file is a mistake (or an attack on the parser).
+    static let maximumFileBytes = 1 << 20
+
     public init(yaml text: String, path: String) throws {
+        try YAMLAliasCheck.refuseAnchorsAndAliases(in: text, file: path)
         let root: Node?
         do {
             root = try Yams.compose(yaml: text)
