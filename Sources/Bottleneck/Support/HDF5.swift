@@ -487,6 +487,8 @@ public final class HDF5File: HDF5Group, @unchecked Sendable {
 
     /// Whether `path` starts with HDF5's signature, opened or not: what tells a damaged HDF5 file from another kind of file.
     public static func hasSignature(path: String) -> Bool {
+        // libhdf5 opens the file blocking: a FIFO would hang it.
+        guard (try? DurableFiles.checkRegularFile(path)) != nil else { return false }
         bn_h5_silence_errors()
         return H5Fis_hdf5(path) > 0
     }
