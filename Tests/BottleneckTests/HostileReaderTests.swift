@@ -186,6 +186,24 @@ final class HostileReaderTests: XCTestCase {
         }
     }
 
+    /// Tensors each small enough to load that together are not: refused before the first is read, as models and
+    /// checkpoints (which load every tensor) check.
+    func testTensorsTogetherLargerThanMemoryAreRefused() throws {
+        let path = folder.appendingPathComponent("many-sparse.h5").path
+        let perTensor = 1 << 30
+        let count = MemoryEstimate.fileReadLimitBytes / MemoryLayout<Float>.size / perTensor + 1
+        try {
+            let file = try HDF5File(path: path, mode: .createNew)
+            for index in 0..<count {
+                try file.createDataset("features.\(index).weight", of: Float.self, shape: [0], layout: .extendibleRows(chunkRows: 1 << 16))
+                    .setRowCount(perTensor)
+            }
+        }()
+        let weights = try StateDictFile.open(path: path)
+        assertRefused("many-sparse.h5", mentioning: ["more than half this machine's memory"]) { try weights.checkFitsInMemory() }
+        XCTAssertNoThrow(try StateDictFile.open(path: Fixtures.path("network/narrow_vgg16_legacy.pth")).checkFitsInMemory())
+    }
+
     /// Damage HDF5 cannot get past is called that, not a damaged weights file (inspect reads a non-cache as weights).
     func testATruncatedCacheIsADamagedHDF5FileNotWeights() throws {
         let path = try shardCache("1/1")

@@ -95,7 +95,7 @@ func hdf5Call<Result: BinaryInteger>(_ operation: @autoclosure () -> String, _ c
 /// dataspace (a chunked dataset never written, an attribute's) can claim far more than the file stores.
 private func checkReadable(_ count: Int, elementSize: Int, what: @autoclosure () -> String) throws {
     let (bytes, overflow) = count.multipliedReportingOverflow(by: elementSize)
-    guard !overflow, bytes >= 0, UInt64(bytes) <= ProcessInfo.processInfo.physicalMemory / 2 else {
+    guard !overflow, bytes >= 0, bytes <= MemoryEstimate.fileReadLimitBytes else {
         throw HDF5Error(operation: "read \(what())", reason: "it claims \(count) values of \(elementSize) bytes, more than half this machine's memory")
     }
 }

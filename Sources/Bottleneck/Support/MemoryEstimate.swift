@@ -13,6 +13,10 @@ public enum MemoryEstimate {
             : "--batch-size must be between \(batchSizes.lowerBound) and \(batchSizes.upperBound) (got \(batchSize))"
     }
 
+    /// The most one file's contents may make bottleneck hold: a file's own sizes (a dataspace, a shape) can claim far
+    /// more than it stores, and a claim beyond this is damage, not data.
+    static let fileReadLimitBytes = Int(clamping: ProcessInfo.processInfo.physicalMemory / 2)
+
     /// MemAvailable from /proc/meminfo; nil where there is none.
     static func availableBytes() -> Int? {
         guard let text = try? String(contentsOfFile: "/proc/meminfo", encoding: .utf8),

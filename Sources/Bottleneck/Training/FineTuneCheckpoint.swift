@@ -77,6 +77,7 @@ struct FineTuneCheckpoint {
                                 + "\(self.history.count) epochs disagree")
         }
         bestEpoch = best
+        try file.checkFitsInMemory()
         var parameters: [(key: String, tensor: Tensor)] = []
         var optimizer: [String: Tensor] = [:]
         for entry in file.entries {

@@ -173,10 +173,7 @@ public struct TrainedModel: Sendable {
                                 + (expected[entry.key].map { "has shape \(entry.shape), but its 'config' gives \($0)" }
                                    ?? "has no place in the network its 'config' describes"))
         }
-        let bytes = file.entries.reduce(0) { $0 + $1.elementCount } * MemoryLayout<Float>.size
-        guard UInt64(bytes) <= ProcessInfo.processInfo.physicalMemory / 2 else {
-            throw TrainingError(.malformed, "\(file.path): its parameters need \(bytes.formattedBytes), more than half this machine's memory")
-        }
+        try file.checkFitsInMemory()
         // HDF5 lists datasets by name; torchvision's order reads better and is what a state dict has.
         let order = Dictionary(shapes.enumerated().map { ($1.key, $0) }, uniquingKeysWith: { first, _ in first })
         let keys = file.entries.map(\.key).sorted { (order[$0] ?? .max, $0) < (order[$1] ?? .max, $1) }

@@ -58,6 +58,20 @@ public final class StateDictFile: Sendable {
         case hdf5(HDF5File)
     }
 
+    /// Refuses a file whose tensors could not all be held as float32: what a caller that loads every tensor
+    /// (a model, a checkpoint) checks before it reads the first.
+    public func checkFitsInMemory() throws(WeightsError) {
+        let limit = MemoryEstimate.fileReadLimitBytes / MemoryLayout<Float>.size
+        var total = 0
+        for entry in entries {
+            let (sum, overflow) = total.addingReportingOverflow(entry.elementCount)
+            guard !overflow, sum <= limit else {
+                throw WeightsError(.malformed, path: path, "its tensors hold more than \(limit) values, more than half this machine's memory")
+            }
+            total = sum
+        }
+    }
+
     /// 8 GB of float32: far above any VGG layer, and a bound a hostile shape cannot talk past.
     private static let maximumElementCount = 1 << 31
 
