@@ -39,6 +39,15 @@ final class HostileReaderTests: XCTestCase {
         }
     }
 
+    /// Found by Fuzz/ (fuzz-model): a damaged symbol-table B-tree whose member count crashed libhdf5 1.10.8
+    /// inside H5Gget_info; members are listed through H5Literate, which checks the nodes it reads.
+    func testADamagedGroupBTreeIsRefused() {
+        assertRefused("damaged_group_btree.h5", mentioning: ["weights file", "cannot list"]) {
+            _ = try StateDictFile.open(path: fixture("damaged_group_btree.h5"))
+        }
+        assertRefused("damaged_group_btree.h5", mentioning: ["cannot list"]) { _ = try TrainedModel(contentsOf: fixture("damaged_group_btree.h5")) }
+    }
+
     func testDeeplyNestedGroupsAreRefused() {
         assertRefused("deep_weights.h5", mentioning: ["nested more than \(HDF5WeightsFormat.maximumGroupDepth)"]) {
             _ = try StateDictFile.open(path: fixture("deep_weights.h5"))

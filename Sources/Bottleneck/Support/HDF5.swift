@@ -333,18 +333,17 @@ public class HDF5Group: HDF5Object, @unchecked Sendable {
 
     /// Names of the links in this group, in name order.
     public func memberNames() throws -> [String] {
-        var info = H5G_info_t()
-        try hdf5Call("list \(location)") { H5Gget_info(id, &info) }
-        return try (0..<info.nlinks).map { index in
-            let length = try hdf5Call("read a member name of \(location)") {
-                H5Lget_name_by_idx(id, ".", H5_INDEX_NAME, H5_ITER_INC, index, nil, 0, bn_H5P_DEFAULT())
+        let names = StringCollector()
+        _ = try withExtendedLifetime(names) {
+            try hdf5Call("list \(location)") {
+                bn_visit_link_names(id, { name, clientData in
+                    guard let name, let clientData else { return 0 }
+                    StringCollector.from(clientData).strings.append(String(cString: name))
+                    return 0
+                }, names.clientData)
             }
-            var name = [CChar](repeating: 0, count: Int(length) + 1)
-            try hdf5Call("read a member name of \(location)") {
-                H5Lget_name_by_idx(id, ".", H5_INDEX_NAME, H5_ITER_INC, index, &name, name.count, bn_H5P_DEFAULT())
-            }
-            return String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
         }
+        return names.strings
     }
 
     /// Whether a direct member of this group has this name.
