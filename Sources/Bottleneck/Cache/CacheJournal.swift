@@ -228,6 +228,8 @@ final class CacheJournal {
             throw FeatureCacheError(.damaged, "\(path) is a journal of format \(version), this bottleneck writes \(Self.version); "
                                     + "use --overwrite to start afresh")
         }
+        // A damaged length must not allocate more than the file holds.
+        guard Int64(jsonLength) <= fileLength - Int64(headerPrefixSize) else { throw notAJournal }
         var json = [UInt8](repeating: 0, count: Int(jsonLength))
         guard try json.withUnsafeMutableBytes({ try DurableFiles.read(into: $0, from: descriptor, at: Int64(headerPrefixSize), path: path) }),
               json.withUnsafeBytes({ CRC32.checksum($0) }) == storedCRC,
