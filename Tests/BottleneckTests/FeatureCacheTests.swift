@@ -466,6 +466,15 @@ final class FeatureCacheTests: XCTestCase {
         }
     }
 
+    /// Found by Fuzz/fuzz-journal: a damaged header length asked for 3.8 GB before anything was checked.
+    func testJournalHeaderLengthBeyondTheFileIsRefusedBeforeAllocating() throws {
+        let journalPath = FeatureCacheBuilder.journalPath(for: cachePath())
+        var bytes = Array("BNJOURNL".utf8)
+        for field: UInt32 in [2, 0xE200_0000, 0] { withUnsafeBytes(of: field.littleEndian) { bytes += $0 } }
+        try Data(bytes + Array("{}".utf8)).write(to: URL(fileURLWithPath: journalPath))
+        assertFails(.damaged, mentioning: [journalPath, "not a bottleneck journal"]) { _ = try CacheJournal.read(path: journalPath) }
+    }
+
     func testNonFiniteFeaturesAreNeverWritten() throws {
         let items = (0..<5).map { item($0) }
         let builder = try openBuilder(manifest: items)
