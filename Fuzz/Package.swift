@@ -1,6 +1,7 @@
 // swift-tools-version:6.0
 // libFuzzer targets for every reader of bottleneck, in their own package so the main build and its tests
-// never see the sanitizers. Build: swift build -c release -Xswiftc -sanitize=fuzzer,address (run.sh does it).
+// never see the sanitizers. Build: swift build -c release -Xswiftc -sanitize=fuzzer,address (run.sh does it, with
+// -Xcc -fsanitize=fuzzer-no-link,address for the C codecs too).
 import Foundation
 import PackageDescription
 
