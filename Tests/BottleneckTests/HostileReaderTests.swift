@@ -48,6 +48,16 @@ final class HostileReaderTests: XCTestCase {
         assertRefused("damaged_group_btree.h5", mentioning: ["cannot list"]) { _ = try TrainedModel(contentsOf: fixture("damaged_group_btree.h5")) }
     }
 
+    /// Found by Fuzz/ (fuzz-cache): a chunk record of /source/inode claiming 0xFFFFFFFF bytes in a 30 kB cache,
+    /// which libhdf5 allocated before finding the damage.
+    func testAChunkClaimingMoreThanTheFileIsRefusedBeforeReading() {
+        let path = fixture("cache_chunk_size_4GB.h5")
+        assertRefused("cache_chunk_size_4GB.h5:/source/inode", mentioning: ["4294967295 bytes", "more than the whole file"]) {
+            _ = try HDF5File(path: path, mode: .readOnly).openGroup("source").openDataset("inode").read(as: Int64.self)
+        }
+        XCTAssertThrowsError(try FeatureCacheReader(path: path))
+    }
+
     func testDeeplyNestedGroupsAreRefused() {
         assertRefused("deep_weights.h5", mentioning: ["nested more than \(HDF5WeightsFormat.maximumGroupDepth)"]) {
             _ = try StateDictFile.open(path: fixture("deep_weights.h5"))
