@@ -19,9 +19,11 @@ let package = Package(
         .systemLibrary(name: "CPNG", pkgConfig: "libpng", providers: [.apt(["libpng-dev"])]),
         // JPEG/PNG decoding with setjmp-protected error handling (Swift cannot survive libjpeg/libpng's longjmp).
         .target(name: "CImageCodecs", dependencies: ["CJPEG", "CPNG"]),
+        // Reads an HDF5 file's structure in a child process first: libhdf5 1.10 crashes inside itself on some damage.
+        .target(name: "CHDF5Probe", dependencies: ["CHDF5"]),
         .target(
             name: "Bottleneck",
-            dependencies: ["CHDF5", "COpenBLAS", "CJPEG", "CPNG", "CImageCodecs", .product(name: "Yams", package: "Yams")]
+            dependencies: ["CHDF5", "CHDF5Probe", "COpenBLAS", "CJPEG", "CPNG", "CImageCodecs", .product(name: "Yams", package: "Yams")]
         ),
         .executableTarget(
             name: "bottleneck",

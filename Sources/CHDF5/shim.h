@@ -87,8 +87,9 @@ static inline int bn_link_type(hid_t group, const char *name) {
 
 /* Calls `visit` with the name of each link in `group`, in name order, through H5Literate: H5Gget_info's
    count of an old-style group walks its B-tree without the checks H5Literate makes, and a damaged node
-   crashes libhdf5 1.10.8 there (Fuzz/ found one). The link-info argument's type differs between 1.10 and
-   1.12, hence the trampoline. */
+   crashes libhdf5 1.10.8 there (Fuzz/ found one); CHDF5Probe's walk lists groups this way too, so a file it
+   read whole is one this listing reads. The link-info argument's type differs between 1.10 and 1.12, hence
+   the trampoline. */
 typedef int (*bn_link_name_visitor)(const char *name, void *client);
 struct bn_link_name_visit { bn_link_name_visitor visit; void *client; };
 #if H5_VERSION_GE(1, 12, 0)

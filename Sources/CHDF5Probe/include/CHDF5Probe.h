@@ -1,0 +1,27 @@
+#ifndef BOTTLENECK_CHDF5_PROBE_H
+#define BOTTLENECK_CHDF5_PROBE_H
+#include <stddef.h>
+
+/* What reading an HDF5 file's whole structure in a child process came to; every outcome but BN_PROBE_READ
+   leaves a sentence in `message`. */
+enum bn_probe_outcome {
+    /* Every object, link list, attribute and dataset layout read. */
+    BN_PROBE_READ = 0,
+    /* libhdf5 refused part of it. */
+    BN_PROBE_REFUSED = 1,
+    /* The child died: libhdf5 crashed on the file (a sanitizer may turn the signal into an exit status). */
+    BN_PROBE_CRASHED = 2,
+    /* The child did not finish within the time allowed and was killed. */
+    BN_PROBE_TIMED_OUT = 3,
+    /* No child could be started. */
+    BN_PROBE_UNAVAILABLE = 4,
+};
+
+/* Opens `path` read-only in a forked child and walks everything bottleneck's readers will touch: every object
+   reachable by hard links (H5Ovisit, which notes the objects it has seen), each group's link list, each
+   object's attributes, each dataset's dataspace, type, creation properties and stored size. libhdf5 1.10 has
+   crashes of its own on damaged metadata (reads from address 0, multi-gigabyte mallocs of sizes read from
+   the file); in the child they cost the child, not the job. */
+enum bn_probe_outcome bn_probe_hdf5_structure(const char *path, int timeout_seconds, char *message, size_t message_size);
+
+#endif
