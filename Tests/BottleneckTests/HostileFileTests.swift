@@ -91,6 +91,14 @@ final class HostileFileTests: XCTestCase {
         assertRefusal(errorOf { _ = try HDF5File(path: "/dev/null", mode: .readOnly) }, mentioning: ["/dev/null", "a character device"])
     }
 
+    /// A sparse file can claim any size: an "image" of 2 GB is refused before its bytes are allocated.
+    func testAnImageLargerThanAnyDecodableOneIsRefusedBeforeReading() throws {
+        let image = path("huge.jpg")
+        XCTAssertTrue(FileManager.default.createFile(atPath: image, contents: Data("\u{FF}\u{D8}".utf8)))
+        XCTAssertEqual(truncate(image, 2 << 30), 0)
+        assertRefusal(errorOf { _ = try FileIdentity.read(path: image) }, mentioning: [image, "it is 2.15 GB, more than the 1.07 GB"])
+    }
+
     func testFIFOJournalBesideACacheIsRefusedWithoutBlocking() throws {
         let cache = path("cache.h5")
         let fifo = try makeFIFO("cache.h5.partial")

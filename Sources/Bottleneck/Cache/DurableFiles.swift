@@ -154,10 +154,18 @@ extension DurableFiles {
         }
     }
 
-    /// The whole of a regular file, and its stat taken from the same descriptor before the read.
-    static func readRegularFile(_ path: String) throws(FileAccessError) -> (bytes: [UInt8], status: stat) {
+    /// The whole of a regular file, and its stat taken from the same descriptor before the read. A file larger
+    /// than `limit` is refused before it is allocated: what is read whole (an image, a record, a pipeline) is far
+    /// smaller, and a sparse file can claim any size.
+    static func readRegularFile(_ path: String, atMost limit: Int = maximumWholeFileBytes) throws(FileAccessError)
+        -> (bytes: [UInt8], status: stat)
+    {
         let (descriptor, status) = try openRegularFile(path)
         defer { close(descriptor) }
+        guard Int(status.st_size) <= limit else {
+            throw FileAccessError(path: path, code: nil, reason: "it is \(Int(status.st_size).formattedBytes), more than the "
+                                  + "\(limit.formattedBytes) such a file can be")
+        }
         var data = [UInt8](repeating: 0, count: Int(status.st_size))
         var filled = 0
         while filled < data.count {
@@ -172,9 +180,12 @@ extension DurableFiles {
         return (data, status)
     }
 
+    /// 1 GB: above the largest image the decoders accept (89 Mpx of 16-bit RGBA stored uncompressed is 712 MB).
+    static let maximumWholeFileBytes = 1 << 30
+
     /// A regular file as UTF-8 text.
-    static func readText(_ path: String) throws(FileAccessError) -> String {
-        guard let text = String(validating: try readRegularFile(path).bytes, as: UTF8.self) else {
+    static func readText(_ path: String, atMost limit: Int = maximumWholeFileBytes) throws(FileAccessError) -> String {
+        guard let text = String(validating: try readRegularFile(path, atMost: limit).bytes, as: UTF8.self) else {
             throw FileAccessError(path: path, code: nil, reason: "not UTF-8 text")
         }
         return text

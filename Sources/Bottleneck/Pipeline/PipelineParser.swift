@@ -5,13 +5,9 @@ extension Pipeline {
     /// Reads and validates a pipeline file. Every mistake is reported as `FILE:LINE: what is wrong`, unknown
     /// keys with the closest known one, before anything runs.
     public init(contentsOf path: String) throws {
-        if let size = FileIdentity.Stat(path: path)?.size, size > Self.maximumFileBytes {
-            throw PipelineError("\(path): a pipeline file of \(Int(size).formattedBytes) is too large (at most "
-                                + "\(Self.maximumFileBytes.formattedBytes))")
-        }
         let text: String
         do {
-            text = try DurableFiles.readText(path)
+            text = try DurableFiles.readText(path, atMost: Self.maximumFileBytes)
         } catch {
             throw PipelineError("\(path): cannot read the pipeline file: \(error.reason)")
         }
