@@ -16,7 +16,7 @@ let package = Package(
     name: "bottleneck-fuzz",
     platforms: [.macOS(.v13)],
     dependencies: [.package(path: "..")],
-    targets: [.target(name: "FuzzDriver")]
+    targets: [.target(name: "FuzzDriver", dependencies: [bottleneck])]
         + readers.map { .executableTarget(name: "fuzz-\($0)", dependencies: ["FuzzDriver", bottleneck], linkerSettings: linker) }
         // Not a fuzz target: writes the seeds that need the library (caches, a journal, a model).
         + [.executableTarget(name: "fuzz-seeds", dependencies: [bottleneck], linkerSettings: linker)]

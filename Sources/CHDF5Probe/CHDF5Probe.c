@@ -141,7 +141,7 @@ enum bn_probe_outcome bn_probe_hdf5_structure(const char *path, int timeout_seco
             kill(child, SIGKILL);
             waitpid(child, &child_status, 0);
             close(report[0]);
-            snprintf(message, message_size, "libhdf5 was still reading it after %d s: it is damaged (or its file system is stuck)",
+            snprintf(message, message_size, "libhdf5 was still reading it after %d s: it is damaged so that libhdf5 loops (or its file system is stuck)",
                      timeout_seconds);
             return BN_PROBE_TIMED_OUT;
         }

@@ -39,6 +39,17 @@ final class HostileReaderTests: XCTestCase {
         }
     }
 
+    /// Found by Fuzz/ (fuzz-weights): damage on which libhdf5 1.10.8 spins forever opening a dataset. The
+    /// structure-reading child is killed after `structureProbeSeconds` and the file is an error naming it.
+    func testDamageThatLibhdf5LoopsOnIsAnErrorAfterTheProbeTime() {
+        let saved = HDF5File.structureProbeSeconds
+        defer { HDF5File.structureProbeSeconds = saved }
+        HDF5File.structureProbeSeconds = 1
+        assertRefused("libhdf5_loops.h5", mentioning: ["weights file", "still reading it after 1 s"]) {
+            _ = try StateDictFile.open(path: fixture("libhdf5_loops.h5"))
+        }
+    }
+
     /// Found by Fuzz/ (fuzz-cache): a chunk record of /source/inode claiming 0xFFFFFFFF bytes in a 30 kB cache,
     /// which libhdf5 allocated before finding the damage.
     func testAChunkClaimingMoreThanTheFileIsRefusedBeforeReading() {

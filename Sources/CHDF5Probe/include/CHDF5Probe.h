@@ -11,7 +11,7 @@ enum bn_probe_outcome {
     BN_PROBE_REFUSED = 1,
     /* The child died: libhdf5 crashed on the file (a sanitizer may turn the signal into an exit status). */
     BN_PROBE_CRASHED = 2,
-    /* The child did not finish within the time allowed and was killed. */
+    /* The child did not finish within the time allowed (libhdf5 loops forever on some damage) and was killed. */
     BN_PROBE_TIMED_OUT = 3,
     /* No child could be started. */
     BN_PROBE_UNAVAILABLE = 4,
