@@ -28,10 +28,12 @@ stages: [{stage: extract}, &h {stage: train-head, epochs: 1}, *h]
 YAML
 
 .build/release/fuzz-seeds .. "$corpus" > /dev/null
-# The hostile fixtures (each once crashed, hung or was accepted; now refused) keep those paths under mutation.
+# The hostile fixtures (each once crashed, hung or was accepted; now refused) keep those paths under mutation;
+# not libhdf5_spins_forever.h5, each of whose mutations would cost the probe its whole timeout.
 hostile=$fixtures/hostile
 cp "$hostile"/*loop*.h5 "$hostile"/deep_weights.h5 "$hostile"/external_*.h5 "$hostile"/virtual_weights.h5 \
-   "$hostile"/*.safetensors "$hostile"/damaged_group_btree.h5 "$hostile"/libhdf5_*.h5 "$corpus/weights/"
+   "$hostile"/*.safetensors "$hostile"/damaged_group_btree.h5 "$hostile"/libhdf5_crash_local_heap.h5 \
+   "$hostile"/libhdf5_huge_malloc_local_heap.h5 "$corpus/weights/"
 cp "$hostile"/model_*.h5 "$corpus/model/"
 cp "$hostile"/cache_chunk_size_4GB.h5 "$corpus/cache/"
 # A model's reader also meets weights files, and a cache's reader models: each seeds the other's refusals.

@@ -45,8 +45,8 @@ final class HostileReaderTests: XCTestCase {
         let saved = HDF5File.structureProbeSeconds
         defer { HDF5File.structureProbeSeconds = saved }
         HDF5File.structureProbeSeconds = 1
-        assertRefused("libhdf5_loops.h5", mentioning: ["weights file", "still reading it after 1 s"]) {
-            _ = try StateDictFile.open(path: fixture("libhdf5_loops.h5"))
+        assertRefused("libhdf5_spins_forever.h5", mentioning: ["weights file", "still reading it after 1 s"]) {
+            _ = try StateDictFile.open(path: fixture("libhdf5_spins_forever.h5"))
         }
     }
 
