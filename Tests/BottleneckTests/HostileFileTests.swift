@@ -212,13 +212,29 @@ final class HostileFileTests: XCTestCase {
         XCTAssertEqual(try FeatureCacheReader(path: cache).count, 1, "the cache is kept")
     }
 
+    /// Two trainings into one --out (train-head, full-finetune, --resume) would delete and write each other's files.
+    func testASecondRunIntoTheSameFolderIsRefusedWhileTheFirstTrains() throws {
+        let runFolder = path("run")
+        let config = runFolder + "/" + RunDirectory.configFile
+        do {
+            let first = try RunDirectory(path: runFolder, overwrite: false)
+            try first.writeJSON(["epochs": 1], to: RunDirectory.configFile)
+            for second in [{ _ = try RunDirectory(path: runFolder, overwrite: true) }, { _ = try RunDirectory(resuming: runFolder) }] {
+                assertRefusal(errorOf(second), mentioning: [runFolder, "is in use: another bottleneck run is training into it"])
+            }
+            XCTAssertTrue(FileManager.default.fileExists(atPath: config), "the first run's files are kept")
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: runFolder + "/" + RunDirectory.lockFile), "deleted as it is let go")
+        XCTAssertNoThrow(try RunDirectory(path: runFolder, overwrite: true), "let go with the first run")
+    }
+
     func testTheLockIsLetGoWithTheBuilderAndALeftoverLockFileIsTaken() throws {
         let cache = path("cache.h5")
         do { _ = try openBuilder(cache) }
-        XCTAssertFalse(FileManager.default.fileExists(atPath: CacheLock.path(for: cache)), "deleted as it is let go")
-        FileManager.default.createFile(atPath: CacheLock.path(for: cache), contents: nil)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: WriterLock.cachePath(for: cache)), "deleted as it is let go")
+        FileManager.default.createFile(atPath: WriterLock.cachePath(for: cache), contents: nil)
         XCTAssertNoThrow(try writeCache(cache), "a killed run's lock file holds no lock")
-        let link = CacheLock.path(for: cache)
+        let link = WriterLock.cachePath(for: cache)
         XCTAssertEqual(symlink(path("victim"), link), 0)
         assertRefusal(errorOf { _ = try openBuilder(cache) }, mentioning: [link])
         XCTAssertFalse(FileManager.default.fileExists(atPath: path("victim")), "no file created through the link")

@@ -60,7 +60,7 @@ public final class FeatureCacheBuilder {
     }
 
     /// Held from before anything is deleted or created until the builder finishes, is abandoned, or goes.
-    private var lock: CacheLock?
+    private var lock: WriterLock?
     private let previous: FeatureCacheReader?
     /// nil once finished.
     private var journal: CacheJournal?
@@ -100,7 +100,7 @@ public final class FeatureCacheBuilder {
             }
         }
         let journalPath = journalPath(for: path)
-        let lock = try CacheLock(cachePath: path)
+        let lock = try WriterLock.cache(path)
         for file in [path, journalPath] {
             do { try DurableFiles.checkDestination(file) } catch { throw FeatureCacheError(.writeFailed, error.description) }
         }
@@ -137,7 +137,7 @@ public final class FeatureCacheBuilder {
         return previous
     }
 
-    private init(path: String, lock: CacheLock, fingerprint: CacheFingerprint, classes: [String], manifest: [ImageFolder.Item],
+    private init(path: String, lock: WriterLock, fingerprint: CacheFingerprint, classes: [String], manifest: [ImageFolder.Item],
                  manifestIndex: [String: Int], previous: FeatureCacheReader?, journal: CacheJournal,
                  contents: JournalContents?, currentIdentity: (ImageFolder.Item, FileIdentity) -> FileIdentity?) {
         self.path = path

@@ -16,6 +16,9 @@ public final class RunDirectory {
     static let runFiles = [configFile, metricsFile, modelFile, summaryFile]
 
     public let path: String
+    /// Held while this object lives: two trainings on one `--out` would otherwise delete and write each other's files.
+    private let lock: WriterLock
+    static let lockFile = ".lock"
 
     /// Creates the folder (with its parents). A folder that already holds a run is refused unless
     /// `overwrite`, which removes that run's files (and nothing else).
@@ -25,6 +28,7 @@ public final class RunDirectory {
         var isDirectory: ObjCBool = false
         if manager.fileExists(atPath: path, isDirectory: &isDirectory) {
             guard isDirectory.boolValue else { throw TrainingError(.runDirectory, "\(path) exists and is not a folder") }
+            lock = try Self.lock(path)
             let existing = Self.runFiles.filter { manager.fileExists(atPath: (path as NSString).appendingPathComponent($0)) }
             if !existing.isEmpty {
                 guard overwrite else {
@@ -40,6 +44,7 @@ public final class RunDirectory {
             } catch {
                 throw TrainingError(.runDirectory, "cannot create the run folder \(path): \(error.localizedDescription)")
             }
+            lock = try Self.lock(path)
         }
         removeOrphanTemporaries()
     }
@@ -55,10 +60,19 @@ public final class RunDirectory {
         guard !manager.fileExists(atPath: (path as NSString).appendingPathComponent(Self.summaryFile)) else {
             throw TrainingError(.runDirectory, "\(path) holds a finished run (\(Self.summaryFile)); nothing to resume")
         }
+        lock = try Self.lock(path)
         removeOrphanTemporaries()
     }
 
     public func file(_ name: String) -> String { (path as NSString).appendingPathComponent(name) }
+
+    private static func lock(_ folder: String) throws -> WriterLock {
+        let path = (folder as NSString).appendingPathComponent(lockFile)
+        return try WriterLock(path: path, busy: {
+            TrainingError(.runDirectory, "\(folder) is in use: another bottleneck run is training into it (it holds \(path)); "
+                          + "wait for it to finish, or use another --out")
+        }, unusable: { TrainingError(.runDirectory, "cannot create the lock file \($0.path): \($0.reason)") })
+    }
 
     /// Deletes what killed runs of this folder left half-written (`model.h5.partial-PID-…`, up to a model's
     /// size each), and only those of dead processes.
