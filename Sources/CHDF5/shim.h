@@ -85,29 +85,4 @@ static inline int bn_link_type(hid_t group, const char *name) {
     return (int)info.type;
 }
 
-/* Calls `visit` with the name of each link in `group`, in name order, through H5Literate: H5Gget_info's
-   count of an old-style group walks its B-tree without the checks H5Literate makes, and a damaged node
-   crashes libhdf5 1.10.8 there (Fuzz/ found one); CHDF5Probe's walk lists groups this way too, so a file it
-   read whole is one this listing reads. The link-info argument's type differs between 1.10 and 1.12, hence
-   the trampoline. */
-typedef int (*bn_link_name_visitor)(const char *name, void *client);
-struct bn_link_name_visit { bn_link_name_visitor visit; void *client; };
-#if H5_VERSION_GE(1, 12, 0)
-static inline herr_t bn_link_name_trampoline(hid_t group, const char *name, const H5L_info2_t *info, void *data) {
-#else
-static inline herr_t bn_link_name_trampoline(hid_t group, const char *name, const H5L_info_t *info, void *data) {
-#endif
-    (void)group; (void)info;
-    struct bn_link_name_visit *visit = (struct bn_link_name_visit *)data;
-    return visit->visit(name, visit->client);
-}
-static inline herr_t bn_visit_link_names(hid_t group, bn_link_name_visitor visit, void *client) {
-    struct bn_link_name_visit context = { visit, client };
-    hsize_t index = 0;
-#if H5_VERSION_GE(1, 12, 0)
-    return H5Literate2(group, H5_INDEX_NAME, H5_ITER_INC, &index, bn_link_name_trampoline, &context);
-#else
-    return H5Literate(group, H5_INDEX_NAME, H5_ITER_INC, &index, bn_link_name_trampoline, &context);
-#endif
-}
 #endif

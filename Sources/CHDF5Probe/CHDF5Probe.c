@@ -3,7 +3,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <hdf5.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -35,28 +34,40 @@ static herr_t check_attribute(hid_t object, const char *name, const H5A_info_t *
     return result;
 }
 
+struct link_name_visit { bn_link_name_visitor visit; void *client; };
+
+/* The link-info argument's type differs between 1.10 and 1.12, hence the trampoline. */
 #if H5_VERSION_GE(1, 12, 0)
-static herr_t accept_link(hid_t group, const char *name, const H5L_info2_t *info, void *data) {
+static herr_t link_name_trampoline(hid_t group, const char *name, const H5L_info2_t *info, void *data) {
 #else
-static herr_t accept_link(hid_t group, const char *name, const H5L_info_t *info, void *data) {
+static herr_t link_name_trampoline(hid_t group, const char *name, const H5L_info_t *info, void *data) {
 #endif
-    (void)group; (void)name; (void)info; (void)data;
+    (void)group; (void)info;
+    struct link_name_visit *visit = (struct link_name_visit *)data;
+    return visit->visit(name, visit->client);
+}
+
+herr_t bn_visit_link_names(hid_t group, bn_link_name_visitor visit, void *client) {
+    struct link_name_visit context = { visit, client };
+    hsize_t index = 0;
+#if H5_VERSION_GE(1, 12, 0)
+    return H5Literate2(group, H5_INDEX_NAME, H5_ITER_INC, &index, link_name_trampoline, &context);
+#else
+    return H5Literate(group, H5_INDEX_NAME, H5_ITER_INC, &index, link_name_trampoline, &context);
+#endif
+}
+
+static int accept_name(const char *name, void *client) {
+    (void)name; (void)client;
     return 0;
 }
 
-static herr_t check_object(hid_t root, const char *name, hid_t object) {
-    (void)root; (void)name;
+static herr_t check_object(hid_t object) {
     hsize_t index = 0;
     if (H5Aiterate2(object, H5_INDEX_NAME, H5_ITER_INC, &index, check_attribute, NULL) < 0) return -1;
     switch (H5Iget_type(object)) {
-    case H5I_GROUP: {
-        hsize_t link_index = 0;
-#if H5_VERSION_GE(1, 12, 0)
-        return H5Literate2(object, H5_INDEX_NAME, H5_ITER_INC, &link_index, accept_link, NULL) < 0 ? -1 : 0;
-#else
-        return H5Literate(object, H5_INDEX_NAME, H5_ITER_INC, &link_index, accept_link, NULL) < 0 ? -1 : 0;
-#endif
-    }
+    case H5I_GROUP:
+        return bn_visit_link_names(object, accept_name, NULL) < 0 ? -1 : 0;
     case H5I_DATASET: {
         hid_t space = H5Dget_space(object);
         hid_t type = H5Dget_type(object);
@@ -81,7 +92,7 @@ static herr_t visit_object(hid_t root, const char *name, const H5O_info_t *info,
     (void)info; (void)data;
     hid_t object = H5Oopen(root, name, H5P_DEFAULT);
     if (object < 0) return -1;
-    herr_t result = check_object(root, name, object);
+    herr_t result = check_object(object);
     H5Oclose(object);
     return result;
 }

@@ -1,5 +1,6 @@
 #ifndef BOTTLENECK_CHDF5_PROBE_H
 #define BOTTLENECK_CHDF5_PROBE_H
+#include <hdf5.h>
 #include <stddef.h>
 
 /* What reading an HDF5 file's whole structure in a child process came to; every outcome but BN_PROBE_READ
@@ -23,5 +24,12 @@ enum bn_probe_outcome {
    crashes of its own on damaged metadata (reads from address 0, multi-gigabyte mallocs of sizes read from
    the file); in the child they cost the child, not the job. */
 enum bn_probe_outcome bn_probe_hdf5_structure(const char *path, int timeout_seconds, char *message, size_t message_size);
+
+/* Calls `visit` with the name of each link in `group`, in name order, through H5Literate: H5Gget_info's count
+   of an old-style group walks its B-tree without the checks H5Literate makes, and a damaged node crashes
+   libhdf5 1.10.8 there (Fuzz/ found one). The probe's walk and bottleneck's own group listing both use this,
+   so a file the probe read whole is one the listing reads. */
+typedef int (*bn_link_name_visitor)(const char *name, void *client);
+herr_t bn_visit_link_names(hid_t group, bn_link_name_visitor visit, void *client);
 
 #endif
