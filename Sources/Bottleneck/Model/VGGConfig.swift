@@ -61,7 +61,7 @@ public struct VGGConfig: Sendable, Equatable, Codable {
 
     /// Why a configuration read from a file cannot be built, nil when it can. Every width, count and size is
     /// bounded (each far above any VGG's) before a layer list or parameter shape is computed from it, so no
-    /// product overflows; what the parameters then need is `parameterCount`.
+    /// product overflows.
     public var problem: String? {
         let bounded = [("inputChannels", inputChannels, 1...64), ("hidden", hidden, 1...1 << 16),
                        ("classes", classes, 1...1 << 20), ("pooledSize", pooledSize, 1...64)]
@@ -73,10 +73,5 @@ public struct VGGConfig: Sendable, Equatable, Codable {
             return "a convolution is \(width) channels wide, outside 1...\(1 << 14)"
         }
         return nil
-    }
-
-    /// Every parameter's value, counted; only for a configuration without a `problem`, where it cannot overflow.
-    public var parameterCount: Int {
-        stateDictShapes.reduce(0) { $0 + $1.shape.reduce(1, *) }
     }
 }
