@@ -39,7 +39,7 @@ struct DirectoryListing {
 
     init(folder: String) throws {
         guard let stream = opendir(folder) else {
-            throw ImageFolderError("\(folder): cannot list folder (\(String(cString: strerror(errno))))")
+            throw ImageFolderError("\(folder): cannot list folder (\(systemMessage(errno)))")
         }
         defer { closedir(stream) }
         var entries: [Entry] = []
