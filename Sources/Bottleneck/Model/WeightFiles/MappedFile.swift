@@ -21,7 +21,7 @@ final class MappedFile: @unchecked Sendable {
         do {
             (descriptor, status) = try DurableFiles.openRegularFile(path)
         } catch {
-            throw WeightsError(error.code == ENOENT ? .missingFile : .unreadable, path: path, error.reason)
+            throw WeightsError(opening: error)
         }
         defer { close(descriptor) }
         let size = Int(status.st_size)

@@ -93,7 +93,7 @@ public struct SHA256: Sendable {
         do {
             descriptor = try DurableFiles.openRegularFile(path).descriptor
         } catch {
-            throw WeightsError(error.code == ENOENT ? .missingFile : .unreadable, path: path, error.reason)
+            throw WeightsError(opening: error)
         }
         defer { close(descriptor) }
         let chunkSize = 4 << 20

@@ -1,3 +1,9 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// Everything that can be wrong with a weights file, as one line naming the file.
 public struct WeightsError: Error, CustomStringConvertible, Sendable {
     public enum Kind: Sendable {
@@ -29,6 +35,11 @@ public struct WeightsError: Error, CustomStringConvertible, Sendable {
         self.path = path
         self.detail = detail
         self.role = role
+    }
+
+    /// A weights file that could not be opened or is not a regular file.
+    init(opening error: FileAccessError) {
+        self.init(error.code == ENOENT ? .missingFile : .unreadable, path: error.path, error.reason)
     }
 
     /// The same error for a file that holds a state dict in another role (a trained model).
