@@ -137,8 +137,7 @@ public final class FeatureCacheReader: Sendable {
                 return FileIdentity(size: sizes[row], mtimeNanoseconds: mtimes[row], ctimeNanoseconds: ctimes[row],
                                     inode: inodes[row], sha256: digest)
             }
-            var seen = Set<String>()
-            if let repeated = paths.first(where: { !seen.insert($0).inserted }) {
+            if let repeated = paths.firstRepeated() {
                 throw FeatureCacheError(.damaged, "\(path) is damaged: /\(CacheSchema.paths) holds \(repeated) twice")
             }
             if let label = labelValues.first(where: { $0 < -1 || $0 >= Int32(classNames.count) }) {

@@ -101,6 +101,11 @@ private func checkReadable(_ count: Int, elementSize: Int, what: @autoclosure ()
     }
 }
 
+/// The text of a C string libhdf5 (or the probe) wrote into `characters`, up to its terminator.
+private func decodedCString(_ characters: [CChar]) -> String {
+    String(decoding: characters.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+}
+
 /// Where HDF5's C iteration callbacks put the names they visit (passed as their client data).
 private final class StringCollector {
     var strings: [String] = []
@@ -493,7 +498,7 @@ public final class HDF5File: HDF5Group, @unchecked Sendable {
     private static func probeStructure(_ path: String) throws {
         var message = [CChar](repeating: 0, count: 512)
         let outcome = bn_probe_hdf5_structure(path, Int32(structureProbeSeconds), &message, message.count)
-        let said = String(decoding: message.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        let said = decodedCString(message)
         switch outcome {
         case BN_PROBE_REFUSED, BN_PROBE_CRASHED, BN_PROBE_TIMED_OUT:
             throw HDF5Error(operation: "read the structure of \(path)", reason: said)
@@ -751,7 +756,7 @@ extension HDF5Dataset {
             try hdf5Call("read filter \(index) of \(location)") {
                 H5Pget_filter2(properties.id, index, &flags, &parameterCount, &parameters, name.count, &name, &configuration)
             }
-            return HDF5Storage.Filter(name: String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self),
+            return HDF5Storage.Filter(name: decodedCString(name),
                                       parameters: Array(parameters.prefix(min(parameterCount, parameters.count))))
         }
         return HDF5Storage(chunkShape: chunkShape, filters: filters)

@@ -139,8 +139,7 @@ public struct TrainedModel: Sendable {
         guard config.classes == classes.count else {
             throw TrainingError(.malformed, "\(path) is damaged: \(classes.count) class names for \(config.classes) outputs")
         }
-        var seenClasses = Set<String>()
-        if let repeated = classes.first(where: { !seenClasses.insert($0).inserted }) {
+        if let repeated = classes.firstRepeated() {
             throw damaged(Attribute.classes, "names the class \(repeated) twice")
         }
         do {

@@ -108,9 +108,8 @@ enum HDF5WeightsFormat {
 /// fresh temporary file beside `path` and renamed over it, so an interrupted save
 /// never leaves a half-written model where a good one was (see `DurableFiles.writeThroughTemporary`).
 public func writeStateDictHDF5(path: String, tensors: [(String, Tensor)], attributes: [String: String] = [:]) throws {
-    var seen = Set<String>()
-    if let duplicate = tensors.first(where: { !seen.insert($0.0).inserted }) {
-        throw WeightsError(.writeFailed, path: path, "the state dict names \(duplicate.0) twice")
+    if let duplicate = tensors.map(\.0).firstRepeated() {
+        throw WeightsError(.writeFailed, path: path, "the state dict names \(duplicate) twice")
     }
     do {
         try DurableFiles.writeThroughTemporary(to: path) { temporaryPath in
