@@ -21,17 +21,23 @@ let package = Package(
         .target(name: "CImageCodecs", dependencies: ["CJPEG", "CPNG"]),
         // Reads an HDF5 file's structure in a child process first: libhdf5 1.10 crashes inside itself on some damage.
         .target(name: "CHDF5Probe", dependencies: ["CHDF5"]),
+        // Dependencies run one way: BottleneckKernels (tensors, layers, gemm, threads) → Bottleneck (model, images,
+        // cache, training, jobs, pipeline, report) → BottleneckCLI (the commands) → bottleneck (main.swift).
+        // What crosses a target is `package`; `public` is the library API a Swift user imports.
+        .target(name: "BottleneckKernels", dependencies: ["COpenBLAS"]),
         .target(
             name: "Bottleneck",
-            dependencies: ["CHDF5", "CHDF5Probe", "COpenBLAS", "CJPEG", "CPNG", "CImageCodecs", .product(name: "Yams", package: "Yams")]
+            dependencies: ["BottleneckKernels", "CHDF5", "CHDF5Probe", "COpenBLAS", "CJPEG", "CPNG", "CImageCodecs",
+                           .product(name: "Yams", package: "Yams")]
         ),
-        .executableTarget(
-            name: "bottleneck",
-            dependencies: ["Bottleneck", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        .target(
+            name: "BottleneckCLI",
+            dependencies: ["Bottleneck", "BottleneckKernels", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
+        .executableTarget(name: "bottleneck", dependencies: ["BottleneckCLI"]),
         .testTarget(
             name: "BottleneckTests",
-            dependencies: ["Bottleneck"]
+            dependencies: ["Bottleneck", "BottleneckKernels", "BottleneckCLI"]
         ),
     ]
 )

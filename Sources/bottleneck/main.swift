@@ -1,5 +1,3 @@
-import ArgumentParser
-import Bottleneck
+import BottleneckCLI
 
-BLASRuntime.reexecWithFastKernelIfNeeded()
-Bottleneck.main()
+runBottleneckCommand()

@@ -1,5 +1,6 @@
 import Bottleneck
 import XCTest
+import BottleneckKernels
 
 /// An image's features are the same bits whatever batch it runs in: an incremental feature cache extracts
 /// only new images, in batches of their own, and must equal a fresh extract byte for byte. VGG16 at an

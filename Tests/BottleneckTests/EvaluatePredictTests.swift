@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 @testable import Bottleneck
+@testable import BottleneckKernels
 
 /// evaluate and predict on models trained by train-head (and on a whole-network model, as full
 /// fine-tuning writes them): from caches and from images, and their refusals.

@@ -1,6 +1,7 @@
 import Bottleneck
 import Foundation
 import XCTest
+import BottleneckKernels
 
 /// `extract` end to end at fixture size: the narrow VGG16, PIL-made images (some broken),
 /// Resize 73 / CenterCrop 64, into a real cache, then read back.

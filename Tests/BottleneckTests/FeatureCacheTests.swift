@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 @testable import Bottleneck
+@testable import BottleneckKernels
 
 /// The HDF5 feature cache: round trip, crash recovery from every torn journal, refusals,
 /// incremental runs, failures, compression, readability by other tools.
@@ -87,7 +88,7 @@ final class FeatureCacheTests: XCTestCase {
 
     private func append(_ items: [ImageFolder.Item], failed: [(path: String, reason: String)] = [],
                         to builder: FeatureCacheBuilder) throws {
-        try features(of: items).withUnsafeBufferPointer {
+        _ = try features(of: items).withUnsafeBufferPointer {
             try builder.append(features: $0, rows: items.map { ($0, identity($0)) }, failed: failed)
         }
     }

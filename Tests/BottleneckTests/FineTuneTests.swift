@@ -1,6 +1,7 @@
 @testable import Bottleneck
 import Foundation
 import XCTest
+@testable import BottleneckKernels
 
 /// Full fine-tuning: the conv and pool backward passes against finite differences and torch, one SGD step
 /// of the narrow VGG16 against torch (Tests/Fixtures/finetune/make_finetune_fixtures.py), freezing, and

@@ -1,6 +1,7 @@
 import Bottleneck
 import Foundation
 import XCTest
+import BottleneckKernels
 
 /// The committed fixtures under Tests/Fixtures (made by the generator scripts there).
 enum Fixtures {

@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 @testable import Bottleneck
+@testable import BottleneckKernels
 
 /// train-head: cached training equals the frozen network trained from the images, it beats chance on
 /// the sample data, the run directory, determinism, early stopping, splits, streaming, and bad input.
@@ -539,7 +540,7 @@ enum SyntheticCache {
             (item: item, identity: FileIdentity(size: 1, mtimeNanoseconds: 0, ctimeNanoseconds: 0, inode: 0,
                                                 sha256: SHA256.digest(Array(item.path.utf8))))
         }
-        try features.withUnsafeBufferPointer { try builder.append(features: $0, rows: rows, failed: []) }
+        _ = try features.withUnsafeBufferPointer { try builder.append(features: $0, rows: rows, failed: []) }
         _ = try builder.finish(compress: false)
         if let poison, let dogs = classes.firstIndex(of: "dogs") {
             // A cache tampered with after it was written (the writer refuses non-finite features).

@@ -6,6 +6,7 @@ import Darwin
 import Foundation
 import XCTest
 @testable import Bottleneck
+@testable import BottleneckKernels
 
 /// Files planted where the tool reads or writes: FIFOs, devices and folders are refused without blocking,
 /// planted symbolic links are never written through, a second writer of a cache is refused before it deletes
@@ -232,7 +233,7 @@ final class HostileFileTests: XCTestCase {
         let cache = path("cache.h5")
         do { _ = try openBuilder(cache) }
         XCTAssertFalse(FileManager.default.fileExists(atPath: WriterLock.cachePath(for: cache)), "deleted as it is let go")
-        FileManager.default.createFile(atPath: WriterLock.cachePath(for: cache), contents: nil)
+        XCTAssertTrue(FileManager.default.createFile(atPath: WriterLock.cachePath(for: cache), contents: nil))
         XCTAssertNoThrow(try writeCache(cache), "a killed run's lock file holds no lock")
         let link = WriterLock.cachePath(for: cache)
         XCTAssertEqual(symlink(path("victim"), link), 0)
@@ -255,8 +256,8 @@ final class HostileFileTests: XCTestCase {
         let live = getppid()
         let orphans = ["model.h5.partial-\(dead)", "checkpoint.h5.partial-\(dead)-k3x9", "summary.json.partial-\(dead)-a1"]
         let kept = ["model.h5.partial-\(live)-zz", "notes.partial-\(dead)", "model.h5.partial"]
-        for name in orphans + kept { FileManager.default.createFile(atPath: path(name), contents: Data(count: 10)) }
-        FileManager.default.createFile(atPath: path(RunDirectory.configFile), contents: Data("{}".utf8))
+        for name in orphans + kept { XCTAssertTrue(FileManager.default.createFile(atPath: path(name), contents: Data(count: 10))) }
+        XCTAssertTrue(FileManager.default.createFile(atPath: path(RunDirectory.configFile), contents: Data("{}".utf8)))
         _ = try RunDirectory(resuming: folder)
         XCTAssertEqual(Set(try FileManager.default.contentsOfDirectory(atPath: folder)), Set(kept + [RunDirectory.configFile]))
     }

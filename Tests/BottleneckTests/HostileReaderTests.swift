@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 @testable import Bottleneck
+@testable import BottleneckKernels
 
 /// Damaged and hostile files (Tests/Fixtures/hostile, made by make_hostile_fixtures.py): each once crashed,
 /// hung or was silently accepted, and must now be one line naming the file and what is wrong.

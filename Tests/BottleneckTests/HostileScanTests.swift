@@ -4,6 +4,7 @@ import Glibc
 import Foundation
 import XCTest
 @testable import Bottleneck
+@testable import BottleneckKernels
 
 /// Image folders, pipeline files and batch sizes made to hang, blow up or silently change the tool's
 /// results: symbolic link loops, FIFOs, names that are not UTF-8, YAML alias bombs, huge batches.

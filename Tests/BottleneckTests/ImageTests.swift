@@ -2,6 +2,7 @@ import Dispatch
 import Foundation
 import XCTest
 @testable import Bottleneck
+@testable import BottleneckKernels
 
 /// Decoding and preprocessing against PIL/torchvision's own outputs, made by
 /// Tests/Fixtures/images/make_image_fixtures.py. Set BOTTLENECK_IMAGE_FIXTURES

@@ -1,5 +1,6 @@
 import Bottleneck
 import XCTest
+import BottleneckKernels
 
 /// The Swift VGG against torchvision's activations (Tests/Fixtures/network/make_network_fixtures.py):
 /// a narrow VGG16 (channels / 16, hidden 64, 10 classes) with torchvision's module indices.

@@ -1,6 +1,7 @@
 @testable import Bottleneck
 import Foundation
 import XCTest
+@testable import BottleneckKernels
 
 /// `parallelFor` runs on helper threads that spin between regions and sleep after a while; every region
 /// must run each index exactly once, whether the helpers are awake, asleep, or busy with another region.

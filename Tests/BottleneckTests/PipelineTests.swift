@@ -1,6 +1,7 @@
 @testable import Bottleneck
 import Foundation
 import XCTest
+@testable import BottleneckKernels
 
 /// Pipeline files: errors that point at the line, and the demo pipeline at fixture size (the narrow
 /// VGG16 at 32 px on a subset of data/shapes) run end to end, reused when nothing changed, rerun by --force

@@ -4,6 +4,7 @@ import Foundation
 import FoundationXML
 #endif
 import XCTest
+import BottleneckKernels
 
 /// The report of two hand-written run directories (a head and a fine-tuning run with known numbers): its
 /// HTML and Markdown are parsed back and must hold the figures of the runs' summary.json and metrics.csv.

@@ -1,6 +1,7 @@
 @testable import Bottleneck
 import Foundation
 import XCTest
+@testable import BottleneckKernels
 
 /// One split, decided by the image: the hash rule against Python's hashlib, its stability when images
 /// are added, and train-head (cache rows), full-finetune (folder files, unreadable ones included),

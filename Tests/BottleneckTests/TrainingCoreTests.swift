@@ -1,5 +1,6 @@
 import Bottleneck
 import XCTest
+import BottleneckKernels
 
 /// Backward passes against central finite differences, and one to three optimizer steps, losses,
 /// gradients and learning-rate schedules against torch (Tests/Fixtures/training/make_training_fixtures.py).

@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 @testable import Bottleneck
+@testable import BottleneckKernels
 
 /// State dicts read from every weight format (fixtures made by
 /// Tests/Fixtures/network/make_network_fixtures.py and

@@ -1,6 +1,7 @@
 import Dispatch
 import XCTest
 @testable import Bottleneck
+@testable import BottleneckKernels
 
 /// Winograd F(4x4, 3x3) against im2col and a direct convolution in Double. Tolerances are the
 /// relative measure of the suite, max|diff| / max|reference|. F(4x4, 3x3) also rounds in its

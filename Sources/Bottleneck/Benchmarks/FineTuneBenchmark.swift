@@ -1,18 +1,19 @@
 import Foundation
+import BottleneckKernels
 
 /// `bottleneck bench finetune`: full fine-tuning steps (forward, cross-entropy, backward, SGD with
 /// momentum) on random data, as `torch_reference.py finetune` times torch's.
-public struct FineTuneBenchmark: Sendable {
-    public var config: VGGConfig
-    public var batchSize: Int
-    public var imageSize: Int
-    public var iterations: Int
-    public var warmup: Int
+package struct FineTuneBenchmark: Sendable {
+    package var config: VGGConfig
+    package var batchSize: Int
+    package var imageSize: Int
+    package var iterations: Int
+    package var warmup: Int
     /// The highest frozen layer; nil: everything trains.
-    public var freezeThrough: String?
+    package var freezeThrough: String?
 
     /// VGG16 with a 10-class head at 224 px, as the torch reference.
-    public static func full(batchSize: Int = 8, iterations: Int = 3, freezeThrough: String? = nil) -> FineTuneBenchmark {
+    package static func full(batchSize: Int = 8, iterations: Int = 3, freezeThrough: String? = nil) -> FineTuneBenchmark {
         var config = VGGConfig.vgg16
         config.classes = 10
         return FineTuneBenchmark(config: config, batchSize: batchSize, imageSize: 224, iterations: iterations, warmup: 1,
@@ -20,19 +21,19 @@ public struct FineTuneBenchmark: Sendable {
     }
 
     /// A network small enough to finish in a second, to check the benchmark itself runs.
-    public static func quick(freezeThrough: String? = nil) -> FineTuneBenchmark {
+    package static func quick(freezeThrough: String? = nil) -> FineTuneBenchmark {
         FineTuneBenchmark(config: VGGConfig.vgg16.narrowed(by: 4, hidden: 256, classes: 10), batchSize: 4, imageSize: 64,
                           iterations: 3, warmup: 1, freezeThrough: freezeThrough)
     }
 
-    public struct Result: Sendable {
-        public var imagesPerSecond: Double
-        public var secondsPerStep: [Double]
-        public var peakResidentBytes: Int
-        public var trainableParameters: Int
+    package struct Result: Sendable {
+        package var imagesPerSecond: Double
+        package var secondsPerStep: [Double]
+        package var peakResidentBytes: Int
+        package var trainableParameters: Int
     }
 
-    public func run(progress: (String) -> Void = { _ in }) throws -> Result {
+    package func run(progress: (String) -> Void = { _ in }) throws -> Result {
         let frozenThrough = try freezeThrough.map { try CutPoint($0, in: config).position } ?? -1
         var network = try FineTuneNetwork(VGG.randomlyInitialized(config: config, seed: 0), dropout: 0.5, frozenThrough: frozenThrough)
         var generator = SeededGenerator(seed: 1)

@@ -1,39 +1,40 @@
 import Foundation
+import BottleneckKernels
 
 /// `bottleneck bench forward`: the frozen network's throughput, the figure every
 /// other job is measured against.
-public struct ForwardBenchmark: Sendable {
-    public var config: VGGConfig
-    public var layer: String
-    public var batchSize: Int
-    public var imageSize: Int
-    public var iterations: Int
-    public var warmup: Int
+package struct ForwardBenchmark: Sendable {
+    package var config: VGGConfig
+    package var layer: String
+    package var batchSize: Int
+    package var imageSize: Int
+    package var iterations: Int
+    package var warmup: Int
     /// The convolution lowering to time (`.auto` is what extraction runs).
-    public var algorithm: Conv2D.Algorithm = .auto
+    package var algorithm: Conv2D.Algorithm = .auto
 
-    public static func full(batchSize: Int = 8, layer: String = "fc7", iterations: Int = 3) -> ForwardBenchmark {
+    package static func full(batchSize: Int = 8, layer: String = "fc7", iterations: Int = 3) -> ForwardBenchmark {
         ForwardBenchmark(config: .vgg16, layer: layer, batchSize: batchSize, imageSize: 224, iterations: iterations, warmup: 1)
     }
 
     /// A network small enough to finish in a second, to check the benchmark itself runs.
-    public static func quick(layer: String = "fc7") -> ForwardBenchmark {
+    package static func quick(layer: String = "fc7") -> ForwardBenchmark {
         ForwardBenchmark(config: VGGConfig.vgg16.narrowed(by: 4, hidden: 256, classes: 10),
                          layer: layer, batchSize: 4, imageSize: 64, iterations: 3, warmup: 1)
     }
 
-    public struct Result: Sendable {
-        public var imagesPerSecond: Double
-        public var gigaflopsPerImage: Double
-        public var secondsPerBatch: [Double]
-        public var peakResidentBytes: Int
+    package struct Result: Sendable {
+        package var imagesPerSecond: Double
+        package var gigaflopsPerImage: Double
+        package var secondsPerBatch: [Double]
+        package var peakResidentBytes: Int
         /// Median seconds per batch of each layer that took measurable time, in order.
-        public var layerSeconds: [(layer: LayerInfo, seconds: Double)]
+        package var layerSeconds: [(layer: LayerInfo, seconds: Double)]
 
-        public var effectiveGigaflops: Double { imagesPerSecond * gigaflopsPerImage }
+        package var effectiveGigaflops: Double { imagesPerSecond * gigaflopsPerImage }
     }
 
-    public func run(progress: (String) -> Void = { _ in }) throws -> Result {
+    package func run(progress: (String) -> Void = { _ in }) throws -> Result {
         let cut = try CutPoint(layer, in: config)
         let network = VGG.randomlyInitialized(config: config, through: cut, seed: 0)
         var generator = SeededGenerator(seed: 1)
@@ -70,7 +71,7 @@ public struct ForwardBenchmark: Sendable {
 
 extension VGGConfig {
     /// Multiply-adds counted as two FLOPs, convs and linears only (VGG16 at 224 px: 30.9 GFLOP to fc8).
-    public func forwardFlops(through cut: CutPoint, imageSize: Int) -> Int {
+    package func forwardFlops(through cut: CutPoint, imageSize: Int) -> Int {
         var size = imageSize
         var flops = 0
         for layer in layers.prefix(cut.position + 1) {

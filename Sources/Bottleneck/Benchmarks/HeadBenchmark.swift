@@ -1,30 +1,31 @@
 import Foundation
+import BottleneckKernels
 
 /// `bottleneck bench head`: training samples per second of a head on cached features, through the
 /// trainer train-head runs (shuffled gather, dropout, forward, loss, backward, SGD with momentum), and
 /// the figure the cache exists for: one cached epoch against one epoch of the frozen network run
 /// from the images, measured in the same process.
-public struct HeadBenchmark: Sendable {
+package struct HeadBenchmark: Sendable {
     /// The defaults are PyTorch's reference (pipelines/bench/torch_reference.py head).
-    public var rows = 20_000
-    public var features = 4096
-    public var classes = 10
-    public var batchSize = 64
-    public var dropout = 0.5
+    package var rows = 20_000
+    package var features = 4096
+    package var classes = 10
+    package var batchSize = 64
+    package var dropout = 0.5
     /// Timed epochs after one untimed; the median is reported.
-    public var epochs = 3
-    public var threads = availableCores
+    package var epochs = 3
+    package var threads = availableCores
     /// The frozen network's forward pass to compare with; nil skips it.
-    public var forward: ForwardBenchmark? = {
+    package var forward: ForwardBenchmark? = {
         var forward = ForwardBenchmark.full(batchSize: 8, layer: "fc7", iterations: 1)
         forward.warmup = 1
         return forward
     }()
 
-    public init() {}
+    package init() {}
 
     /// Small sizes and the tiny forward network: checks the benchmark runs, measures nothing.
-    public static func quick() -> HeadBenchmark {
+    package static func quick() -> HeadBenchmark {
         var benchmark = HeadBenchmark()
         benchmark.rows = 2_000
         benchmark.epochs = 2
@@ -32,17 +33,17 @@ public struct HeadBenchmark: Sendable {
         return benchmark
     }
 
-    public struct Result: Sendable {
+    package struct Result: Sendable {
         /// Median over the timed epochs of training rows per second of optimizer steps.
-        public var samplesPerSecond: Double
-        public var epochSeconds: [Double]
-        public var forwardImagesPerSecond: Double?
+        package var samplesPerSecond: Double
+        package var epochSeconds: [Double]
+        package var forwardImagesPerSecond: Double?
 
         /// How many times faster a cached epoch is than one through the frozen network.
-        public var speedup: Double? { forwardImagesPerSecond.map { samplesPerSecond / $0 } }
+        package var speedup: Double? { forwardImagesPerSecond.map { samplesPerSecond / $0 } }
     }
 
-    public func run(progress: (String) -> Void = { _ in }) throws -> Result {
+    package func run(progress: (String) -> Void = { _ in }) throws -> Result {
         // Features like fc7's (half of them 0, as after a ReLU), labels uniform; 1 000 more rows validate.
         let validationRows = 1_000
         var generator = SeededGenerator(seed: 1)

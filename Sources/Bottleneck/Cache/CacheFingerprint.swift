@@ -1,4 +1,5 @@
 import Foundation
+import BottleneckKernels
 
 /// What made a feature cache: everything that decides the numbers in `/features`.
 /// A cache or journal is only continued by a run with a compatible fingerprint
@@ -7,28 +8,28 @@ import Foundation
 ///
 /// Coded with the names of the cache's root attributes, so the journal header
 /// and the HDF5 file spell every field the same way.
-public struct CacheFingerprint: Codable, Equatable, Sendable {
-    public static let currentSchema = "bottleneck-cache/2"
+package struct CacheFingerprint: Codable, Equatable, Sendable {
+    package static let currentSchema = "bottleneck-cache/2"
 
-    public var schema: String
+    package var schema: String
     /// The network configuration, "vgg16".
-    public var backbone: String
+    package var backbone: String
     /// The conventional name of the cut, "fc7" (a ReLU is named after the layer it follows).
-    public var layer: String
+    package var layer: String
     /// torchvision's module path of the cut, "classifier.4": what identifies it.
-    public var layerPath: String
+    package var layerPath: String
     /// One image's activation, [4096] or [512, 7, 7].
-    public var activationShape: [Int]
+    package var activationShape: [Int]
     /// sha256 of the weights file, or "random-seed-N".
-    public var weightsSHA256: String
-    public var weightsSource: String
+    package var weightsSHA256: String
+    package var weightsSource: String
     /// `Preprocessing.jsonDescription`: compared by meaning (key order and spacing do not count).
-    public var preprocess: String
+    package var preprocess: String
     /// Absolute; `/paths` are relative to it.
-    public var imageRoot: String
-    public var toolVersion: String
+    package var imageRoot: String
+    package var toolVersion: String
     /// "2/4" for one shard of a sharded extraction (`extract --shard 2/4`), nil for a whole collection.
-    public var shard: String?
+    package var shard: String?
 
     enum CodingKeys: String, CodingKey {
         case schema, backbone, layer
@@ -42,7 +43,7 @@ public struct CacheFingerprint: Codable, Equatable, Sendable {
         case shard
     }
 
-    public init(schema: String = CacheFingerprint.currentSchema, backbone: String, layer: String, layerPath: String,
+    package init(schema: String = CacheFingerprint.currentSchema, backbone: String, layer: String, layerPath: String,
                 activationShape: [Int], weightsSHA256: String, weightsSource: String, preprocess: String,
                 imageRoot: String, toolVersion: String = BottleneckVersion.current) {
         self.schema = schema
@@ -59,7 +60,7 @@ public struct CacheFingerprint: Codable, Equatable, Sendable {
 
     /// The fingerprint of an extraction through `cut` of `config` with these weights and preprocessing,
     /// over the images below `imageRoot` (made absolute here).
-    public init(config: VGGConfig, cut: CutPoint, weights: WeightsIdentity, preprocessing: Preprocessing,
+    package init(config: VGGConfig, cut: CutPoint, weights: WeightsIdentity, preprocessing: Preprocessing,
                 imageRoot: String) {
         self.init(backbone: config.name, layer: cut.name, layerPath: cut.layer.path,
                   activationShape: cut.activationShape(config: config, imageSize: preprocessing.crop),
@@ -68,7 +69,7 @@ public struct CacheFingerprint: Codable, Equatable, Sendable {
                   imageRoot: URL(fileURLWithPath: imageRoot).standardizedFileURL.path)
     }
 
-    public var rowSize: Int { activationShape.reduce(1, *) }
+    package var rowSize: Int { activationShape.reduce(1, *) }
 
     /// Whether `shape` can be one image's activation ([C, H, W], [F]): each size at least 1, and bounded so that
     /// every size computed from it (a row, a read buffer) stays far from overflow. A file's claim is checked
@@ -80,7 +81,7 @@ public struct CacheFingerprint: Codable, Equatable, Sendable {
 
     /// What in `self` (a file's fingerprint) differs from `wanted` (the run's), each as
     /// "layer fc7 (classifier.4), not pool5 (features.30)"; empty when the two are compatible.
-    public func differences(from wanted: CacheFingerprint) -> [String] {
+    package func differences(from wanted: CacheFingerprint) -> [String] {
         var found: [String] = []
         if schema != wanted.schema { found.append("schema \(schema), not \(wanted.schema)") }
         if backbone != wanted.backbone { found.append("backbone \(backbone), not \(wanted.backbone)") }

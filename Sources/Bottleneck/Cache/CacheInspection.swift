@@ -1,40 +1,41 @@
 import Foundation
+import BottleneckKernels
 
 /// What `bottleneck inspect` tells about a cache: the finished file, the journal of a run
 /// in progress or interrupted, or both (a rerun adding images to a finished cache).
-public struct CacheInspection: Codable, Sendable {
+package struct CacheInspection: Codable, Sendable {
     /// Rows of one class (or of unlabeled images, `name` nil) per split name.
-    public struct ClassCount: Codable, Equatable, Sendable {
-        public var name: String?
-        public var perSplit: [String: Int]
-        public var total: Int
+    package struct ClassCount: Codable, Equatable, Sendable {
+        package var name: String?
+        package var perSplit: [String: Int]
+        package var total: Int
     }
 
     /// The journal next to the cache: rows durable in it that the cache does not hold yet.
-    public struct JournalStatus: Codable, Sendable {
-        public var path: String
-        public var rows: Int
-        public var failed: Int
+    package struct JournalStatus: Codable, Sendable {
+        package var path: String
+        package var rows: Int
+        package var failed: Int
         /// A record a kill cut short; dropped when the extraction continues.
-        public var tornBytes: Int
+        package var tornBytes: Int
     }
 
-    public var path: String
+    package var path: String
     /// Whether the finished file exists (false: only a journal).
-    public var cacheExists: Bool
-    public var fingerprint: CacheFingerprint
-    public var rows: Int
-    public var complete: Bool
-    public var created: String?
-    public var fileBytes: Int?
+    package var cacheExists: Bool
+    package var fingerprint: CacheFingerprint
+    package var rows: Int
+    package var complete: Bool
+    package var created: String?
+    package var fileBytes: Int?
     /// "chunks of 64 rows, shuffle+deflate level 4, fletcher32 checksums"
-    public var storage: String?
-    public var classes: [ClassCount]
-    public var failed: [CacheFailure]
-    public var journal: JournalStatus?
+    package var storage: String?
+    package var classes: [ClassCount]
+    package var failed: [CacheFailure]
+    package var journal: JournalStatus?
 
     /// Reads `path` (and `path.partial`); one-line errors when neither is a readable cache.
-    public init(path: String) throws {
+    package init(path: String) throws {
         self.path = path
         let journalPath = FeatureCacheBuilder.journalPath(for: path)
         let journalContents = FileManager.default.fileExists(atPath: journalPath) ? try CacheJournal.read(path: journalPath) : nil
@@ -71,7 +72,7 @@ public struct CacheInspection: Codable, Sendable {
     }
 
     /// Several lines for people; `--json` prints the structure itself.
-    public var report: String {
+    package var report: String {
         var lines: [String] = []
         if cacheExists {
             let size = fileBytes.map { ", \($0.formattedBytes)" } ?? ""

@@ -8,13 +8,14 @@ import Foundation
 #if _endian(big)
 #error("the journal stores float32 rows as raw little-endian bytes")
 #endif
+import BottleneckKernels
 
 /// An input that could not be turned into a row, and why.
-public struct CacheFailure: Codable, Equatable, Sendable {
-    public let path: String
-    public let reason: String
+package struct CacheFailure: Codable, Equatable, Sendable {
+    package let path: String
+    package let reason: String
 
-    public init(path: String, reason: String) {
+    package init(path: String, reason: String) {
         self.path = path
         self.reason = reason
     }
@@ -195,7 +196,7 @@ final class CacheJournal {
                     case .classes: contents.currentClasses = try reader.readStrings()
                     }
                 }
-            } catch let problem as WeightFileProblem {
+            } catch let problem as ByteLayoutProblem {
                 throw FeatureCacheError(.damaged, "\(path): the record at byte \(offset) is malformed (\(problem.detail)); "
                                         + "use --overwrite to start afresh")
             }
@@ -327,10 +328,10 @@ private extension JournalContents {
         for _ in 0..<rowCount {
             let label = try reader.readInteger(Int32.self, "a label")
             guard let split = ImageFolder.Split(rawValue: try reader.readString("a split")) else {
-                throw WeightFileProblem.malformed("unknown split at byte \(reader.absolutePosition)")
+                throw ByteLayoutProblem.malformed("unknown split at byte \(reader.absolutePosition)")
             }
             guard label >= -1, label < currentClasses.count else {
-                throw WeightFileProblem.malformed("label \(label) for \(currentClasses.count) classes")
+                throw ByteLayoutProblem.malformed("label \(label) for \(currentClasses.count) classes")
             }
             batch.append((try reader.readString("a path"), label < 0 ? nil : currentClasses[Int(label)], split,
                           try reader.readIdentity()))
@@ -339,7 +340,7 @@ private extension JournalContents {
             failures.append(CacheFailure(path: try reader.readString("a failed path"), reason: try reader.readString("a reason")))
         }
         guard reader.remaining == rowCount * rowBytes else {
-            throw WeightFileProblem.malformed("\(reader.remaining) bytes of features for \(rowCount) rows of \(rowBytes)")
+            throw ByteLayoutProblem.malformed("\(reader.remaining) bytes of features for \(rowCount) rows of \(rowBytes)")
         }
         let featuresStart = payloadStart + Int64(reader.position)
         for (index, row) in batch.enumerated() {
@@ -347,7 +348,7 @@ private extension JournalContents {
                                         featureOffset: featuresStart + Int64(index * rowBytes))
             if let earlier = rowIndex[row.path] {
                 guard rows[earlier].identity != row.identity else {
-                    throw WeightFileProblem.malformed("\(row.path) has the same row twice")
+                    throw ByteLayoutProblem.malformed("\(row.path) has the same row twice")
                 }
                 rows[earlier] = journalRow
             } else {

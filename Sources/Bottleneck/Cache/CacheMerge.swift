@@ -1,4 +1,5 @@
 import Foundation
+import BottleneckKernels
 
 /// `bottleneck merge`: joins the caches of `extract --shard I/N` runs into one cache equal to what a
 /// single process would have written (same rows in the same order, same `/features` bytes).
@@ -7,8 +8,8 @@ import Foundation
 /// shard files staying where they are, and older h5py/h5dump builds read it poorly; one plain file
 /// is what every later stage (and anyone with h5py) expects. The copy goes through the cache
 /// builder, so an interrupted merge resumes like an interrupted extract.
-public enum CacheMerge {
-    public static func merge(shards paths: [String], into output: String, compress: Bool = false,
+package enum CacheMerge {
+    package static func merge(shards paths: [String], into output: String, compress: Bool = false,
                              overwrite: Bool = false, log: (String) -> Void = { _ in }) throws -> CacheSummary {
         guard !paths.isEmpty else { throw FeatureCacheError(.invalidInput, "merge needs at least one shard cache") }
         let readers = try paths.map { try FeatureCacheReader(path: $0) }

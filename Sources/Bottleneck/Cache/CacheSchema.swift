@@ -1,3 +1,5 @@
+import BottleneckKernels
+
 /// Names inside a cache file (schema "bottleneck-cache/2"), shared by the writer and the reader.
 /// Every dataset is chunked with HDF5's fletcher32 checksum, strings are fixed-length UTF-8 (inside
 /// the checksummed chunks, not in the unchecked global heap), and `/source/*` identify the bytes each

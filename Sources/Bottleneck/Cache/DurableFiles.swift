@@ -4,6 +4,7 @@ import Glibc
 import Darwin
 #endif
 import Foundation
+import BottleneckKernels
 
 /// The few POSIX steps crash safety rests on: whole writes at an offset, fsync,
 /// and replacing a file by renaming a synced one over it.
@@ -113,14 +114,14 @@ enum DurableFiles {
 }
 
 /// Why a path cannot be read or written as a plain file, as one line naming it.
-public struct FileAccessError: Error, CustomStringConvertible, Sendable {
-    public let path: String
+package struct FileAccessError: Error, CustomStringConvertible, Sendable {
+    package let path: String
     /// errno when the system refused; nil when the file is of the wrong kind.
-    public let code: Int32?
+    package let code: Int32?
     /// What is wrong, without the path.
-    public let reason: String
+    package let reason: String
 
-    public var description: String { "\(path): \(reason)" }
+    package var description: String { "\(path): \(reason)" }
 }
 
 /// Reading only regular files, and writing only through fresh temporaries: the defences against a FIFO that

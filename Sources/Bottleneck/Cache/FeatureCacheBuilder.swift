@@ -1,24 +1,25 @@
 import Foundation
+import BottleneckKernels
 
 /// What `finish` wrote. Every image of the run's list is exactly one of reused, extracted, changed
 /// or failed; `removedRows` were rows of the earlier cache whose image is no longer in the list.
-public struct CacheSummary: Sendable {
-    public let path: String
-    public let rows: Int
+package struct CacheSummary: Sendable {
+    package let path: String
+    package let rows: Int
     /// Rows copied from the cache an earlier run finished: their files are unchanged.
-    public let reusedRows: Int
+    package let reusedRows: Int
     /// Rows of images the earlier cache did not have, extracted by this run or by an interrupted one.
-    public let extractedRows: Int
+    package let extractedRows: Int
     /// Rows extracted again because their file's contents changed since the earlier cache.
-    public let changedRows: Int
+    package let changedRows: Int
     /// Rows of the earlier cache dropped because their image is gone.
-    public let removedRows: Int
+    package let removedRows: Int
     /// Rows recovered from the journal of an interrupted run (counted in extracted or changed too).
-    public let recoveredRows: Int
+    package let recoveredRows: Int
     /// Reused rows whose file had new times or another inode but the same bytes.
-    public let refreshedRows: Int
-    public let failed: Int
-    public let fileBytes: Int
+    package let refreshedRows: Int
+    package let failed: Int
+    package let fileBytes: Int
 }
 
 /// Writes a feature cache so that `kill -9` at any moment loses no finished batch
@@ -36,23 +37,23 @@ public struct CacheSummary: Sendable {
 ///
 /// Memory is the per-row metadata plus a few MB of copy buffer, whatever the number of rows.
 /// Used from one thread.
-public final class FeatureCacheBuilder {
-    public let path: String
-    public let journalPath: String
-    public let fingerprint: CacheFingerprint
+package final class FeatureCacheBuilder {
+    package let path: String
+    package let journalPath: String
+    package let fingerprint: CacheFingerprint
     /// What the labels of manifest items index; the final `/classes`.
-    public let classes: [String]
-    public let manifest: [ImageFolder.Item]
-    public let reusedRowCount: Int
-    public let recoveredRowCount: Int
+    package let classes: [String]
+    package let manifest: [ImageFolder.Item]
+    package let reusedRowCount: Int
+    package let recoveredRowCount: Int
     /// Reused rows whose file was found under new times but with the same bytes.
-    public let refreshedRowCount: Int
+    package let refreshedRowCount: Int
     /// Rows of the earlier cache whose image is not in the manifest.
-    public let removedRowCount: Int
+    package let removedRowCount: Int
     /// Bytes of a record a kill cut short, dropped from the journal when it was reopened.
-    public let tornJournalBytes: Int
+    package let tornJournalBytes: Int
     /// Rows appended by this run so far.
-    public private(set) var appendedRowCount = 0
+    package private(set) var appendedRowCount = 0
 
     private enum RowSource: Equatable {
         case previous(row: Int)
@@ -73,17 +74,17 @@ public final class FeatureCacheBuilder {
     /// The latest reason per path, for manifest items that end without a row.
     private var failureReasons: [String: String] = [:]
 
-    public static func journalPath(for path: String) -> String { path + ".partial" }
+    package static func journalPath(for path: String) -> String { path + ".partial" }
 
     /// Manifest items without a row yet, in manifest order: what the run still has to extract.
-    public var pending: [ImageFolder.Item] { manifest.indices.filter { sources[$0] == nil }.map { manifest[$0] } }
+    package var pending: [ImageFolder.Item] { manifest.indices.filter { sources[$0] == nil }.map { manifest[$0] } }
 
     /// Opens (or starts) the cache at `path` for a run with `fingerprint` over `manifest`, whose labels
     /// index `classes`. `currentIdentity(item, recorded)` says whether a row recorded with `recorded`
     /// still holds `item`'s features, returning the identity to keep (refreshed to the file's stat now),
     /// or nil when the file changed or is gone. Refuses a cache or journal made with another fingerprint
     /// unless `overwrite`, which deletes both. Fails before any work when the folder is missing or read-only.
-    public static func open(path: String, fingerprint: CacheFingerprint, classes: [String], manifest: [ImageFolder.Item],
+    package static func open(path: String, fingerprint: CacheFingerprint, classes: [String], manifest: [ImageFolder.Item],
                             overwrite: Bool,
                             currentIdentity: (ImageFolder.Item, FileIdentity) -> FileIdentity?) throws -> FeatureCacheBuilder {
         try DurableFiles.checkWritableFolder(for: path)
@@ -198,7 +199,7 @@ public final class FeatureCacheBuilder {
     /// is recorded as failed instead. Returns the batch's failures, those given and those found; durable when
     /// this returns.
     @discardableResult
-    public func append(features: UnsafeBufferPointer<Float>, rows: [(item: ImageFolder.Item, identity: FileIdentity)],
+    package func append(features: UnsafeBufferPointer<Float>, rows: [(item: ImageFolder.Item, identity: FileIdentity)],
                        failed: [(path: String, reason: String)]) throws -> [(path: String, reason: String)] {
         guard let journal else { throw FeatureCacheError(.invalidInput, "\(path) is already finished") }
         let rowSize = fingerprint.rowSize
@@ -242,7 +243,7 @@ public final class FeatureCacheBuilder {
 
     /// Ends a run that stopped before its first batch (its weights were refused, say): a journal holding
     /// no record is deleted, so the failure leaves no trace beside the cache; one with rows is kept for the rerun.
-    public func abandon() {
+    package func abandon() {
         defer { lock = nil }
         guard let journal, journal.isEmpty else { return }
         try? journal.delete()
@@ -262,7 +263,7 @@ public final class FeatureCacheBuilder {
     /// `complete` when every manifest item has a row or a failure. A rerun that found nothing new leaves the
     /// earlier file alone: copying a pool5 cache of many GB to get the same bytes (but the creation time)
     /// would take minutes and twice the disk.
-    public func finish(compress: Bool) throws -> CacheSummary {
+    package func finish(compress: Bool) throws -> CacheSummary {
         guard let journal else { throw FeatureCacheError(.invalidInput, "\(path) is already finished") }
         let rowItems = manifest.indices.filter { sources[$0] != nil }
         let failures = manifest.compactMap { item in

@@ -1,6 +1,8 @@
+import BottleneckKernels
+
 /// Everything that stops a feature cache from being written or read, as one line naming the file.
-public struct FeatureCacheError: Error, CustomStringConvertible, Sendable {
-    public enum Kind: Sendable {
+package struct FeatureCacheError: Error, CustomStringConvertible, Sendable {
+    package enum Kind: Sendable {
         case missing
         /// Not HDF5, or HDF5 without the cache's schema.
         case notACache
@@ -18,10 +20,10 @@ public struct FeatureCacheError: Error, CustomStringConvertible, Sendable {
         case invalidInput
     }
 
-    public let kind: Kind
-    public let description: String
+    package let kind: Kind
+    package let description: String
     /// What is wrong, without the advice to a person at the command line (a pipeline acts on it itself).
-    public let finding: String
+    package let finding: String
 
     init(_ kind: Kind, _ description: String, finding: String? = nil) {
         self.kind = kind

@@ -1,4 +1,5 @@
 import Foundation
+import BottleneckKernels
 
 /// A finished feature cache, opened for training: all per-row metadata in memory
 /// (paths, labels, splits: small), features read from disk on demand.
@@ -8,36 +9,36 @@ import Foundation
 /// a buffer of a few blocks: every chunk is then read (and decompressed) once per
 /// epoch. `readRows(at:)` reads arbitrary rows in one call, but each chunk it
 /// touches is read whole, so scattered indices over a big compressed cache cost more.
-public final class FeatureCacheReader: Sendable {
-    public let path: String
-    public let fingerprint: CacheFingerprint
-    public let count: Int
-    public let classes: [String]
+package final class FeatureCacheReader: Sendable {
+    package let path: String
+    package let fingerprint: CacheFingerprint
+    package let count: Int
+    package let classes: [String]
     /// Index into `classes`, -1 for unlabeled rows.
-    public let labels: [Int32]
+    package let labels: [Int32]
     /// Relative to `fingerprint.imageRoot`.
-    public let paths: [String]
-    public let splits: [ImageFolder.Split]
+    package let paths: [String]
+    package let splits: [ImageFolder.Split]
     /// What each row's image file held when its row was made.
-    public let identities: [FileIdentity]
-    public let failed: [CacheFailure]
-    public let isComplete: Bool
+    package let identities: [FileIdentity]
+    package let failed: [CacheFailure]
+    package let isComplete: Bool
     /// ISO 8601, when the file was written.
-    public let created: String
+    package let created: String
     /// Every root attribute as text (numbers and arrays printed), for display.
-    public let attributes: [String: String]
+    package let attributes: [String: String]
     /// How `/features` is stored: chunk shape, compression filters.
-    public let storage: HDF5Storage
+    package let storage: HDF5Storage
     private let features: HDF5Dataset
 
-    public var activationShape: [Int] { fingerprint.activationShape }
-    public var rowSize: Int { fingerprint.rowSize }
+    package var activationShape: [Int] { fingerprint.activationShape }
+    package var rowSize: Int { fingerprint.rowSize }
     /// Rows per chunk of `/features`: the natural unit of reading.
-    public var chunkRows: Int { storage.chunkShape?.first ?? max(count, 1) }
+    package var chunkRows: Int { storage.chunkShape?.first ?? max(count, 1) }
 
     /// Opens `path`, refusing (one line) a missing file, a foreign or damaged file, and a cache whose
     /// `complete` attribute is 0 unless `allowIncomplete`.
-    public init(path: String, allowIncomplete: Bool = false) throws {
+    package init(path: String, allowIncomplete: Bool = false) throws {
         guard FileManager.default.fileExists(atPath: path) else {
             if FileManager.default.fileExists(atPath: FeatureCacheBuilder.journalPath(for: path)) {
                 throw FeatureCacheError(.incomplete, "\(path) does not exist yet: extraction in progress or interrupted "
@@ -160,20 +161,20 @@ public final class FeatureCacheReader: Sendable {
     }
 
     /// Rows `range` as a tensor [range.count, ...activationShape].
-    public func readRows(_ range: Range<Int>) throws -> Tensor {
+    package func readRows(_ range: Range<Int>) throws -> Tensor {
         var rows = Tensor(zeros: [range.count] + activationShape)
         try rows.data.withUnsafeMutableBufferPointer { try readRows(range, into: $0) }
         return rows
     }
 
     /// Rows `range` into a caller's buffer of exactly `range.count * rowSize` floats.
-    public func readRows(_ range: Range<Int>, into buffer: UnsafeMutableBufferPointer<Float>) throws {
+    package func readRows(_ range: Range<Int>, into buffer: UnsafeMutableBufferPointer<Float>) throws {
         try checkRows(range.isEmpty ? [] : [range.lowerBound, range.upperBound - 1])
         try readFeatures { try features.readRows([range], into: buffer) }
     }
 
     /// The rows at `indices`, in that order (repeats allowed), read in one pass over the file.
-    public func readRows(at indices: [Int]) throws -> Tensor {
+    package func readRows(at indices: [Int]) throws -> Tensor {
         try checkRows(indices)
         let sortedRows = Array(Set(indices)).sorted()
         var runs: [Range<Int>] = []

@@ -4,6 +4,7 @@ import Glibc
 import Darwin
 #endif
 import Foundation
+import BottleneckKernels
 
 /// What identifies the contents an image file had when its row was extracted, as git's index
 /// identifies a work-tree file: size, modification and status-change times in ns, inode — and,
@@ -16,18 +17,18 @@ import Foundation
 /// `racyWindowNanoseconds` of the clock when it was read could still change within the same
 /// timestamp tick without its stat changing ("racy git"): its ctime is recorded as -1, which no stat
 /// matches, so the next run compares its bytes.
-public struct FileIdentity: Equatable, Sendable {
-    public var size: Int64
-    public var mtimeNanoseconds: Int64
+package struct FileIdentity: Equatable, Sendable {
+    package var size: Int64
+    package var mtimeNanoseconds: Int64
     /// -1 when the file was too fresh to trust its stat (see above).
-    public var ctimeNanoseconds: Int64
-    public var inode: UInt64
+    package var ctimeNanoseconds: Int64
+    package var inode: UInt64
     /// 32 bytes.
-    public var sha256: [UInt8]
+    package var sha256: [UInt8]
 
     static let racyWindowNanoseconds: Int64 = 1_000_000_000
 
-    public init(size: Int64, mtimeNanoseconds: Int64, ctimeNanoseconds: Int64, inode: UInt64, sha256: [UInt8]) {
+    package init(size: Int64, mtimeNanoseconds: Int64, ctimeNanoseconds: Int64, inode: UInt64, sha256: [UInt8]) {
         self.size = size
         self.mtimeNanoseconds = mtimeNanoseconds
         self.ctimeNanoseconds = ctimeNanoseconds
@@ -36,21 +37,21 @@ public struct FileIdentity: Equatable, Sendable {
     }
 
     /// The stat part: what is compared before anything is read.
-    public struct Stat: Equatable, Sendable {
-        public var size: Int64
-        public var mtimeNanoseconds: Int64
-        public var ctimeNanoseconds: Int64
-        public var inode: UInt64
+    package struct Stat: Equatable, Sendable {
+        package var size: Int64
+        package var mtimeNanoseconds: Int64
+        package var ctimeNanoseconds: Int64
+        package var inode: UInt64
     }
 
-    public var fileStat: Stat {
+    package var fileStat: Stat {
         Stat(size: size, mtimeNanoseconds: mtimeNanoseconds, ctimeNanoseconds: ctimeNanoseconds, inode: inode)
     }
 
     /// The identity to keep for a row recorded as `recorded` whose file is at `path` now: `recorded` when the
     /// stat is the same, the same bytes under the stat of now when only times or inode moved, nil when the
     /// contents changed or the file is gone or unreadable (the row is then extracted again, or fails).
-    public static func current(recorded: FileIdentity, path: String, now: Date = Date()) -> FileIdentity? {
+    package static func current(recorded: FileIdentity, path: String, now: Date = Date()) -> FileIdentity? {
         guard let stat = Stat(path: path) else { return nil }
         if stat == recorded.fileStat { return recorded }
         guard stat.size == recorded.size, let read = try? read(path: path, now: now), read.identity.sha256 == recorded.sha256
@@ -61,7 +62,7 @@ public struct FileIdentity: Equatable, Sendable {
     /// Reads a whole regular file through one descriptor and identifies what was read: the stat is
     /// taken from that descriptor before the read, so the identity never describes other bytes than
     /// the ones returned. Refuses what is not a regular file (a FIFO would block forever).
-    public static func read(path: String, now: Date = Date()) throws(ImageDecodingError) -> (bytes: [UInt8], identity: FileIdentity) {
+    package static func read(path: String, now: Date = Date()) throws(ImageDecodingError) -> (bytes: [UInt8], identity: FileIdentity) {
         let read: (bytes: [UInt8], status: stat)
         do {
             read = try DurableFiles.readRegularFile(path)
@@ -88,7 +89,7 @@ extension FileIdentity.Stat {
     }
 
     /// The stat of the file at `path` (following symbolic links, as reading it does); nil when it cannot be had.
-    public init?(path: String) {
+    package init?(path: String) {
         var status = stat()
         guard stat(path, &status) == 0 else { return nil }
         self.init(status)

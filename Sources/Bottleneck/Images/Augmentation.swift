@@ -1,35 +1,36 @@
 import Foundation
+import BottleneckKernels
 
 /// torchvision's standard training transform, `RandomResizedCrop(size)` (scale (0.08, 1), ratio (3/4, 4/3),
 /// bilinear with antialiasing) then `RandomHorizontalFlip(0.5)`, then ToTensor + Normalize. The geometry
 /// follows torchvision's rules exactly (`get_params`: ten tries, then the central fallback; crop, then a PIL
 /// bilinear resize); the draws come from a `SeededGenerator` instead of torch's, so a crop is reproducible
 /// from its generator but not equal to torch's for the same seed.
-public struct Augmentation: Codable, Sendable, Equatable {
-    public var size: Int
-    public var scale: ClosedRange<Double> = 0.08...1
-    public var ratio: ClosedRange<Double> = (3.0 / 4)...(4.0 / 3)
-    public var flipProbability = 0.5
-    public var mean: [Float]
-    public var std: [Float]
+package struct Augmentation: Codable, Sendable, Equatable {
+    package var size: Int
+    package var scale: ClosedRange<Double> = 0.08...1
+    package var ratio: ClosedRange<Double> = (3.0 / 4)...(4.0 / 3)
+    package var flipProbability = 0.5
+    package var mean: [Float]
+    package var std: [Float]
 
     /// The training counterpart of `evaluation`: same size and normalisation.
-    public init(matching evaluation: Preprocessing) {
+    package init(matching evaluation: Preprocessing) {
         size = evaluation.crop
         mean = evaluation.mean
         std = evaluation.std
     }
 
     /// A crop of the image, (top, left, height, width), as `RandomResizedCrop.get_params` returns it.
-    public struct Crop: Equatable, Sendable {
-        public var top: Int
-        public var left: Int
-        public var height: Int
-        public var width: Int
+    package struct Crop: Equatable, Sendable {
+        package var top: Int
+        package var left: Int
+        package var height: Int
+        package var width: Int
     }
 
     /// `RandomResizedCrop.get_params(img, scale, ratio)` for a `width` x `height` image.
-    public func cropParameters(width: Int, height: Int, generator: inout SeededGenerator) -> Crop {
+    package func cropParameters(width: Int, height: Int, generator: inout SeededGenerator) -> Crop {
         let area = Double(height * width)
         let logRatio = (log(ratio.lowerBound), log(ratio.upperBound))
         for _ in 0..<10 {
@@ -55,7 +56,7 @@ public struct Augmentation: Codable, Sendable, Equatable {
     }
 
     /// The uint8 image after the crop, the resize to size x size and the flip, as PIL produces it.
-    public func augmented(_ image: RGBImage, generator: inout SeededGenerator) -> RGBImage {
+    package func augmented(_ image: RGBImage, generator: inout SeededGenerator) -> RGBImage {
         let crop = cropParameters(width: image.width, height: image.height, generator: &generator)
         let flips = Double(generator.nextUnitFloat()) < flipProbability
         var result = image.cropped(crop).resizedBilinearAntialias(width: size, height: size)
@@ -64,7 +65,7 @@ public struct Augmentation: Codable, Sendable, Equatable {
     }
 
     /// Writes the normalized [3, size, size] values of the augmented image into `buffer`.
-    public func write(_ image: RGBImage, generator: inout SeededGenerator, into buffer: UnsafeMutableBufferPointer<Float>) {
+    package func write(_ image: RGBImage, generator: inout SeededGenerator, into buffer: UnsafeMutableBufferPointer<Float>) {
         // A resize and crop to the size it already has is a plain copy: only the normalisation remains.
         Preprocessing(resize: size, crop: size, mean: mean, std: std)
             .write(augmented(image, generator: &generator), into: buffer)

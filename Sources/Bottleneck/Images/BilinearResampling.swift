@@ -1,3 +1,5 @@
+import BottleneckKernels
+
 /// Pillow's `Image.resize(size, Image.BILINEAR)` on 8-bit RGB, value for value
 /// (Pillow's src/libImaging/Resample.c): a triangle filter whose support widens
 /// with the downscale factor (the antialiasing), weights normalised in double
@@ -5,7 +7,7 @@
 /// clipping to uint8, a pass skipped when its dimension keeps its size, and
 /// Pillow 13's choice of which pass runs first.
 extension RGBImage {
-    public func resizedBilinearAntialias(width newWidth: Int, height newHeight: Int) -> RGBImage {
+    package func resizedBilinearAntialias(width newWidth: Int, height newHeight: Int) -> RGBImage {
         resampledRegion(width: newWidth, height: newHeight, columns: 0..<newWidth, rows: 0..<newHeight)
     }
 

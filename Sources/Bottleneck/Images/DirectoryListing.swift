@@ -4,6 +4,7 @@ import Glibc
 import Darwin
 #endif
 import Foundation
+import BottleneckKernels
 
 /// A folder's entries read with readdir, as raw bytes: Foundation's listing turns names that are not
 /// UTF-8 into other names (which then cannot be opened) or drops them, and the scan has to name them.

@@ -1,14 +1,15 @@
 import CImageCodecs
 import Foundation
+import BottleneckKernels
 
 /// Why an image file could not be read, as one line: `cat.jpg: truncated JPEG data`.
-public struct ImageDecodingError: Error, CustomStringConvertible, Equatable, Sendable {
+package struct ImageDecodingError: Error, CustomStringConvertible, Equatable, Sendable {
     /// The path (or name) the caller gave.
-    public let file: String
+    package let file: String
     /// What is wrong with it, without the file name.
-    public let reason: String
+    package let reason: String
 
-    public var description: String { "\(file): \(reason)" }
+    package var description: String { "\(file): \(reason)" }
 }
 
 /// JPEG and PNG decoding into the pixels PIL's `Image.open(f).convert("RGB")` gives:
@@ -17,17 +18,17 @@ public struct ImageDecodingError: Error, CustomStringConvertible, Equatable, Sen
 /// 255, as Pillow's "I;16" conversion does), Adobe-inverted CMYK converted the
 /// way Pillow does, EXIF orientation not applied. The format is recognised
 /// from the file's first bytes, never from its extension.
-public enum ImageDecoder {
+package enum ImageDecoder {
     /// Pillow's `2 * Image.MAX_IMAGE_PIXELS`: larger images make `Image.open`
     /// raise DecompressionBombError, and are refused here before any pixel memory is allocated.
-    public static let defaultPixelLimit = 178_956_970
+    package static let defaultPixelLimit = 178_956_970
 
-    public static func decode(path: String, pixelLimit: Int = defaultPixelLimit) throws(ImageDecodingError) -> RGBImage {
+    package static func decode(path: String, pixelLimit: Int = defaultPixelLimit) throws(ImageDecodingError) -> RGBImage {
         try decode(cimage_decoder_open_file(path), name: path, pixelLimit: pixelLimit)
     }
 
     /// Decodes an image held in memory; `name` is only used in error messages.
-    public static func decode(bytes: some ContiguousBytes, name: String,
+    package static func decode(bytes: some ContiguousBytes, name: String,
                               pixelLimit: Int = defaultPixelLimit) throws(ImageDecodingError) -> RGBImage {
         let result: Result<RGBImage, ImageDecodingError> = bytes.withUnsafeBytes { buffer in
             let start = buffer.baseAddress?.assumingMemoryBound(to: UInt8.self)

@@ -1,36 +1,37 @@
 import Foundation
+import BottleneckKernels
 
 /// An image collection laid out in torchvision's ImageFolder convention:
 /// `DIR/<class>/<image>` (sorted class names are the class indices), or
 /// `DIR/{train,val,test}/<class>/<image>` to record a split, or loose images
 /// (`DIR/<image>`, unlabeled). The order is sorted and deterministic.
-public struct ImageFolder: Sendable {
-    public enum Split: String, Sendable, CaseIterable, Codable {
+package struct ImageFolder: Sendable {
+    package enum Split: String, Sendable, CaseIterable, Codable {
         case train, val, test, none
     }
 
-    public struct Item: Sendable, Equatable {
+    package struct Item: Sendable, Equatable {
         /// Relative to `root`, with `/` separators.
-        public let path: String
+        package let path: String
         /// Class index, -1 when unlabeled.
-        public let label: Int32
-        public let split: Split
+        package let label: Int32
+        package let split: Split
     }
 
-    public let root: URL
-    public let classes: [String]
-    public let items: [Item]
+    package let root: URL
+    package let classes: [String]
+    package let items: [Item]
     /// Class folders that hold no image, per split ("train/cat"); reported, not fatal.
-    public let emptyClassFolders: [String]
+    package let emptyClassFolders: [String]
     /// What the scan left out, one line each: a symbolic link to a folder already scanned (a link loop),
     /// a file or folder whose name is not UTF-8.
-    public let warnings: [String]
+    package let warnings: [String]
 
-    public static let imageExtensions: Set<String> = ["jpg", "jpeg", "png"]
+    package static let imageExtensions: Set<String> = ["jpg", "jpeg", "png"]
 
     /// Classes are found as torchvision's `find_classes` finds them: every entry of the folder that is a
     /// folder or a symbolic link to one, dot-folders included, sorted by name.
-    public init(root path: String) throws {
+    package init(root path: String) throws {
         let root = URL(fileURLWithPath: path).standardizedFileURL
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: root.path, isDirectory: &isDirectory) else {
@@ -93,7 +94,7 @@ public struct ImageFolder: Sendable {
         self.warnings = warnings
     }
 
-    public func url(of item: Item) -> URL { root.appendingPathComponent(item.path) }
+    package func url(of item: Item) -> URL { root.appendingPathComponent(item.path) }
 
     /// torchvision's `has_file_allowed_extension`: the lowercased name ends with one of the extensions
     /// (compared as bytes, so ".jpg" alone counts and "x.jpg" followed by a combining mark does not).
@@ -107,7 +108,7 @@ public struct ImageFolder: Sendable {
     /// sorted by name. Unlike `os.walk`, a folder (device and inode) is walked once: a symbolic link to a
     /// folder already walked — a link loop, or a second link to one place — is skipped and named in
     /// `warnings`. Real subfolders are walked before links, so a folder is listed under its own path.
-    public static func imageFiles(under folder: String, warnings: inout [String]) throws -> [String] {
+    package static func imageFiles(under folder: String, warnings: inout [String]) throws -> [String] {
         var visited: Set<DirectoryListing.FolderIdentity> = []
         if let identity = DirectoryListing.FolderIdentity(path: folder) { visited.insert(identity) }
         var walked: [(path: String, files: [String])] = []
@@ -142,7 +143,7 @@ public struct ImageFolder: Sendable {
     }
 }
 
-public struct ImageFolderError: Error, CustomStringConvertible, Sendable {
-    public let description: String
+package struct ImageFolderError: Error, CustomStringConvertible, Sendable {
+    package let description: String
     init(_ description: String) { self.description = description }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import BottleneckKernels
 
 /// torchvision's ImageNet eval transform on a decoded image:
 /// `Resize(resize)` (shorter side, PIL bilinear with antialiasing) →
@@ -7,23 +8,23 @@ import Foundation
 ///
 /// Stored as JSON with the feature cache, so a cache made with other
 /// preprocessing is recognised.
-public struct Preprocessing: Codable, Equatable, Sendable {
-    public enum Interpolation: String, Codable, Sendable {
+package struct Preprocessing: Codable, Equatable, Sendable {
+    package enum Interpolation: String, Codable, Sendable {
         /// PIL's `Image.BILINEAR`, which always antialiases when downscaling, exactly as Pillow 13
         /// computes it (the order of its two passes included).
         case bilinearAntialias = "bilinear-antialias"
     }
 
     /// Length the shorter side is resized to.
-    public let resize: Int
+    package let resize: Int
     /// Side of the square center crop.
-    public let crop: Int
+    package let crop: Int
     /// Per-channel R, G, B values subtracted after scaling to [0, 1], then divided by `std`.
-    public let mean: [Float]
-    public let std: [Float]
-    public let interpolation: Interpolation
+    package let mean: [Float]
+    package let std: [Float]
+    package let interpolation: Interpolation
 
-    public init(resize: Int = 256, crop: Int = 224,
+    package init(resize: Int = 256, crop: Int = 224,
                 mean: [Float] = [0.485, 0.456, 0.406], std: [Float] = [0.229, 0.224, 0.225],
                 interpolation: Interpolation = .bilinearAntialias) {
         self.resize = resize
@@ -36,14 +37,14 @@ public struct Preprocessing: Codable, Equatable, Sendable {
 
     /// The largest resize or crop: the bound keeps a hostile cache or model from sizing every image's buffers
     /// (VGG's own resize is 256).
-    public static let largestSize = 8192
+    package static let largestSize = 8192
     /// The largest training image side whose evaluation resize (256/224 of it) stays within `largestSize`.
-    public static let largestImageSize = 4096
+    package static let largestImageSize = 4096
 
     /// The transform every torchvision ImageNet model card uses.
-    public static let imageNet = Preprocessing()
+    package static let imageNet = Preprocessing()
 
-    public init(from decoder: any Decoder) throws {
+    package init(from decoder: any Decoder) throws {
         let container = try decoder.container(keyedBy: CodingKeys.self)
         resize = try container.decode(Int.self, forKey: .resize)
         crop = try container.decode(Int.self, forKey: .crop)
@@ -66,54 +67,54 @@ public struct Preprocessing: Codable, Equatable, Sendable {
     }
 
     /// Single-line JSON with sorted keys, stable enough to compare as a string.
-    public var jsonDescription: String {
+    package var jsonDescription: String {
         let encoder = JSONEncoder()
         encoder.outputFormatting = .sortedKeys
         // Encoding plain numbers, strings and arrays cannot fail.
         return String(decoding: try! encoder.encode(self), as: UTF8.self)
     }
 
-    public init(jsonDescription: String) throws {
+    package init(jsonDescription: String) throws {
         self = try JSONDecoder().decode(Preprocessing.self, from: Data(jsonDescription.utf8))
     }
 
-    public var outputShape: [Int] { [3, crop, crop] }
-    public var outputCount: Int { 3 * crop * crop }
+    package var outputShape: [Int] { [3, crop, crop] }
+    package var outputCount: Int { 3 * crop * crop }
 
     /// torchvision's `_compute_resized_output_size` for an int size: the shorter
     /// side becomes `resize`, the longer `int(resize * long / short)` (truncated).
-    public func resizedSize(width: Int, height: Int) -> (width: Int, height: Int) {
+    package func resizedSize(width: Int, height: Int) -> (width: Int, height: Int) {
         let (short, long) = width <= height ? (width, height) : (height, width)
         let newLong = Int(Double(resize * long) / Double(short))
         return width <= height ? (resize, newLong) : (newLong, resize)
     }
 
     /// The uint8 image after Resize and CenterCrop, as PIL produces it.
-    public func resizedAndCropped(_ image: RGBImage) -> RGBImage {
+    package func resizedAndCropped(_ image: RGBImage) -> RGBImage {
         let placed = cropRegion(of: image)
         return placed.region.padded(toWidth: crop, height: crop, left: placed.left, top: placed.top)
     }
 
-    public func tensor(from image: RGBImage) -> Tensor {
+    package func tensor(from image: RGBImage) -> Tensor {
         Tensor(shape: outputShape, unsafeUninitialized: { write(image, into: $0) })
     }
 
     /// Writes the [3, crop, crop] values for `image` into `buffer` (exactly `outputCount` floats).
-    public func write(_ image: RGBImage, into buffer: UnsafeMutableBufferPointer<Float>) {
+    package func write(_ image: RGBImage, into buffer: UnsafeMutableBufferPointer<Float>) {
         let placed = cropRegion(of: image)
         writeNormalized(placed.region, left: placed.left, top: placed.top, width: crop, height: crop, into: buffer)
     }
 
     /// Writes image `slot` of a [batch, 3, crop, crop] buffer. Different slots
     /// may be written from different threads at once.
-    public func write(_ image: RGBImage, into batch: UnsafeMutableBufferPointer<Float>, slot: Int) {
+    package func write(_ image: RGBImage, into batch: UnsafeMutableBufferPointer<Float>, slot: Int) {
         precondition(slot >= 0 && (slot + 1) * outputCount <= batch.count,
                      "slot \(slot) outside a batch buffer of \(batch.count / outputCount) images")
         write(image, into: UnsafeMutableBufferPointer(rebasing: batch[(slot * outputCount)..<((slot + 1) * outputCount)]))
     }
 
     /// ToTensor + Normalize alone: [3, height, width] from the image's own size.
-    public func normalized(_ image: RGBImage) -> Tensor {
+    package func normalized(_ image: RGBImage) -> Tensor {
         Tensor(shape: [3, image.height, image.width], unsafeUninitialized: { buffer in
             writeNormalized(image, left: 0, top: 0, width: image.width, height: image.height, into: buffer)
         })
@@ -186,7 +187,7 @@ struct CenterCropAxis {
 
 extension RGBImage {
     /// torchvision's `CenterCrop((height, width))`, zero-padding a dimension smaller than the crop.
-    public func centerCropped(width cropWidth: Int, height cropHeight: Int) -> RGBImage {
+    package func centerCropped(width cropWidth: Int, height cropHeight: Int) -> RGBImage {
         let columns = CenterCropAxis(imageSize: width, cropSize: cropWidth)
         let rows = CenterCropAxis(imageSize: height, cropSize: cropHeight)
         return resampledRegion(width: width, height: height, columns: columns.source, rows: rows.source)

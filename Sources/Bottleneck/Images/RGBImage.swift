@@ -1,11 +1,13 @@
+import BottleneckKernels
+
 /// An 8-bit RGB image as PIL holds it after `convert("RGB")`: rows top to
 /// bottom, pixels interleaved R, G, B.
-public struct RGBImage: Sendable, Equatable {
-    public let width: Int
-    public let height: Int
-    public var pixels: [UInt8]
+package struct RGBImage: Sendable, Equatable {
+    package let width: Int
+    package let height: Int
+    package var pixels: [UInt8]
 
-    public init(width: Int, height: Int, pixels: [UInt8]) {
+    package init(width: Int, height: Int, pixels: [UInt8]) {
         precondition(width >= 0 && height >= 0 && pixels.count == width * height * 3,
                      "a \(width)x\(height) RGB image needs \(width * height * 3) bytes, got \(pixels.count)")
         self.width = width
@@ -14,7 +16,7 @@ public struct RGBImage: Sendable, Equatable {
     }
 
     /// Allocates without zeroing; `fill` must write all `width * height * 3` bytes.
-    public init(width: Int, height: Int, unsafeUninitialized fill: (UnsafeMutableBufferPointer<UInt8>) -> Void) {
+    package init(width: Int, height: Int, unsafeUninitialized fill: (UnsafeMutableBufferPointer<UInt8>) -> Void) {
         let count = width * height * 3
         self.init(width: width, height: height, pixels: [UInt8](unsafeUninitializedCapacity: count) { buffer, initialized in
             fill(buffer)
@@ -22,5 +24,5 @@ public struct RGBImage: Sendable, Equatable {
         })
     }
 
-    public var bytesPerRow: Int { width * 3 }
+    package var bytesPerRow: Int { width * 3 }
 }

@@ -1,45 +1,46 @@
 import Foundation
+import BottleneckKernels
 
 /// `bottleneck evaluate`: a trained model's accuracy, per-class precision and recall and confusion
 /// matrix, on the rows of a feature cache (made like the model's training cache) or on an image folder
 /// (run through the frozen prefix first). Classes are matched by name.
-public struct EvaluationJob: Sendable {
-    public enum Source: Sendable {
+package struct EvaluationJob: Sendable {
+    package enum Source: Sendable {
         case cache(String)
         case images(String)
     }
 
-    public var modelPath: String
-    public var source: Source
+    package var modelPath: String
+    package var source: Source
     /// "train", "val", "test" or "all"; nil: test when there is one, else val. val and train are the sides
     /// of the split the model was trained with: the source's val/ when it has one, else the model's hashed
     /// split (its seed and fraction) applied to the source's rows.
-    public var split: String?
+    package var split: String?
     /// Backbone weights for `.images`; nil: the ones the model records.
-    public var weights: WeightsChoice?
+    package var weights: WeightsChoice?
     /// Images per forward pass (images only).
-    public var batchSize = 8
+    package var batchSize = 8
     /// Bytes a run may plan to use; nil: MemAvailable from /proc/meminfo.
-    public var memoryLimitBytes: Int?
-    public var allowIncomplete = false
+    package var memoryLimitBytes: Int?
+    package var allowIncomplete = false
 
-    public init(modelPath: String, source: Source) {
+    package init(modelPath: String, source: Source) {
         self.modelPath = modelPath
         self.source = source
     }
 
-    public struct Result: Sendable {
-        public var metrics: ClassificationMetrics
+    package struct Result: Sendable {
+        package var metrics: ClassificationMetrics
         /// The split evaluated ("val", "all", …).
-        public var split: String
+        package var split: String
         /// What the scored rows were, after their count: "held-out validation rows of the split the model
         /// was trained with (hashed split, seed 0, fraction 0.2)".
-        public var scored: String
+        package var scored: String
         /// Images that could not be read (images only).
-        public var failed: [(path: String, reason: String)]
+        package var failed: [(path: String, reason: String)]
     }
 
-    public func run(log: (String) -> Void) throws -> Result {
+    package func run(log: (String) -> Void) throws -> Result {
         let model = try TrainedModel(contentsOf: modelPath)
         switch source {
         case .cache(let path): return try evaluateCache(path, model: model)

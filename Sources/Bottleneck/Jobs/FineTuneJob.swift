@@ -1,57 +1,58 @@
 import Foundation
+import BottleneckKernels
 
 /// `bottleneck full-finetune`: VGG16 trained end to end (or above `--freeze-through`) from the images
 /// themselves, no cache: decoding and augmentation run on their own thread a batch ahead of the network.
 /// Writes the same run directory as train-head (`config.json`, `metrics.csv`, `model.h5` with the whole
 /// state dict, `summary.json`), plus `checkpoint.h5` after every epoch for `--resume`.
-public struct FineTuneJob: Sendable {
-    public var imagesRoot: String
-    public var runDirectory: String
-    public var weights: WeightsChoice
-    public var settings = FineTuneSettings()
+package struct FineTuneJob: Sendable {
+    package var imagesRoot: String
+    package var runDirectory: String
+    package var weights: WeightsChoice
+    package var settings = FineTuneSettings()
     /// A train-head run's model.h5 whose head starts the new layers instead of a fresh fc8.
-    public var initialHead: String?
-    public var resume = false
-    public var overwrite = false
+    package var initialHead: String?
+    package var resume = false
+    package var overwrite = false
     /// The network before its head is replaced (classes are set from the folder).
-    public var config: VGGConfig = .vgg16
+    package var config: VGGConfig = .vgg16
     /// Bytes a run may plan to use; nil: MemAvailable from /proc/meminfo.
-    public var memoryLimitBytes: Int?
+    package var memoryLimitBytes: Int?
     /// Stop, as an interruption would, once this invocation has checkpointed this many epochs (a batch
     /// scheduler's time slice; the tests' interruption).
-    public var interruptAfterEpochs: Int?
+    package var interruptAfterEpochs: Int?
 
-    public init(imagesRoot: String, runDirectory: String, weights: WeightsChoice) {
+    package init(imagesRoot: String, runDirectory: String, weights: WeightsChoice) {
         self.imagesRoot = imagesRoot
         self.runDirectory = runDirectory
         self.weights = weights
     }
 
     /// `summary.json`.
-    public struct Summary: Codable, Sendable {
-        public var bestEpoch: Int
-        public var bestValAccuracy: Double
-        public var bestValLoss: Double
-        public var epochsRun: Int
-        public var trainImages: Int
+    package struct Summary: Codable, Sendable {
+        package var bestEpoch: Int
+        package var bestValAccuracy: Double
+        package var bestValLoss: Double
+        package var epochsRun: Int
+        package var trainImages: Int
         /// Validation images scored (those that could be read).
-        public var valImages: Int
+        package var valImages: Int
         /// Which images validated: report refuses to compare runs whose records differ.
-        public var split: TrainingSplit.Record
-        public var chanceAccuracy: Double
-        public var classes: [String]
-        public var perClass: [ClassificationMetrics.ClassFigures]
+        package var split: TrainingSplit.Record
+        package var chanceAccuracy: Double
+        package var classes: [String]
+        package var perClass: [ClassificationMetrics.ClassFigures]
         /// confusion_matrix[true class][predicted class] on the validation images, best epoch.
-        public var confusionMatrix: [[Int]]
-        public var frozenThrough: String?
-        public var trainableLayers: [String]
-        public var trainableParameters: Int
-        public var wallSeconds: Double
+        package var confusionMatrix: [[Int]]
+        package var frozenThrough: String?
+        package var trainableLayers: [String]
+        package var trainableParameters: Int
+        package var wallSeconds: Double
         /// Training images through optimizer steps per second of those steps (decoding overlapped).
-        public var trainImagesPerSecond: Double
-        public var peakResidentBytes: Int
-        public var failedImages: [String]
-        public var model: String
+        package var trainImagesPerSecond: Double
+        package var peakResidentBytes: Int
+        package var failedImages: [String]
+        package var model: String
     }
 
     private struct Configuration: Encodable {
@@ -80,7 +81,7 @@ public struct FineTuneJob: Sendable {
         var estimatedStepBytes: Int
     }
 
-    public func run(log: (String) -> Void) throws -> Summary {
+    package func run(log: (String) -> Void) throws -> Summary {
         let start = ResourceUsage.now
         try settings.validate()
         let folder = try ImageFolder(root: imagesRoot)

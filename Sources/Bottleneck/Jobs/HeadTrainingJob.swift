@@ -1,51 +1,52 @@
 import Foundation
+import BottleneckKernels
 
 /// `bottleneck train-head`: a new classifier head trained on a feature cache, into a run directory
 /// (`config.json`, `metrics.csv`, `model.h5`, `summary.json`). Everything that can be checked is
 /// checked before the run directory is touched, so bad input leaves nothing behind.
-public struct HeadTrainingJob: Sendable {
-    public var cachePath: String
-    public var runDirectory: String
-    public var settings = HeadTrainingSettings()
+package struct HeadTrainingJob: Sendable {
+    package var cachePath: String
+    package var runDirectory: String
+    package var settings = HeadTrainingSettings()
     /// The backbone weights of the pretrained layers between the cut and fc8 (caches cut below fc7);
     /// nil: the file (or seeded initialisation) the cache records.
-    public var weights: WeightsChoice?
-    public var allowIncomplete = false
-    public var overwrite = false
+    package var weights: WeightsChoice?
+    package var allowIncomplete = false
+    package var overwrite = false
     /// The network the cache was extracted with; nil: the configuration the cache names (vgg16, …).
-    public var config: VGGConfig?
+    package var config: VGGConfig?
 
-    public init(cachePath: String, runDirectory: String) {
+    package init(cachePath: String, runDirectory: String) {
         self.cachePath = cachePath
         self.runDirectory = runDirectory
     }
 
     /// `summary.json`.
-    public struct Summary: Codable, Sendable {
-        public var bestEpoch: Int
-        public var bestValAccuracy: Double
-        public var bestValLoss: Double
-        public var epochsRun: Int
-        public var stoppedEarly: Bool
-        public var trainRows: Int
-        public var valRows: Int
+    package struct Summary: Codable, Sendable {
+        package var bestEpoch: Int
+        package var bestValAccuracy: Double
+        package var bestValLoss: Double
+        package var epochsRun: Int
+        package var stoppedEarly: Bool
+        package var trainRows: Int
+        package var valRows: Int
         /// Which rows validated: report refuses to compare runs whose records differ.
-        public var split: TrainingSplit.Record
+        package var split: TrainingSplit.Record
         /// 1 / classes: what guessing gives.
-        public var chanceAccuracy: Double
+        package var chanceAccuracy: Double
         /// The share of validation rows in its largest class: what always answering that class gives.
-        public var majorityClassAccuracy: Double
-        public var classes: [String]
-        public var perClass: [ClassificationMetrics.ClassFigures]
+        package var majorityClassAccuracy: Double
+        package var classes: [String]
+        package var perClass: [ClassificationMetrics.ClassFigures]
         /// confusion_matrix[true class][predicted class] on the validation rows, best epoch.
-        public var confusionMatrix: [[Int]]
+        package var confusionMatrix: [[Int]]
         /// The whole command: reading the cache, training, validating, writing.
-        public var wallSeconds: Double
+        package var wallSeconds: Double
         /// Training rows through optimizer steps per second of those steps.
-        public var samplesPerSecond: Double
+        package var samplesPerSecond: Double
         /// "memory" (rows read once) or "streaming" (windows of chunks per pass).
-        public var dataLoading: String
-        public var model: String
+        package var dataLoading: String
+        package var model: String
     }
 
     /// What `config.json` records besides the settings.
@@ -90,7 +91,7 @@ public struct HeadTrainingJob: Sendable {
         var loading: Loading
     }
 
-    public func run(log: (String) -> Void) throws -> Summary {
+    package func run(log: (String) -> Void) throws -> Summary {
         let start = ResourceUsage.now
         try settings.validate()
         let cache = try FeatureCacheReader(path: cachePath, allowIncomplete: allowIncomplete)

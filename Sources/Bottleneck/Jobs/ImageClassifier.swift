@@ -1,3 +1,5 @@
+import BottleneckKernels
+
 /// A trained model ready for images: the frozen prefix through the model's cut, with the backbone
 /// weights it was trained on (checked by sha256), then the head, both in evaluation mode.
 struct ImageClassifier {

@@ -1,27 +1,28 @@
 import Foundation
+import BottleneckKernels
 
 /// `bottleneck predict`: the most probable classes of each image, through the frozen prefix (with
 /// the backbone weights the model was trained on) and the trained head.
-public struct PredictionJob: Sendable {
-    public var modelPath: String
+package struct PredictionJob: Sendable {
+    package var modelPath: String
     /// Image files, or folders whose images (recursively, sorted) are all predicted.
-    public var inputs: [String]
+    package var inputs: [String]
     /// Backbone weights; nil: the ones the model records.
-    public var weights: WeightsChoice?
-    public var topK = 5
-    public var batchSize = 8
+    package var weights: WeightsChoice?
+    package var topK = 5
+    package var batchSize = 8
     /// Bytes a run may plan to use; nil: MemAvailable from /proc/meminfo.
-    public var memoryLimitBytes: Int?
+    package var memoryLimitBytes: Int?
 
-    public init(modelPath: String, inputs: [String]) {
+    package init(modelPath: String, inputs: [String]) {
         self.modelPath = modelPath
         self.inputs = inputs
     }
 
-    public struct Prediction: Codable, Sendable, Equatable {
-        public struct Ranked: Codable, Sendable, Equatable {
-            public var className: String
-            public var probability: Double
+    package struct Prediction: Codable, Sendable, Equatable {
+        package struct Ranked: Codable, Sendable, Equatable {
+            package var className: String
+            package var probability: Double
 
             enum CodingKeys: String, CodingKey {
                 case className = "class"
@@ -29,15 +30,15 @@ public struct PredictionJob: Sendable {
             }
         }
 
-        public var path: String
+        package var path: String
         /// The top classes, most probable first; empty when the image could not be read.
-        public var predictions: [Ranked]
-        public var error: String?
+        package var predictions: [Ranked]
+        package var error: String?
     }
 
     /// Predicts every image, handing each result to `report` as its batch finishes (in input order);
     /// `log` gets what the scan of a folder left out.
-    public func run(log: (String) -> Void = { _ in }, report: (Prediction) -> Void) throws -> [Prediction] {
+    package func run(log: (String) -> Void = { _ in }, report: (Prediction) -> Void) throws -> [Prediction] {
         guard topK >= 1 else { throw TrainingError(.invalidInput, "--top-k must be at least 1") }
         if let problem = MemoryEstimate.batchSizeProblem(batchSize) { throw TrainingError(.invalidInput, problem) }
         var warnings: [String] = []

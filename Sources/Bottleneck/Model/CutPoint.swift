@@ -1,4 +1,5 @@
 import Foundation
+import BottleneckKernels
 
 /// Where the frozen network is cut: the activation it hands on is the output of the
 /// layer at `position` in `VGGConfig.layers`.
@@ -8,18 +9,18 @@ import Foundation
 /// paths mean exactly that module's output (`features.21` is conv4_3 before its ReLU).
 /// `fc8`/`logits` is the last linear layer; dropout is an identity in evaluation, so a
 /// cut at `drop7` equals one at `fc7`.
-public struct CutPoint: Sendable, Equatable, CustomStringConvertible {
-    public let position: Int
-    public let layer: LayerInfo
+package struct CutPoint: Sendable, Equatable, CustomStringConvertible {
+    package let position: Int
+    package let layer: LayerInfo
     /// The name the user gave, kept for messages.
-    public let requested: String
+    package let requested: String
     /// The activation's conventional name: a ReLU after a conv or linear layer takes that layer's name
     /// (features.22 is conv4_3, classifier.4 is fc7), any other layer keeps its own.
-    public let name: String
+    package let name: String
 
-    public var description: String { "\(name) (\(layer.path))" }
+    package var description: String { "\(name) (\(layer.path))" }
 
-    public init(_ text: String, in config: VGGConfig) throws {
+    package init(_ text: String, in config: VGGConfig) throws {
         let layers = config.layers
         let key = text.trimmingCharacters(in: .whitespaces)
         let lowered = key.lowercased()
@@ -53,7 +54,7 @@ public struct CutPoint: Sendable, Equatable, CustomStringConvertible {
     }
 
     /// The output shape of one image's activation at this cut for a square input.
-    public func activationShape(config: VGGConfig, imageSize: Int) -> [Int] {
+    package func activationShape(config: VGGConfig, imageSize: Int) -> [Int] {
         var channels = config.inputChannels
         var size = imageSize
         var features: Int? = nil
@@ -69,9 +70,5 @@ public struct CutPoint: Sendable, Equatable, CustomStringConvertible {
         if let features { return [features] }
         return [channels, size, size]
     }
-}
-
-extension Array {
-    subscript(safe index: Int) -> Element? { indices.contains(index) ? self[index] : nil }
 }
 

@@ -1,8 +1,10 @@
+import BottleneckKernels
+
 /// Every module of a VGG in torchvision's order, with its torchvision path
 /// (`features.23`, `avgpool`, `classifier.4`) and its conventional name
 /// (`conv4_3`, `relu4_3`, `pool4`, `fc7`, `relu7`, `drop7`).
-public struct LayerInfo: Sendable, Equatable {
-    public enum Kind: Sendable, Equatable {
+package struct LayerInfo: Sendable, Equatable {
+    package enum Kind: Sendable, Equatable {
         case conv(inChannels: Int, outChannels: Int)
         case relu
         case maxPool
@@ -12,13 +14,13 @@ public struct LayerInfo: Sendable, Equatable {
     }
 
     /// Position in the flat sequence features…, avgpool, classifier… (flatten is implicit).
-    public let position: Int
-    public let path: String
-    public let name: String
-    public let kind: Kind
+    package let position: Int
+    package let path: String
+    package let name: String
+    package let kind: Kind
 
     /// torchvision state-dict prefix of the parameters, for convs and linears.
-    public var parameterPrefix: String? {
+    package var parameterPrefix: String? {
         switch kind {
         case .conv, .linear: return path
         default: return nil
@@ -27,7 +29,7 @@ public struct LayerInfo: Sendable, Equatable {
 }
 
 extension VGGConfig {
-    public var layers: [LayerInfo] {
+    package var layers: [LayerInfo] {
         var layers: [LayerInfo] = []
         var channels = inputChannels
         var block = 1
@@ -65,7 +67,7 @@ extension VGGConfig {
     }
 
     /// Every parameter key of the state dict with its shape, in torchvision's order.
-    public var stateDictShapes: [(key: String, shape: [Int])] {
+    package var stateDictShapes: [(key: String, shape: [Int])] {
         layers.flatMap { layer -> [(key: String, shape: [Int])] in
             switch layer.kind {
             case .conv(let inChannels, let outChannels):

@@ -1,10 +1,12 @@
+import BottleneckKernels
+
 /// Errors of building or running a network, each a one-line message for the user.
-public enum ModelError: Error, CustomStringConvertible, Sendable {
+package enum ModelError: Error, CustomStringConvertible, Sendable {
     case unknownLayer(String, known: [String])
     case inputTooSmall(size: Int, layer: String)
     case badInput(String)
 
-    public var description: String {
+    package var description: String {
         switch self {
         case .unknownLayer(let name, let known):
             return "unknown layer '\(name)'; use one of: \(known.joined(separator: ", "))"

@@ -1,8 +1,10 @@
+import BottleneckKernels
+
 /// A VGG network, or the prefix of one up to a cut: the modules in torchvision's
 /// order with their parameters. Only the layers up to the cut are held, so a cut at
 /// conv4_3 never loads fc6's 400 MB.
-public struct VGG: Sendable {
-    public enum Module: Sendable {
+package struct VGG: Sendable {
+    package enum Module: Sendable {
         case conv(Conv2D)
         case relu
         case maxPool(MaxPool2D)
@@ -11,13 +13,13 @@ public struct VGG: Sendable {
         case dropout(Dropout)
     }
 
-    public let config: VGGConfig
+    package let config: VGGConfig
     /// modules[i] is config.layers[i], for i up to the last loaded position.
-    public private(set) var modules: [Module]
+    package private(set) var modules: [Module]
 
     /// Builds the prefix through `cut` (the whole network when nil), asking `parameter`
     /// for each state-dict key with the shape it must have.
-    public init(config: VGGConfig, through cut: CutPoint? = nil,
+    package init(config: VGGConfig, through cut: CutPoint? = nil,
                 parameter: (_ key: String, _ shape: [Int]) throws -> Tensor) rethrows {
         self.config = config
         let layers = config.layers.prefix((cut?.position ?? config.layers.count - 1) + 1)
@@ -44,7 +46,7 @@ public struct VGG: Sendable {
 
     /// torchvision's initialisation (vgg.py `_initialize_weights`), from a seed: conv weights
     /// Kaiming-normal with fan_out and ReLU gain, linear weights N(0, 0.01), biases zero.
-    public static func randomlyInitialized(config: VGGConfig, through cut: CutPoint? = nil, seed: UInt64) -> VGG {
+    package static func randomlyInitialized(config: VGGConfig, through cut: CutPoint? = nil, seed: UInt64) -> VGG {
         var generator = SeededGenerator(seed: seed)
         return VGG(config: config, through: cut) { key, shape in
             let isBias = key.hasSuffix(".bias")
@@ -60,11 +62,11 @@ public struct VGG: Sendable {
     }
 
     /// The last position this prefix can run to.
-    public var lastPosition: Int { modules.count - 1 }
+    package var lastPosition: Int { modules.count - 1 }
 
     /// x [N, 3, S, S] normalised images -> the activation at `cut`, [N, ...activationShape].
     /// Evaluation mode: dropout is the identity. `layerTimer` receives each layer's seconds.
-    public func forward(_ x: Tensor, through cut: CutPoint,
+    package func forward(_ x: Tensor, through cut: CutPoint,
                         layerTimer: ((LayerInfo, Double) -> Void)? = nil) throws -> Tensor {
         guard cut.position <= lastPosition else {
             throw ModelError.badInput("the network was loaded only through \(config.layers[lastPosition].name), not \(cut.layer.name)")

@@ -1,19 +1,21 @@
+import BottleneckKernels
+
 /// A VGG architecture as torchvision describes it: the `features` list of conv widths and
 /// pools ("cfgs" in torchvision/models/vgg.py), then avgpool to 7x7 and a three-layer classifier.
-public struct VGGConfig: Sendable, Equatable, Codable {
-    public enum Item: Sendable, Equatable, Codable {
+package struct VGGConfig: Sendable, Equatable, Codable {
+    package enum Item: Sendable, Equatable, Codable {
         case conv(Int)
         case pool
     }
 
-    public var name: String
-    public var features: [Item]
-    public var inputChannels: Int
-    public var hidden: Int
-    public var classes: Int
-    public var pooledSize: Int
+    package var name: String
+    package var features: [Item]
+    package var inputChannels: Int
+    package var hidden: Int
+    package var classes: Int
+    package var pooledSize: Int
 
-    public init(name: String, features: [Item], inputChannels: Int = 3, hidden: Int = 4096, classes: Int = 1000,
+    package init(name: String, features: [Item], inputChannels: Int = 3, hidden: Int = 4096, classes: Int = 1000,
                 pooledSize: Int = 7) {
         self.name = name
         self.features = features
@@ -30,17 +32,17 @@ public struct VGGConfig: Sendable, Equatable, Codable {
         }
     }
 
-    public static let vgg11 = VGGConfig(name: "vgg11", features: torchvisionFeatures([1, 1, 2, 2, 2]))
-    public static let vgg13 = VGGConfig(name: "vgg13", features: torchvisionFeatures([2, 2, 2, 2, 2]))
-    public static let vgg16 = VGGConfig(name: "vgg16", features: torchvisionFeatures([2, 2, 3, 3, 3]))
-    public static let vgg19 = VGGConfig(name: "vgg19", features: torchvisionFeatures([2, 2, 4, 4, 4]))
+    package static let vgg11 = VGGConfig(name: "vgg11", features: torchvisionFeatures([1, 1, 2, 2, 2]))
+    package static let vgg13 = VGGConfig(name: "vgg13", features: torchvisionFeatures([2, 2, 2, 2, 2]))
+    package static let vgg16 = VGGConfig(name: "vgg16", features: torchvisionFeatures([2, 2, 3, 3, 3]))
+    package static let vgg19 = VGGConfig(name: "vgg19", features: torchvisionFeatures([2, 2, 4, 4, 4]))
 
-    public static func named(_ name: String) -> VGGConfig? {
+    package static func named(_ name: String) -> VGGConfig? {
         [vgg11, vgg13, vgg16, vgg19].first { $0.name == name.lowercased() }
     }
 
     /// The same topology with every width divided by `factor`: the test-suite networks.
-    public func narrowed(by factor: Int, hidden: Int, classes: Int) -> VGGConfig {
+    package func narrowed(by factor: Int, hidden: Int, classes: Int) -> VGGConfig {
         VGGConfig(name: "\(name)-narrow\(factor)",
                   features: features.map { item in
                       if case .conv(let width) = item { return .conv(max(1, width / factor)) }
@@ -50,19 +52,19 @@ public struct VGGConfig: Sendable, Equatable, Codable {
     }
 
     /// Channels entering the classifier after the last conv block.
-    public var lastConvWidth: Int {
+    package var lastConvWidth: Int {
         features.reversed().compactMap { item -> Int? in
             if case .conv(let width) = item { return width }
             return nil
         }.first ?? inputChannels
     }
 
-    public var flattenedFeatures: Int { lastConvWidth * pooledSize * pooledSize }
+    package var flattenedFeatures: Int { lastConvWidth * pooledSize * pooledSize }
 
     /// Why a configuration read from a file cannot be built, nil when it can. Every width, count and size is
     /// bounded (each far above any VGG's) before a layer list or parameter shape is computed from it, so no
     /// product overflows.
-    public var problem: String? {
+    package var problem: String? {
         let bounded = [("inputChannels", inputChannels, 1...64), ("hidden", hidden, 1...1 << 16),
                        ("classes", classes, 1...1 << 20), ("pooledSize", pooledSize, 1...64)]
         if let (name, value, range) = bounded.first(where: { !$0.2.contains($0.1) }) {

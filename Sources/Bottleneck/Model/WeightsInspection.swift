@@ -1,17 +1,19 @@
-/// What a weights file holds and whether a VGG can run on it: `bottleneck inspect FILE.pth`.
-public struct WeightsInspection: Sendable {
-    public let path: String
-    public let format: WeightFileFormat
-    public let entries: [WeightEntry]
-    public let notes: [String]
-    public let sha256: String
-    /// nil when every key and shape of `config` is present and every value finite; else the one-line reason.
-    public let problem: String?
-    /// The deepest layer a prefix can be cut at with this file (e.g. pool5 for a features-only file).
-    public let deepestUsableLayer: String?
-    public let config: VGGConfig
+import BottleneckKernels
 
-    public init(path: String, config: VGGConfig = .vgg16) throws {
+/// What a weights file holds and whether a VGG can run on it: `bottleneck inspect FILE.pth`.
+package struct WeightsInspection: Sendable {
+    package let path: String
+    package let format: WeightFileFormat
+    package let entries: [WeightEntry]
+    package let notes: [String]
+    package let sha256: String
+    /// nil when every key and shape of `config` is present and every value finite; else the one-line reason.
+    package let problem: String?
+    /// The deepest layer a prefix can be cut at with this file (e.g. pool5 for a features-only file).
+    package let deepestUsableLayer: String?
+    package let config: VGGConfig
+
+    package init(path: String, config: VGGConfig = .vgg16) throws {
         let file = try StateDictFile.open(path: path)
         self.path = path
         self.format = file.format
@@ -44,7 +46,7 @@ public struct WeightsInspection: Sendable {
         deepestUsableLayer = usable.last?.name
     }
 
-    public var report: String {
+    package var report: String {
         let parameters = entries.reduce(0) { $0 + $1.elementCount }
         let dtypes = Dictionary(grouping: entries, by: \.dtype).map { "\($0.value.count) \($0.key)" }.sorted()
         var lines = [

@@ -1,17 +1,18 @@
 import Foundation
+import BottleneckKernels
 
 /// Which weights a command runs with: `--weights FILE`, `--weights random[:SEED]`, or,
 /// with no flag, torchvision's cached download when there is one.
-public enum WeightsChoice: Sendable, Equatable, CustomStringConvertible {
+package enum WeightsChoice: Sendable, Equatable, CustomStringConvertible {
     case file(String)
     case random(seed: UInt64)
 
-    public static let torchvisionFileName = "vgg16-397923af.pth"
-    public static let torchvisionSHA256 = "397923af8e79cdbb6a7127f12361acd7a2f83e06b05044ddf496e83de57a5bf0"
-    public static let defaultRandomSeed: UInt64 = 0
+    package static let torchvisionFileName = "vgg16-397923af.pth"
+    package static let torchvisionSHA256 = "397923af8e79cdbb6a7127f12361acd7a2f83e06b05044ddf496e83de57a5bf0"
+    package static let defaultRandomSeed: UInt64 = 0
 
     /// Parses the `--weights` value; nil means the flag was not given.
-    public static func resolve(_ argument: String?, environment: [String: String] = ProcessInfo.processInfo.environment)
+    package static func resolve(_ argument: String?, environment: [String: String] = ProcessInfo.processInfo.environment)
         -> (choice: WeightsChoice, fellBackToRandom: Bool)
     {
         if let argument {
@@ -30,7 +31,7 @@ public enum WeightsChoice: Sendable, Equatable, CustomStringConvertible {
 
     /// Where torch.hub keeps downloads: $TORCH_HOME/hub/checkpoints, else
     /// $XDG_CACHE_HOME/torch/hub/checkpoints, else ~/.cache/torch/hub/checkpoints.
-    public static func torchvisionCandidates(environment: [String: String]) -> [String] {
+    package static func torchvisionCandidates(environment: [String: String]) -> [String] {
         var roots: [String] = []
         if let torchHome = environment["TORCH_HOME"], !torchHome.isEmpty { roots.append(torchHome) }
         if let cache = environment["XDG_CACHE_HOME"], !cache.isEmpty { roots.append(cache + "/torch") }
@@ -40,7 +41,7 @@ public enum WeightsChoice: Sendable, Equatable, CustomStringConvertible {
         return roots.map { $0 + "/hub/checkpoints/" + torchvisionFileName }.filter { seen.insert($0).inserted }
     }
 
-    public var description: String {
+    package var description: String {
         switch self {
         case .file(let path): return path
         case .random(let seed): return "random (torchvision init, seed \(seed))"
@@ -48,7 +49,7 @@ public enum WeightsChoice: Sendable, Equatable, CustomStringConvertible {
     }
 
     /// The warning printed whenever random weights stand in for pretrained ones by default.
-    public static func randomFallbackWarning(environment: [String: String] = ProcessInfo.processInfo.environment) -> String {
+    package static func randomFallbackWarning(environment: [String: String] = ProcessInfo.processInfo.environment) -> String {
         """
         WARNING: no pretrained weights found; using RANDOM weights (seed \(defaultRandomSeed)). \
         Features from a random network are not ImageNet features. Looked for \

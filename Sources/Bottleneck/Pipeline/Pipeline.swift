@@ -1,9 +1,10 @@
 import Foundation
+import BottleneckKernels
 
 /// A pipeline file (`bottleneck run pipelines/NAME.yaml`): one dataset, one backbone and cut layer, and the
 /// stages that run on them in order. Paths are relative to the directory the command runs from.
-public struct Pipeline: Sendable {
-    public enum StageKind: String, CaseIterable, Sendable {
+package struct Pipeline: Sendable {
+    package enum StageKind: String, CaseIterable, Sendable {
         case extract
         case trainHead = "train-head"
         case fullFinetune = "full-finetune"
@@ -20,12 +21,8 @@ public struct Pipeline: Sendable {
         }
     }
 
-    public enum ReportFormat: String, CaseIterable, Sendable {
-        case html, md
-    }
-
-    public struct Stage: Sendable {
-        public enum Settings: Sendable {
+    package struct Stage: Sendable {
+        package enum Settings: Sendable {
             case extract(batchSize: Int, compress: Bool)
             case trainHead(HeadTrainingSettings)
             /// `initialHead`: the name of an earlier train-head stage whose model starts the head.
@@ -33,10 +30,10 @@ public struct Pipeline: Sendable {
             case report(formats: [ReportFormat])
         }
 
-        public var name: String
-        public var settings: Settings
+        package var name: String
+        package var settings: Settings
 
-        public var kind: StageKind {
+        package var kind: StageKind {
             switch settings {
             case .extract: .extract
             case .trainHead: .trainHead
@@ -46,28 +43,28 @@ public struct Pipeline: Sendable {
         }
     }
 
-    public var path: String
-    public var name: String
-    public var images: String
+    package var path: String
+    package var name: String
+    package var images: String
     /// As `--weights`: a file, `random`, `random:SEED`; nil: torchvision's download when found, else random.
-    public var weights: String?
-    public var backbone: VGGConfig
-    public var layer: String
+    package var weights: String?
+    package var backbone: VGGConfig
+    package var layer: String
     /// Side of the square images the extraction sees (torchvision's 224); resize is 256/224 of it.
-    public var imageSize: Int
+    package var imageSize: Int
     /// Where every stage writes: the cache, one folder per training stage, the report.
-    public var outputRoot: String
-    public var stages: [Stage]
+    package var outputRoot: String
+    package var stages: [Stage]
 
-    public var preprocessing: Preprocessing {
+    package var preprocessing: Preprocessing {
         Preprocessing(resize: Int((Double(imageSize) * 256 / 224).rounded()), crop: imageSize)
     }
 
-    public var cachePath: String { outputRoot + "/features-\(layer).h5" }
+    package var cachePath: String { outputRoot + "/features-\(layer).h5" }
 
-    public func runDirectory(of stage: Stage) -> String { outputRoot + "/" + stage.name }
+    package func runDirectory(of stage: Stage) -> String { outputRoot + "/" + stage.name }
 
-    public func reportPath(_ format: ReportFormat) -> String { outputRoot + "/report." + format.rawValue }
+    package func reportPath(_ format: ReportFormat) -> String { outputRoot + "/report." + format.rawValue }
 
     /// The backbones a pipeline may name: torchvision's, and the test suite's narrow fixture network.
     static func backbone(named name: String) -> VGGConfig? {
@@ -79,7 +76,7 @@ public struct Pipeline: Sendable {
     static let fixtureBackbone = VGGConfig.vgg16.narrowed(by: 16, hidden: 64, classes: 10)
 }
 
-public struct PipelineError: Error, CustomStringConvertible, Sendable {
-    public let description: String
-    public init(_ description: String) { self.description = description }
+package struct PipelineError: Error, CustomStringConvertible, Sendable {
+    package let description: String
+    package init(_ description: String) { self.description = description }
 }

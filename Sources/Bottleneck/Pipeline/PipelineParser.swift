@@ -1,10 +1,11 @@
 import Foundation
 import Yams
+import BottleneckKernels
 
 extension Pipeline {
     /// Reads and validates a pipeline file. Every mistake is reported as `FILE:LINE: what is wrong`, unknown
     /// keys with the closest known one, before anything runs.
-    public init(contentsOf path: String) throws {
+    package init(contentsOf path: String) throws {
         let text: String
         do {
             text = try DurableFiles.readText(path, atMost: Self.maximumFileBytes)
@@ -17,7 +18,7 @@ extension Pipeline {
     /// Pipelines are a few hundred bytes; a larger file is a mistake (or an attack on the parser).
     static let maximumFileBytes = 1 << 20
 
-    public init(yaml text: String, path: String) throws {
+    package init(yaml text: String, path: String) throws {
         try YAMLAliasCheck.refuseAnchorsAndAliases(in: text, file: path)
         let root: Node?
         do {

@@ -1,4 +1,5 @@
 import Foundation
+import BottleneckKernels
 
 /// Runs a pipeline's stages in order, as make does: a stage whose settings and inputs are those of its last
 /// finished run, and whose output is still there, is reused, not rerun. Each finished stage leaves a record
@@ -12,12 +13,12 @@ import Foundation
 /// the same key, and a stage that fails leaves the older record in place (and the older cache: it is only ever
 /// replaced whole). Only `--force` (and a cache made with other weights or preprocessing) starts a stage from
 /// scratch.
-public struct PipelineRunner {
-    public let pipeline: Pipeline
+package struct PipelineRunner {
+    package let pipeline: Pipeline
     /// Names (or kinds) of stages to rerun whether or not they are up to date.
-    public let forced: Set<String>
+    package let forced: Set<String>
 
-    public init(pipeline: Pipeline, force: [String] = []) throws {
+    package init(pipeline: Pipeline, force: [String] = []) throws {
         let known = pipeline.stages.flatMap { [$0.name, $0.kind.rawValue] }
         for name in force where !known.contains(name) {
             throw PipelineError("--force \(name): \(pipeline.path) has no such stage (its stages: "
@@ -28,15 +29,15 @@ public struct PipelineRunner {
         forced = Set(force)
     }
 
-    public struct StageOutcome: Sendable {
-        public var name: String
-        public var kind: Pipeline.StageKind
-        public var reused: Bool
+    package struct StageOutcome: Sendable {
+        package var name: String
+        package var kind: Pipeline.StageKind
+        package var reused: Bool
         /// The cache, run folder or report file(s) the stage made.
-        public var outputs: [String]
-        public var seconds: Double
+        package var outputs: [String]
+        package var seconds: Double
         /// One line for people: what the stage produced.
-        public var result: String
+        package var result: String
     }
 
     /// What `.stages/NAME.json` holds.
@@ -57,7 +58,7 @@ public struct PipelineRunner {
         var started: String
     }
 
-    public func run(log: (String) -> Void) throws -> [StageOutcome] {
+    package func run(log: (String) -> Void) throws -> [StageOutcome] {
         let (weights, fellBack) = WeightsChoice.resolve(pipeline.weights)
         // Said once, by the first stage that runs the network on stand-in weights; reused stages say nothing.
         var warnOfRandomWeights = fellBack

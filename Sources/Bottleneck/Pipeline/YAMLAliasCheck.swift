@@ -1,4 +1,5 @@
 import CYaml
+import BottleneckKernels
 
 /// Refuses YAML anchors and aliases before Yams composes the document. Aliases let a few hundred bytes
 /// stand for an exponentially large tree ("billion laughs"); Yams expands them while it composes and

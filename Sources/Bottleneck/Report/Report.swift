@@ -1,21 +1,27 @@
 import Foundation
+import BottleneckKernels
+
+/// A report's file format: one self-contained HTML page, or Markdown.
+package enum ReportFormat: String, CaseIterable, Sendable {
+    case html, md
+}
 
 /// `bottleneck report`: train-head and full-finetune runs side by side, as one self-contained HTML file
 /// (inline CSS and SVG, nothing fetched) or as Markdown for terminals and CI logs.
-public struct Report: Sendable {
-    public var title: String
-    public var runs: [RunRecord]
+package struct Report: Sendable {
+    package var title: String
+    package var runs: [RunRecord]
     /// Set when runs validated on different images were compared anyway: the report says so at the top.
-    public private(set) var validationMismatch: String?
+    package private(set) var validationMismatch: String?
 
     /// Refuses runs that were not validated on the same images, whose accuracies would not compare, unless
     /// `allowDifferentValidation`.
-    public init(title: String, runs: [RunRecord], allowDifferentValidation: Bool = false) throws {
+    package init(title: String, runs: [RunRecord], allowDifferentValidation: Bool = false) throws {
         self.title = title
         self.runs = runs
         if let mismatch = Self.validationMismatch(runs) {
             guard allowDifferentValidation else {
-                throw PipelineError("\(mismatch); train them with the same --val-fraction and --split-seed on the same images, "
+                throw ReportError("\(mismatch); train them with the same --val-fraction and --split-seed on the same images, "
                                     + "or compare them anyway with 'bottleneck report --allow-different-validation'")
             }
             validationMismatch = mismatch
@@ -41,16 +47,16 @@ public struct Report: Sendable {
         return "All runs validated on the same \(record.validationRows) images (\(record.rule.description))."
     }
 
-    public func write(format: Pipeline.ReportFormat, to path: String) throws {
+    package func write(format: ReportFormat, to path: String) throws {
         let text = format == .html ? html : markdown
         do {
             let folder = (path as NSString).deletingLastPathComponent
             if !folder.isEmpty { try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true) }
             try DurableFiles.writeAtomically(Array(text.utf8), to: path)
         } catch let error as FileAccessError {
-            throw PipelineError("cannot write \(path): \(error.reason)")
+            throw ReportError("cannot write \(path): \(error.reason)")
         } catch {
-            throw PipelineError("cannot write \(path): \(error)")
+            throw ReportError("cannot write \(path): \(error)")
         }
     }
 
@@ -81,7 +87,7 @@ public struct Report: Sendable {
     }
 
     /// "12.0 ms", "0.54 s", "45.9 s", "2 min 05 s": precise for a head's milliseconds, readable for a fine-tuning's minutes.
-    public static func duration(_ seconds: Double) -> String {
+    package static func duration(_ seconds: Double) -> String {
         switch seconds {
         case ..<0.1: String(format: "%.1f ms", seconds * 1000)
         case ..<10: String(format: "%.2f s", seconds)
@@ -112,7 +118,7 @@ public struct Report: Sendable {
 
     // MARK: - HTML
 
-    public var html: String {
+    package var html: String {
         var body = "<header><h1>\(HTML.escape(title))</h1>\n<p class=\"meta\">\(runs.count) run\(runs.count == 1 ? "" : "s") · "
             + "generated \(ISO8601DateFormatter().string(from: Date())) by bottleneck \(BottleneckVersion.current)</p></header>\n"
 
@@ -245,7 +251,7 @@ public struct Report: Sendable {
 
     // MARK: - Markdown
 
-    public var markdown: String {
+    package var markdown: String {
         func table(_ header: [String], _ rows: [[String]]) -> String {
             let escaped = { (cell: String) in cell.replacingOccurrences(of: "|", with: "\\|") }
             return "| " + header.map(escaped).joined(separator: " | ") + " |\n|" + header.map { _ in " --- |" }.joined() + "\n"

@@ -1,50 +1,51 @@
 import Foundation
+import BottleneckKernels
 
 /// What the report shows of one run directory (train-head or full-finetune): read from its config.json,
 /// metrics.csv, summary.json and the attributes of its model.h5.
-public struct RunRecord: Sendable {
-    public enum Mode: String, Sendable {
+package struct RunRecord: Sendable {
+    package enum Mode: String, Sendable {
         case head, finetune
     }
 
     /// One line of metrics.csv, with the wall-clock seconds since training started. (The trainer's EpochRecord
     /// as the file keeps it: without the seconds of the optimizer steps alone, which metrics.csv does not hold.)
-    public struct Epoch: Sendable, Equatable {
-        public var epoch: Int
-        public var trainLoss: Double
-        public var trainAccuracy: Double
-        public var validationLoss: Double
-        public var validationAccuracy: Double
-        public var learningRate: Double
-        public var seconds: Double
+    package struct Epoch: Sendable, Equatable {
+        package var epoch: Int
+        package var trainLoss: Double
+        package var trainAccuracy: Double
+        package var validationLoss: Double
+        package var validationAccuracy: Double
+        package var learningRate: Double
+        package var seconds: Double
         /// Sum of the epochs' seconds up to and including this one.
-        public var elapsedSeconds: Double
+        package var elapsedSeconds: Double
     }
 
-    public var directory: String
+    package var directory: String
     /// The folder's name: how the report labels the run.
-    public var name: String
-    public var mode: Mode
+    package var name: String
+    package var mode: Mode
     /// "through fc7 (cached)", "through conv3_3", "none".
-    public var frozen: String
-    public var trainableParameters: Int
-    public var epochs: [Epoch]
-    public var bestEpoch: Int
-    public var bestValidationAccuracy: Double
-    public var bestValidationLoss: Double
-    public var chanceAccuracy: Double
-    public var wallSeconds: Double
+    package var frozen: String
+    package var trainableParameters: Int
+    package var epochs: [Epoch]
+    package var bestEpoch: Int
+    package var bestValidationAccuracy: Double
+    package var bestValidationLoss: Double
+    package var chanceAccuracy: Double
+    package var wallSeconds: Double
     /// Training samples through optimizer steps per second.
-    public var samplesPerSecond: Double
+    package var samplesPerSecond: Double
     /// The feature cache a head trained on, with its size; nil for fine-tuning (no cache).
-    public var cache: (path: String, bytes: Int?)?
-    public var imageSize: Int
-    public var classes: [String]
-    public var perClass: [ClassificationMetrics.ClassFigures]
+    package var cache: (path: String, bytes: Int?)?
+    package var imageSize: Int
+    package var classes: [String]
+    package var perClass: [ClassificationMetrics.ClassFigures]
     /// confusion[true class][predicted class], validation rows, best epoch.
-    public var confusion: [[Int]]
+    package var confusion: [[Int]]
     /// Which images it validated on; nil for a run made before runs recorded it.
-    public var validation: TrainingSplit.Record?
+    package var validation: TrainingSplit.Record?
 
     /// The keys of summary.json that both jobs write, and those only one of them does.
     private struct SummaryFile: Decodable {
@@ -85,10 +86,10 @@ public struct RunRecord: Sendable {
         var settings: Settings
     }
 
-    public init(directory: String) throws {
+    package init(directory: String) throws {
         let run = { (name: String) in (directory as NSString).appendingPathComponent(name) }
         guard FileManager.default.fileExists(atPath: run(RunDirectory.summaryFile)) else {
-            throw PipelineError("\(directory): no \(RunDirectory.summaryFile), so not a finished train-head or full-finetune run")
+            throw ReportError("\(directory): no \(RunDirectory.summaryFile), so not a finished train-head or full-finetune run")
         }
         let decoder = JSONDecoder()
         decoder.keyDecodingStrategy = .convertFromSnakeCase
@@ -97,7 +98,7 @@ public struct RunRecord: Sendable {
             do {
                 return try decoder.decode(type, from: Data(DurableFiles.readRegularFile(run(file)).bytes))
             } catch {
-                throw PipelineError("\(run(file)): cannot read it: \(error)")
+                throw ReportError("\(run(file)): cannot read it: \(error)")
             }
         }
         let summary = try decode(SummaryFile.self, RunDirectory.summaryFile)
@@ -119,7 +120,7 @@ public struct RunRecord: Sendable {
             cache = nil
             imageSize = config.settings.imageSize ?? 224
         default:
-            throw PipelineError("\(run(RunDirectory.configFile)): command '\(config.command)' is neither train-head nor full-finetune")
+            throw ReportError("\(run(RunDirectory.configFile)): command '\(config.command)' is neither train-head nor full-finetune")
         }
         epochs = try Self.readMetrics(run(RunDirectory.metricsFile))
         trainableParameters = try Self.trainableParameters(model: run(RunDirectory.modelFile))
@@ -138,18 +139,18 @@ public struct RunRecord: Sendable {
     /// metrics.csv by its header's column names.
     private static func readMetrics(_ path: String) throws -> [Epoch] {
         let text: String
-        do { text = try DurableFiles.readText(path) } catch { throw PipelineError("\(path): cannot read it: \(error.reason)") }
+        do { text = try DurableFiles.readText(path) } catch { throw ReportError("\(path): cannot read it: \(error.reason)") }
         let lines = text.split(whereSeparator: \.isNewline).map { $0.split(separator: ",", omittingEmptySubsequences: false).map(String.init) }
-        guard let header = lines.first else { throw PipelineError("\(path) is empty") }
+        guard let header = lines.first else { throw ReportError("\(path) is empty") }
         let columns = try RunDirectory.metricsColumns.map { name in
-            guard let index = header.firstIndex(of: name) else { throw PipelineError("\(path): no column '\(name)'") }
+            guard let index = header.firstIndex(of: name) else { throw ReportError("\(path): no column '\(name)'") }
             return index
         }
         var elapsed = 0.0
         return try lines.dropFirst().enumerated().map { offset, fields in
             let values = try columns.map { column in
                 guard column < fields.count, let value = Double(fields[column]) else {
-                    throw PipelineError("\(path):\(offset + 2): not a number in column '\(header[column])'")
+                    throw ReportError("\(path):\(offset + 2): not a number in column '\(header[column])'")
                 }
                 return value
             }
@@ -164,7 +165,7 @@ public struct RunRecord: Sendable {
         let file = try StateDictFile.open(path: path)
         guard let listed = file.metadata["trainable_layers"],
               let layers = try? JSONDecoder().decode([String].self, from: Data(listed.utf8)) else {
-            throw PipelineError("\(path): no trainable_layers attribute (not a bottleneck model)")
+            throw ReportError("\(path): no trainable_layers attribute (not a bottleneck model)")
         }
         return file.entries.filter { entry in layers.contains { entry.key.hasPrefix($0 + ".") } }.reduce(0) { $0 + $1.elementCount }
     }

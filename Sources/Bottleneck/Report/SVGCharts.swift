@@ -1,4 +1,5 @@
 import Foundation
+import BottleneckKernels
 
 /// A line chart as inline SVG: axes with round-number ticks, a legend, one polyline (with dots) per series.
 /// No scripts and no external resources, so the report is one file that opens anywhere.

@@ -1,3 +1,5 @@
+import BottleneckKernels
+
 extension Sequence where Element: Hashable {
     /// The first element that equals an earlier one: what a file that must name each thing once (paths, classes,
     /// state-dict keys) is refused for.

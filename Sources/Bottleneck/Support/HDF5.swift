@@ -4,13 +4,14 @@ import Foundation
 #if canImport(Glibc)
 import Glibc
 #endif
+import BottleneckKernels
 
 /// A failed HDF5 call: which operation, on what, and HDF5's own innermost reason, on one line.
-public struct HDF5Error: Error, CustomStringConvertible, Sendable {
-    public let operation: String
-    public let reason: String
+package struct HDF5Error: Error, CustomStringConvertible, Sendable {
+    package let operation: String
+    package let reason: String
 
-    public var description: String {
+    package var description: String {
         reason.isEmpty ? "HDF5: cannot \(operation)" : "HDF5: cannot \(operation): \(reason)"
     }
 }
@@ -18,61 +19,61 @@ public struct HDF5Error: Error, CustomStringConvertible, Sendable {
 /// Element types that map one to one onto an HDF5 native type (memory) and a
 /// fixed little-endian type (what goes into files, so files look the same
 /// whichever machine wrote them).
-public protocol HDF5Scalar: Sendable {
+package protocol HDF5Scalar: Sendable {
     static var hdf5MemoryType: hid_t { get }
     static var hdf5FileType: hid_t { get }
 }
 
 extension Float: HDF5Scalar {
-    public static var hdf5MemoryType: hid_t { bn_H5T_NATIVE_FLOAT() }
-    public static var hdf5FileType: hid_t { bn_H5T_IEEE_F32LE() }
+    package static var hdf5MemoryType: hid_t { bn_H5T_NATIVE_FLOAT() }
+    package static var hdf5FileType: hid_t { bn_H5T_IEEE_F32LE() }
 }
 
 extension Double: HDF5Scalar {
-    public static var hdf5MemoryType: hid_t { bn_H5T_NATIVE_DOUBLE() }
-    public static var hdf5FileType: hid_t { bn_H5T_IEEE_F64LE() }
+    package static var hdf5MemoryType: hid_t { bn_H5T_NATIVE_DOUBLE() }
+    package static var hdf5FileType: hid_t { bn_H5T_IEEE_F64LE() }
 }
 
 extension Int32: HDF5Scalar {
-    public static var hdf5MemoryType: hid_t { bn_H5T_NATIVE_INT32() }
-    public static var hdf5FileType: hid_t { bn_H5T_STD_I32LE() }
+    package static var hdf5MemoryType: hid_t { bn_H5T_NATIVE_INT32() }
+    package static var hdf5FileType: hid_t { bn_H5T_STD_I32LE() }
 }
 
 extension Int64: HDF5Scalar {
-    public static var hdf5MemoryType: hid_t { bn_H5T_NATIVE_INT64() }
-    public static var hdf5FileType: hid_t { bn_H5T_STD_I64LE() }
+    package static var hdf5MemoryType: hid_t { bn_H5T_NATIVE_INT64() }
+    package static var hdf5FileType: hid_t { bn_H5T_STD_I64LE() }
 }
 
 extension UInt64: HDF5Scalar {
-    public static var hdf5MemoryType: hid_t { bn_H5T_NATIVE_UINT64() }
-    public static var hdf5FileType: hid_t { bn_H5T_STD_U64LE() }
+    package static var hdf5MemoryType: hid_t { bn_H5T_NATIVE_UINT64() }
+    package static var hdf5FileType: hid_t { bn_H5T_STD_U64LE() }
 }
 
 extension UInt8: HDF5Scalar {
-    public static var hdf5MemoryType: hid_t { bn_H5T_NATIVE_UINT8() }
-    public static var hdf5FileType: hid_t { bn_H5T_STD_U8LE() }
+    package static var hdf5MemoryType: hid_t { bn_H5T_NATIVE_UINT8() }
+    package static var hdf5FileType: hid_t { bn_H5T_STD_U8LE() }
 }
 
 /// What a dataset or attribute stores, as far as a reader needs to know.
-public enum HDF5ElementKind: Equatable, Sendable {
+package enum HDF5ElementKind: Equatable, Sendable {
     case float(bytes: Int)
     case integer(bytes: Int, signed: Bool)
     case string
     case other
 }
 
-public enum HDF5ObjectKind: Sendable {
+package enum HDF5ObjectKind: Sendable {
     case group, dataset, other
 }
 
 /// Which object in which open file: two links that reach the same group give the same identity.
-public struct HDF5ObjectIdentity: Hashable, Sendable {
+package struct HDF5ObjectIdentity: Hashable, Sendable {
     let fileNumber: UInt
     let address: [UInt8]
 }
 
 /// How a new dataset is laid out on disk.
-public enum HDF5Layout: Sendable {
+package enum HDF5Layout: Sendable {
     /// One block, fixed shape: model weights, small tables.
     case contiguous
     /// Chunks of `chunkRows` rows along the first axis, which can grow without limit (rows appended in
@@ -219,10 +220,10 @@ private func readStringValues(count: Int, storedType: hid_t, what: String,
 /// @unchecked Sendable: the only state is an immutable id, and Debian's HDF5
 /// is built thread-safe (H5_HAVE_THREADSAFE), serialising calls behind its own
 /// global lock.
-public class HDF5Object: @unchecked Sendable {
+package class HDF5Object: @unchecked Sendable {
     let id: hid_t
     /// "file.h5:/group/name", for messages.
-    public let location: String
+    package let location: String
 
     init(id: hid_t, location: String) {
         self.id = id
@@ -232,14 +233,14 @@ public class HDF5Object: @unchecked Sendable {
     deinit { H5Idec_ref(id) }
 
     /// What a walk of the file remembers to stop at a link cycle (h5py's `g['loop'] = g`).
-    public func identity() throws -> HDF5ObjectIdentity {
+    package func identity() throws -> HDF5ObjectIdentity {
         var fileNumber: UInt = 0
         var address = [UInt8](repeating: 0, count: 16)
         try hdf5Call("identify \(location)") { bn_object_identity(id, &fileNumber, &address) }
         return HDF5ObjectIdentity(fileNumber: fileNumber, address: address)
     }
 
-    public func attributeNames() throws -> [String] {
+    package func attributeNames() throws -> [String] {
         let names = StringCollector()
         var index: hsize_t = 0
         _ = try withExtendedLifetime(names) {
@@ -255,7 +256,7 @@ public class HDF5Object: @unchecked Sendable {
     }
 
     /// nil when there is no attribute of that name.
-    public func attributeKind(_ name: String) throws -> HDF5ElementKind? {
+    package func attributeKind(_ name: String) throws -> HDF5ElementKind? {
         guard try hasAttribute(name) else { return nil }
         let attribute = try openAttribute(name)
         let type = ScopedID(try hdf5Call("get the type of attribute \(name) of \(location)") { H5Aget_type(attribute.id) })
@@ -265,7 +266,7 @@ public class HDF5Object: @unchecked Sendable {
     /// A fixed-length UTF-8 string: it is stored in the object header, which the 1.8 file format checksums;
     /// a variable-length one would live in the global heap, which nothing checks (and whose damage crashes
     /// libhdf5 1.10 itself).
-    public func setAttribute(_ name: String, _ value: String) throws {
+    package func setAttribute(_ name: String, _ value: String) throws {
         let bytes = Array(value.utf8)
         let type = try fixedStringType(cellSize: max(1, bytes.count))
         let space = try simpleSpace([], what: "attribute \(name)")
@@ -276,7 +277,7 @@ public class HDF5Object: @unchecked Sendable {
         }
     }
 
-    public func setAttribute<T: HDF5Scalar>(_ name: String, _ value: T) throws {
+    package func setAttribute<T: HDF5Scalar>(_ name: String, _ value: T) throws {
         let space = try simpleSpace([], what: "attribute \(name)")
         let attribute = try createAttribute(name, type: T.hdf5FileType, space: space.id)
         try withUnsafeBytes(of: value) { bytes in
@@ -287,7 +288,7 @@ public class HDF5Object: @unchecked Sendable {
     }
 
     /// nil when there is no attribute of that name; throws when it is not a string.
-    public func stringAttribute(_ name: String) throws -> String? {
+    package func stringAttribute(_ name: String) throws -> String? {
         guard try hasAttribute(name) else { return nil }
         let attribute = try openAttribute(name)
         let type = ScopedID(try hdf5Call("get the type of attribute \(name) of \(location)") { H5Aget_type(attribute.id) })
@@ -300,7 +301,7 @@ public class HDF5Object: @unchecked Sendable {
     }
 
     /// nil when there is no attribute of that name; HDF5 converts numeric types as needed.
-    public func attribute<T: HDF5Scalar>(_ name: String, as type: T.Type) throws -> T? {
+    package func attribute<T: HDF5Scalar>(_ name: String, as type: T.Type) throws -> T? {
         guard try hasAttribute(name) else { return nil }
         let attribute = try openAttribute(name)
         let space = ScopedID(try hdf5Call("get the shape of attribute \(name)") { H5Aget_space(attribute.id) })
@@ -332,13 +333,13 @@ public class HDF5Object: @unchecked Sendable {
     }
 }
 
-public class HDF5Group: HDF5Object, @unchecked Sendable {
+package class HDF5Group: HDF5Object, @unchecked Sendable {
     private func childLocation(_ name: String) -> String {
         location.hasSuffix("/") ? location + name : location + "/" + name
     }
 
     /// Names of the links in this group, in name order.
-    public func memberNames() throws -> [String] {
+    package func memberNames() throws -> [String] {
         let names = StringCollector()
         _ = try withExtendedLifetime(names) {
             try hdf5Call("list \(location)") {
@@ -353,11 +354,11 @@ public class HDF5Group: HDF5Object, @unchecked Sendable {
     }
 
     /// Whether a direct member of this group has this name.
-    public func contains(_ name: String) throws -> Bool {
+    package func contains(_ name: String) throws -> Bool {
         try hdf5Call("look up \(childLocation(name))") { H5Lexists(id, name, bn_H5P_DEFAULT()) } > 0
     }
 
-    public func kind(of name: String) throws -> HDF5ObjectKind {
+    package func kind(of name: String) throws -> HDF5ObjectKind {
         try refuseLinkOutsideTheFile(name)
         let object = ScopedID(try hdf5Call("open \(childLocation(name))") { H5Oopen(id, name, bn_H5P_DEFAULT()) })
         switch H5Iget_type(object.id) {
@@ -367,14 +368,14 @@ public class HDF5Group: HDF5Object, @unchecked Sendable {
         }
     }
 
-    public func openGroup(_ name: String) throws -> HDF5Group {
+    package func openGroup(_ name: String) throws -> HDF5Group {
         let location = childLocation(name)
         try refuseLinkOutsideTheFile(name)
         return HDF5Group(id: try hdf5Call("open group \(location)") { H5Gopen2(id, name, bn_H5P_DEFAULT()) },
                          location: location)
     }
 
-    public func createGroup(_ name: String) throws -> HDF5Group {
+    package func createGroup(_ name: String) throws -> HDF5Group {
         let location = childLocation(name)
         return HDF5Group(id: try hdf5Call("create group \(location)") {
             H5Gcreate2(id, name, bn_H5P_DEFAULT(), bn_H5P_DEFAULT(), bn_H5P_DEFAULT())
@@ -382,7 +383,7 @@ public class HDF5Group: HDF5Object, @unchecked Sendable {
     }
 
     /// Refuses a dataset whose values live outside the file (see `refuseStorageOutsideTheFile`).
-    public func openDataset(_ name: String) throws -> HDF5Dataset {
+    package func openDataset(_ name: String) throws -> HDF5Dataset {
         let location = childLocation(name)
         try refuseLinkOutsideTheFile(name)
         let dataset = HDF5Dataset(id: try hdf5Call("open dataset \(location)") { H5Dopen2(id, name, bn_H5P_DEFAULT()) },
@@ -402,7 +403,7 @@ public class HDF5Group: HDF5Object, @unchecked Sendable {
     }
 
     /// A numeric dataset. With `.extendibleRows` the first axis of `shape` is the initial row count (often 0).
-    public func createDataset<T: HDF5Scalar>(_ name: String, of type: T.Type, shape: [Int],
+    package func createDataset<T: HDF5Scalar>(_ name: String, of type: T.Type, shape: [Int],
                                              layout: HDF5Layout = .contiguous) throws -> HDF5Dataset {
         try createDataset(name, fileType: T.hdf5FileType, shape: shape, layout: layout)
     }
@@ -411,7 +412,7 @@ public class HDF5Group: HDF5Object, @unchecked Sendable {
     /// (h5py: `.asstr()[:]`). Fixed-length cells live in the dataset's own chunks, where a checksum
     /// filter covers them; variable-length strings would live in the global heap, which nothing checks.
     @discardableResult
-    public func createStringDataset(_ name: String, strings: [String], layout: HDF5Layout = .contiguous) throws -> HDF5Dataset {
+    package func createStringDataset(_ name: String, strings: [String], layout: HDF5Layout = .contiguous) throws -> HDF5Dataset {
         let cellSize = max(1, strings.map(\.utf8.count).max() ?? 0)
         let type = try fixedStringType(cellSize: cellSize)
         let dataset = try createDataset(name, fileType: type.id, shape: [strings.count], layout: layout)
@@ -456,8 +457,8 @@ public class HDF5Group: HDF5Object, @unchecked Sendable {
     }
 }
 
-public final class HDF5File: HDF5Group, @unchecked Sendable {
-    public enum Mode: Sendable {
+package final class HDF5File: HDF5Group, @unchecked Sendable {
+    package enum Mode: Sendable {
         case readOnly, readWrite
         /// Create, replacing any existing file.
         case truncate
@@ -465,9 +466,9 @@ public final class HDF5File: HDF5Group, @unchecked Sendable {
         case createNew
     }
 
-    public let path: String
+    package let path: String
 
-    public init(path: String, mode: Mode) throws {
+    package init(path: String, mode: Mode) throws {
         let id: hid_t
         // libhdf5 opens with a blocking open(): a FIFO would hang it forever.
         if mode == .readOnly || mode == .readWrite {
@@ -511,10 +512,10 @@ public final class HDF5File: HDF5Group, @unchecked Sendable {
     /// How long the child may read before the file counts as one libhdf5 loops on (Fuzz/ found such damage):
     /// the walk reads metadata only, milliseconds for a local cache of a million rows, so 20 s leaves room for
     /// a slow network file system. The fuzz targets lower it, so that a looping input costs them seconds.
-    nonisolated(unsafe) public static var structureProbeSeconds = 20
+    nonisolated(unsafe) package static var structureProbeSeconds = 20
 
     /// Whether `path` starts with HDF5's signature, opened or not: what tells a damaged HDF5 file from another kind of file.
-    public static func hasSignature(path: String) -> Bool {
+    package static func hasSignature(path: String) -> Bool {
         // libhdf5 opens the file blocking: a FIFO would hang it.
         guard (try? DurableFiles.checkRegularFile(path)) != nil else { return false }
         bn_h5_silence_errors()
@@ -523,14 +524,14 @@ public final class HDF5File: HDF5Group, @unchecked Sendable {
 
     /// Pushes everything written so far to the operating system: what a
     /// resumable writer calls before recording progress.
-    public func flush() throws {
+    package func flush() throws {
         try hdf5Call("flush \(path)") { H5Fflush(id, H5F_SCOPE_GLOBAL) }
     }
 }
 
-public final class HDF5Dataset: HDF5Object, @unchecked Sendable {
+package final class HDF5Dataset: HDF5Object, @unchecked Sendable {
     /// The current extent (it grows as rows are appended).
-    public func shape() throws -> [Int] {
+    package func shape() throws -> [Int] {
         let space = ScopedID(try hdf5Call("get the shape of \(location)") { H5Dget_space(id) })
         let rank = try hdf5Call("get the rank of \(location)") { H5Sget_simple_extent_ndims(space.id) }
         var dims = [hsize_t](repeating: 0, count: Int(rank))
@@ -550,18 +551,18 @@ public final class HDF5Dataset: HDF5Object, @unchecked Sendable {
         if H5Pget_layout(properties.id) == H5D_VIRTUAL {
             throw HDF5Error(operation: "open \(location)", reason: "it is a virtual dataset mapping other files, which bottleneck does not read")
         }
-        if try hdf5Call("count the external files of \(location)") { H5Pget_external_count(properties.id) } > 0 {
+        if try hdf5Call("count the external files of \(location)", { H5Pget_external_count(properties.id) }) > 0 {
             throw HDF5Error(operation: "open \(location)", reason: "its values are stored in external files, which bottleneck does not read")
         }
     }
 
-    public func elementKind() throws -> HDF5ElementKind {
+    package func elementKind() throws -> HDF5ElementKind {
         let type = ScopedID(try hdf5Call("get the type of \(location)") { H5Dget_type(id) })
         return kindOfType(type.id)
     }
 
     /// The whole dataset, converted by HDF5 to `T` (float16 or float64 data read as Float, for example).
-    public func read<T: HDF5Scalar>(as type: T.Type) throws -> [T] {
+    package func read<T: HDF5Scalar>(as type: T.Type) throws -> [T] {
         let count = try shape().reduce(1, *)
         try checkReadable(count, elementSize: MemoryLayout<T>.size, what: location)
         try checkStorageFitsTheFile()
@@ -576,7 +577,7 @@ public final class HDF5Dataset: HDF5Object, @unchecked Sendable {
     }
 
     /// Rows `rows` along the first axis, flattened.
-    public func readRows<T: HDF5Scalar>(_ rows: Range<Int>, as type: T.Type) throws -> [T] {
+    package func readRows<T: HDF5Scalar>(_ rows: Range<Int>, as type: T.Type) throws -> [T] {
         let shape = try shape()
         let rowSize = shape.dropFirst().reduce(1, *)
         let selection = try rowSelection(rows, shape: shape)
@@ -593,7 +594,7 @@ public final class HDF5Dataset: HDF5Object, @unchecked Sendable {
     }
 
     /// Writes the whole dataset; `values` must have as many elements as the dataset.
-    public func write<T: HDF5Scalar>(_ values: [T]) throws {
+    package func write<T: HDF5Scalar>(_ values: [T]) throws {
         let count = try shape().reduce(1, *)
         guard values.count == count else {
             throw HDF5Error(operation: "write \(location)", reason: "\(values.count) values for \(count) elements")
@@ -608,7 +609,7 @@ public final class HDF5Dataset: HDF5Object, @unchecked Sendable {
 
     /// Writes whole rows starting at row `firstRow`, growing an extendible
     /// dataset when they reach past its end. `values.count` must be a multiple of the row size.
-    public func writeRows<T: HDF5Scalar>(_ values: UnsafeBufferPointer<T>, startingAt firstRow: Int) throws {
+    package func writeRows<T: HDF5Scalar>(_ values: UnsafeBufferPointer<T>, startingAt firstRow: Int) throws {
         let rows = try rowsToWrite(values.count, startingAt: firstRow)
         guard !rows.isEmpty else { return }
         let selection = try rowSelection(rows, shape: try shape())
@@ -618,7 +619,7 @@ public final class HDF5Dataset: HDF5Object, @unchecked Sendable {
     }
 
     /// Sets the number of rows of an extendible dataset (growing or cutting it).
-    public func setRowCount(_ rows: Int) throws {
+    package func setRowCount(_ rows: Int) throws {
         var newShape = try shape()
         guard !newShape.isEmpty else {
             throw HDF5Error(operation: "resize \(location)", reason: "a scalar dataset has no rows")
@@ -629,7 +630,7 @@ public final class HDF5Dataset: HDF5Object, @unchecked Sendable {
     }
 
     /// All strings of a one-dimensional string dataset (variable or fixed length).
-    public func readStrings() throws -> [String] {
+    package func readStrings() throws -> [String] {
         let type = ScopedID(try hdf5Call("get the type of \(location)") { H5Dget_type(id) })
         guard H5Tget_class(type.id) == H5T_STRING else {
             throw HDF5Error(operation: "read strings from \(location)", reason: "it does not hold strings")
@@ -690,23 +691,23 @@ public final class HDF5Dataset: HDF5Object, @unchecked Sendable {
 // MARK: - Array attributes, storage description, scattered row reads (used by the feature cache)
 
 /// How a dataset is stored, as `h5dump -p` or h5py's `.chunks` / `.compression` describe it.
-public struct HDF5Storage: Sendable, Equatable {
-    public struct Filter: Sendable, Equatable {
+package struct HDF5Storage: Sendable, Equatable {
+    package struct Filter: Sendable, Equatable {
         /// HDF5's own filter name: "shuffle", "deflate", ...
-        public let name: String
+        package let name: String
         /// The filter's client data: deflate's is its level.
-        public let parameters: [UInt32]
+        package let parameters: [UInt32]
     }
 
     /// nil for contiguous (or compact) data.
-    public let chunkShape: [Int]?
+    package let chunkShape: [Int]?
     /// In pipeline order.
-    public let filters: [Filter]
+    package let filters: [Filter]
 }
 
 extension HDF5Object {
     /// A one-dimensional numeric attribute: h5py shows it as a numpy array.
-    public func setAttribute<T: HDF5Scalar>(_ name: String, values: [T]) throws {
+    package func setAttribute<T: HDF5Scalar>(_ name: String, values: [T]) throws {
         let space = try simpleSpace([values.count], what: "attribute \(name)")
         let attribute = try createAttribute(name, type: T.hdf5FileType, space: space.id)
         guard !values.isEmpty else { return }
@@ -718,7 +719,7 @@ extension HDF5Object {
     }
 
     /// Every value of a numeric attribute of any shape, flattened; nil when there is no attribute of that name.
-    public func attributeValues<T: HDF5Scalar>(_ name: String, as type: T.Type) throws -> [T]? {
+    package func attributeValues<T: HDF5Scalar>(_ name: String, as type: T.Type) throws -> [T]? {
         guard try hasAttribute(name) else { return nil }
         let attribute = try openAttribute(name)
         let space = ScopedID(try hdf5Call("get the shape of attribute \(name)") { H5Aget_space(attribute.id) })
@@ -736,7 +737,7 @@ extension HDF5Object {
 }
 
 extension HDF5Dataset {
-    public func storage() throws -> HDF5Storage {
+    package func storage() throws -> HDF5Storage {
         let properties = ScopedID(try hdf5Call("get the creation properties of \(location)") { H5Dget_create_plist(id) })
         var chunkShape: [Int]?
         if H5Pget_layout(properties.id) == H5D_CHUNKED {
@@ -764,7 +765,7 @@ extension HDF5Dataset {
 
     /// The rows of several ranges in one read, one after another in file order (ranges
     /// sorted, not overlapping): HDF5 then visits each chunk once, however the rows are spread.
-    public func readRows<T: HDF5Scalar>(_ ranges: [Range<Int>], into buffer: UnsafeMutableBufferPointer<T>) throws {
+    package func readRows<T: HDF5Scalar>(_ ranges: [Range<Int>], into buffer: UnsafeMutableBufferPointer<T>) throws {
         let shape = try shape()
         let rowSize = shape.dropFirst().reduce(1, *)
         let rowCount = ranges.reduce(0) { $0 + $1.count }

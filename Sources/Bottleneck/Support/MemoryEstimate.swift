@@ -1,14 +1,15 @@
 import Foundation
+import BottleneckKernels
 
 /// What a run through the frozen network (extract, predict, evaluate) will hold, checked before anything
 /// is allocated: a batch size typed with one zero too many is refused with the figure, not met by the
 /// kernel's OOM killer (or a failed allocation) minutes later.
-public enum MemoryEstimate {
+package enum MemoryEstimate {
     /// `--batch-size` outside this is refused outright, whatever the memory.
-    public static let batchSizes = 1...65536
+    package static let batchSizes = 1...65536
 
     /// "--batch-size must be between 1 and 65536 (got 0)", or nil when it is.
-    public static func batchSizeProblem(_ batchSize: Int) -> String? {
+    package static func batchSizeProblem(_ batchSize: Int) -> String? {
         batchSizes.contains(batchSize) ? nil
             : "--batch-size must be between \(batchSizes.lowerBound) and \(batchSizes.upperBound) (got \(batchSize))"
     }

@@ -1,8 +1,9 @@
 import Foundation
+import BottleneckKernels
 
 /// Progress of a long job on stderr: a redrawn bar when stderr is a terminal,
 /// a plain line every `plainInterval` seconds otherwise (logs, batch schedulers).
-public final class ProgressReporter: @unchecked Sendable {
+package final class ProgressReporter: @unchecked Sendable {
     private let label: String
     private let total: Int
     private let unit: String
@@ -12,7 +13,7 @@ public final class ProgressReporter: @unchecked Sendable {
     private var lastPrinted = -Double.infinity
     private var drewBar = false
 
-    public init(label: String, total: Int, unit: String = "img", plainInterval: Double = 10) {
+    package init(label: String, total: Int, unit: String = "img", plainInterval: Double = 10) {
         self.label = label
         self.total = total
         self.unit = unit
@@ -21,7 +22,7 @@ public final class ProgressReporter: @unchecked Sendable {
     }
 
     /// `done` counts work of this run only, so the rate and ETA are honest after a resume.
-    public func update(done: Int, extra: String = "") {
+    package func update(done: Int, extra: String = "") {
         let now = ResourceUsage.now
         let elapsed = now - start
         let rate = elapsed > 0 ? Double(done) / elapsed : 0
@@ -44,7 +45,7 @@ public final class ProgressReporter: @unchecked Sendable {
     }
 
     /// Ends the bar's line so that what follows starts on a fresh one.
-    public func finish() {
+    package func finish() {
         if drewBar { FileHandle.standardError.write(Data("\n".utf8)) }
         drewBar = false
     }

@@ -1,4 +1,6 @@
-public enum BottleneckVersion {
+import BottleneckKernels
+
+package enum BottleneckVersion {
     /// Recorded in caches and run directories so that results can be traced to a build.
-    public static let current = "0.1.0"
+    package static let current = "0.1.0"
 }

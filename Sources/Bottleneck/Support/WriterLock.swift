@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import BottleneckKernels
 
 /// One writer at a time: an exclusive flock on a lock file, taken before anything it guards is created or
 /// deleted (`--overwrite` deletes), so a second job on the same output fails at once instead of racing the

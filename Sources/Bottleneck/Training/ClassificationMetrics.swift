@@ -1,33 +1,34 @@
 import Foundation
+import BottleneckKernels
 
 /// Loss, accuracy, confusion matrix and per-class precision and recall of a classifier over some rows,
 /// accumulated batch by batch.
-public struct ClassificationMetrics: Codable, Sendable, Equatable {
-    public struct ClassFigures: Codable, Sendable, Equatable {
-        public var name: String
+package struct ClassificationMetrics: Codable, Sendable, Equatable {
+    package struct ClassFigures: Codable, Sendable, Equatable {
+        package var name: String
         /// Of the rows predicted as this class, the share that are; nil when none was predicted.
-        public var precision: Double?
+        package var precision: Double?
         /// Of the rows of this class, the share predicted as it; nil when there are none.
-        public var recall: Double?
-        public var f1: Double?
+        package var recall: Double?
+        package var f1: Double?
         /// Rows of this class.
-        public var support: Int
+        package var support: Int
     }
 
-    public let classes: [String]
+    package let classes: [String]
     /// confusion[true class][predicted class], counts of rows.
-    public private(set) var confusion: [[Int]]
-    public private(set) var count = 0
-    public private(set) var lossSum = 0.0
+    package private(set) var confusion: [[Int]]
+    package private(set) var count = 0
+    package private(set) var lossSum = 0.0
 
-    public init(classes: [String]) {
+    package init(classes: [String]) {
         self.classes = classes
         confusion = Array(repeating: Array(repeating: 0, count: classes.count), count: classes.count)
     }
 
     /// logits [N, K], labels [N] in 0..<K: adds the rows' cross-entropy and their predictions (the
     /// first largest logit, as torch.argmax).
-    public mutating func add(logits: Tensor, labels: [Int32]) {
+    package mutating func add(logits: Tensor, labels: [Int32]) {
         let classCount = classes.count
         precondition(logits.shape == [labels.count, classCount], "metrics: logits \(logits.shape) for \(labels.count) labels, \(classCount) classes")
         guard !labels.isEmpty else { return }
@@ -43,11 +44,11 @@ public struct ClassificationMetrics: Codable, Sendable, Equatable {
         count += labels.count
     }
 
-    public var correct: Int { classes.indices.reduce(0) { $0 + confusion[$1][$1] } }
-    public var accuracy: Double { count > 0 ? Double(correct) / Double(count) : 0 }
-    public var meanLoss: Double { count > 0 ? lossSum / Double(count) : .nan }
+    package var correct: Int { classes.indices.reduce(0) { $0 + confusion[$1][$1] } }
+    package var accuracy: Double { count > 0 ? Double(correct) / Double(count) : 0 }
+    package var meanLoss: Double { count > 0 ? lossSum / Double(count) : .nan }
 
-    public var perClass: [ClassFigures] {
+    package var perClass: [ClassFigures] {
         classes.indices.map { k in
             let support = confusion[k].reduce(0, +)
             let predicted = classes.indices.reduce(0) { $0 + confusion[$1][k] }
@@ -60,7 +61,7 @@ public struct ClassificationMetrics: Codable, Sendable, Equatable {
     }
 
     /// Accuracy, the per-class table and the confusion matrix (rows: true class, columns: predicted), for people.
-    public var report: String {
+    package var report: String {
         let nameWidth = max(12, (classes.map(\.count).max() ?? 0) + 2)
         func padded(_ text: String, _ width: Int) -> String {
             text.count >= width ? text + " " : text + String(repeating: " ", count: width - text.count)

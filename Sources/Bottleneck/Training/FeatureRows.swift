@@ -1,4 +1,5 @@
 import Foundation
+import BottleneckKernels
 
 /// The rows a head trains and validates on, as the part of the head that runs every step takes them:
 /// each cached row after the head's frozen stem (the layers below its first dropout or trainable

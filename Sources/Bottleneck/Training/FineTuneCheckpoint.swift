@@ -1,4 +1,5 @@
 import Foundation
+import BottleneckKernels
 
 /// `checkpoint.h5` in a full-finetune run directory, rewritten (atomically) after every epoch: the whole
 /// state dict, the optimizer's state, and what the epochs so far gave. Every random draw of a run is a

@@ -1,3 +1,5 @@
+import BottleneckKernels
+
 /// The whole VGG in training mode, for full fine-tuning: one step is forward (keeping what backward
 /// needs), cross-entropy, backward, and each layer's parameters updated as soon as its gradients exist.
 ///
@@ -14,8 +16,8 @@
 /// serves its own ReLU's mask and the next layer's input at once; max pool finds its argmax again from
 /// its input instead of keeping indices); backward frees them as it passes, and holds one layer's
 /// parameter gradient at a time, since that layer is updated before the next gradient is made.
-public struct FineTuneNetwork: Sendable {
-    public enum Module: Sendable {
+package struct FineTuneNetwork: Sendable {
+    package enum Module: Sendable {
         /// Index into `convs`; its ReLU runs fused in the conv's pass.
         case conv(Int)
         case relu
@@ -26,32 +28,32 @@ public struct FineTuneNetwork: Sendable {
         case dropout(Dropout)
     }
 
-    public let config: VGGConfig
+    package let config: VGGConfig
     /// modules[i] is config.layers[i].
-    public let modules: [Module]
-    public var convs: [Conv2D]
-    public var linears: [Linear]
+    package let modules: [Module]
+    package var convs: [Conv2D]
+    package var linears: [Linear]
     /// Layers at positions up to this one are frozen; -1 when everything trains.
-    public let frozenThrough: Int
+    package let frozenThrough: Int
     /// The lowest conv or linear that learns: backward stops there.
-    public let firstTrainablePosition: Int
+    package let firstTrainablePosition: Int
     /// One layer's parameter gradients, kept across layers and steps in storage as large as the largest
     /// layer's: fc6's 400 MB would otherwise be allocated, faulted in and freed every step.
     private var gradWeight = Tensor(zeros: [])
     private var gradBias = Tensor(zeros: [])
 
     /// What one step did, for the trainer's figures and for tests that check freezing really skips work.
-    public struct StepOutcome: Sendable {
-        public var loss: SoftmaxCrossEntropy.Loss
+    package struct StepOutcome: Sendable {
+        package var loss: SoftmaxCrossEntropy.Loss
         /// Positions of the layers whose parameter gradients were computed (and which were updated).
-        public var updatedPositions: [Int]
+        package var updatedPositions: [Int]
         /// Positions of the layers that computed a gradient for their input.
-        public var inputGradientPositions: [Int]
+        package var inputGradientPositions: [Int]
     }
 
     /// The network of `vgg` with dropout `dropout` in its classifier, frozen through `frozenThrough` (-1:
     /// nothing frozen). A `vgg` loaded only through fc7 gets `newHead` as its fc8 (`classifier.6`).
-    public init(_ vgg: VGG, newHead: Linear? = nil, dropout: Float, frozenThrough: Int) throws {
+    package init(_ vgg: VGG, newHead: Linear? = nil, dropout: Float, frozenThrough: Int) throws {
         let layers = vgg.config.layers
         var modules: [Module] = []
         var convs: [Conv2D] = []
@@ -94,11 +96,11 @@ public struct FineTuneNetwork: Sendable {
     }
 
     /// torchvision paths of the layers that learn ("features.17", …, "classifier.6").
-    public var trainableLayers: [String] {
+    package var trainableLayers: [String] {
         config.layers.filter { $0.position >= firstTrainablePosition && $0.parameterPrefix != nil }.map(\.path)
     }
 
-    public var trainableParameterCount: Int {
+    package var trainableParameterCount: Int {
         modules.indices.filter { $0 >= firstTrainablePosition }.reduce(0) { total, position in
             switch modules[position] {
             case .conv(let index): total + convs[index].weight.count + convs[index].bias.count
@@ -109,7 +111,7 @@ public struct FineTuneNetwork: Sendable {
     }
 
     /// Every parameter under its torchvision state-dict key, in torchvision's order.
-    public var stateDict: [(key: String, tensor: Tensor)] {
+    package var stateDict: [(key: String, tensor: Tensor)] {
         zip(config.layers, modules).flatMap { layer, module -> [(key: String, tensor: Tensor)] in
             switch module {
             case .conv(let index): [("\(layer.path).weight", convs[index].weight), ("\(layer.path).bias", convs[index].bias)]
@@ -120,7 +122,7 @@ public struct FineTuneNetwork: Sendable {
     }
 
     /// Replaces the parameters of layer `path` ("classifier.6") with tensors of the same shapes.
-    public mutating func setParameters(path: String, weight: Tensor, bias: Tensor) throws {
+    package mutating func setParameters(path: String, weight: Tensor, bias: Tensor) throws {
         guard let layer = config.layers.first(where: { $0.path == path }) else {
             throw TrainingError(.mismatch, "the network has no layer \(path)")
         }
@@ -153,7 +155,7 @@ public struct FineTuneNetwork: Sendable {
     /// buffers per trainable parameter (SGD momentum 1, Adam 2), the largest parameter gradient (one at a
     /// time), the activations kept for backward, the few largest activation-sized buffers alive at once
     /// (a layer's input, output, gradients and conv tiles), and the fixed overhead.
-    public static func estimatedStepBytes(config: VGGConfig, imageSize: Int, batchSize: Int, frozenThrough: Int,
+    package static func estimatedStepBytes(config: VGGConfig, imageSize: Int, batchSize: Int, frozenThrough: Int,
                                           optimizerCopies: Int) -> Int {
         let layers = config.layers
         var shape = [config.inputChannels, imageSize, imageSize]
@@ -197,7 +199,7 @@ public struct FineTuneNetwork: Sendable {
     }
 
     /// images [N, 3, S, S] -> logits [N, K] in evaluation mode (dropout is the identity).
-    public func logits(_ images: Tensor) -> Tensor {
+    package func logits(_ images: Tensor) -> Tensor {
         var activation = images
         var position = 0
         while position < modules.count {
@@ -219,7 +221,7 @@ public struct FineTuneNetwork: Sendable {
     /// One optimizer step on images [N, 3, S, S] with labels [N]. `dropoutGenerator(row, position)` gives the
     /// generator of row `row`'s mask at the dropout at `position`; `learningRate(layer)` each layer's rate
     /// (parameter groups). When the loss is not finite nothing is updated: the caller stops the run.
-    public mutating func trainStep<Step: Optimizer>(images: Tensor, labels: [Int32], optimizer: inout Step,
+    package mutating func trainStep<Step: Optimizer>(images: Tensor, labels: [Int32], optimizer: inout Step,
                                                     learningRate: (LayerInfo) -> Double,
                                                     dropoutGenerator: (_ row: Int, _ position: Int) -> SeededGenerator) -> StepOutcome {
         let layers = config.layers
@@ -338,20 +340,5 @@ public struct FineTuneNetwork: Sendable {
                 }
             }
         }
-    }
-}
-
-extension Tensor {
-    /// Becomes a tensor of `shape` in the storage it has when that is large enough, so a buffer reused
-    /// for tensors of several shapes is allocated once. The values are unspecified (what was there, or zeros).
-    mutating func reshapeKeepingStorage(_ newShape: [Int]) {
-        guard shape != newShape else { return }
-        let count = newShape.reduce(1, *)
-        if data.count > count {
-            data.removeLast(data.count - count)
-        } else {
-            data.append(contentsOf: repeatElement(0, count: count - data.count))
-        }
-        shape = newShape
     }
 }

@@ -1,3 +1,5 @@
+import BottleneckKernels
+
 /// The layers of a VGG above a cache's cut, in torchvision's order and under its names: what
 /// train-head trains, and what evaluate and predict run after the frozen prefix. The last layer,
 /// fc8 (`classifier.6`), is the new one with one output per class.
@@ -8,8 +10,8 @@
 ///
 /// A dropout at the cut itself (`classifier.5`) belongs to the head: the cache holds its
 /// evaluation-mode output, which is its input, and training must still drop.
-public struct HeadNetwork: Sendable {
-    public enum Module: Sendable {
+package struct HeadNetwork: Sendable {
+    package enum Module: Sendable {
         case adaptiveAvgPool(AdaptiveAvgPool2D)
         /// Index into `linears`, so an optimizer updates the parameters in place.
         case linear(Int)
@@ -18,21 +20,21 @@ public struct HeadNetwork: Sendable {
     }
 
     /// The network's configuration with `classes` set to the head's number of outputs.
-    public let config: VGGConfig
-    public let cut: CutPoint
+    package let config: VGGConfig
+    package let cut: CutPoint
     /// Position in `config.layers` of the first module.
-    public let firstPosition: Int
+    package let firstPosition: Int
     /// modules[i] is config.layers[firstPosition + i].
-    public let modules: [Module]
-    public var linears: [Linear]
+    package let modules: [Module]
+    package var linears: [Linear]
     /// The state-dict key prefix of each of `linears` ("classifier.6").
-    public let linearPaths: [String]
+    package let linearPaths: [String]
 
     /// The torchvision path of the replaced last layer.
-    public static let newLayerPath = "classifier.6"
+    package static let newLayerPath = "classifier.6"
 
     /// Builds the head above `cut`, asking `parameter` for each state-dict key with its shape.
-    public init(config: VGGConfig, cut: CutPoint, dropout: Float = 0.5,
+    package init(config: VGGConfig, cut: CutPoint, dropout: Float = 0.5,
                 parameter: (_ key: String, _ shape: [Int]) throws -> Tensor) throws {
         let first = try Self.firstPosition(above: cut, in: config)
         var modules: [Module] = []
@@ -65,7 +67,7 @@ public struct HeadNetwork: Sendable {
 
     /// Where the head above `cut` starts; refuses cuts with nothing above them and cuts below pool5,
     /// whose heads would hold convolutions (training those is full fine-tuning).
-    public static func firstPosition(above cut: CutPoint, in config: VGGConfig) throws -> Int {
+    package static func firstPosition(above cut: CutPoint, in config: VGGConfig) throws -> Int {
         let layers = config.layers
         let first = cut.layer.kind == .dropout ? cut.position : cut.position + 1
         guard first < layers.count else {
@@ -85,12 +87,12 @@ public struct HeadNetwork: Sendable {
     }
 
     /// The layers of the head, in order.
-    public var layers: ArraySlice<LayerInfo> { config.layers[firstPosition...] }
-    public var positions: Range<Int> { firstPosition..<config.layers.count }
-    public var classCount: Int { linears.last!.outFeatures }
+    package var layers: ArraySlice<LayerInfo> { config.layers[firstPosition...] }
+    package var positions: Range<Int> { firstPosition..<config.layers.count }
+    package var classCount: Int { linears.last!.outFeatures }
 
     /// Why cached activations of one row's `shape` cannot enter this head, or nil when they can.
-    public func inputProblem(activationShape shape: [Int]) -> String? {
+    package func inputProblem(activationShape shape: [Int]) -> String? {
         switch modules.first(where: { if case .dropout = $0 { false } else { true } }) {
         case .adaptiveAvgPool:
             return shape.count == 3 && shape[0] == config.lastConvWidth
@@ -104,7 +106,7 @@ public struct HeadNetwork: Sendable {
     }
 
     /// The position of the linear layer `name` ("fc6", "classifier.0") in the head, for `--train-from`.
-    public func linearPosition(named name: String) throws -> Int {
+    package func linearPosition(named name: String) throws -> Int {
         let key = name.trimmingCharacters(in: .whitespaces)
         let headLinears = layers.filter { if case .linear = $0.kind { true } else { false } }
         guard let layer = headLinears.first(where: { $0.path == key || $0.name == key.lowercased() }) else {
@@ -116,7 +118,7 @@ public struct HeadNetwork: Sendable {
 
     /// x [N, ...activation entering `positions.lowerBound`] -> [N, ...activation leaving the last of
     /// `positions`], in evaluation mode (dropout is the identity).
-    public func forward(_ x: Tensor, positions: Range<Int>) -> Tensor {
+    package func forward(_ x: Tensor, positions: Range<Int>) -> Tensor {
         precondition(positions.lowerBound >= firstPosition && positions.upperBound <= config.layers.count,
                      "positions \(positions) outside the head \(self.positions)")
         var activation = x
@@ -132,10 +134,10 @@ public struct HeadNetwork: Sendable {
     }
 
     /// x [N, ...cut activation] -> logits [N, classes], evaluation mode.
-    public func forward(_ x: Tensor) -> Tensor { forward(x, positions: positions) }
+    package func forward(_ x: Tensor) -> Tensor { forward(x, positions: positions) }
 
     /// Every parameter under its torchvision state-dict key, in order.
-    public var stateDict: [(key: String, tensor: Tensor)] {
+    package var stateDict: [(key: String, tensor: Tensor)] {
         zip(linearPaths, linears).flatMap { path, linear in
             [("\(path).weight", linear.weight), ("\(path).bias", linear.bias)]
         }
@@ -145,7 +147,7 @@ public struct HeadNetwork: Sendable {
     /// initialisation, from `seed`) and, for cuts below fc7, the pretrained layers between the cut and
     /// fc8 from `weights`, which must be the weights with sha256 (or "random-seed-N") `fingerprint`:
     /// the ones the cache was extracted with.
-    public static func initial(config: VGGConfig, cut: CutPoint, dropout: Float, seed: UInt64, weights: WeightsChoice,
+    package static func initial(config: VGGConfig, cut: CutPoint, dropout: Float, seed: UInt64, weights: WeightsChoice,
                                fingerprint: String) throws -> HeadNetwork {
         let first = try firstPosition(above: cut, in: config)
         let pretrained = config.layers[first...].filter { $0.path != newLayerPath && $0.parameterPrefix != nil }
@@ -184,7 +186,7 @@ public struct HeadNetwork: Sendable {
     /// torch's `nn.Linear(inFeatures, outFeatures)` initialisation, which the seed recipe's
     /// `model.classifier[6] = nn.Linear(4096, K)` gives: kaiming_uniform(a=√5) for the weight and
     /// the same U(-1/√in, 1/√in) for the bias. -> weight [out, in], bias [out]
-    public static func newLinear(inFeatures: Int, outFeatures: Int, seed: UInt64) -> Linear {
+    package static func newLinear(inFeatures: Int, outFeatures: Int, seed: UInt64) -> Linear {
         var generator = SeededGenerator(seed: TrainingRandomness.seed(seed, .headInitialisation))
         let bound = 1 / Float(inFeatures).squareRoot()
         func uniform(_ shape: [Int]) -> Tensor {

@@ -1,4 +1,5 @@
 import Foundation
+import BottleneckKernels
 
 /// Trains a head on cached activations: shuffled mini-batches, dropout active where torchvision's
 /// classifier has it, one optimizer step per batch, validation after every epoch, early stopping on the
@@ -14,47 +15,47 @@ import Foundation
 /// Each dropout mask comes from `TrainingRandomness.dropoutGenerator(seed, epoch, row, layer)`, so a row
 /// is dropped the same way whichever batch or thread it lands in, and the same way as the frozen
 /// network in train mode would drop it if run from the image with that generator.
-public final class HeadTrainer {
-    public struct EpochRecord: Codable, Sendable, Equatable {
+package final class HeadTrainer {
+    package struct EpochRecord: Codable, Sendable, Equatable {
         /// From 1.
-        public var epoch: Int
+        package var epoch: Int
         /// Mean over the epoch's batches as trained (dropout on), weighted by batch size.
-        public var trainLoss: Double
-        public var trainAccuracy: Double
+        package var trainLoss: Double
+        package var trainAccuracy: Double
         /// After the epoch, evaluation mode.
-        public var validationLoss: Double
-        public var validationAccuracy: Double
-        public var learningRate: Double
+        package var validationLoss: Double
+        package var validationAccuracy: Double
+        package var learningRate: Double
         /// The whole epoch: training and validation.
-        public var seconds: Double
+        package var seconds: Double
         /// The epoch's optimizer steps alone.
-        public var trainSeconds: Double
+        package var trainSeconds: Double
     }
 
-    public struct Outcome: Sendable {
-        public var epochs: [EpochRecord]
+    package struct Outcome: Sendable {
+        package var epochs: [EpochRecord]
         /// From 1: the epoch whose parameters the network now holds.
-        public var bestEpoch: Int
-        public var stoppedEarly: Bool
+        package var bestEpoch: Int
+        package var stoppedEarly: Bool
         /// Validation figures of the kept parameters.
-        public var validation: ClassificationMetrics
+        package var validation: ClassificationMetrics
         /// Seconds spent in optimizer steps (gather, forward, backward, update), over all epochs.
-        public var stepSeconds: Double
-        public var samplesTrained: Int
+        package var stepSeconds: Double
+        package var samplesTrained: Int
 
-        public var samplesPerSecond: Double { stepSeconds > 0 ? Double(samplesTrained) / stepSeconds : 0 }
+        package var samplesPerSecond: Double { stepSeconds > 0 ? Double(samplesTrained) / stepSeconds : 0 }
     }
 
-    public private(set) var network: HeadNetwork
-    public let settings: HeadTrainingSettings
+    package private(set) var network: HeadNetwork
+    package let settings: HeadTrainingSettings
     /// Position of the lowest layer that learns; it and every linear above it are trained.
-    public let trainableFrom: Int
+    package let trainableFrom: Int
     /// The frozen layers that run once per row.
-    public let stemPositions: Range<Int>
+    package let stemPositions: Range<Int>
     /// The layers that run every step.
-    public var stepPositions: Range<Int> { stemPositions.upperBound..<network.positions.upperBound }
+    package var stepPositions: Range<Int> { stemPositions.upperBound..<network.positions.upperBound }
     /// Indices into `network.linears` of the trained layers.
-    public let trainedLinears: [Int]
+    package let trainedLinears: [Int]
 
     /// One layer of the step part; `input` and `output` index `activations` (ReLU runs in place).
     private struct Stage {
@@ -83,7 +84,7 @@ public final class HeadTrainer {
     /// How the step's gemms run: whole when a layer is big enough for OpenBLAS's threads, else in blocks.
     private let gemmSplit: GemmSplit
 
-    public init(network: HeadNetwork, settings: HeadTrainingSettings) throws {
+    package init(network: HeadNetwork, settings: HeadTrainingSettings) throws {
         try settings.validate()
         let trainableFrom = try network.linearPosition(named: settings.trainFrom)
         let positions = network.positions
@@ -132,13 +133,13 @@ public final class HeadTrainer {
     }
 
     /// [n, ...cut activation] -> [n, width] through the stem, what `FeatureRows` stores.
-    public func applyStem(_ x: Tensor) -> Tensor {
+    package func applyStem(_ x: Tensor) -> Tensor {
         let out = network.forward(x, positions: stemPositions)
         return out.reshaped([out.shape[0], out.count / max(out.shape[0], 1)])
     }
 
     /// Floats per row entering the step part, for rows of `activationShape`.
-    public func stemOutputWidth(activationShape: [Int]) -> Int {
+    package func stemOutputWidth(activationShape: [Int]) -> Int {
         applyStem(Tensor(zeros: [1] + activationShape)).count
     }
 

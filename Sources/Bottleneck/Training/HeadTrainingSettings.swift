@@ -1,55 +1,56 @@
 import Foundation
+import BottleneckKernels
 
 /// Every setting of a train-head run, as `config.json` records it (after defaults are resolved).
-public struct HeadTrainingSettings: Codable, Sendable, Equatable {
-    public enum OptimizerKind: String, Codable, CaseIterable, Sendable {
+package struct HeadTrainingSettings: Codable, Sendable, Equatable {
+    package enum OptimizerKind: String, Codable, CaseIterable, Sendable {
         case sgd, adam, adamw
     }
 
-    public enum ScheduleKind: String, Codable, CaseIterable, Sendable {
+    package enum ScheduleKind: String, Codable, CaseIterable, Sendable {
         case constant, step, cosine
     }
 
-    public var epochs = 30
-    public var batchSize = 64
+    package var epochs = 30
+    package var batchSize = 64
     /// nil: 0.01 for SGD, 0.001 for Adam and AdamW.
-    public var learningRate: Double?
-    public var optimizer = OptimizerKind.sgd
+    package var learningRate: Double?
+    package var optimizer = OptimizerKind.sgd
     /// SGD only.
-    public var momentum = 0.9
+    package var momentum = 0.9
     /// nil: torch's default, 0 for SGD and Adam, 0.01 for AdamW.
-    public var weightDecay: Double?
-    public var schedule = ScheduleKind.constant
+    package var weightDecay: Double?
+    package var schedule = ScheduleKind.constant
     /// StepLR's step size in epochs; nil: a third of the epochs.
-    public var stepSize: Int?
+    package var stepSize: Int?
     /// StepLR's factor.
-    public var gamma = 0.1
+    package var gamma = 0.1
     /// Epochs without a lower validation loss before stopping; 0 never stops early. The best epoch's
     /// parameters are kept either way.
-    public var patience = 5
+    package var patience = 5
     /// The share of the images held out for validation when the cache has no val split (see `TrainingSplit`).
-    public var validationFraction = 0.2
+    package var validationFraction = 0.2
     /// Of the new layer, the shuffling and the dropout masks.
-    public var seed: UInt64 = 0
+    package var seed: UInt64 = 0
     /// Of the validation split alone, so that runs of different `seed`s validate on the same images.
-    public var splitSeed: UInt64 = 0
+    package var splitSeed: UInt64 = 0
     /// torchvision's classifier dropout probability.
-    public var dropout = 0.5
+    package var dropout = 0.5
     /// The lowest layer that learns; the layers between the cut and it stay frozen.
-    public var trainFrom = "fc8"
+    package var trainFrom = "fc8"
     /// Cores the per-row work (gathering rows, dropout) is split across.
-    public var threads = availableCores
+    package var threads = availableCores
     /// Above this many bytes of rows, training streams the cache instead of reading it once.
-    public var memoryBudgetBytes = Int(ProcessInfo.processInfo.physicalMemory / 2)
+    package var memoryBudgetBytes = Int(ProcessInfo.processInfo.physicalMemory / 2)
 
-    public init() {}
+    package init() {}
 
-    public var resolvedLearningRate: Double { learningRate ?? (optimizer == .sgd ? 0.01 : 0.001) }
-    public var resolvedWeightDecay: Double { weightDecay ?? (optimizer == .adamw ? 0.01 : 0) }
-    public var resolvedStepSize: Int { stepSize ?? max(1, epochs / 3) }
+    package var resolvedLearningRate: Double { learningRate ?? (optimizer == .sgd ? 0.01 : 0.001) }
+    package var resolvedWeightDecay: Double { weightDecay ?? (optimizer == .adamw ? 0.01 : 0) }
+    package var resolvedStepSize: Int { stepSize ?? max(1, epochs / 3) }
 
     /// The settings with every default made explicit, as a run records them.
-    public var resolved: HeadTrainingSettings {
+    package var resolved: HeadTrainingSettings {
         var copy = self
         copy.learningRate = resolvedLearningRate
         copy.weightDecay = resolvedWeightDecay
@@ -57,7 +58,7 @@ public struct HeadTrainingSettings: Codable, Sendable, Equatable {
         return copy
     }
 
-    public func makeOptimizer() -> any Optimizer {
+    package func makeOptimizer() -> any Optimizer {
         switch optimizer {
         case .sgd: SGD(momentum: momentum, weightDecay: resolvedWeightDecay)
         case .adam: Adam(weightDecay: resolvedWeightDecay)
@@ -65,7 +66,7 @@ public struct HeadTrainingSettings: Codable, Sendable, Equatable {
         }
     }
 
-    public var learningRateSchedule: LearningRateSchedule {
+    package var learningRateSchedule: LearningRateSchedule {
         switch schedule {
         case .constant: .constant
         case .step: .step(stepSize: resolvedStepSize, gamma: gamma)
@@ -74,7 +75,7 @@ public struct HeadTrainingSettings: Codable, Sendable, Equatable {
     }
 
     /// Refuses values that cannot train, naming the flag.
-    public func validate() throws {
+    package func validate() throws {
         func check(_ condition: Bool, _ message: String) throws {
             if !condition { throw TrainingError(.invalidInput, message) }
         }

@@ -1,9 +1,10 @@
 import Foundation
+import BottleneckKernels
 
 /// How the learning rate moves from epoch to epoch, as torch.optim.lr_scheduler has it when
 /// `scheduler.step()` runs once at the end of every epoch: `learningRate(base:epoch:)` is the rate in
 /// force during `epoch` (counted from 0). Closed forms; torch's chained updates agree to rounding.
-public enum LearningRateSchedule: Sendable, Equatable {
+package enum LearningRateSchedule: Sendable, Equatable {
     case constant
     /// StepLR(step_size, gamma): base · gamma^⌊epoch / stepSize⌋.
     case step(stepSize: Int, gamma: Double)
@@ -11,7 +12,7 @@ public enum LearningRateSchedule: Sendable, Equatable {
     /// at `epochs`; past it the cosine rises again, as torch's does.
     case cosine(epochs: Int)
 
-    public func learningRate(base: Double, epoch: Int) -> Double {
+    package func learningRate(base: Double, epoch: Int) -> Double {
         precondition(epoch >= 0, "epochs count from 0, got \(epoch)")
         switch self {
         case .constant:

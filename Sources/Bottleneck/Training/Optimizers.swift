@@ -1,4 +1,5 @@
 import Foundation
+import BottleneckKernels
 
 /// A torch.optim algorithm with its per-parameter state.
 ///
@@ -9,7 +10,7 @@ import Foundation
 /// comes with every update, so parameter groups (a pretrained backbone at `lr × multiplier`, a new
 /// head at `lr`) and per-epoch schedules need no optimizer of their own. Scalars are Double, as
 /// torch's Python floats are, and rounded to Float where torch rounds them: at the tensor operation.
-public protocol Optimizer: Sendable {
+package protocol Optimizer: Sendable {
     /// parameter [any] -= update(gradient [same], state of `slot`), in place.
     mutating func update(_ parameter: inout Tensor, gradient: Tensor, slot: Int, learningRate: Double)
 
@@ -20,7 +21,7 @@ public protocol Optimizer: Sendable {
 
 extension Optimizer {
     /// parameters[i] updated from gradients[i] under slot i: torch's `optimizer.step()` for one group.
-    public mutating func step(parameters: inout [Tensor], gradients: [Tensor], learningRate: Double) {
+    package mutating func step(parameters: inout [Tensor], gradients: [Tensor], learningRate: Double) {
         precondition(parameters.count == gradients.count, "\(parameters.count) parameters but \(gradients.count) gradients")
         for index in parameters.indices {
             update(&parameters[index], gradient: gradients[index], slot: index, learningRate: learningRate)
@@ -31,19 +32,19 @@ extension Optimizer {
 /// `torch.optim.SGD(lr, momentum, weight_decay)` with dampening 0 and without Nesterov:
 /// g = grad + wd·param; buf = g on a slot's first step, then buf = momentum·buf + g; param -= lr·buf.
 /// Without momentum, param -= lr·g and no state is kept.
-public struct SGD: Optimizer {
-    public let momentum: Double
-    public let weightDecay: Double
+package struct SGD: Optimizer {
+    package let momentum: Double
+    package let weightDecay: Double
     /// Momentum buffer by slot; empty until the slot's first update.
     private var momentumBuffers: [[Float]] = []
 
-    public init(momentum: Double = 0, weightDecay: Double = 0) {
+    package init(momentum: Double = 0, weightDecay: Double = 0) {
         precondition(momentum >= 0 && weightDecay >= 0, "SGD momentum and weight decay must not be negative")
         self.momentum = momentum
         self.weightDecay = weightDecay
     }
 
-    public var state: [String: Tensor] {
+    package var state: [String: Tensor] {
         get {
             var tensors: [String: Tensor] = [:]
             for (slot, buffer) in momentumBuffers.enumerated() where !buffer.isEmpty {
@@ -61,7 +62,7 @@ public struct SGD: Optimizer {
         }
     }
 
-    public mutating func update(_ parameter: inout Tensor, gradient: Tensor, slot: Int, learningRate: Double) {
+    package mutating func update(_ parameter: inout Tensor, gradient: Tensor, slot: Int, learningRate: Double) {
         checkShapes(parameter, gradient)
         let (decay, rate) = (Float(weightDecay), Float(learningRate))
         guard momentum != 0 else {
@@ -101,13 +102,13 @@ public struct SGD: Optimizer {
 ///     Adam:  g = grad + wd·param            AdamW: param *= 1 - lr·wd, g = grad
 ///     m = m + (1-β1)(g - m);  v = β2·v + (1-β2)·g²
 ///     param -= lr/(1-β1ᵗ) · m / (√v / √(1-β2ᵗ) + ε)
-public struct Adam: Optimizer {
-    public let beta1: Double
-    public let beta2: Double
-    public let epsilon: Double
-    public let weightDecay: Double
+package struct Adam: Optimizer {
+    package let beta1: Double
+    package let beta2: Double
+    package let epsilon: Double
+    package let weightDecay: Double
     /// AdamW's decay of the parameter itself, instead of Adam's L2 term in the gradient.
-    public let decoupledWeightDecay: Bool
+    package let decoupledWeightDecay: Bool
 
     private struct Moments: Sendable {
         var step = 0
@@ -118,7 +119,7 @@ public struct Adam: Optimizer {
     private var moments: [Moments?] = []
 
     /// torch.optim.Adam's defaults.
-    public init(beta1: Double = 0.9, beta2: Double = 0.999, epsilon: Double = 1e-8, weightDecay: Double = 0,
+    package init(beta1: Double = 0.9, beta2: Double = 0.999, epsilon: Double = 1e-8, weightDecay: Double = 0,
                 decoupledWeightDecay: Bool = false) {
         precondition((0..<1).contains(beta1) && (0..<1).contains(beta2), "Adam betas must be in [0, 1)")
         precondition(epsilon >= 0 && weightDecay >= 0, "Adam epsilon and weight decay must not be negative")
@@ -130,12 +131,12 @@ public struct Adam: Optimizer {
     }
 
     /// torch.optim.AdamW, with its defaults (weight decay 0.01, not Adam's 0).
-    public static func adamW(beta1: Double = 0.9, beta2: Double = 0.999, epsilon: Double = 1e-8,
+    package static func adamW(beta1: Double = 0.9, beta2: Double = 0.999, epsilon: Double = 1e-8,
                              weightDecay: Double = 0.01) -> Adam {
         Adam(beta1: beta1, beta2: beta2, epsilon: epsilon, weightDecay: weightDecay, decoupledWeightDecay: true)
     }
 
-    public var state: [String: Tensor] {
+    package var state: [String: Tensor] {
         get {
             var tensors: [String: Tensor] = [:]
             for (slot, moment) in moments.enumerated() {
@@ -157,7 +158,7 @@ public struct Adam: Optimizer {
         }
     }
 
-    public mutating func update(_ parameter: inout Tensor, gradient: Tensor, slot: Int, learningRate: Double) {
+    package mutating func update(_ parameter: inout Tensor, gradient: Tensor, slot: Int, learningRate: Double) {
         checkShapes(parameter, gradient)
         if moments.count <= slot { moments += Array(repeating: nil, count: slot + 1 - moments.count) }
         // Taken out while in use, so its two buffers can be written together without copying.

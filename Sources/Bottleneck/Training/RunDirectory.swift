@@ -4,25 +4,26 @@ import Glibc
 import Darwin
 #endif
 import Foundation
+import BottleneckKernels
 
 /// A training run's folder: `config.json` when training starts, a `metrics.csv` line after every
 /// epoch, and at the end `model.h5`, then `summary.json`. summary.json comes last, so a folder without
 /// it (a run that diverged or was killed) never looks finished.
-public final class RunDirectory {
-    public static let configFile = "config.json"
-    public static let metricsFile = "metrics.csv"
-    public static let modelFile = "model.h5"
-    public static let summaryFile = "summary.json"
+package final class RunDirectory {
+    package static let configFile = "config.json"
+    package static let metricsFile = "metrics.csv"
+    package static let modelFile = "model.h5"
+    package static let summaryFile = "summary.json"
     static let runFiles = [configFile, metricsFile, modelFile, summaryFile]
 
-    public let path: String
+    package let path: String
     /// Held while this object lives: two trainings on one `--out` would otherwise delete and write each other's files.
     private let lock: WriterLock
     static let lockFile = ".lock"
 
     /// Creates the folder (with its parents). A folder that already holds a run is refused unless
     /// `overwrite`, which removes that run's files (and nothing else).
-    public init(path: String, overwrite: Bool) throws {
+    package init(path: String, overwrite: Bool) throws {
         self.path = path
         let manager = FileManager.default
         var isDirectory: ObjCBool = false
@@ -51,7 +52,7 @@ public final class RunDirectory {
 
     /// Opens the folder of an interrupted run to continue it: it must hold the run's config.json and no
     /// summary.json (a finished run has nothing to continue).
-    public init(resuming path: String) throws {
+    package init(resuming path: String) throws {
         self.path = path
         let manager = FileManager.default
         guard manager.fileExists(atPath: (path as NSString).appendingPathComponent(Self.configFile)) else {
@@ -64,7 +65,7 @@ public final class RunDirectory {
         removeOrphanTemporaries()
     }
 
-    public func file(_ name: String) -> String { (path as NSString).appendingPathComponent(name) }
+    package func file(_ name: String) -> String { (path as NSString).appendingPathComponent(name) }
 
     private static func lock(_ folder: String) throws -> WriterLock {
         let path = (folder as NSString).appendingPathComponent(lockFile)
@@ -88,7 +89,7 @@ public final class RunDirectory {
     }
 
     /// metrics.csv's header; the report reads the file by these names.
-    public static let metricsColumns = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
+    package static let metricsColumns = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
 
     func startMetrics() throws {
         try write(Data((Self.metricsColumns.joined(separator: ",") + "\n").utf8), to: Self.metricsFile)

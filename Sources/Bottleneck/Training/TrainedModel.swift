@@ -1,4 +1,5 @@
 import Foundation
+import BottleneckKernels
 
 /// A trained classifier as `model.h5` holds it: parameters under their torchvision state-dict names
 /// (`classifier.6.weight`, …) as float32 datasets at the root, and as root string attributes all that
@@ -8,34 +9,34 @@ import Foundation
 /// A head model (train-head) holds the layers above the cut and runs after the frozen prefix, which
 /// comes from the backbone weights it records. A fine-tuned model (full fine-tuning) holds the whole
 /// state dict, prefix included, and needs no other file. `evaluate` and `predict` take either.
-public struct TrainedModel: Sendable {
-    public static let formatName = "bottleneck-model/1"
+package struct TrainedModel: Sendable {
+    package static let formatName = "bottleneck-model/1"
 
-    public enum Mode: String, Sendable, Codable {
+    package enum Mode: String, Sendable, Codable {
         /// Only the layers above the cut were trained, on cached activations.
         case head
         /// The whole network was trained end to end.
         case finetune
     }
 
-    public var mode: Mode
+    package var mode: Mode
     /// `classes` is the number of class names.
-    public var config: VGGConfig
-    public var classes: [String]
+    package var config: VGGConfig
+    package var classes: [String]
     /// Where the head starts: the activations it takes are this layer's output.
-    public var cut: CutPoint
+    package var cut: CutPoint
     /// The conventional name of the cut ("fc7"), as the cache calls it.
-    public var cutName: String
+    package var cutName: String
     /// The backbone weights the prefix ran with when the model was trained.
-    public var weights: WeightsIdentity
-    public var preprocessing: Preprocessing
+    package var weights: WeightsIdentity
+    package var preprocessing: Preprocessing
     /// torchvision paths of the layers that learned ("classifier.6").
-    public var trainableLayers: [String]
-    public var dropout: Double
+    package var trainableLayers: [String]
+    package var dropout: Double
     /// How its validation rows were chosen, so that evaluate can score the held-out rows again; nil in a
     /// model that does not say (written before models recorded it, or made by hand).
-    public var split: TrainingSplit.Rule?
-    public var stateDict: [(key: String, tensor: Tensor)]
+    package var split: TrainingSplit.Rule?
+    package var stateDict: [(key: String, tensor: Tensor)]
 
     private enum Attribute {
         static let format = "format"
@@ -55,7 +56,7 @@ public struct TrainedModel: Sendable {
         static let created = "created"
     }
 
-    public init(mode: Mode, config: VGGConfig, classes: [String], cut: CutPoint, cutName: String, weights: WeightsIdentity,
+    package init(mode: Mode, config: VGGConfig, classes: [String], cut: CutPoint, cutName: String, weights: WeightsIdentity,
                 preprocessing: Preprocessing, trainableLayers: [String], dropout: Double, split: TrainingSplit.Rule?,
                 stateDict: [(key: String, tensor: Tensor)]) {
         precondition(config.classes == classes.count, "the configuration has \(config.classes) outputs for \(classes.count) classes")
@@ -73,7 +74,7 @@ public struct TrainedModel: Sendable {
     }
 
     /// Writes `path` atomically (a file aside, then renamed).
-    public func save(to path: String) throws {
+    package func save(to path: String) throws {
         var attributes = [
             Attribute.format: Self.formatName,
             Attribute.mode: mode.rawValue,
@@ -102,7 +103,7 @@ public struct TrainedModel: Sendable {
     /// Reads a model written by `save(to:)`; a weights file or a feature cache is refused as not a model.
     /// Every attribute is range-checked and every dataset's shape compared with the configuration before a
     /// parameter is read, so a damaged or hostile file is one line naming it and the attribute, never a crash.
-    public init(contentsOf path: String) throws {
+    package init(contentsOf path: String) throws {
         self = try inRole(Self.role) { try TrainedModel(checking: path) }
     }
 
@@ -180,7 +181,7 @@ public struct TrainedModel: Sendable {
     }
 
     /// The layers above the cut, in evaluation mode, from the state dict.
-    public func head() throws -> HeadNetwork {
+    package func head() throws -> HeadNetwork {
         let tensors = Dictionary(stateDict.map { ($0.key, $0.tensor) }, uniquingKeysWith: { $1 })
         return try HeadNetwork(config: config, cut: cut, dropout: Float(dropout)) { key, shape in
             guard let tensor = tensors[key] else {
@@ -197,7 +198,7 @@ public struct TrainedModel: Sendable {
     /// itself when it holds them (fine-tuned), else from `weights` or the file it records (or the seeded
     /// random initialisation it records). Weights whose sha256 differs are refused: the head would be
     /// fed features it never saw.
-    public func prefix(weights override: WeightsChoice? = nil) throws -> LoadedNetwork {
+    package func prefix(weights override: WeightsChoice? = nil) throws -> LoadedNetwork {
         let tensors = Dictionary(stateDict.map { ($0.key, $0.tensor) }, uniquingKeysWith: { $1 })
         let needed = config.stateDictShapes(through: cut)
         if override == nil, needed.allSatisfy({ tensors[$0.key]?.shape == $0.shape }) {
@@ -228,7 +229,7 @@ public struct TrainedModel: Sendable {
 
 extension WeightsChoice {
     /// The weights an identity was made with: its file, or the seeded random initialisation.
-    public init(reproducing identity: WeightsIdentity) {
+    package init(reproducing identity: WeightsIdentity) {
         let randomPrefix = "random-seed-"
         if identity.fingerprint.hasPrefix(randomPrefix), let seed = UInt64(identity.fingerprint.dropFirst(randomPrefix.count)) {
             self = .random(seed: seed)

@@ -1,6 +1,8 @@
+import BottleneckKernels
+
 /// Why a training run, an evaluation or a prediction cannot go on, as one line for the user.
-public struct TrainingError: Error, CustomStringConvertible, Sendable {
-    public enum Kind: Sendable {
+package struct TrainingError: Error, CustomStringConvertible, Sendable {
+    package enum Kind: Sendable {
         /// Settings or data that cannot train a classifier: one class, an empty split, NaN features, a bad flag.
         case invalidInput
         /// The loss or the parameters stopped being finite.
@@ -13,10 +15,10 @@ public struct TrainingError: Error, CustomStringConvertible, Sendable {
         case runDirectory
     }
 
-    public let kind: Kind
-    public let description: String
+    package let kind: Kind
+    package let description: String
 
-    public init(_ kind: Kind, _ description: String) {
+    package init(_ kind: Kind, _ description: String) {
         self.kind = kind
         self.description = description
     }

@@ -1,9 +1,11 @@
+import BottleneckKernels
+
 /// Every random draw of a training run comes from a stream of its own, seeded from the run's seed and
 /// what the draw is for. A dropout mask is therefore a function of (seed, epoch, row, layer) alone: the
 /// same whether the row's activation came from the cache or from the frozen network run on its image,
 /// whatever batch it landed in and whichever thread drew it. That is what makes cached training equal
 /// to uncached training, and a run reproducible from its seed.
-public enum TrainingRandomness {
+package enum TrainingRandomness {
     enum Purpose: UInt64 {
         case headInitialisation = 1
         case shuffle
@@ -27,12 +29,12 @@ public enum TrainingRandomness {
 
     /// The generator of the dropout mask that the layer at `layerPosition` (in `VGGConfig.layers`) puts on
     /// cache row `row` in `epoch` (from 0).
-    public static func dropoutGenerator(seed: UInt64, epoch: Int, row: Int, layerPosition: Int) -> SeededGenerator {
+    package static func dropoutGenerator(seed: UInt64, epoch: Int, row: Int, layerPosition: Int) -> SeededGenerator {
         SeededGenerator(seed: Self.seed(seed, .dropout, UInt64(epoch), UInt64(row), UInt64(layerPosition)))
     }
 
     /// `rows` in the order `epoch` visits them: a uniform shuffle that depends only on the seed and epoch.
-    public static func shuffled(_ rows: [Int], seed: UInt64, epoch: Int) -> [Int] {
+    package static func shuffled(_ rows: [Int], seed: UInt64, epoch: Int) -> [Int] {
         var generator = SeededGenerator(seed: Self.seed(seed, .shuffle, UInt64(epoch)))
         var order = rows
         order.shuffleReproducibly(using: &generator)

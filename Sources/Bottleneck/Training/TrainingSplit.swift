@@ -1,3 +1,5 @@
+import BottleneckKernels
+
 /// Which rows train and which validate, decided by each image alone, so that train-head (cache rows),
 /// full-finetune (folder files), evaluate and report agree by construction.
 ///
@@ -17,8 +19,8 @@
 /// row, since a per-class minimum would make an image's side depend on its neighbours. Instead a split
 /// whose validation side is empty, or that leaves a class no training row, is refused with the numbers.
 /// Unlabeled and test rows do neither.
-public struct TrainingSplit: Sendable, Equatable {
-    public enum Source: String, Codable, Sendable {
+package struct TrainingSplit: Sendable, Equatable {
+    package enum Source: String, Codable, Sendable {
         /// The folder's train/ and val/.
         case folder
         /// Each image by the hash of its seed, class and path.
@@ -26,19 +28,19 @@ public struct TrainingSplit: Sendable, Equatable {
     }
 
     /// How a split was decided: what a model records, so that evaluate can find its held-out rows again.
-    public struct Rule: Codable, Sendable, Equatable {
-        public var source: Source
-        public var seed: UInt64
-        public var validationFraction: Double
+    package struct Rule: Codable, Sendable, Equatable {
+        package var source: Source
+        package var seed: UInt64
+        package var validationFraction: Double
 
-        public init(source: Source, seed: UInt64, validationFraction: Double) {
+        package init(source: Source, seed: UInt64, validationFraction: Double) {
             self.source = source
             self.seed = seed
             self.validationFraction = validationFraction
         }
 
         /// "the folder's train/ and val/", "hashed split, seed 0, fraction 0.2".
-        public var description: String {
+        package var description: String {
             switch source {
             case .folder: "the folder's train/ and val/"
             case .hashed: "hashed split, seed \(seed), fraction \(validationFraction)"
@@ -48,13 +50,13 @@ public struct TrainingSplit: Sendable, Equatable {
 
     /// Which images a run validated on: its rule, how many images it scored, and a digest of their paths.
     /// Two runs with the same record were validated on the same images; report compares them.
-    public struct Record: Codable, Sendable, Equatable {
-        public var rule: Rule
-        public var validationRows: Int
+    package struct Record: Codable, Sendable, Equatable {
+        package var rule: Rule
+        package var validationRows: Int
         /// SHA-256 of the scored images' relative paths, sorted by their UTF-8 bytes, each followed by "\n".
-        public var validationPathsSha256: String
+        package var validationPathsSha256: String
 
-        public init(rule: Rule, validationPaths: [String]) {
+        package init(rule: Rule, validationPaths: [String]) {
             self.rule = rule
             validationRows = validationPaths.count
             let sorted = validationPaths.sorted { Array($0.utf8).lexicographicallyPrecedes(Array($1.utf8)) }
@@ -62,26 +64,26 @@ public struct TrainingSplit: Sendable, Equatable {
         }
 
         /// "15 rows (hashed split, seed 0, fraction 0.2; paths sha256 1a2b3c4d…)"
-        public var description: String {
+        package var description: String {
             "\(validationRows) rows (\(rule.description); paths sha256 \(validationPathsSha256.prefix(12))…)"
         }
     }
 
-    public let rule: Rule
+    package let rule: Rule
     /// Row indices, ascending.
-    public let trainRows: [Int]
-    public let validationRows: [Int]
+    package let trainRows: [Int]
+    package let validationRows: [Int]
 
-    public init(rule: Rule, trainRows: [Int], validationRows: [Int]) {
+    package init(rule: Rule, trainRows: [Int], validationRows: [Int]) {
         self.rule = rule
         self.trainRows = trainRows
         self.validationRows = validationRows
     }
 
-    public var source: Source { rule.source }
+    package var source: Source { rule.source }
 
     /// The split for training; refuses one that leaves either side empty or a hashed class without training rows.
-    public static func make(paths: [String], labels: [Int32], splits: [ImageFolder.Split], classes: [String],
+    package static func make(paths: [String], labels: [Int32], splits: [ImageFolder.Split], classes: [String],
                             seed: UInt64, validationFraction: Double) throws -> TrainingSplit {
         guard labels.contains(where: { $0 >= 0 }) else {
             throw TrainingError(.invalidInput, "no labeled rows: every image was loose in the folder, outside a class subfolder")

@@ -1,10 +1,11 @@
 import Foundation
+import BottleneckKernels
 
 /// Remembers the SHA-256 of weight files by (path, size, modification time, inode), so
 /// that every command does not re-read 528 MB to fingerprint the same file: the same
 /// trade git's index makes. Kept in ~/.cache/bottleneck/digests.json (or under
 /// $XDG_CACHE_HOME); when that cannot be read or written the digest is simply computed.
-public enum DigestCache {
+package enum DigestCache {
     struct Entry: Codable, Equatable {
         var size: Int64
         var modified: Int64
@@ -21,7 +22,7 @@ public enum DigestCache {
 
     private static let lock = NSLock()
 
-    public static func sha256(ofFileAt path: String) throws(WeightsError) -> String {
+    package static func sha256(ofFileAt path: String) throws(WeightsError) -> String {
         let absolute = URL(fileURLWithPath: path).standardizedFileURL.path
         guard let identity = identity(of: absolute) else { return try SHA256.hexDigest(ofFileAt: path) }
         lock.lock()

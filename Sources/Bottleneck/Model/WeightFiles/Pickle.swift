@@ -1,3 +1,5 @@
+import BottleneckKernels
+
 /// A value built by the pickle machine. Containers are reference boxes, as in
 /// Python: a list memoized and later appended to is one list, seen the same
 /// through the memo and the stack.

@@ -1,4 +1,5 @@
 import Foundation
+import BottleneckKernels
 
 /// Hugging Face safetensors: u64 little-endian header length N, N bytes of
 /// JSON {name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {…}},

@@ -1,4 +1,6 @@
-public enum WeightFileFormat: String, Sendable {
+import BottleneckKernels
+
+package enum WeightFileFormat: String, Sendable {
     case torchLegacy = "PyTorch legacy (pre-1.6 torch.save)"
     case torchZip = "PyTorch zip (torch.save)"
     case safetensors = "safetensors"
@@ -6,12 +8,12 @@ public enum WeightFileFormat: String, Sendable {
 }
 
 /// One tensor of a state dict as the file describes it; reading it is `StateDictFile.tensor(_:)`.
-public struct WeightEntry: Sendable, Equatable {
-    public let key: String
-    public let dtype: WeightDType
-    public let shape: [Int]
+package struct WeightEntry: Sendable, Equatable {
+    package let key: String
+    package let dtype: WeightDType
+    package let shape: [Int]
 
-    public var elementCount: Int { shape.reduce(1, *) }
+    package var elementCount: Int { shape.reduce(1, *) }
 }
 
 /// Where a tensor's values are: a strided run of the mapped file, or an HDF5 dataset.
@@ -43,15 +45,15 @@ struct ParsedStateDict {
 ///     let weights = try StateDictFile.open(path: "vgg16-397923af.pth")
 ///     try weights.validate(expected: ["features.0.weight": [64, 3, 3, 3], ...])
 ///     let conv1 = try weights.tensor("features.0.weight")   // [64, 3, 3, 3] float32
-public final class StateDictFile: Sendable {
-    public let path: String
-    public let format: WeightFileFormat
+package final class StateDictFile: Sendable {
+    package let path: String
+    package let format: WeightFileFormat
     /// In file order, keys as the model should see them (a `module.` prefix removed).
-    public let entries: [WeightEntry]
+    package let entries: [WeightEntry]
     /// What was done to make the file usable (unwrapped checkpoint, removed prefix, dtype conversion).
-    public let notes: [String]
+    package let notes: [String]
     /// safetensors `__metadata__`, or the root string attributes of an HDF5 file.
-    public let metadata: [String: String]
+    package let metadata: [String: String]
 
     private enum Backing: Sendable {
         case mapped(MappedFile)
@@ -60,7 +62,7 @@ public final class StateDictFile: Sendable {
 
     /// Refuses a file whose tensors could not all be held as float32: what a caller that loads every tensor
     /// (a model, a checkpoint) checks before it reads the first.
-    public func checkFitsInMemory() throws(WeightsError) {
+    package func checkFitsInMemory() throws(WeightsError) {
         let limit = MemoryEstimate.fileReadLimitBytes / MemoryLayout<Float>.size
         var total = 0
         for entry in entries {
@@ -80,7 +82,7 @@ public final class StateDictFile: Sendable {
     private let entryIndex: [String: Int]
 
     /// Opens a weights file, recognising its format from its content, not its name.
-    public static func open(path: String) throws(WeightsError) -> StateDictFile {
+    package static func open(path: String) throws(WeightsError) -> StateDictFile {
         let file = try MappedFile(path: path)
         return try namingFile(path) {
             let mapped = Backing.mapped(file)
@@ -134,12 +136,12 @@ public final class StateDictFile: Sendable {
         self.notes = notes
     }
 
-    public func entry(_ key: String) -> WeightEntry? {
+    package func entry(_ key: String) -> WeightEntry? {
         entryIndex[key].map { entries[$0] }
     }
 
     /// The tensor's values as float32, read from the file now (float16, bfloat16 and float64 converted).
-    public func tensor(_ key: String) throws(WeightsError) -> Tensor {
+    package func tensor(_ key: String) throws(WeightsError) -> Tensor {
         guard let entry = entry(key), let location = locations[key] else {
             throw WeightsError(.missingKey, path: path,
                                "no tensor named \(key) (the file has \(entries.count): \(listFew(entries.map(\.key))))")
@@ -164,7 +166,7 @@ public final class StateDictFile: Sendable {
 
     /// `tensor(key)` for a network to run with: refused, naming the first bad element, when a value is NaN or
     /// infinite, which no trained parameter is and which would turn every feature into NaN without a word.
-    public func parameter(_ key: String) throws(WeightsError) -> Tensor {
+    package func parameter(_ key: String) throws(WeightsError) -> Tensor {
         let values = try tensor(key)
         if let index = values.data.withUnsafeBufferPointer(firstNonFiniteIndex) {
             let value = values.data[index]
@@ -176,14 +178,14 @@ public final class StateDictFile: Sendable {
 
     /// SHA-256 of the whole file, hex: the fingerprint caches and runs record.
     /// Streams the file (no memory), once per file version: `DigestCache` remembers it.
-    public func sha256() throws(WeightsError) -> String {
+    package func sha256() throws(WeightsError) -> String {
         try DigestCache.sha256(ofFileAt: path)
     }
 
     /// Checks the file against the key → shape map the model expects, throwing
     /// one line that says everything wrong: missing keys, unexpected keys,
     /// shapes, dtypes. A file of another architecture is called that.
-    public func validate(expected: [String: [Int]], allowingExtraKeys: Bool = false) throws(WeightsError) {
+    package func validate(expected: [String: [Int]], allowingExtraKeys: Bool = false) throws(WeightsError) {
         let missing = expected.keys.filter { entryIndex[$0] == nil }.sorted(by: naturalKeyOrder)
         let unexpected = entries.map(\.key).filter { expected[$0] == nil }
         let presentCount = expected.count - missing.count

@@ -1,3 +1,5 @@
+import BottleneckKernels
+
 /// A storage named by a persistent id in a torch pickle:
 /// ('storage', torch.FloatStorage, key, location, numel[, view_metadata]).
 struct TorchStorageReference {

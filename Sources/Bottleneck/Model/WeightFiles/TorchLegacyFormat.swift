@@ -1,3 +1,5 @@
+import BottleneckKernels
+
 /// torch.save's pre-1.6 stream (`_use_new_zipfile_serialization=False`), the
 /// format of torchvision's vgg16-397923af.pth:
 ///

@@ -1,3 +1,5 @@
+import BottleneckKernels
+
 /// One member of a zip archive, located in the mapped file.
 struct ZipEntry {
     let name: String

@@ -3,10 +3,11 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import BottleneckKernels
 
 /// Everything that can be wrong with a weights file, as one line naming the file.
-public struct WeightsError: Error, CustomStringConvertible, Sendable {
-    public enum Kind: Sendable {
+package struct WeightsError: Error, CustomStringConvertible, Sendable {
+    package enum Kind: Sendable {
         case missingFile, unreadable, emptyFile, truncated
         /// Not a PyTorch, safetensors or HDF5 weights file at all.
         case unrecognizedFormat
@@ -24,13 +25,13 @@ public struct WeightsError: Error, CustomStringConvertible, Sendable {
         case writeFailed
     }
 
-    public let kind: Kind
-    public let path: String
-    public let detail: String
+    package let kind: Kind
+    package let path: String
+    package let detail: String
     /// What the file is to the command that read or wrote it ("weights file", "model file"): the message's first words.
-    public let role: String
+    package let role: String
 
-    public init(_ kind: Kind, path: String, _ detail: String, role: String = "weights file") {
+    package init(_ kind: Kind, path: String, _ detail: String, role: String = "weights file") {
         self.kind = kind
         self.path = path
         self.detail = detail
@@ -43,11 +44,11 @@ public struct WeightsError: Error, CustomStringConvertible, Sendable {
     }
 
     /// The same error for a file that holds a state dict in another role (a trained model).
-    public func naming(role: String) -> WeightsError {
+    package func naming(role: String) -> WeightsError {
         WeightsError(kind, path: path, detail, role: role)
     }
 
-    public var description: String {
+    package var description: String {
         let line = "\(role) \(path): \(detail)"
         return line.contains("\n") ? line.split(whereSeparator: \.isNewline).joined(separator: " ") : line
     }
@@ -77,6 +78,8 @@ func namingFile<Result>(_ path: String, _ body: () throws -> Result) throws(Weig
         throw error
     } catch let problem as WeightFileProblem {
         throw WeightsError(problem.kind, path: path, problem.detail)
+    } catch let problem as ByteLayoutProblem {
+        throw WeightsError(problem.kind == .truncated ? .truncated : .malformed, path: path, problem.detail)
     } catch let error as HDF5Error {
         throw WeightsError(.malformed, path: path, error.description)
     } catch {

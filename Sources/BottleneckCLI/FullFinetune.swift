@@ -1,0 +1,89 @@
+import ArgumentParser
+import Bottleneck
+import Foundation
+import BottleneckKernels
+
+struct FullFinetune: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "full-finetune",
+        abstract: "Fine-tune VGG16 end to end (or above --freeze-through) from the images: the slow comparison to train-head.",
+        discussion: """
+        No cache: every step decodes its images (on a thread of its own, a batch ahead), augments the training ones \
+        with torchvision's RandomResizedCrop + RandomHorizontalFlip (--augment none: the eval transform), and runs \
+        forward and backward through the network. fc8 is a new layer with one output per class, or the head a \
+        train-head run learned (--init-head): an untrained layer under an unfrozen backbone makes the backbone \
+        learn from noise, so the seed recipe trains the head first. --backbone-lr-mult gives the pretrained layers \
+        a smaller learning rate.
+
+        --freeze-through LAYER freezes that layer and everything below it (torch's requires_grad=False, optimizer \
+        on the rest): no gradient, no update, no backward below the lowest trainable layer, and the frozen layers \
+        run in evaluation mode, exactly as a feature cache has them (--freeze-through fc7 is train-head at fc7, uncached).
+
+        RUN_DIR is the same as train-head's (config.json, metrics.csv, model.h5 with the whole state dict, \
+        summary.json), so evaluate, predict and report take either. model.h5 holds the epoch with the lowest \
+        validation loss. checkpoint.h5 is rewritten after every epoch: after an interruption, run the same command \
+        with --resume and it ends where an uninterrupted run would have. A diverging loss (NaN, inf) stops the run \
+        and keeps the last epoch's checkpoint. A batch that would not fit in memory is refused before anything runs.
+
+        Examples:
+          bottleneck full-finetune --images data/shapes --out runs/shapes-ft --weights random --epochs 1 --image-size 112
+          bottleneck full-finetune --images data/pets --out runs/pets-ft --init-head runs/pets-head/model.h5 --backbone-lr-mult 0.1
+          bottleneck full-finetune --images data/pets --out runs/pets-conv5 --freeze-through conv4_3 --lr 1e-3
+        """)
+
+    @Option(name: .long, help: ArgumentHelp("Image folder (ImageFolder layout, optionally train/ val/).", valueName: "DIR"))
+    var images: String
+
+    @Option(name: .long, help: ArgumentHelp("The run directory to write (created if missing). " + outputPolicy, valueName: "RUN_DIR"))
+    var out: String
+
+    @OptionGroup var weights: WeightsOption
+
+    @Option(help: "Passes over the training images.") var epochs = 10
+    @Option(help: "Images per optimizer step.") var batchSize = 8
+    @Option(help: "Learning rate of the new head (and of the backbone, times --backbone-lr-mult).") var lr = 1e-3
+    @Option(help: "sgd (with --momentum), adam or adamw, as torch.optim.") var optimizer = HeadTrainingSettings.OptimizerKind.sgd
+    @Option(help: "SGD momentum.") var momentum = 0.9
+    @Option(help: "Weight decay (default 0, or 0.01 for adamw: torch's defaults).") var weightDecay: Double?
+    @Option(help: "Training augmentation: standard (RandomResizedCrop + flip) or none.") var augment = FineTuneSettings.AugmentationKind.standard
+    @Option(help: "Dropout probability of the classifier's dropout layers (torchvision: 0.5).") var dropout = 0.5
+    @Option(help: "Seed of the new layer, shuffling, augmentation and dropout masks.") var seed: UInt64 = 0
+    @Option(help: "Seed of the hashed validation split alone (train-head's on the same images splits them alike).")
+    var splitSeed: UInt64 = 0
+    @Option(help: ArgumentHelp("Freeze this layer and all below it (conv3_3, features.16, fc7).", valueName: "LAYER"))
+    var freezeThrough: String?
+    @Option(help: ArgumentHelp("A train-head run's model.h5 to start the head from.", valueName: "RUN_DIR/model.h5"))
+    var initHead: String?
+    @Option(help: "Learning-rate factor of the pretrained layers (the head learns at --lr).") var backboneLrMult = 1.0
+    @Option(help: "Side of the square training images (evaluation resizes to 256/224 of it first).") var imageSize = 224
+    @Option(help: "Share of the images held out for validation (by hash) when the folder has no val/.") var valFraction = 0.2
+    @Flag(help: "Continue the interrupted run in RUN_DIR from its last checkpoint (same settings).") var resume = false
+    @Flag(help: "Replace a run already in RUN_DIR.") var overwrite = false
+
+    func run() throws {
+        var job = FineTuneJob(imagesRoot: images, runDirectory: out, weights: weights.resolved())
+        job.settings.epochs = epochs
+        job.settings.batchSize = batchSize
+        job.settings.learningRate = lr
+        job.settings.optimizer = optimizer
+        job.settings.momentum = momentum
+        job.settings.weightDecay = weightDecay
+        job.settings.augment = augment
+        job.settings.dropout = dropout
+        job.settings.seed = seed
+        job.settings.splitSeed = splitSeed
+        job.settings.freezeThrough = freezeThrough
+        job.settings.backboneLearningRateMultiplier = backboneLrMult
+        job.settings.imageSize = imageSize
+        job.settings.validationFraction = valFraction
+        job.initialHead = initHead
+        job.resume = resume
+        job.overwrite = overwrite
+        let summary = try job.run(log: printErr)
+        print(String(format: "full-finetune: best epoch %d of %d, val acc %.4f, val loss %.4f (chance %.3f); %.2f img/s training, "
+                     + "peak RSS %@; %@", summary.bestEpoch, summary.epochsRun, summary.bestValAccuracy, summary.bestValLoss,
+                     summary.chanceAccuracy, summary.trainImagesPerSecond, summary.peakResidentBytes.formattedBytes, summary.model))
+    }
+}
+
+extension FineTuneSettings.AugmentationKind: ExpressibleByArgument {}

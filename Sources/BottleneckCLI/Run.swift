@@ -1,0 +1,69 @@
+import ArgumentParser
+import Bottleneck
+import Foundation
+import BottleneckKernels
+
+struct Run: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run a pipeline file: extract once, train the head, fine-tune for comparison, report.",
+        discussion: """
+        PIPELINE.yaml names the images, the weights, the backbone and cut layer, and the stages to run in order: \
+        extract (the feature cache), train-head (a run on the cache), full-finetune (a run from the images) and \
+        report (HTML and Markdown, of every training stage). Everything goes under 'out' (default runs/NAME): \
+        features-LAYER.h5, one folder per training stage, report.html, report.md.
+
+        Like make, a stage whose settings and inputs have not changed since it last finished, and whose output \
+        is still there, is reused and says so; a stage that reruns makes the stages that read its output rerun. \
+        A rerun keeps what the commands promise alone: an interrupted extract continues from its journal and \
+        extracts only new images, an interrupted full-finetune continues from its checkpoint when its settings and \
+        inputs are unchanged, and a failed stage keeps the record of its last good run. --force STAGE reruns one \
+        stage from scratch (and so those after it that read it). Unknown keys and bad values are \
+        refused with the file's line number before anything runs. Paths in the file are relative to the \
+        directory the command runs from. Files are written aside and renamed into place; an existing symbolic \
+        link, device or FIFO where one goes is refused, never written through or replaced.
+
+        Top-level keys: name, images, weights (FILE, random, random:SEED; default: torchvision's download if \
+        found, else random with a warning), backbone (vgg16), layer (fc7), image_size (224), out, stages.
+        Stage keys (each stage a '- stage: KIND' item, optional 'name:', a plain name: letters, digits, '-', '_', \
+        '.', not starting with '.'):
+          extract        batch_size, compress
+          train-head     epochs, batch_size, lr, optimizer, momentum, weight_decay, schedule, step_size, gamma,
+                         patience, val_fraction, seed, split_seed, dropout, train_from, threads
+          full-finetune  epochs, batch_size, lr, optimizer, momentum, weight_decay, augment, dropout, seed,
+                         split_seed, freeze_through, backbone_lr_mult, image_size, val_fraction,
+                         init_head (a train-head stage)
+          report         formats ([html, md])
+        The keys mean what the flags of the same name (with dashes) mean in train-head and full-finetune.
+
+        Examples:
+          bottleneck run pipelines/demo.yaml
+          bottleneck run pipelines/demo.yaml --force train-head
+          bottleneck run pipelines/realistic.yaml --check
+        """)
+
+    @Argument(help: ArgumentHelp("The pipeline file.", valueName: "PIPELINE.yaml")) var pipeline: String
+    @Option(name: .long, help: ArgumentHelp("Rerun this stage (a name or a kind) from scratch, even when it is up to date; repeatable.",
+                                            valueName: "STAGE"))
+    var force: [String] = []
+    @Flag(help: "Only read and validate the file; run nothing.") var check = false
+
+    func run() throws {
+        let definition = try Pipeline(contentsOf: pipeline)
+        let runner = try PipelineRunner(pipeline: definition, force: force)
+        if check {
+            print("\(pipeline): valid; stages " + definition.stages.map { "\($0.name) (\($0.kind.rawValue))" }.joined(separator: ", ")
+                  + "; output under \(definition.outputRoot)")
+            return
+        }
+        let start = ResourceUsage.now
+        let outcomes = try runner.run(log: printErr)
+        print("run: \(definition.name) finished in \(Report.duration(ResourceUsage.now - start))")
+        for outcome in outcomes {
+            print("  \(outcome.name.padding(toLength: 10, withPad: " ", startingAt: 0)) "
+                  + (outcome.reused ? "reused     " : Report.duration(outcome.seconds).padding(toLength: 11, withPad: " ", startingAt: 0)) + outcome.result)
+        }
+        if let report = outcomes.last(where: { $0.kind == .report }) {
+            print("report: " + report.outputs.joined(separator: ", "))
+        }
+    }
+}

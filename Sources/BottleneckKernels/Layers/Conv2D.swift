@@ -1,0 +1,267 @@
+import Foundation
+
+/// 2-D convolution, torchvision's `nn.Conv2d` with bias, lowered to gemm through im2col, or
+/// through Winograd F(4x4, 3x3) for 3x3 / stride 1 / padding 1 layers where that is faster. Backward: the
+/// parameter gradients through the same im2col tiles, the input gradient as a forward of the flipped kernels.
+package struct Conv2D: Sendable {
+    /// [outChannels, inChannels, kernel, kernel]
+    package var weight: Tensor {
+        didSet { winogradFilters = WinogradFilterCache() }
+    }
+    /// [outChannels]
+    package var bias: Tensor
+    package let kernel: Int
+    package let stride: Int
+    package let padding: Int
+
+    /// The Winograd-transformed weights, made on the first Winograd forward; replaced (emptied) with
+    /// every change of `weight`, so a forward never sees filters of older weights.
+    private var winogradFilters = WinogradFilterCache()
+
+    /// How `forward` lowers the convolution.
+    package enum Algorithm: String, Sendable, CaseIterable {
+        /// Winograd for 3x3 / stride 1 / padding 1 layers with enough input channels to pay off
+        /// (measured: conv1_1's 3 channels run faster through im2col), im2col for the rest.
+        case auto
+        case im2col
+        /// Winograd for every 3x3 / stride 1 / padding 1 layer; other shapes still use im2col.
+        case winograd
+    }
+
+    /// The algorithm in force for forwards run inside `Conv2D.$algorithm.withValue(...) { }`; task-local
+    /// so a test or benchmark comparing paths does not change the algorithm of concurrent work.
+    @TaskLocal package static var algorithm: Algorithm = .auto
+
+    /// Fewest input channels for which `.auto` picks Winograd (measured at 112 px, batch 8, 64 outputs:
+    /// 4 channels 7.1 ms im2col against 9.1 Winograd, 8 channels 13.6 against 11.3).
+    static let winogradMinimumInputChannels = 8
+
+    /// The lowering this layer's forward runs under the current `Conv2D.algorithm`: `.im2col` or `.winograd`.
+    package var resolvedAlgorithm: Algorithm {
+        guard kernel == 3, stride == 1, padding == 1 else { return .im2col }
+        switch Self.algorithm {
+        case .auto: return inChannels >= Self.winogradMinimumInputChannels ? .winograd : .im2col
+        case .im2col, .winograd: return Self.algorithm
+        }
+    }
+
+    package var inChannels: Int { weight.shape[1] }
+    package var outChannels: Int { weight.shape[0] }
+
+    package init(weight: Tensor, bias: Tensor, stride: Int = 1, padding: Int = 1) {
+        precondition(weight.rank == 4 && weight.shape[2] == weight.shape[3], "conv weight must be [out, in, k, k]")
+        precondition(bias.shape == [weight.shape[0]], "conv bias must be [out]")
+        self.weight = weight
+        self.bias = bias
+        self.kernel = weight.shape[2]
+        self.stride = stride
+        self.padding = padding
+    }
+
+    package func outputSize(height: Int, width: Int) -> (height: Int, width: Int) {
+        ((height + 2 * padding - kernel) / stride + 1, (width + 2 * padding - kernel) / stride + 1)
+    }
+
+    /// Bytes of im2col buffer per tile: small enough to stay in cache between im2col and gemm.
+    static let tileBytes = 4 << 20
+
+    /// x [N, Cin, H, W] -> y [N, Cout, Ho, Wo], with ReLU applied in the same pass when `fusingReLU`.
+    /// The output is cut into tiles (one image, a band of output rows); each core takes tiles
+    /// in turn: col [Cin*k*k, band] = im2col(x[n], rows); y[n][:, band] = weight · col + bias.
+    package func forward(_ x: Tensor, fusingReLU: Bool = false) -> Tensor {
+        precondition(x.rank == 4 && x.shape[1] == inChannels,
+                     "conv expects [N, \(inChannels), H, W], got \(x.shape)")
+        if resolvedAlgorithm == .winograd {
+            return Winograd.convolve(x, filters: winogradFilters.filters(for: weight), bias: bias, fusingReLU: fusingReLU)
+        }
+        let (batch, height, width) = (x.shape[0], x.shape[2], x.shape[3])
+        let (outHeight, outWidth) = outputSize(height: height, width: width)
+        let (outChannels, plane, patch) = (self.outChannels, outHeight * outWidth, inChannels * kernel * kernel)
+        let rowsPerTile = max(1, min(outHeight, Self.tileBytes / (patch * outWidth * MemoryLayout<Float>.size)))
+        let tilesPerImage = (outHeight + rowsPerTile - 1) / rowsPerTile
+        let tiles = batch * tilesPerImage
+        let workers = min(tiles, availableCores)
+        var columns = [Float](repeating: 0, count: workers * patch * rowsPerTile * outWidth)
+        return Tensor(shape: [batch, outChannels, outHeight, outWidth]) { out in
+            x.data.withUnsafeBufferPointer { input in
+                weight.data.withUnsafeBufferPointer { weights in
+                    bias.data.withUnsafeBufferPointer { biases in
+                        columns.withUnsafeMutableBufferPointer { columnBuffer in
+                            let shared = (input.baseAddress!, weights.baseAddress!, biases.baseAddress!,
+                                                            columnBuffer.baseAddress!, out.baseAddress!)
+                            BLASThreads.withSingleThreadedGemm {
+                                parallelFor(workers) { worker in
+                                    let (input, weights, biases, columnBase, out) = shared
+                                    let col = columnBase + worker * patch * rowsPerTile * outWidth
+                                    for tile in Swift.stride(from: worker, to: tiles, by: workers) {
+                                        let image = tile / tilesPerImage
+                                        let firstRow = (tile % tilesPerImage) * rowsPerTile
+                                        let rows = min(rowsPerTile, outHeight - firstRow)
+                                        let band = rows * outWidth
+                                        im2col(input + image * inChannels * height * width, height: height, width: width,
+                                               outputRows: firstRow..<(firstRow + rows), into: col)
+                                        let target = out + image * outChannels * plane + firstRow * outWidth
+                                        sgemm(m: outChannels, n: band, k: patch, a: weights, b: col, c: target, ldc: plane)
+                                        addBias(biases, to: target, channels: outChannels, count: band, rowStride: plane,
+                                                fusingReLU: fusingReLU)
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// x [N, Cin, H, W] (the forward's input), dy [N, Cout, Ho, Wo] -> dWeight [Cout, Cin, k, k] = Σ dy · colᵀ,
+    /// dBias [Cout] = Σ dy over images and positions. Overwrites (does not accumulate into) the two gradients.
+    ///
+    /// Tiled like the forward: each core takes (image, band of output rows) tiles in turn, im2cols the band
+    /// and adds dy_band [Cout, band] · col [patch, band]ᵀ to a dW of its own with a single-threaded gemm;
+    /// the per-core partials are summed at the end.
+    package func parameterGradients(input x: Tensor, gradOutput dy: Tensor, weight gradWeight: inout Tensor,
+                                   bias gradBias: inout Tensor) {
+        let (batch, height, width) = (x.shape[0], x.shape[2], x.shape[3])
+        let (outHeight, outWidth) = outputSize(height: height, width: width)
+        let (outChannels, plane, patch) = (self.outChannels, outHeight * outWidth, inChannels * kernel * kernel)
+        precondition(x.rank == 4 && x.shape[1] == inChannels, "conv backward expects x [N, \(inChannels), H, W], got \(x.shape)")
+        precondition(dy.shape == [batch, outChannels, outHeight, outWidth],
+                     "conv backward: input \(x.shape) but gradient \(dy.shape)")
+        let rowsPerTile = max(1, min(outHeight, Self.tileBytes / (patch * outWidth * MemoryLayout<Float>.size)))
+        let tilesPerImage = (outHeight + rowsPerTile - 1) / rowsPerTile
+        let tiles = batch * tilesPerImage
+        let workers = min(tiles, availableCores)
+        let weightCount = outChannels * patch
+        // Worker 0 accumulates straight into gradWeight; the others into their own slices of this.
+        var partialWeights = [Float](repeating: 0, count: (workers - 1) * weightCount)
+        var partialBiases = [Double](repeating: 0, count: workers * outChannels)
+        var columns = [Float](repeating: 0, count: workers * patch * rowsPerTile * outWidth)
+        if gradWeight.shape == weight.shape {
+            gradWeight.data.withUnsafeMutableBufferPointer { $0.update(repeating: 0) }
+        } else {
+            gradWeight = Tensor(zeros: weight.shape)
+        }
+        x.data.withUnsafeBufferPointer { input in
+            dy.data.withUnsafeBufferPointer { gradOut in
+                gradWeight.data.withUnsafeMutableBufferPointer { gradWeights in
+                    partialWeights.withUnsafeMutableBufferPointer { partials in
+                        partialBiases.withUnsafeMutableBufferPointer { biasSums in
+                            columns.withUnsafeMutableBufferPointer { columnBuffer in
+                                let shared = (input.baseAddress!, gradOut.baseAddress!, gradWeights.baseAddress!,
+                                                                partials.baseAddress, biasSums.baseAddress!, columnBuffer.baseAddress!)
+                                BLASThreads.withSingleThreadedGemm {
+                                    parallelFor(workers) { worker in
+                                        let (input, gradOut, gradWeights, partials, biasSums, columnBase) = shared
+                                        let target = worker == 0 ? gradWeights : partials! + (worker - 1) * weightCount
+                                        let biasTarget = biasSums + worker * outChannels
+                                        let col = columnBase + worker * patch * rowsPerTile * outWidth
+                                        for tile in Swift.stride(from: worker, to: tiles, by: workers) {
+                                            let image = tile / tilesPerImage
+                                            let firstRow = (tile % tilesPerImage) * rowsPerTile
+                                            let band = min(rowsPerTile, outHeight - firstRow) * outWidth
+                                            im2col(input + image * inChannels * height * width, height: height, width: width,
+                                                   outputRows: firstRow..<(firstRow + band / outWidth), into: col)
+                                            let gradBand = gradOut + image * outChannels * plane + firstRow * outWidth
+                                            sgemm(transposeB: true, m: outChannels, n: patch, k: band,
+                                                  a: gradBand, lda: plane, b: col, ldb: band, beta: 1, c: target)
+                                            for channel in 0..<outChannels {
+                                                let row = gradBand + channel * plane
+                                                var sum: Float = 0
+                                                for index in 0..<band { sum += row[index] }
+                                                biasTarget[channel] += Double(sum)
+                                            }
+                                        }
+                                    }
+                                }
+                                for worker in 1..<max(workers, 1) {
+                                    let partial = partials.baseAddress! + (worker - 1) * weightCount
+                                    for index in 0..<weightCount { gradWeights[index] += partial[index] }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        gradBias = Tensor(shape: [outChannels]) { biases in
+            for channel in 0..<outChannels {
+                var sum = 0.0
+                for worker in 0..<workers { sum += partialBiases[worker * outChannels + channel] }
+                biases[channel] = Float(sum)
+            }
+        }
+    }
+
+    /// dy [N, Cout, Ho, Wo] -> dx [N, Cin, H, W], the transposed convolution of dy. For stride 1 that is
+    /// itself a convolution: of dy, padded by k-1-padding, with the kernels flipped in both axes and the
+    /// channel axes swapped, so it runs through `forward` and gets its tiling (and Winograd) for free.
+    package func inputGradient(gradOutput dy: Tensor) -> Tensor {
+        precondition(stride == 1, "conv input gradient is implemented for stride 1 (VGG's), not \(stride)")
+        precondition(dy.rank == 4 && dy.shape[1] == outChannels, "conv backward expects dy [N, \(outChannels), Ho, Wo], got \(dy.shape)")
+        let (inChannels, outChannels, kernel) = (self.inChannels, self.outChannels, self.kernel)
+        let taps = kernel * kernel
+        let transposed = Tensor(shape: [inChannels, outChannels, kernel, kernel]) { flipped in
+            weight.data.withUnsafeBufferPointer { weights in
+                for output in 0..<outChannels {
+                    for input in 0..<inChannels {
+                        let source = weights.baseAddress! + (output * inChannels + input) * taps
+                        let target = flipped.baseAddress! + (input * outChannels + output) * taps
+                        for tap in 0..<taps { target[tap] = source[taps - 1 - tap] }
+                    }
+                }
+            }
+        }
+        return Conv2D(weight: transposed, bias: Tensor(zeros: [inChannels]), stride: 1, padding: kernel - 1 - padding)
+            .forward(dy)
+    }
+
+    /// image [Cin, H, W] -> col [(ci, ky, kx), outputRows × Wo]. Padding positions are written
+    /// as zeros, so the buffer needs no clearing.
+    func im2col(_ image: UnsafePointer<Float>, height: Int, width: Int, outputRows: Range<Int>,
+                into col: UnsafeMutablePointer<Float>) {
+        let outWidth = outputSize(height: height, width: width).width
+        let rowLength = outputRows.count * outWidth
+        for channel in 0..<inChannels {
+            let plane = image + channel * height * width
+            for ky in 0..<kernel {
+                for kx in 0..<kernel {
+                    let row = col + ((channel * kernel + ky) * kernel + kx) * rowLength
+                    // Valid ox satisfy 0 <= ox*stride + kx - padding < width.
+                    let firstValid = min(outWidth, max(0, (padding - kx + stride - 1) / stride))
+                    let lastValid = max(firstValid, min(outWidth, (width + padding - kx + stride - 1) / stride))
+                    for (bandRow, oy) in outputRows.enumerated() {
+                        let iy = oy * stride + ky - padding
+                        let destination = row + bandRow * outWidth
+                        guard iy >= 0 && iy < height else {
+                            destination.update(repeating: 0, count: outWidth)
+                            continue
+                        }
+                        let source = plane + iy * width + kx - padding
+                        destination.update(repeating: 0, count: firstValid)
+                        if stride == 1 {
+                            (destination + firstValid).update(from: source + firstValid, count: lastValid - firstValid)
+                        } else {
+                            for ox in firstValid..<lastValid { destination[ox] = source[ox * stride] }
+                        }
+                        (destination + lastValid).update(repeating: 0, count: outWidth - lastValid)
+                    }
+                }
+            }
+        }
+    }
+
+    /// y[c, 0..<count] += bias[c] for each channel row, then max(0, ·) when fusing ReLU.
+    func addBias(_ biases: UnsafePointer<Float>, to output: UnsafeMutablePointer<Float>, channels: Int, count: Int,
+                 rowStride: Int, fusingReLU: Bool) {
+        for channel in 0..<channels {
+            let row = output + channel * rowStride
+            let value = biases[channel]
+            if fusingReLU {
+                for index in 0..<count { row[index] = max(row[index] + value, 0) }
+            } else {
+                for index in 0..<count { row[index] += value }
+            }
+        }
+    }
+}
