@@ -11,6 +11,8 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+        // SHA-256 of 528 MB weights and of every image: BoringSSL's is 6.8x the hand-written Swift one's speed.
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
     ],
     targets: [
         .systemLibrary(name: "CHDF5", pkgConfig: "hdf5", providers: [.apt(["libhdf5-dev"])]),
@@ -28,7 +30,7 @@ let package = Package(
         .target(
             name: "Bottleneck",
             dependencies: ["BottleneckKernels", "CHDF5", "CHDF5Probe", "COpenBLAS", "CJPEG", "CPNG", "CImageCodecs",
-                           .product(name: "Yams", package: "Yams")]
+                           .product(name: "Yams", package: "Yams"), .product(name: "Crypto", package: "swift-crypto")]
         ),
         .target(
             name: "BottleneckCLI",
@@ -39,5 +41,7 @@ let package = Package(
             name: "BottleneckTests",
             dependencies: ["Bottleneck", "BottleneckKernels", "BottleneckCLI"]
         ),
+        // The README's library example, compiled against the public API alone (no @testable import).
+        .testTarget(name: "LibraryExampleTests", dependencies: ["Bottleneck"]),
     ]
 )

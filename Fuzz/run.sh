@@ -11,8 +11,10 @@ cd "$(dirname "$0")"
 targets=$1
 [ "$targets" = all ] && targets="image weights cache journal model pipeline"
 
-# -Xcc: the C image codecs' conversions get coverage too (libjpeg, libpng and libhdf5 are the system's, uninstrumented).
-swift build -c release -Xswiftc -sanitize=fuzzer,address -Xcc -fsanitize=fuzzer-no-link,address 2>&1 \
+# -enable-testing: the targets reach the readers' package-level API through @testable import (another package
+# cannot see `package` declarations otherwise). -Xcc: the C image codecs' conversions get coverage too (libjpeg,
+# libpng and libhdf5 are the system's, uninstrumented).
+swift build -c release -Xswiftc -enable-testing -Xswiftc -sanitize=fuzzer,address -Xcc -fsanitize=fuzzer-no-link,address 2>&1 \
     | grep -v "Cannot export local symbol" || true
 [ -x .build/release/fuzz-seeds ] || { echo "the fuzz build failed" >&2; exit 1; }
 ./make_corpus.sh corpus

@@ -1,4 +1,4 @@
-import Bottleneck
+@testable import Bottleneck
 import Foundation
 
 @_silgen_name("LLVMFuzzerRunDriver")

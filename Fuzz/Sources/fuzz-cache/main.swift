@@ -1,4 +1,4 @@
-import Bottleneck
+@testable import Bottleneck
 import FuzzDriver
 
 // A feature cache as `inspect` and `train-head` read it: the reader, a few rows, the inspection report.

@@ -1,4 +1,4 @@
-import Bottleneck
+@testable import Bottleneck
 import FuzzDriver
 
 // JPEG and PNG, through the same in-memory entry the extractor's decoding goes through. The pixel limit is

@@ -1,4 +1,4 @@
-import Bottleneck
+@testable import Bottleneck
 import FuzzDriver
 
 // The extraction journal, as `inspect` recovers it when only CACHE.partial exists (what a killed extract leaves).

@@ -1,4 +1,4 @@
-import Bottleneck
+@testable import Bottleneck
 import FuzzDriver
 
 // model.h5 as `predict` and `evaluate` load it: attributes, state dict, then the head built from them.

@@ -1,4 +1,4 @@
-import Bottleneck
+@testable import Bottleneck
 import FuzzDriver
 
 // A pipeline file as `run` and `run --check` read it.

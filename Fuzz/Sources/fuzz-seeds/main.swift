@@ -1,4 +1,4 @@
-import Bottleneck
+@testable import Bottleneck
 import Foundation
 
 // Writes the seeds that only the library can make (feature caches, a journal, a model) with the narrow test

@@ -1,4 +1,4 @@
-import Bottleneck
+@testable import Bottleneck
 import FuzzDriver
 
 // Format detection and every weights reader (.pth zip, legacy .pth pickle, safetensors, HDF5), then each

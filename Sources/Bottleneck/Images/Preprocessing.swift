@@ -44,6 +44,11 @@ package struct Preprocessing: Codable, Equatable, Sendable {
     /// The transform every torchvision ImageNet model card uses.
     package static let imageNet = Preprocessing()
 
+    /// torchvision's eval transform scaled to images of side `imageSize`: Resize(round(S · 256/224)), CenterCrop(S).
+    package static func evaluation(imageSize: Int) -> Preprocessing {
+        Preprocessing(resize: Int((Double(imageSize) * 256 / 224).rounded()), crop: imageSize)
+    }
+
     package init(from decoder: any Decoder) throws {
         let container = try decoder.container(keyedBy: CodingKeys.self)
         resize = try container.decode(Int.self, forKey: .resize)

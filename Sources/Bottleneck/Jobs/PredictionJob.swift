@@ -20,19 +20,9 @@ package struct PredictionJob: Sendable {
     }
 
     package struct Prediction: Codable, Sendable, Equatable {
-        package struct Ranked: Codable, Sendable, Equatable {
-            package var className: String
-            package var probability: Double
-
-            enum CodingKeys: String, CodingKey {
-                case className = "class"
-                case probability
-            }
-        }
-
         package var path: String
         /// The top classes, most probable first; empty when the image could not be read.
-        package var predictions: [Ranked]
+        package var predictions: [ClassProbability]
         package var error: String?
     }
 
@@ -77,21 +67,13 @@ package struct PredictionJob: Sendable {
             }
             let row = Dictionary(uniqueKeysWithValues: decoded.enumerated().map { ($1, $0) })
             for (index, path) in batchPaths.enumerated() {
-                let prediction = row[index].map { Prediction(path: path, predictions: top(probabilities, row: $0, classes: model.classes)) }
+                let prediction = row[index].map { Prediction(path: path, predictions: Array(ImageClassifier.ranked(probabilities, row: $0, classes: model.classes).prefix(topK))) }
                     ?? Prediction(path: path, predictions: [], error: errors[index])
                 report(prediction)
                 results.append(prediction)
             }
         }
         return results
-    }
-
-    /// probabilities [N, K] -> the `topK` largest of row `row`, largest first (ties: lower class index first).
-    private func top(_ probabilities: Tensor, row: Int, classes: [String]) -> [Prediction.Ranked] {
-        let values = probabilities.data[(row * classes.count)..<((row + 1) * classes.count)]
-        return values.indices.sorted { values[$0] > values[$1] || (values[$0] == values[$1] && $0 < $1) }
-            .prefix(topK)
-            .map { Prediction.Ranked(className: classes[$0 - values.startIndex], probability: Double(values[$0])) }
     }
 
     /// Files as given; folders replaced by their images, recursively, in the order ImageFolder lists them.

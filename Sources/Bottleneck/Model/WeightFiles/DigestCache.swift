@@ -1,3 +1,8 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 import Foundation
 import BottleneckKernels
 
@@ -57,5 +62,32 @@ package enum DigestCache {
         try? FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
         guard let data = try? JSONEncoder().encode(entries) else { return }
         try? DurableFiles.writeAtomically(data, to: storePath)
+    }
+}
+
+extension SHA256 {
+    /// Hex digest of a file read in 4 MB pieces: memory stays flat whatever the file size.
+    package static func hexDigest(ofFileAt path: String) throws(WeightsError) -> String {
+        let descriptor: Int32
+        do {
+            descriptor = try DurableFiles.openRegularFile(path).descriptor
+        } catch {
+            throw WeightsError(opening: error)
+        }
+        defer { close(descriptor) }
+        let chunkSize = 4 << 20
+        let chunk = UnsafeMutableRawBufferPointer.allocate(byteCount: chunkSize, alignment: 64)
+        defer { chunk.deallocate() }
+        var hasher = SHA256()
+        while true {
+            let count = read(descriptor, chunk.baseAddress, chunkSize)
+            if count == 0 { break }
+            if count < 0 {
+                if errno == EINTR { continue }
+                throw WeightsError(.unreadable, path: path, "read failed while hashing: \(systemMessage(errno))")
+            }
+            hasher.update(UnsafeRawBufferPointer(rebasing: chunk[0..<count]))
+        }
+        return hex(hasher.finalize())
     }
 }
