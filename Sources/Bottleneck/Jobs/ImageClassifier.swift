@@ -44,7 +44,8 @@ public struct ImageClassifier {
     /// The same for decoded pixels: `width * height` RGB triples, row by row, 8 bits per channel.
     public func classify(rgbPixels: [UInt8], width: Int, height: Int) throws(BottleneckError) -> [ClassProbability] {
         guard width > 0, height > 0, rgbPixels.count == width * height * 3 else {
-            throw BottleneckError(description: "rgbPixels holds \(rgbPixels.count) bytes, not width × height × 3 = \(max(width, 0) * max(height, 0) * 3)")
+            let expected = max(width, 0) * max(height, 0) * 3
+            throw BottleneckError(description: "rgbPixels holds \(rgbPixels.count) bytes, not width × height × 3 = \(expected)")
         }
         return try BottleneckError.wrapping { try classify(RGBImage(width: width, height: height, pixels: rgbPixels)) }
     }
@@ -71,7 +72,9 @@ public struct ImageClassifier {
 
 /// A class and the probability a model gives it (softmax of its logits).
 public struct ClassProbability: Codable, Sendable, Equatable {
+    /// One of ``ImageClassifier/classes``.
     public var className: String
+    /// In [0, 1]; a classification's probabilities add up to 1.
     public var probability: Double
 
     enum CodingKeys: String, CodingKey {

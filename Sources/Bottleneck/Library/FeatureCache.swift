@@ -18,11 +18,13 @@ public struct FeatureCache: Sendable {
     public var count: Int { reader.count }
     /// Class names, sorted as torchvision's ImageFolder sorts them; `labels` index into them.
     public var classes: [String] { reader.classes }
+    /// Each row's class, an index into `classes`.
     public var labels: [Int] { reader.labels.map(Int.init) }
     /// Each row's image, relative to the image folder.
     public var paths: [String] { reader.paths }
-    /// The cut layer as asked for (`fc7`) and torchvision's path of it (`classifier.4`).
+    /// The cut layer as asked for: `fc7`, `pool5`, `conv4_3`.
     public var layer: String { reader.fingerprint.layer }
+    /// torchvision's path of the cut layer: `classifier.4` for fc7 (after its ReLU), `features.30` for pool5.
     public var layerPath: String { reader.fingerprint.layerPath }
     /// One row's shape: [4096] at fc7, [512, 7, 7] at pool5.
     public var activationShape: [Int] { reader.activationShape }

@@ -16,6 +16,7 @@ public struct FeatureExtraction: Sendable {
     public var images: String
     /// The HDF5 cache to write or update.
     public var cache: String
+    /// The backbone: torchvision's file where torch.hub keeps it unless set.
     public var weights = BackboneWeights.torchvisionCache
     /// Where the network is cut: `fc7` (default), `fc6`, `pool5` or any conv/pool layer (`conv5_3`, `features.29`).
     public var layer = "fc7"
@@ -27,6 +28,7 @@ public struct FeatureExtraction: Sendable {
     /// Start the cache afresh instead of refusing one made with other weights, layer or preprocessing.
     public var overwrite = false
 
+    /// An extraction of `images` into `cache` at fc7 with torchvision's eval transform.
     public init(images: String, cache: String) {
         self.images = images
         self.cache = cache
@@ -40,6 +42,7 @@ public struct FeatureExtraction: Sendable {
         public let rows: Int
         /// Images that could not be read, with the reason; they have no row.
         public let failed: [(path: String, reason: String)]
+        /// The whole run: scanning, loading the weights, extracting, writing.
         public let seconds: Double
     }
 
@@ -52,7 +55,8 @@ public struct FeatureExtraction: Sendable {
             job.batchSize = batchSize
             job.overwrite = overwrite
             guard (32...Preprocessing.largestImageSize).contains(imageSize) else {
-                throw BottleneckError(description: "imageSize must be between 32 (five 2x2 pools) and \(Preprocessing.largestImageSize), got \(imageSize)")
+                throw BottleneckError(description: "imageSize must be between 32 (five 2x2 pools) and "
+                                      + "\(Preprocessing.largestImageSize), got \(imageSize)")
             }
             job.preprocessing = .evaluation(imageSize: imageSize)
             let summary = try job.run(log: log)

@@ -26,10 +26,13 @@ public struct HeadTraining: Sendable {
     public var cache: String
     /// Created if missing; a finished run already there is refused unless `overwrite`.
     public var runDirectory: String
+    /// At most this many passes over the training rows (fewer when early stopping ends the run).
     public var epochs = 30
+    /// Rows per optimizer step.
     public var batchSize = 64
     /// nil: the optimizer's default.
     public var learningRate: Double?
+    /// SGD with momentum 0.9 unless set.
     public var optimizer = Optimizer.sgd
     /// Epochs without a lower validation loss before stopping; 0 never stops early.
     public var patience = 5
@@ -37,8 +40,10 @@ public struct HeadTraining: Sendable {
     public var validationFraction = 0.2
     /// Of the new layer, the shuffling and the dropout masks: the same seed gives the same model.
     public var seed: UInt64 = 0
+    /// Replace a finished run in `runDirectory` instead of refusing to.
     public var overwrite = false
 
+    /// Training on `cache` into `runDirectory` with train-head's defaults.
     public init(cache: String, runDirectory: String) {
         self.cache = cache
         self.runDirectory = runDirectory
@@ -48,8 +53,11 @@ public struct HeadTraining: Sendable {
     public struct Result: Sendable {
         /// From 1.
         public let bestEpoch: Int
+        /// Epochs trained, the best and those after it until early stopping.
         public let epochsRun: Int
+        /// Share of the validation rows the kept epoch classifies right.
         public let validationAccuracy: Double
+        /// Mean cross-entropy of the kept epoch on the validation rows.
         public let validationLoss: Double
         /// `RUN_DIR/model.h5`: give it to ``ImageClassifier``.
         public let modelPath: String
