@@ -68,6 +68,12 @@ final class PipelineTests: XCTestCase {
                       "pipelines/x.yaml:5: 'epochs' must be a whole number, got 'many'")
         assertRefused(valid.replacingOccurrences(of: "epochs: 3", with: "epochs: 0"), "pipelines/x.yaml:4: stage head: epochs must be at least 1")
         assertRefused("images: d\nlayer: fc9\nstages:\n  - stage: extract\n", "pipelines/x.yaml:2:")
+        assertRefused(valid.replacingOccurrences(of: "epochs: 3", with: "momentum: -0.5"),
+                      "pipelines/x.yaml:4: stage head: momentum must be in [0, 1), got -0.5")
+        assertRefused(valid.replacingOccurrences(of: "epochs: 3", with: "backbone_lr_mult: -1"),
+                      "pipelines/x.yaml:5: unknown key 'backbone_lr_mult' in stage head")
+        assertRefused(valid + "\n  - stage: full-finetune\n    backbone_lr_mult: -1\n",
+                      "pipelines/x.yaml:6: stage finetune: backbone_lr_mult must be a number >= 0, got -1.0")
         assertRefused("images: d\nstages:\n  - stage: train-head\n", "pipelines/x.yaml:3: train-head trains on the feature cache")
         assertRefused(valid + "\n  - stage: full-finetune\n    init_head: hed\n",
                       "pipelines/x.yaml:7: init_head names a train-head stage above this one (head), not 'hed'")
