@@ -5,20 +5,21 @@ import BottleneckKernels
 extension Pipeline {
     /// Reads and validates a pipeline file. Every mistake is reported as `FILE:LINE: what is wrong`, unknown
     /// keys with the closest known one, before anything runs.
-    package init(contentsOf path: String) throws {
+    /// `backbones`: the networks the file may name; the test suite adds its narrow fixture network.
+    package init(contentsOf path: String, backbones: [VGGConfig] = VGGConfig.torchvision) throws {
         let text: String
         do {
             text = try DurableFiles.readText(path, atMost: Self.maximumFileBytes)
         } catch {
             throw PipelineError("\(path): cannot read the pipeline file: \(error.reason)")
         }
-        try self.init(yaml: text, path: path)
+        try self.init(yaml: text, path: path, backbones: backbones)
     }
 
     /// Pipelines are a few hundred bytes; a larger file is a mistake (or an attack on the parser).
     static let maximumFileBytes = 1 << 20
 
-    package init(yaml text: String, path: String) throws {
+    package init(yaml text: String, path: String, backbones: [VGGConfig] = VGGConfig.torchvision) throws {
         try YAMLAliasCheck.refuseAnchorsAndAliases(in: text, file: path)
         let root: Node?
         do {
@@ -36,8 +37,9 @@ extension Pipeline {
         self.images = Self.expandingTilde(images)
         weights = try top.string("weights").map(Self.expandingTilde)
         let backboneName = try top.string("backbone") ?? "vgg16"
-        guard let backbone = Self.backbone(named: backboneName) else {
-            throw top.error(at: "backbone", "unknown backbone '\(backboneName)' (vgg11, vgg13, vgg16 or vgg19)")
+        guard let backbone = backbones.first(where: { $0.name == backboneName.lowercased() }) else {
+            let names = backbones.map(\.name)
+            throw top.error(at: "backbone", "unknown backbone '\(backboneName)' (\(names.dropLast().joined(separator: ", ")) or \(names.last ?? ""))")
         }
         self.backbone = backbone
         layer = try top.string("layer") ?? "fc7"
