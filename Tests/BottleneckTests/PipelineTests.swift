@@ -315,6 +315,15 @@ final class PipelineTests: XCTestCase {
         XCTAssertEqual(try Preprocessing(jsonDescription: cache.fingerprint.preprocess).crop, 48)
     }
 
+    /// A setting found wrong only when its stage runs is named as the file spells it.
+    func testSettingRefusedWhileRunningNamesTheKey() throws {
+        let yaml = fixturePipeline(images: try sampleImages(), out: "runs", stages: extractOnly + "\n  - stage: train-head\n    train_from: fc6")
+        XCTAssertThrowsError(try run(yaml)) { error in
+            XCTAssertTrue("\(error)".hasPrefix("pipelines/x.yaml: stage head: train_from fc6: not a fully connected layer above the cut"),
+                          "\(error)")
+        }
+    }
+
     func testKilledFinetuneContinuesFromItsCheckpointOnlyWithTheSameKey() throws {
         let images = try sampleImages()
         let finetune = "  - stage: full-finetune\n    epochs: 3\n    freeze_through: conv3_3\n    batch_size: 6"
