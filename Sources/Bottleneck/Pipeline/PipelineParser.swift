@@ -198,6 +198,7 @@ extension Pipeline {
         ]
     }
 
+    /// The readers of a train-head stage's own keys; not private: the tests check they cover the table's.
     static let headFields: [TrainingSettingKey: Field<HeadTrainingSettings>] = sharedFields().merging([
         .lr: { $0.learningRate = try $1.double($2)! },
         .schedule: { $0.schedule = try $1.choice($2)! },
@@ -208,6 +209,7 @@ extension Pipeline {
         .threads: { $0.threads = try $1.int($2)! },
     ]) { shared, _ in shared }
 
+    /// The readers of a full-finetune stage's own keys.
     static let finetuneFields: [TrainingSettingKey: Field<FineTuneSettings>] = sharedFields().merging([
         .lr: { $0.learningRate = try $1.double($2)! },
         .augment: { $0.augment = try $1.choice($2)! },
@@ -325,9 +327,11 @@ struct YAMLMapping {
                                                  fixed: [String]) throws {
         let keys = TrainingSettingKey.keys(of: Settings.command).filter(\.isPipelineKey)
         try refuseUnknownKeys(fixed + keys.map(\.pipelineKey).sorted())
-        for key in keys where value(key.pipelineKey) != nil {
-            guard let field = fields[key] else { preconditionFailure("no reader of the pipeline key \(key.pipelineKey)") }
-            try field(&settings, self, key.pipelineKey)
+        // In the file's order, so that the first bad value is the one reported.
+        for pair in pairs {
+            guard let key = keys.first(where: { $0.pipelineKey == pair.key }) else { continue }
+            guard let field = fields[key] else { preconditionFailure("no reader of the pipeline key \(pair.key)") }
+            try field(&settings, self, pair.key)
         }
     }
 
