@@ -39,51 +39,38 @@ struct FullFinetune: ParsableCommand {
 
     @OptionGroup var weights: WeightsOption
 
-    @Option(help: "Passes over the training images.") var epochs = 10
-    @Option(help: "Images per optimizer step.") var batchSize = 8
-    @Option(help: "Learning rate of the new head (and of the backbone, times --backbone-lr-mult).") var lr = 1e-3
-    @Option(help: "sgd (with --momentum), adam or adamw, as torch.optim.") var optimizer = HeadTrainingSettings.OptimizerKind.sgd
-    @Option(help: "SGD momentum.") var momentum = 0.9
-    @Option(help: "Weight decay (default 0, or 0.01 for adamw: torch's defaults).") var weightDecay: Double?
-    @Option(help: "Training augmentation: standard (RandomResizedCrop + flip) or none.") var augment = FineTuneSettings.AugmentationKind.standard
-    @Option(help: "Dropout probability of the classifier's dropout layers (torchvision: 0.5).") var dropout = 0.5
-    @Option(help: "Seed of the new layer, shuffling, augmentation and dropout masks.") var seed: UInt64 = 0
-    @Option(help: "Seed of the hashed validation split alone (train-head's on the same images splits them alike).")
-    var splitSeed: UInt64 = 0
-    @Option(help: ArgumentHelp("Freeze this layer and all below it (conv3_3, features.16, fc7).", valueName: "LAYER"))
+    @OptionGroup var training: SharedTrainingOptions<FineTuneSettings>
+    @Option(name: .setting(.lr), help: .setting(.lr, in: .fullFinetune)) var lr = FineTuneSettings().learningRate
+    @Option(name: .setting(.augment), help: .setting(.augment, in: .fullFinetune)) var augment = FineTuneSettings().augment
+    @Option(name: .setting(.freezeThrough), help: .setting(.freezeThrough, in: .fullFinetune, valueName: "LAYER"))
     var freezeThrough: String?
     @Option(help: ArgumentHelp("A train-head run's model.h5 to start the head from.", valueName: "RUN_DIR/model.h5"))
     var initHead: String?
-    @Option(help: "Learning-rate factor of the pretrained layers (the head learns at --lr).") var backboneLrMult = 1.0
-    @Option(help: "Side of the square training images (evaluation resizes to 256/224 of it first).") var imageSize = 224
-    @Option(help: "Share of the images held out for validation (by hash) when the folder has no val/.") var valFraction = 0.2
+    @Option(name: .setting(.backboneLrMult), help: .setting(.backboneLrMult, in: .fullFinetune))
+    var backboneLrMult = FineTuneSettings().backboneLearningRateMultiplier
+    @Option(name: .setting(.imageSize), help: .setting(.imageSize, in: .fullFinetune)) var imageSize = FineTuneSettings().imageSize
     @Flag(help: "Continue the interrupted run in RUN_DIR from its last checkpoint (same settings).") var resume = false
     @Flag(help: "Replace a run already in RUN_DIR.") var overwrite = false
 
-    func run() throws {
+    /// The job the command line describes.
+    func job() -> FineTuneJob {
         var job = FineTuneJob(imagesRoot: images, runDirectory: out, weights: weights.resolved())
-        job.settings.epochs = epochs
-        job.settings.batchSize = batchSize
+        training.apply(to: &job.settings)
         job.settings.learningRate = lr
-        job.settings.optimizer = optimizer
-        job.settings.momentum = momentum
-        job.settings.weightDecay = weightDecay
         job.settings.augment = augment
-        job.settings.dropout = dropout
-        job.settings.seed = seed
-        job.settings.splitSeed = splitSeed
         job.settings.freezeThrough = freezeThrough
         job.settings.backboneLearningRateMultiplier = backboneLrMult
         job.settings.imageSize = imageSize
-        job.settings.validationFraction = valFraction
         job.initialHead = initHead
         job.resume = resume
         job.overwrite = overwrite
-        let summary = try job.run(log: printErr)
+        return job
+    }
+
+    func run() throws {
+        let summary = try job().run(log: printErr)
         print(String(format: "full-finetune: best epoch %d of %d, val acc %.4f, val loss %.4f (chance %.3f); %.2f img/s training, "
                      + "peak RSS %@; %@", summary.bestEpoch, summary.epochsRun, summary.bestValAccuracy, summary.bestValLoss,
                      summary.chanceAccuracy, summary.trainImagesPerSecond, summary.peakResidentBytes.formattedBytes, summary.model))
     }
 }
-
-extension FineTuneSettings.AugmentationKind: ExpressibleByArgument {}

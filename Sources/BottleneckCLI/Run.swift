@@ -27,11 +27,8 @@ struct Run: ParsableCommand {
         Stage keys (each stage a '- stage: KIND' item, optional 'name:', a plain name: letters, digits, '-', '_', \
         '.', not starting with '.'):
           extract        batch_size, compress
-          train-head     epochs, batch_size, lr, optimizer, momentum, weight_decay, schedule, step_size, gamma,
-                         patience, val_fraction, seed, split_seed, dropout, train_from, threads
-          full-finetune  epochs, batch_size, lr, optimizer, momentum, weight_decay, augment, dropout, seed,
-                         split_seed, freeze_through, backbone_lr_mult, image_size, val_fraction,
-                         init_head (a train-head stage)
+        \(stageKeys("train-head", pipelineKeys(of: .trainHead)))
+        \(stageKeys("full-finetune", pipelineKeys(of: .fullFinetune) + ["init_head (a train-head stage)"]))
           report         formats ([html, md])
         The keys mean what the flags of the same name (with dashes) mean in train-head and full-finetune.
 
@@ -40,6 +37,22 @@ struct Run: ParsableCommand {
           bottleneck run pipelines/demo.yaml --force train-head
           bottleneck run pipelines/realistic.yaml --check
         """)
+
+    private static func pipelineKeys(of command: TrainingSettingKey.Command) -> [String] {
+        TrainingSettingKey.keys(of: command).filter(\.isPipelineKey).map(\.pipelineKey)
+    }
+
+    /// "  KIND           key, key, …" wrapped to the discussion's width, continuation lines under the first key.
+    private static func stageKeys(_ kind: String, _ keys: [String]) -> String {
+        let indent = String(repeating: " ", count: 17)
+        var lines = ["  " + kind.padding(toLength: 15, withPad: " ", startingAt: 0)]
+        for (index, key) in keys.enumerated() {
+            let word = key + (index == keys.count - 1 ? "" : ",")
+            if lines[lines.count - 1].count + word.count > 110 { lines.append(indent) }
+            lines[lines.count - 1] += (lines[lines.count - 1].hasSuffix(" ") ? "" : " ") + word
+        }
+        return lines.joined(separator: "\n")
+    }
 
     @Argument(help: ArgumentHelp("The pipeline file.", valueName: "PIPELINE.yaml")) var pipeline: String
     @Option(name: .long, help: ArgumentHelp("Rerun this stage (a name or a kind) from scratch, even when it is up to date; repeatable.",

@@ -37,26 +37,16 @@ struct TrainHead: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("The run directory to write (created if missing). " + outputPolicy, valueName: "RUN_DIR"))
     var out: String
 
-    @Option(help: "Passes over the training rows (fewer when early stopping ends the run).") var epochs = 30
-    @Option(help: "Rows per optimizer step.") var batchSize = 64
-    @Option(help: "Learning rate (default 0.01 for sgd, 0.001 for adam and adamw).") var lr: Double?
-    @Option(help: "sgd (with --momentum), adam or adamw, as torch.optim.") var optimizer = HeadTrainingSettings.OptimizerKind.sgd
-    @Option(help: "SGD momentum.") var momentum = 0.9
-    @Option(help: "Weight decay (default 0, or 0.01 for adamw: torch's defaults).") var weightDecay: Double?
-    @Option(help: "Learning-rate schedule per epoch: constant, step (StepLR) or cosine (CosineAnnealingLR over --epochs).")
-    var schedule = HeadTrainingSettings.ScheduleKind.constant
-    @Option(help: "StepLR: epochs between decays (default a third of --epochs).") var stepSize: Int?
-    @Option(help: "StepLR: the factor of each decay.") var gamma = 0.1
-    @Option(help: "Stop after this many epochs without a lower validation loss (0: never stop early).") var patience = 5
-    @Option(help: "Share of the images held out for validation (by hash) when the cache has no val split.") var valFraction = 0.2
-    @Option(help: "Seed of the new layer, the shuffling and the dropout masks.") var seed: UInt64 = 0
-    @Option(help: "Seed of the hashed validation split alone (runs to compare must share it).") var splitSeed: UInt64 = 0
-    @Option(help: "Dropout probability of the classifier's dropout layers (torchvision: 0.5).") var dropout = 0.5
-    @Option(help: ArgumentHelp("The lowest layer that learns (fc8, fc7, fc6); those between the cut and it stay frozen.", valueName: "LAYER"))
-    var trainFrom = "fc8"
-    @Option(help: "Cores to split per-row work across (all by default).") var threads = availableCores
-    @Option(help: "Stream the cache in windows instead of reading it once when its rows exceed this many MB (default: half the RAM).")
-    var memoryBudgetMb: Int?
+    @OptionGroup var training: SharedTrainingOptions<HeadTrainingSettings>
+    @Option(name: .setting(.lr), help: .setting(.lr, in: .trainHead)) var lr: Double?
+    @Option(name: .setting(.schedule), help: .setting(.schedule, in: .trainHead)) var schedule = HeadTrainingSettings().schedule
+    @Option(name: .setting(.stepSize), help: .setting(.stepSize, in: .trainHead)) var stepSize: Int?
+    @Option(name: .setting(.gamma), help: .setting(.gamma, in: .trainHead)) var gamma = HeadTrainingSettings().gamma
+    @Option(name: .setting(.patience), help: .setting(.patience, in: .trainHead)) var patience = HeadTrainingSettings().patience
+    @Option(name: .setting(.trainFrom), help: .setting(.trainFrom, in: .trainHead, valueName: "LAYER"))
+    var trainFrom = HeadTrainingSettings().trainFrom
+    @Option(name: .setting(.threads), help: .setting(.threads, in: .trainHead)) var threads = HeadTrainingSettings().threads
+    @Option(name: .setting(.memoryBudgetMb), help: .setting(.memoryBudgetMb, in: .trainHead)) var memoryBudgetMb: Int?
 
     @Option(name: .long, help: ArgumentHelp("""
         Backbone weights for the frozen layers between a cut below fc7 and fc8; must be the file the cache was \
@@ -67,34 +57,28 @@ struct TrainHead: ParsableCommand {
     @Flag(help: "Train on a cache whose extraction did not finish.") var allowIncomplete = false
     @Flag(help: "Replace a run already in RUN_DIR.") var overwrite = false
 
-    func run() throws {
+    /// The job the command line describes.
+    func job() -> HeadTrainingJob {
         var job = HeadTrainingJob(cachePath: cache, runDirectory: out)
-        job.settings.epochs = epochs
-        job.settings.batchSize = batchSize
+        training.apply(to: &job.settings)
         job.settings.learningRate = lr
-        job.settings.optimizer = optimizer
-        job.settings.momentum = momentum
-        job.settings.weightDecay = weightDecay
         job.settings.schedule = schedule
         job.settings.stepSize = stepSize
         job.settings.gamma = gamma
         job.settings.patience = patience
-        job.settings.validationFraction = valFraction
-        job.settings.seed = seed
-        job.settings.splitSeed = splitSeed
-        job.settings.dropout = dropout
         job.settings.trainFrom = trainFrom
         job.settings.threads = threads
         if let memoryBudgetMb { job.settings.memoryBudgetBytes = memoryBudgetMb << 20 }
         job.weights = weights.map { WeightsChoice.resolve($0).choice }
         job.allowIncomplete = allowIncomplete
         job.overwrite = overwrite
-        let summary = try job.run(log: printErr)
+        return job
+    }
+
+    func run() throws {
+        let summary = try job().run(log: printErr)
         print(String(format: "train-head: best epoch %d of %d, val accuracy %.4f (chance %.4f), val loss %.4f; "
                      + "%.1f s, %.0f samples/s; %@", summary.bestEpoch, summary.epochsRun, summary.bestValAccuracy,
                      summary.chanceAccuracy, summary.bestValLoss, summary.wallSeconds, summary.samplesPerSecond, out))
     }
 }
-
-extension HeadTrainingSettings.OptimizerKind: ExpressibleByArgument {}
-extension HeadTrainingSettings.ScheduleKind: ExpressibleByArgument {}

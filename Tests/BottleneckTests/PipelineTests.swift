@@ -18,8 +18,14 @@ final class PipelineTests: XCTestCase {
         try? FileManager.default.removeItem(at: folder)
     }
 
+    /// Tests/Fixtures/network's VGG16 with every width divided by 16 and 64 hidden units: a whole pipeline in seconds.
+    static let fixtureBackbone = VGGConfig.vgg16.narrowed(by: 16, hidden: 64, classes: 10)
+
+    /// The backbones the tests' pipelines may name: torchvision's and the fixture network, which `bottleneck run` refuses.
+    static let backbones = VGGConfig.torchvision + [fixtureBackbone]
+
     private func parse(_ yaml: String) throws -> Pipeline {
-        try Pipeline(yaml: yaml, path: "pipelines/x.yaml")
+        try Pipeline(yaml: yaml, path: "pipelines/x.yaml", backbones: Self.backbones)
     }
 
     private func assertRefused(_ yaml: String, _ expected: String, file: StaticString = #filePath, line: UInt = #line) {
@@ -68,6 +74,12 @@ final class PipelineTests: XCTestCase {
                       "pipelines/x.yaml:5: 'epochs' must be a whole number, got 'many'")
         assertRefused(valid.replacingOccurrences(of: "epochs: 3", with: "epochs: 0"), "pipelines/x.yaml:4: stage head: epochs must be at least 1")
         assertRefused("images: d\nlayer: fc9\nstages:\n  - stage: extract\n", "pipelines/x.yaml:2:")
+        assertRefused(valid.replacingOccurrences(of: "epochs: 3", with: "momentum: -0.5"),
+                      "pipelines/x.yaml:4: stage head: momentum must be in [0, 1), got -0.5")
+        assertRefused(valid.replacingOccurrences(of: "epochs: 3", with: "backbone_lr_mult: -1"),
+                      "pipelines/x.yaml:5: unknown key 'backbone_lr_mult' in stage head")
+        assertRefused(valid + "\n  - stage: full-finetune\n    backbone_lr_mult: -1\n",
+                      "pipelines/x.yaml:6: stage finetune: backbone_lr_mult must be a number >= 0, got -1.0")
         assertRefused("images: d\nstages:\n  - stage: train-head\n", "pipelines/x.yaml:3: train-head trains on the feature cache")
         assertRefused(valid + "\n  - stage: full-finetune\n    init_head: hed\n",
                       "pipelines/x.yaml:7: init_head names a train-head stage above this one (head), not 'hed'")
@@ -201,21 +213,28 @@ final class PipelineTests: XCTestCase {
 
     private let extractOnly = "  - stage: extract\n    batch_size: 2"
 
-    /// `bottleneck run FILE` as a child process, its output in a log file beside it.
+    /// The pipeline file `testRunsThePipelineOfItsParent` runs, in the child process `startRun` starts.
+    private static let childPipelineVariable = "BOTTLENECK_TEST_CHILD_PIPELINE"
+
+    /// What `bottleneck run FILE` does, on the fixture network, which the tool refuses: `startRun` runs this test
+    /// alone in a child process of the test bundle. Run by the suite, it has no file and is skipped.
+    func testRunsThePipelineOfItsParent() throws {
+        guard let file = ProcessInfo.processInfo.environment[Self.childPipelineVariable] else {
+            throw XCTSkip("runs only as the child process of a test that kills it")
+        }
+        let pipeline = try Pipeline(contentsOf: file, backbones: Self.backbones)
+        _ = try PipelineRunner(pipeline: pipeline, force: []).run { print($0) }
+    }
+
+    /// `bottleneck run FILE` on the fixture network as a child process, its output in a log file beside it.
     private func startRun(_ yaml: String) throws -> Process {
         let file = folder.appendingPathComponent("pipeline-\(UUID().uuidString).yaml")
         try yaml.write(to: file, atomically: true, encoding: .utf8)
-        // swift build puts the tool beside the test bundle: on Linux the bundle is Bundle.main's executable.
-        let products = Bundle.allBundles.first { $0.bundlePath.hasSuffix(".xctest") }?.bundleURL.deletingLastPathComponent()
-            ?? Bundle.main.bundleURL
-        let executable = products.appendingPathComponent("bottleneck")
-        guard FileManager.default.isExecutableFile(atPath: executable.path) else {
-            XCTFail("no bottleneck executable at \(executable.path): swift build first")
-            throw CocoaError(.fileNoSuchFile)
-        }
         let process = Process()
-        process.executableURL = executable
-        process.arguments = ["run", file.path]
+        // On Linux the test bundle is an executable that runs the tests its arguments name.
+        process.executableURL = Bundle.main.executableURL
+        process.arguments = ["BottleneckTests.PipelineTests/testRunsThePipelineOfItsParent"]
+        process.environment = ProcessInfo.processInfo.environment.merging([Self.childPipelineVariable: file.path]) { $1 }
         let log = file.deletingPathExtension().appendingPathExtension("log")
         guard FileManager.default.createFile(atPath: log.path, contents: nil) else { throw CocoaError(.fileWriteUnknown) }
         process.standardOutput = try FileHandle(forWritingTo: log)
@@ -296,6 +315,15 @@ final class PipelineTests: XCTestCase {
         XCTAssertEqual(try Preprocessing(jsonDescription: cache.fingerprint.preprocess).crop, 48)
     }
 
+    /// A setting found wrong only when its stage runs is named as the file spells it.
+    func testSettingRefusedWhileRunningNamesTheKey() throws {
+        let yaml = fixturePipeline(images: try sampleImages(), out: "runs", stages: extractOnly + "\n  - stage: train-head\n    train_from: fc6")
+        XCTAssertThrowsError(try run(yaml)) { error in
+            XCTAssertTrue("\(error)".hasPrefix("pipelines/x.yaml: stage head: train_from fc6: not a fully connected layer above the cut"),
+                          "\(error)")
+        }
+    }
+
     func testKilledFinetuneContinuesFromItsCheckpointOnlyWithTheSameKey() throws {
         let images = try sampleImages()
         let finetune = "  - stage: full-finetune\n    epochs: 3\n    freeze_through: conv3_3\n    batch_size: 6"
@@ -327,6 +355,12 @@ final class PipelineTests: XCTestCase {
             "finetune: \(runs)-other-weights/finetune/checkpoint.h5 was left by a run with other settings or inputs; starting over"),
                       "\(otherWeights.log)")
         XCTAssertFalse(otherWeights.log.contains { $0.hasPrefix("resuming") }, "\(otherWeights.log)")
+    }
+
+    func testToolRefusesTheFixtureNetwork() {
+        XCTAssertThrowsError(try Pipeline(yaml: "images: d\nbackbone: vgg16-narrow16\nstages:\n  - stage: extract\n", path: "p.yaml")) { error in
+            XCTAssertEqual("\(error)", "p.yaml:2: unknown backbone 'vgg16-narrow16' (vgg11, vgg13, vgg16 or vgg19)")
+        }
     }
 
     func testShippedPipelinesAreValid() throws {

@@ -37,8 +37,11 @@ package struct VGGConfig: Sendable, Equatable, Codable {
     package static let vgg16 = VGGConfig(name: "vgg16", features: torchvisionFeatures([2, 2, 3, 3, 3]))
     package static let vgg19 = VGGConfig(name: "vgg19", features: torchvisionFeatures([2, 2, 4, 4, 4]))
 
+    /// The architectures torchvision ships weights for.
+    package static let torchvision = [vgg11, vgg13, vgg16, vgg19]
+
     package static func named(_ name: String) -> VGGConfig? {
-        [vgg11, vgg13, vgg16, vgg19].first { $0.name == name.lowercased() }
+        torchvision.first { $0.name == name.lowercased() }
     }
 
     /// The same topology with every width divided by `factor`: the test-suite networks.

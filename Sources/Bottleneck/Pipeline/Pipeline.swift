@@ -65,15 +65,6 @@ package struct Pipeline: Sendable {
     package func runDirectory(of stage: Stage) -> String { outputRoot + "/" + stage.name }
 
     package func reportPath(_ format: ReportFormat) -> String { outputRoot + "/report." + format.rawValue }
-
-    /// The backbones a pipeline may name: torchvision's, and the test suite's narrow fixture network.
-    static func backbone(named name: String) -> VGGConfig? {
-        VGGConfig.named(name) ?? (name == fixtureBackbone.name ? fixtureBackbone : nil)
-    }
-
-    /// Tests/Fixtures/network's VGG16 with every width divided by 16 and 64 hidden units: lets the test suite
-    /// run a whole pipeline in seconds.
-    static let fixtureBackbone = VGGConfig.vgg16.narrowed(by: 16, hidden: 64, classes: 10)
 }
 
 package struct PipelineError: Error, CustomStringConvertible, Sendable {

@@ -5,20 +5,21 @@ import BottleneckKernels
 extension Pipeline {
     /// Reads and validates a pipeline file. Every mistake is reported as `FILE:LINE: what is wrong`, unknown
     /// keys with the closest known one, before anything runs.
-    package init(contentsOf path: String) throws {
+    /// `backbones`: the networks the file may name; the test suite adds its narrow fixture network.
+    package init(contentsOf path: String, backbones: [VGGConfig] = VGGConfig.torchvision) throws {
         let text: String
         do {
             text = try DurableFiles.readText(path, atMost: Self.maximumFileBytes)
         } catch {
             throw PipelineError("\(path): cannot read the pipeline file: \(error.reason)")
         }
-        try self.init(yaml: text, path: path)
+        try self.init(yaml: text, path: path, backbones: backbones)
     }
 
     /// Pipelines are a few hundred bytes; a larger file is a mistake (or an attack on the parser).
     static let maximumFileBytes = 1 << 20
 
-    package init(yaml text: String, path: String) throws {
+    package init(yaml text: String, path: String, backbones: [VGGConfig] = VGGConfig.torchvision) throws {
         try YAMLAliasCheck.refuseAnchorsAndAliases(in: text, file: path)
         let root: Node?
         do {
@@ -36,8 +37,9 @@ extension Pipeline {
         self.images = Self.expandingTilde(images)
         weights = try top.string("weights").map(Self.expandingTilde)
         let backboneName = try top.string("backbone") ?? "vgg16"
-        guard let backbone = Self.backbone(named: backboneName) else {
-            throw top.error(at: "backbone", "unknown backbone '\(backboneName)' (vgg11, vgg13, vgg16 or vgg19)")
+        guard let backbone = backbones.first(where: { $0.name == backboneName.lowercased() }) else {
+            let names = backbones.map(\.name)
+            throw top.error(at: "backbone", "unknown backbone '\(backboneName)' (\(names.dropLast().joined(separator: ", ")) or \(names.last ?? ""))")
         }
         self.backbone = backbone
         layer = try top.string("layer") ?? "fc7"
@@ -169,49 +171,51 @@ extension Pipeline {
     /// `~/…` as a shell would read it: weights live in ~/.cache/torch.
     private static func expandingTilde(_ path: String) -> String { (path as NSString).expandingTildeInPath }
 
-    /// A settings check of the jobs, reported against the stage's line (the jobs name flags, the file keys).
+    /// A settings check of the jobs, reported against the stage's line with the key as the file spells it.
     private static func validated(_ check: () throws -> Void, entry: YAMLMapping) throws {
         do {
             try check()
-        } catch {
-            let message = "\(error)".replacingOccurrences(of: "--", with: "").replacingOccurrences(of: "-", with: "_")
-            throw PipelineError("\(entry.file):\(entry.line): \(entry.context): \(message)")
+        } catch let error as SettingError {
+            throw PipelineError("\(entry.file):\(entry.line): \(entry.context): \(error.key.pipelineKey) \(error.problem)")
         }
     }
 
+    /// Reads one key's value from the stage into the settings.
     typealias Field<Settings> = @Sendable (inout Settings, YAMLMapping, String) throws -> Void
 
-    /// The keys train-head and full-finetune share: the same flags, the same meaning.
-    private static func sharedFields<Settings: SharedTrainingSettings>() -> [String: Field<Settings>] {
+    /// How the file's value of each shared setting is read (which keys a stage takes is `TrainingSettingKey`'s).
+    private static func sharedFields<Settings: SharedTrainingSettings>() -> [TrainingSettingKey: Field<Settings>] {
         [
-            "epochs": { $0.epochs = try $1.int($2)! },
-            "batch_size": { $0.batchSize = try $1.int($2)! },
-            "optimizer": { $0.optimizer = try $1.choice($2)! },
-            "momentum": { $0.momentum = try $1.double($2)! },
-            "weight_decay": { $0.weightDecay = try $1.double($2)! },
-            "val_fraction": { $0.validationFraction = try $1.double($2)! },
-            "seed": { $0.seed = UInt64(try $1.nonNegativeInt($2)!) },
-            "split_seed": { $0.splitSeed = UInt64(try $1.nonNegativeInt($2)!) },
-            "dropout": { $0.dropout = try $1.double($2)! },
+            .epochs: { $0.epochs = try $1.int($2)! },
+            .batchSize: { $0.batchSize = try $1.int($2)! },
+            .optimizer: { $0.optimizer = try $1.choice($2)! },
+            .momentum: { $0.momentum = try $1.double($2)! },
+            .weightDecay: { $0.weightDecay = try $1.double($2)! },
+            .valFraction: { $0.validationFraction = try $1.double($2)! },
+            .seed: { $0.seed = UInt64(try $1.nonNegativeInt($2)!) },
+            .splitSeed: { $0.splitSeed = UInt64(try $1.nonNegativeInt($2)!) },
+            .dropout: { $0.dropout = try $1.double($2)! },
         ]
     }
 
-    private static let headFields: [String: Field<HeadTrainingSettings>] = sharedFields().merging([
-        "lr": { $0.learningRate = try $1.double($2)! },
-        "schedule": { $0.schedule = try $1.choice($2)! },
-        "step_size": { $0.stepSize = try $1.int($2)! },
-        "gamma": { $0.gamma = try $1.double($2)! },
-        "patience": { $0.patience = try $1.int($2)! },
-        "train_from": { $0.trainFrom = try $1.string($2)! },
-        "threads": { $0.threads = try $1.int($2)! },
+    /// The readers of a train-head stage's own keys; not private: the tests check they cover the table's.
+    static let headFields: [TrainingSettingKey: Field<HeadTrainingSettings>] = sharedFields().merging([
+        .lr: { $0.learningRate = try $1.double($2)! },
+        .schedule: { $0.schedule = try $1.choice($2)! },
+        .stepSize: { $0.stepSize = try $1.int($2)! },
+        .gamma: { $0.gamma = try $1.double($2)! },
+        .patience: { $0.patience = try $1.int($2)! },
+        .trainFrom: { $0.trainFrom = try $1.string($2)! },
+        .threads: { $0.threads = try $1.int($2)! },
     ]) { shared, _ in shared }
 
-    private static let finetuneFields: [String: Field<FineTuneSettings>] = sharedFields().merging([
-        "lr": { $0.learningRate = try $1.double($2)! },
-        "augment": { $0.augment = try $1.choice($2)! },
-        "freeze_through": { $0.freezeThrough = try $1.string($2)! },
-        "backbone_lr_mult": { $0.backboneLearningRateMultiplier = try $1.double($2)! },
-        "image_size": { $0.imageSize = try $1.int($2)! },
+    /// The readers of a full-finetune stage's own keys.
+    static let finetuneFields: [TrainingSettingKey: Field<FineTuneSettings>] = sharedFields().merging([
+        .lr: { $0.learningRate = try $1.double($2)! },
+        .augment: { $0.augment = try $1.choice($2)! },
+        .freezeThrough: { $0.freezeThrough = try $1.string($2)! },
+        .backboneLrMult: { $0.backboneLearningRateMultiplier = try $1.double($2)! },
+        .imageSize: { $0.imageSize = try $1.int($2)! },
     ]) { shared, _ in shared }
 
     private static func describe(_ error: YamlError, file: String, text: String) -> String {
@@ -260,22 +264,6 @@ extension Pipeline {
 extension Node {
     var line: Int { mark?.line ?? 0 }
 }
-
-/// What a pipeline file may set alike in train-head and full-finetune stages.
-protocol SharedTrainingSettings {
-    var epochs: Int { get set }
-    var batchSize: Int { get set }
-    var optimizer: HeadTrainingSettings.OptimizerKind { get set }
-    var momentum: Double { get set }
-    var weightDecay: Double? { get set }
-    var validationFraction: Double { get set }
-    var seed: UInt64 { get set }
-    var splitSeed: UInt64 { get set }
-    var dropout: Double { get set }
-}
-
-extension HeadTrainingSettings: SharedTrainingSettings {}
-extension FineTuneSettings: SharedTrainingSettings {}
 
 /// A YAML mapping with its file and what it describes, for errors that point at the line.
 struct YAMLMapping {
@@ -333,11 +321,17 @@ struct YAMLMapping {
         }
     }
 
-    /// Sets every key the table knows; refuses keys that are neither in it nor `fixed` (read by the caller).
-    func apply<Settings>(_ fields: [String: Pipeline.Field<Settings>], to settings: inout Settings, fixed: [String]) throws {
-        try refuseUnknownKeys(fixed + fields.keys.sorted())
+    /// Sets every pipeline key of the command's settings; refuses keys that are neither those nor `fixed` (read by
+    /// the caller).
+    func apply<Settings: SharedTrainingSettings>(_ fields: [TrainingSettingKey: Pipeline.Field<Settings>], to settings: inout Settings,
+                                                 fixed: [String]) throws {
+        let keys = TrainingSettingKey.keys(of: Settings.command).filter(\.isPipelineKey)
+        try refuseUnknownKeys(fixed + keys.map(\.pipelineKey).sorted())
+        // In the file's order, so that the first bad value is the one reported.
         for pair in pairs {
-            try fields[pair.key]?(&settings, self, pair.key)
+            guard let key = keys.first(where: { $0.pipelineKey == pair.key }) else { continue }
+            guard let field = fields[key] else { preconditionFailure("no reader of the pipeline key \(pair.key)") }
+            try field(&settings, self, pair.key)
         }
     }
 

@@ -90,7 +90,13 @@ package struct PipelineRunner {
                 warnOfRandomWeights = false
             }
             let start = ResourceUsage.now
-            let result = try run(stage, key: key, fromScratch: isForced, weights: weights, log: log)
+            let result: String
+            do {
+                result = try run(stage, key: key, fromScratch: isForced, weights: weights, log: log)
+            } catch let error as SettingError {
+                // Found only once the stage runs (train_from below the cut): said in the file's spelling.
+                throw PipelineError("\(pipeline.path): stage \(stage.name): \(error.key.pipelineKey) \(error.problem)")
+            }
             let seconds = ResourceUsage.now - start
             log("\(stage.name): \(result)")
             try write(StageRecord(stage: stage.name, kind: stage.kind.rawValue, key: key,

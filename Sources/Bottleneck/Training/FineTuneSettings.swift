@@ -66,15 +66,14 @@ package struct FineTuneSettings: Codable, Sendable, Equatable {
         Preprocessing(resize: Int((Double(imageSize) * 256 / 224).rounded()), crop: imageSize)
     }
 
-    /// Refuses values that cannot train, naming the flag.
+    /// Refuses values that cannot train, naming the setting.
     package func validate() throws {
         try headEquivalent.validate()
         guard backboneLearningRateMultiplier >= 0 && backboneLearningRateMultiplier.isFinite else {
-            throw TrainingError(.invalidInput, "--backbone-lr-mult must be a number >= 0, got \(backboneLearningRateMultiplier)")
+            throw SettingError(key: .backboneLrMult, "must be a number >= 0, got \(backboneLearningRateMultiplier)")
         }
         guard (32...Preprocessing.largestImageSize).contains(imageSize) else {
-            throw TrainingError(.invalidInput, "--image-size must be between 32 (five 2x2 pools) and \(Preprocessing.largestImageSize), "
-                                + "got \(imageSize)")
+            throw SettingError(key: .imageSize, "must be between 32 (five 2x2 pools) and \(Preprocessing.largestImageSize), got \(imageSize)")
         }
     }
 }

@@ -110,7 +110,7 @@ package struct HeadNetwork: Sendable {
         let key = name.trimmingCharacters(in: .whitespaces)
         let headLinears = layers.filter { if case .linear = $0.kind { true } else { false } }
         guard let layer = headLinears.first(where: { $0.path == key || $0.name == key.lowercased() }) else {
-            throw TrainingError(.invalidInput, "--train-from \(key): not a fully connected layer above the cut "
+            throw SettingError(key: .trainFrom, "\(key): not a fully connected layer above the cut "
                                 + "(\(cut.layer.path)); choose one of \(headLinears.map(\.name).joined(separator: ", "))")
         }
         return layer.position

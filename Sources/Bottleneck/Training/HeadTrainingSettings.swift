@@ -74,23 +74,23 @@ package struct HeadTrainingSettings: Codable, Sendable, Equatable {
         }
     }
 
-    /// Refuses values that cannot train, naming the flag.
+    /// Refuses values that cannot train, naming the setting.
     package func validate() throws {
-        func check(_ condition: Bool, _ message: String) throws {
-            if !condition { throw TrainingError(.invalidInput, message) }
+        func check(_ condition: Bool, _ key: TrainingSettingKey, _ problem: String) throws {
+            if !condition { throw SettingError(key: key, problem) }
         }
-        try check(epochs >= 1, "--epochs must be at least 1, got \(epochs)")
-        try check(batchSize >= 1, "--batch-size must be at least 1, got \(batchSize)")
-        try check(resolvedLearningRate > 0 && resolvedLearningRate.isFinite, "--lr must be a positive number, got \(resolvedLearningRate)")
-        try check(momentum >= 0 && momentum < 1, "--momentum must be in [0, 1), got \(momentum)")
-        try check(resolvedWeightDecay >= 0, "--weight-decay must not be negative, got \(resolvedWeightDecay)")
-        try check(resolvedStepSize >= 1, "--step-size must be at least 1 epoch, got \(resolvedStepSize)")
-        try check(gamma > 0, "--gamma must be positive, got \(gamma)")
-        try check(patience >= 0, "--patience must not be negative, got \(patience)")
-        try check(validationFraction > 0 && validationFraction < 1,
-                  "--val-fraction must be between 0 and 1 (exclusive), got \(validationFraction)")
-        try check(dropout >= 0 && dropout < 1, "--dropout must be in [0, 1), got \(dropout)")
-        try check(threads >= 1, "--threads must be at least 1, got \(threads)")
-        try check(memoryBudgetBytes > 0, "the memory budget must be positive")
+        try check(epochs >= 1, .epochs, "must be at least 1, got \(epochs)")
+        try check(batchSize >= 1, .batchSize, "must be at least 1, got \(batchSize)")
+        try check(resolvedLearningRate > 0 && resolvedLearningRate.isFinite, .lr, "must be a positive number, got \(resolvedLearningRate)")
+        try check(momentum >= 0 && momentum < 1, .momentum, "must be in [0, 1), got \(momentum)")
+        try check(resolvedWeightDecay >= 0, .weightDecay, "must not be negative, got \(resolvedWeightDecay)")
+        try check(resolvedStepSize >= 1, .stepSize, "must be at least 1 epoch, got \(resolvedStepSize)")
+        try check(gamma > 0, .gamma, "must be positive, got \(gamma)")
+        try check(patience >= 0, .patience, "must not be negative, got \(patience)")
+        try check(validationFraction > 0 && validationFraction < 1, .valFraction,
+                  "must be between 0 and 1 (exclusive), got \(validationFraction)")
+        try check(dropout >= 0 && dropout < 1, .dropout, "must be in [0, 1), got \(dropout)")
+        try check(threads >= 1, .threads, "must be at least 1, got \(threads)")
+        try check(memoryBudgetBytes > 0, .memoryBudgetMb, "must be positive")
     }
 }

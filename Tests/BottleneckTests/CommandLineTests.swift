@@ -1,0 +1,181 @@
+import ArgumentParser
+@testable import Bottleneck
+@testable import BottleneckCLI
+import Foundation
+import XCTest
+import BottleneckKernels
+
+/// train-head's and full-finetune's command lines: flags into settings with each command's defaults, bad values
+/// refused naming the flag, `--help` from the settings table, and the same training keys as a pipeline stage.
+final class CommandLineTests: XCTestCase {
+    private typealias Command = TrainingSettingKey.Command
+
+    /// The arguments each command needs besides its settings.
+    private static let required: [Command: [String]] = [
+        .trainHead: ["--cache", "c.h5", "--out", "run"],
+        .fullFinetune: ["--images", "data", "--out", "run", "--weights", "random"],
+    ]
+
+    /// A valid value other than both commands' defaults, written alike on the command line and in a pipeline file.
+    private static func sample(_ key: TrainingSettingKey) -> String {
+        switch key {
+        case .epochs: "7"
+        case .batchSize: "5"
+        case .lr: "0.05"
+        case .optimizer: "adamw"
+        case .momentum: "0.8"
+        case .weightDecay: "0.02"
+        case .schedule: "step"
+        case .stepSize: "2"
+        case .gamma: "0.5"
+        case .patience: "3"
+        case .valFraction: "0.25"
+        case .seed: "11"
+        case .splitSeed: "12"
+        case .dropout: "0.3"
+        case .trainFrom: "fc7"
+        case .threads: "\(availableCores + 1)"
+        case .memoryBudgetMb: "64"
+        case .augment: "none"
+        case .freezeThrough: "conv3_3"
+        case .backboneLrMult: "0.1"
+        case .imageSize: "64"
+        }
+    }
+
+    private func headSettings(_ arguments: [String]) throws -> HeadTrainingSettings {
+        try TrainHead.parse(Self.required[.trainHead]! + arguments).job().settings
+    }
+
+    private func finetuneSettings(_ arguments: [String]) throws -> FineTuneSettings {
+        try FullFinetune.parse(Self.required[.fullFinetune]! + arguments).job().settings
+    }
+
+    /// The stage's settings in a pipeline file of an extract stage and one stage of `command` with `lines`.
+    private func pipelineStage(_ command: Command, _ lines: [String]) throws -> Pipeline.Stage.Settings {
+        let kind = command == .trainHead ? "train-head" : "full-finetune"
+        let yaml = "images: d\nstages:\n  - stage: extract\n  - stage: \(kind)\n" + lines.map { "    " + $0 + "\n" }.joined()
+        return try Pipeline(yaml: yaml, path: "p.yaml").stages[1].settings
+    }
+
+    func testNoSettingFlagsGiveEachCommandsDefaults() throws {
+        let head = try headSettings([])
+        XCTAssertEqual(head, HeadTrainingSettings())
+        XCTAssertEqual([head.epochs, head.batchSize, head.patience], [30, 64, 5])
+        XCTAssertNil(head.learningRate)
+        XCTAssertNil(head.weightDecay)
+        XCTAssertEqual(head.optimizer, .sgd)
+        XCTAssertEqual([head.momentum, head.validationFraction, head.dropout, head.gamma], [0.9, 0.2, 0.5, 0.1])
+        XCTAssertEqual(head.trainFrom, "fc8")
+
+        let finetune = try finetuneSettings([])
+        XCTAssertEqual(finetune, FineTuneSettings())
+        XCTAssertEqual([finetune.epochs, finetune.batchSize, finetune.imageSize], [10, 8, 224])
+        XCTAssertEqual(finetune.learningRate, 1e-3)
+        XCTAssertNil(finetune.weightDecay)
+        XCTAssertEqual([finetune.momentum, finetune.validationFraction, finetune.dropout, finetune.backboneLearningRateMultiplier],
+                       [0.9, 0.2, 0.5, 1])
+    }
+
+    /// Each flag sets its setting, and the pipeline key of the same name sets it to the same value.
+    func testEachFlagSetsWhatItsPipelineKeySets() throws {
+        for key in TrainingSettingKey.trainHead {
+            let fromFlag = try headSettings([key.flag, Self.sample(key)])
+            XCTAssertNotEqual(fromFlag, HeadTrainingSettings(), "\(key.flag) changes nothing")
+            guard key.isPipelineKey else { continue }
+            guard case .trainHead(let fromFile) = try pipelineStage(.trainHead, ["\(key.pipelineKey): \(Self.sample(key))"]) else {
+                return XCTFail("not a train-head stage")
+            }
+            XCTAssertEqual(fromFlag, fromFile, key.pipelineKey)
+        }
+        for key in TrainingSettingKey.fullFinetune {
+            let fromFlag = try finetuneSettings([key.flag, Self.sample(key)])
+            XCTAssertNotEqual(fromFlag, FineTuneSettings(), "\(key.flag) changes nothing")
+            guard key.isPipelineKey else { continue }
+            guard case .fullFinetune(let fromFile, _) = try pipelineStage(.fullFinetune, ["\(key.pipelineKey): \(Self.sample(key))"]) else {
+                return XCTFail("not a full-finetune stage")
+            }
+            XCTAssertEqual(fromFlag, fromFile, key.pipelineKey)
+        }
+        let head = try headSettings([TrainingSettingKey.memoryBudgetMb.flag, "64"])
+        XCTAssertEqual(head.memoryBudgetBytes, 64 << 20)
+    }
+
+    /// A command's option flags in its `--help`.
+    private func flags(of command: ParsableCommand.Type) -> Set<String> {
+        let help = BottleneckCommand.helpMessage(for: command, columns: 1000)
+        return Set(help.split(separator: "\n").compactMap { line in
+            line.hasPrefix("  --") ? String(line.dropFirst(2).prefix { $0 != " " }) : nil
+        })
+    }
+
+    /// The command line and a pipeline stage take the table's keys: no more (a stage refuses the other command's),
+    /// no fewer, and no setting flag outside the table.
+    func testCommandLineAndPipelineTakeTheSameTrainingKeys() throws {
+        XCTAssertEqual(flags(of: TrainHead.self).subtracting(["--cache", "--out", "--weights", "--allow-incomplete", "--overwrite", "--help"]),
+                       Set(TrainingSettingKey.trainHead.map(\.flag)))
+        XCTAssertEqual(flags(of: FullFinetune.self).subtracting(["--images", "--out", "--weights", "--init-head", "--resume", "--overwrite", "--help"]),
+                       Set(TrainingSettingKey.fullFinetune.map(\.flag)))
+        XCTAssertEqual(Set(Pipeline.headFields.keys), Set(TrainingSettingKey.trainHead.filter(\.isPipelineKey)))
+        XCTAssertEqual(Set(Pipeline.finetuneFields.keys), Set(TrainingSettingKey.fullFinetune.filter(\.isPipelineKey)))
+        for command in [Command.trainHead, .fullFinetune] {
+            for key in TrainingSettingKey.allCases where !(TrainingSettingKey.keys(of: command).contains(key) && key.isPipelineKey) {
+                XCTAssertThrowsError(try pipelineStage(command, ["\(key.pipelineKey): \(Self.sample(key))"]), key.pipelineKey) { error in
+                    XCTAssertTrue("\(error)".contains("p.yaml:5: unknown key '\(key.pipelineKey)'"), "\(error)")
+                }
+            }
+        }
+    }
+
+    /// The flag as the command line spells it, the key as the file does; the same problem after either.
+    func testBadValuesNameTheFlagOrTheKey() throws {
+        let refused: [(Command, key: TrainingSettingKey, value: String, problem: String)] = [
+            (.trainHead, .weightDecay, "-1", "must not be negative, got -1.0"),
+            (.trainHead, .momentum, "-0.5", "must be in [0, 1), got -0.5"),
+            (.trainHead, .epochs, "0", "must be at least 1, got 0"),
+            (.trainHead, .valFraction, "1", "must be between 0 and 1 (exclusive), got 1.0"),
+            (.fullFinetune, .backboneLrMult, "-1", "must be a number >= 0, got -1.0"),
+            (.fullFinetune, .imageSize, "16", "must be between 32 (five 2x2 pools) and \(Preprocessing.largestImageSize), got 16"),
+            (.fullFinetune, .dropout, "1", "must be in [0, 1), got 1.0"),
+        ]
+        for (command, key, value, problem) in refused {
+            let argument = "\(key.flag)=\(value)"
+            XCTAssertThrowsError(try command == .trainHead ? TrainHead.parse(Self.required[command]! + [argument]).run()
+                                 : FullFinetune.parse(Self.required[command]! + [argument]).run()) { error in
+                XCTAssertEqual(BottleneckCommand.message(for: error), "\(key.flag) \(problem)")
+            }
+            let stageName = command == .trainHead ? "head" : "finetune"
+            XCTAssertThrowsError(try pipelineStage(command, ["\(key.pipelineKey): \(value)"])) { error in
+                XCTAssertEqual("\(error)", "p.yaml:4: stage \(stageName): \(key.pipelineKey) \(problem)")
+            }
+        }
+        let memory = TrainingSettingKey.memoryBudgetMb
+        XCTAssertThrowsError(try TrainHead.parse(Self.required[.trainHead]! + [memory.flag, "0"]).run()) { error in
+            XCTAssertEqual(BottleneckCommand.message(for: error), "--memory-budget-mb must be positive")
+        }
+    }
+
+    /// Both commands' `--help` say every shared option with that command's help and default.
+    func testHelpOfBothCommandsHasEverySharedOption() {
+        let defaults: [Command: [TrainingSettingKey: String]] = [
+            .trainHead: [.epochs: "(default: 30)", .batchSize: "(default: 64)", .momentum: "(default: 0.9)"],
+            .fullFinetune: [.epochs: "(default: 10)", .batchSize: "(default: 8)", .momentum: "(default: 0.9)"],
+        ]
+        for (command, type) in [(Command.trainHead, TrainHead.self as ParsableCommand.Type), (.fullFinetune, FullFinetune.self)] {
+            let lines = BottleneckCommand.helpMessage(for: type, columns: 1000).split(separator: "\n")
+            for key in TrainingSettingKey.shared {
+                guard let start = lines.firstIndex(where: { $0.hasPrefix("  \(key.flag) ") }) else {
+                    XCTFail("\(type) --help has no \(key.flag)")
+                    continue
+                }
+                // A long flag has its help on the lines below it.
+                let entry = lines[start...].prefix { $0 == lines[start] || !$0.hasPrefix("  -") }.joined(separator: " ")
+                XCTAssertTrue(entry.contains(key.help(in: command)), entry)
+                if let expected = defaults[command]?[key] { XCTAssertTrue(entry.contains(expected), entry) }
+            }
+        }
+        XCTAssertTrue(BottleneckCommand.helpMessage(for: FullFinetune.self, columns: 1000).contains("(default: 0.001)"))
+        XCTAssertTrue(BottleneckCommand.helpMessage(for: Run.self, columns: 1000)
+            .contains("  train-head     epochs, batch_size, lr, optimizer, momentum, weight_decay, schedule, step_size, gamma,"))
+    }
+}
