@@ -37,7 +37,7 @@ package struct Conv2D: Sendable {
     static let winogradMinimumInputChannels = 8
 
     /// The lowering this layer's forward runs under the current `Conv2D.algorithm`: `.im2col` or `.winograd`.
-    package var resolvedAlgorithm: Algorithm {
+    var resolvedAlgorithm: Algorithm {
         guard kernel == 3, stride == 1, padding == 1 else { return .im2col }
         switch Self.algorithm {
         case .auto: return inChannels >= Self.winogradMinimumInputChannels ? .winograd : .im2col

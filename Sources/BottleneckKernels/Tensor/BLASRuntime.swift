@@ -7,7 +7,7 @@ import Glibc
 /// OpenBLAS 0.3.21 does not recognise (it silently falls back to Prescott,
 /// ~8x slower sgemm on an AVX-512 machine).
 package enum BLASRuntime {
-    package static let coreTypeVariable = "OPENBLAS_CORETYPE"
+    static let coreTypeVariable = "OPENBLAS_CORETYPE"
     static let reexecMarker = "BOTTLENECK_BLAS_REEXEC"
 
     package static var coreName: String { String(cString: openblas_get_corename()) }
@@ -16,7 +16,7 @@ package enum BLASRuntime {
 
     /// The OpenBLAS core this CPU should run, from its SIMD features; nil when
     /// OpenBLAS's own detection is as good as anything we could name.
-    package static func preferredCoreType(features: Set<String> = CPUInfo.features) -> String? {
+    static func preferredCoreType(features: Set<String> = CPUInfo.features) -> String? {
         let avx512 = ["avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd"]
         if avx512.allSatisfy(features.contains) {
             return features.contains("avx512_bf16") ? "Cooperlake" : "SkylakeX"
