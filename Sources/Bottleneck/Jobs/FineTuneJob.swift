@@ -128,7 +128,7 @@ package struct FineTuneJob: Sendable {
         var optimizer = settings.makeOptimizer()
         let settingsJSON = Self.sortedJSON(settings.resolved)
         let run: RunDirectory
-        var history: [HeadTrainer.EpochRecord] = []
+        var history: [EpochRecord] = []
         var bestEpoch = 0
         if resume {
             run = try RunDirectory(resuming: runDirectory)
@@ -249,10 +249,9 @@ package struct FineTuneJob: Sendable {
             let validation = try validate(network)
             let seen = Double(trainCount)
             let epochSeconds: Double = ResourceUsage.now - epochStart
-            let record = HeadTrainer.EpochRecord(epoch: epoch + 1, trainLoss: trainLoss / seen, trainAccuracy: Double(trainCorrect) / seen,
-                                                 validationLoss: validation.meanLoss, validationAccuracy: validation.accuracy,
-                                                 learningRate: settings.learningRate, seconds: epochSeconds,
-                                                 trainSeconds: epochStepSeconds)
+            let record = EpochRecord(epoch: epoch + 1, trainLoss: trainLoss / seen, trainAccuracy: Double(trainCorrect) / seen,
+                                     validationLoss: validation.meanLoss, validationAccuracy: validation.accuracy,
+                                     learningRate: settings.learningRate, seconds: epochSeconds, trainSeconds: epochStepSeconds)
             history.append(record)
             stepSeconds += epochStepSeconds
             try run.appendMetrics(record)

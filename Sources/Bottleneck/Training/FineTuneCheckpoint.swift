@@ -14,7 +14,7 @@ struct FineTuneCheckpoint {
     var epochsDone: Int
     /// `FineTuneSettings.resolved` as JSON with sorted keys; a resume must match it.
     var settingsJSON: String
-    var history: [HeadTrainer.EpochRecord]
+    var history: [EpochRecord]
     /// From 1; 0 before any epoch finished.
     var bestEpoch: Int
     var stateDict: [(key: String, tensor: Tensor)]
@@ -34,7 +34,7 @@ struct FineTuneCheckpoint {
         }
     }
 
-    init(epochsDone: Int, settingsJSON: String, history: [HeadTrainer.EpochRecord], bestEpoch: Int,
+    init(epochsDone: Int, settingsJSON: String, history: [EpochRecord], bestEpoch: Int,
          stateDict: [(key: String, tensor: Tensor)], optimizerState: [String: Tensor]) {
         self.epochsDone = epochsDone
         self.settingsJSON = settingsJSON
@@ -69,7 +69,7 @@ struct FineTuneCheckpoint {
         epochsDone = done
         settingsJSON = settings
         do {
-            self.history = try JSONDecoder().decode([HeadTrainer.EpochRecord].self, from: Data(history.utf8))
+            self.history = try JSONDecoder().decode([EpochRecord].self, from: Data(history.utf8))
         } catch {
             throw TrainingError(.malformed, "\(path) is damaged: its 'history' attribute is not valid (\(error))")
         }

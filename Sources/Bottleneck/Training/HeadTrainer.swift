@@ -16,22 +16,6 @@ import BottleneckKernels
 /// is dropped the same way whichever batch or thread it lands in, and the same way as the frozen
 /// network in train mode would drop it if run from the image with that generator.
 package final class HeadTrainer {
-    package struct EpochRecord: Codable, Sendable, Equatable {
-        /// From 1.
-        package var epoch: Int
-        /// Mean over the epoch's batches as trained (dropout on), weighted by batch size.
-        package var trainLoss: Double
-        package var trainAccuracy: Double
-        /// After the epoch, evaluation mode.
-        package var validationLoss: Double
-        package var validationAccuracy: Double
-        package var learningRate: Double
-        /// The whole epoch: training and validation.
-        package var seconds: Double
-        /// The epoch's optimizer steps alone.
-        package var trainSeconds: Double
-    }
-
     package struct Outcome: Sendable {
         package var epochs: [EpochRecord]
         /// From 1: the epoch whose parameters the network now holds.
