@@ -183,6 +183,25 @@ final class FineTuneTests: XCTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: out + "/summary.json"))
     }
 
+    /// One step an epoch (a batch holds all 12 training images) at a rate that blows the parameters up: the step's
+    /// loss was finite, the validation loss after it is not. That ends the run as divergence; no model.h5 holds it.
+    func testNonFiniteValidationLossStopsWithoutSavingTheModel() throws {
+        let images = try tinyImageFolder()
+        let out = try temporaryDirectory()
+        var diverging = job(images: images, out: out, epochs: 2)
+        diverging.settings.batchSize = 12
+        diverging.settings.learningRate = 1e12
+        XCTAssertThrowsError(try diverging.run { _ in }) { error in
+            guard let error = error as? TrainingError else { return XCTFail("\(error)") }
+            XCTAssertEqual(error.kind, .diverged)
+            XCTAssertTrue(error.description.contains("epoch 1: the validation loss became"), error.description)
+            XCTAssertTrue(error.description.contains("no checkpoint was written"), error.description)
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: out + "/model.h5"))
+        XCTAssertFalse(FileManager.default.fileExists(atPath: out + "/checkpoint.h5"))
+        XCTAssertFalse(FileManager.default.fileExists(atPath: out + "/summary.json"))
+    }
+
     /// --overwrite over an interrupted run, then a stop before the first epoch ends: no checkpoint of the
     /// replaced run is left for a --resume to continue under the new run's config.json.
     func testOverwriteDropsTheReplacedRunsCheckpoint() throws {

@@ -129,7 +129,7 @@ package struct FineTuneJob: Sendable {
         let settingsJSON = Self.sortedJSON(settings.resolved)
         let run: RunDirectory
         var history: [EpochRecord] = []
-        var bestEpoch = 0
+        var bestEpoch = BestEpoch()
         if resume {
             run = try RunDirectory(resuming: runDirectory)
             let checkpoint = try FineTuneCheckpoint(contentsOf: run.file(FineTuneCheckpoint.fileName))
@@ -147,7 +147,9 @@ package struct FineTuneJob: Sendable {
             try checkpoint.checkOptimizerState(against: network.stateDict, path: run.file(FineTuneCheckpoint.fileName))
             optimizer.state = checkpoint.optimizerState
             history = checkpoint.history
-            bestEpoch = checkpoint.bestEpoch
+            if checkpoint.bestEpoch > 0 {
+                bestEpoch = BestEpoch(epoch: checkpoint.bestEpoch, validationLoss: history[checkpoint.bestEpoch - 1].validationLoss)
+            }
             try run.startMetrics()
             for record in history { try run.appendMetrics(record) }
             log("resuming after epoch \(checkpoint.epochsDone) of \(settings.epochs)")
@@ -197,6 +199,10 @@ package struct FineTuneJob: Sendable {
         var imagesTrained = 0
         var bestValidation: ClassificationMetrics?
         let firstEpoch = history.count
+        var kept: String {
+            history.isEmpty ? "no checkpoint was written (no epoch finished)"
+                : "the checkpoint of epoch \(history.count) is kept in \(run.file(FineTuneCheckpoint.fileName)) (--resume continues from it)"
+        }
         for epoch in firstEpoch..<settings.epochs {
             let epochStart = ResourceUsage.now
             let order = TrainingRandomness.shuffled(split.trainRows, seed: settings.seed, epoch: epoch)
@@ -232,8 +238,6 @@ package struct FineTuneJob: Sendable {
                 epochStepSeconds += ResourceUsage.now - stepStart
                 guard outcome.loss.isFinite else {
                     progress.finish()
-                    let kept = history.isEmpty ? "no checkpoint was written (no epoch finished)"
-                        : "the checkpoint of epoch \(history.count) is kept in \(run.file(FineTuneCheckpoint.fileName)) (--resume continues from it)"
                     throw TrainingError(.diverged, "the loss became \(outcome.loss.mean) at epoch \(epoch + 1), step \(step) "
                                         + "(images \(batch.items.first!.path) …): training diverged, nothing of this step was applied; "
                                         + "\(kept); lower --lr")
@@ -247,6 +251,10 @@ package struct FineTuneJob: Sendable {
             progress.finish()
             guard trainCount > 0 else { throw TrainingError(.invalidInput, "no training image could be read") }
             let validation = try validate(network)
+            guard validation.meanLoss.isFinite else {
+                throw TrainingError(.diverged, "training diverged in epoch \(epoch + 1): the validation loss became "
+                                    + "\(validation.meanLoss); \(kept); lower --lr (it was \(settings.learningRate))")
+            }
             let seen = Double(trainCount)
             let epochSeconds: Double = ResourceUsage.now - epochStart
             let record = EpochRecord(epoch: epoch + 1, trainLoss: trainLoss / seen, trainAccuracy: Double(trainCorrect) / seen,
@@ -257,12 +265,11 @@ package struct FineTuneJob: Sendable {
             try run.appendMetrics(record)
             log(String(format: "epoch %3d  train loss %.4f acc %.3f  val loss %.4f acc %.3f  %.1f s", record.epoch,
                        record.trainLoss, record.trainAccuracy, record.validationLoss, record.validationAccuracy, record.seconds))
-            if bestEpoch == 0 || !(record.validationLoss >= history[bestEpoch - 1].validationLoss) {
-                bestEpoch = record.epoch
+            if bestEpoch.offer(epoch: record.epoch, validationLoss: record.validationLoss) {
                 bestValidation = validation
                 try model(network).save(to: run.file(RunDirectory.modelFile))
             }
-            try FineTuneCheckpoint(epochsDone: epoch + 1, settingsJSON: settingsJSON, history: history, bestEpoch: bestEpoch,
+            try FineTuneCheckpoint(epochsDone: epoch + 1, settingsJSON: settingsJSON, history: history, bestEpoch: bestEpoch.epoch!,
                                    stateDict: network.stateDict, optimizerState: optimizer.state)
                 .save(to: run.file(FineTuneCheckpoint.fileName))
             if let limit = interruptAfterEpochs, epoch + 1 - firstEpoch >= limit, epoch + 1 < settings.epochs {
@@ -276,7 +283,7 @@ package struct FineTuneJob: Sendable {
             try Self.network(from: TrainedModel(contentsOf: run.file(RunDirectory.modelFile)), dropout: Float(settings.dropout)))
         let scoredValidation = split.validationRows.map { folder.items[$0].path }.filter { !failed.contains($0) }
         let summary = Summary(
-            bestEpoch: bestEpoch, bestValAccuracy: best.accuracy, bestValLoss: best.meanLoss, epochsRun: history.count,
+            bestEpoch: bestEpoch.epoch!, bestValAccuracy: best.accuracy, bestValLoss: best.meanLoss, epochsRun: history.count,
             trainImages: split.trainRows.count, valImages: scoredValidation.count,
             split: TrainingSplit.Record(rule: split.rule, validationPaths: scoredValidation),
             chanceAccuracy: 1 / Double(folder.classes.count), classes: folder.classes, perClass: best.perClass,

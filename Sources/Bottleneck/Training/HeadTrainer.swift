@@ -144,7 +144,8 @@ package final class HeadTrainer {
         let schedule = settings.learningRateSchedule
         let baseRate = settings.resolvedLearningRate
         var records: [EpochRecord] = []
-        var best: (epoch: Int, loss: Double, linears: [Linear], metrics: ClassificationMetrics)?
+        var best = BestEpoch()
+        var kept: (linears: [Linear], metrics: ClassificationMetrics)?
         var epochsSinceBest = 0
         var stoppedEarly = false
         var stepSeconds = 0.0
@@ -180,8 +181,8 @@ package final class HeadTrainer {
                                      trainSeconds: epochStepSeconds)
             records.append(record)
             try onEpoch(record)
-            if best == nil || validation.meanLoss < best!.loss {
-                best = (epoch + 1, validation.meanLoss, network.linears, validation)
+            if best.offer(epoch: record.epoch, validationLoss: record.validationLoss) {
+                kept = (network.linears, validation)
                 epochsSinceBest = 0
             } else {
                 epochsSinceBest += 1
@@ -191,9 +192,9 @@ package final class HeadTrainer {
                 }
             }
         }
-        let kept = best!
-        network.linears = kept.linears
-        return Outcome(epochs: records, bestEpoch: kept.epoch, stoppedEarly: stoppedEarly, validation: kept.metrics,
+        // Every epoch's validation loss was finite (or the run stopped), so the first was kept.
+        network.linears = kept!.linears
+        return Outcome(epochs: records, bestEpoch: best.epoch!, stoppedEarly: stoppedEarly, validation: kept!.metrics,
                        stepSeconds: stepSeconds, samplesTrained: samplesTrained)
     }
 
