@@ -34,6 +34,14 @@ struct FineTuneCheckpoint {
         }
     }
 
+    /// What `settingsJSON` holds for `settings`.
+    static func settingsJSON(_ settings: FineTuneSettings) -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = .sortedKeys
+        // Settings are plain numbers and strings: encoding cannot fail.
+        return String(decoding: try! encoder.encode(settings.resolved), as: UTF8.self)
+    }
+
     init(epochsDone: Int, settingsJSON: String, history: [EpochRecord], bestEpoch: Int,
          stateDict: [(key: String, tensor: Tensor)], optimizerState: [String: Tensor]) {
         self.epochsDone = epochsDone
