@@ -45,6 +45,7 @@ final class ReportTests: XCTestCase {
         var summary: [String: Any] = [
             "best_epoch": accuracies.firstIndex(of: accuracies.max()!)! + 1, "best_val_accuracy": bestAccuracy, "best_val_loss": 0.4321,
             "chance_accuracy": 1.0 / 3, "classes": Self.classes, "confusion_matrix": confusion, "wall_seconds": epochSeconds * 3 + 0.5,
+            "epochs_run": accuracies.count, "model": directory.appendingPathComponent("model.h5").path,
             mode == .head ? "samples_per_second" : "train_images_per_second": mode == .head ? 9876.0 : 3.21,
             "per_class": Self.classes.enumerated().map { index, name in
                 ["name": name, "precision": 0.5 + Double(index) / 10, "recall": 0.25, "f1": 0.3, "support": 8] as [String: Any]

@@ -28,33 +28,6 @@ package struct FineTuneJob: Sendable {
         self.weights = weights
     }
 
-    /// `summary.json`.
-    package struct Summary: Codable, Sendable {
-        package var bestEpoch: Int
-        package var bestValAccuracy: Double
-        package var bestValLoss: Double
-        package var epochsRun: Int
-        package var trainImages: Int
-        /// Validation images scored (those that could be read).
-        package var valImages: Int
-        /// Which images validated: report refuses to compare runs whose records differ.
-        package var split: TrainingSplit.Record
-        package var chanceAccuracy: Double
-        package var classes: [String]
-        package var perClass: [ClassificationMetrics.ClassFigures]
-        /// confusion_matrix[true class][predicted class] on the validation images, best epoch.
-        package var confusionMatrix: [[Int]]
-        package var frozenThrough: String?
-        package var trainableLayers: [String]
-        package var trainableParameters: Int
-        package var wallSeconds: Double
-        /// Training images through optimizer steps per second of those steps (decoding overlapped).
-        package var trainImagesPerSecond: Double
-        package var peakResidentBytes: Int
-        package var failedImages: [String]
-        package var model: String
-    }
-
     private struct Configuration: Encodable {
         struct Network: Encodable {
             var backbone: String
@@ -81,7 +54,7 @@ package struct FineTuneJob: Sendable {
         var estimatedStepBytes: Int
     }
 
-    package func run(log: (String) -> Void) throws -> Summary {
+    package func run(log: (String) -> Void) throws -> TrainingSummary {
         let start = ResourceUsage.now
         try settings.validate()
         let folder = try ImageFolder(root: imagesRoot)
@@ -189,15 +162,15 @@ package struct FineTuneJob: Sendable {
         let best = try outcome.validation ?? trainer.validate(
             try Self.network(from: TrainedModel(contentsOf: run.file(RunDirectory.modelFile)), dropout: Float(settings.dropout)), log: log)
         let scoredValidation = split.validationRows.map { folder.items[$0].path }.filter { !trainer.failedImages.contains($0) }
-        let summary = Summary(
+        let summary = TrainingSummary(
             bestEpoch: outcome.bestEpoch, bestValAccuracy: best.accuracy, bestValLoss: best.meanLoss, epochsRun: outcome.epochs.count,
-            trainImages: split.trainRows.count, valImages: scoredValidation.count,
             split: TrainingSplit.Record(rule: split.rule, validationPaths: scoredValidation),
             chanceAccuracy: 1 / Double(folder.classes.count), classes: folder.classes, perClass: best.perClass,
-            confusionMatrix: best.confusion, frozenThrough: freezePoint?.name, trainableLayers: trainableLayers,
-            trainableParameters: trainableParameters, wallSeconds: ResourceUsage.now - start,
+            confusionMatrix: best.confusion, wallSeconds: ResourceUsage.now - start, model: run.file(RunDirectory.modelFile),
+            trainImages: split.trainRows.count, valImages: scoredValidation.count, frozenThrough: freezePoint?.name,
+            trainableLayers: trainableLayers, trainableParameters: trainableParameters,
             trainImagesPerSecond: outcome.samplesPerSecond, peakResidentBytes: ResourceUsage.peakResidentBytes,
-            failedImages: trainer.failedImages.sorted(), model: run.file(RunDirectory.modelFile))
+            failedImages: trainer.failedImages.sorted())
         try run.writeJSON(summary, to: RunDirectory.summaryFile)
         // Finished: the checkpoint (parameters and optimizer state, twice the model's size) has no further use.
         try? FileManager.default.removeItem(atPath: checkpointPath)

@@ -39,21 +39,6 @@ package struct RunRecord: Sendable {
     /// Which images it validated on; nil for a run made before runs recorded it.
     package var validation: TrainingSplit.Record?
 
-    /// The keys of summary.json that both jobs write, and those only one of them does.
-    private struct SummaryFile: Decodable {
-        var bestEpoch: Int
-        var bestValAccuracy: Double
-        var bestValLoss: Double
-        var chanceAccuracy: Double
-        var classes: [String]
-        var perClass: [ClassificationMetrics.ClassFigures]
-        var confusionMatrix: [[Int]]
-        var wallSeconds: Double
-        var samplesPerSecond: Double?
-        var trainImagesPerSecond: Double?
-        var split: TrainingSplit.Record?
-    }
-
     private struct ConfigFile: Decodable {
         struct Cache: Decodable {
             struct Fingerprint: Decodable {
@@ -93,7 +78,7 @@ package struct RunRecord: Sendable {
                 throw ReportError("\(run(file)): cannot read it: \(error)")
             }
         }
-        let summary = try decode(SummaryFile.self, RunDirectory.summaryFile)
+        let summary = try decode(TrainingSummary.self, RunDirectory.summaryFile)
         let config = try decode(ConfigFile.self, RunDirectory.configFile)
 
         self.directory = directory
@@ -121,7 +106,7 @@ package struct RunRecord: Sendable {
         bestValidationLoss = summary.bestValLoss
         chanceAccuracy = summary.chanceAccuracy
         wallSeconds = summary.wallSeconds
-        samplesPerSecond = summary.samplesPerSecond ?? summary.trainImagesPerSecond ?? 0
+        samplesPerSecond = summary.throughput
         classes = summary.classes
         perClass = summary.perClass
         confusion = summary.confusionMatrix
