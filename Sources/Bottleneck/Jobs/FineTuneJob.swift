@@ -70,16 +70,7 @@ package struct FineTuneJob: Sendable {
         modelConfig.classes = folder.classes.count
         let freezePoint = try settings.freezeThrough.map { try CutPoint($0, in: modelConfig) }
         let frozenThrough = freezePoint?.position ?? -1
-        let optimizerCopies = settings.optimizer == .sgd ? (settings.momentum > 0 ? 1 : 0) : 2
-        let estimate = FineTuneNetwork.estimatedStepBytes(config: modelConfig, imageSize: settings.imageSize,
-                                                          batchSize: settings.batchSize, frozenThrough: frozenThrough,
-                                                          optimizerCopies: optimizerCopies)
-        if let available = memoryLimitBytes ?? MemoryEstimate.availableBytes(), estimate > available {
-            throw TrainingError(.invalidInput, "--batch-size \(settings.batchSize) at \(settings.imageSize) px needs about "
-                                + "\(estimate.formattedBytes) (parameters, optimizer state, kept activations and gradients), "
-                                + "but only \(available.formattedBytes) is available; use a smaller --batch-size or --image-size, "
-                                + "or freeze more layers (--freeze-through)")
-        }
+        let estimate = try estimatedStepBytes(config: modelConfig, frozenThrough: frozenThrough)
 
         var network: FineTuneNetwork
         let weightsIdentity: WeightsIdentity
@@ -99,21 +90,10 @@ package struct FineTuneJob: Sendable {
             + "\(trainableLayers.last!), \(trainableParameters) parameters); step needs about \(estimate.formattedBytes)")
         log("\(split.trainRows.count) training images, \(split.validationRows.count) validation images (\(split.rule.description))")
 
-        let settingsJSON = FineTuneCheckpoint.settingsJSON(settings)
         let run: RunDirectory
         let firstEpoch: Int
         if resume {
-            run = try RunDirectory(resuming: runDirectory)
-            let checkpoint = try FineTuneCheckpoint(contentsOf: run.file(FineTuneCheckpoint.fileName))
-            guard checkpoint.settingsJSON == settingsJSON else {
-                throw TrainingError(.mismatch, "--resume with other settings than the interrupted run: it ran with "
-                                    + "\(checkpoint.settingsJSON), this command asks for \(settingsJSON)")
-            }
-            try trainer.resume(from: checkpoint, path: run.file(FineTuneCheckpoint.fileName))
-            firstEpoch = checkpoint.epochsDone
-            try run.startMetrics()
-            for record in checkpoint.history { try run.appendMetrics(record) }
-            log("resuming after epoch \(checkpoint.epochsDone) of \(settings.epochs)")
+            (run, firstEpoch) = try resumeRun(trainer, log: log)
         } else {
             run = try RunDirectory(path: runDirectory, overwrite: overwrite)
             firstEpoch = 0
@@ -175,6 +155,38 @@ package struct FineTuneJob: Sendable {
         // Finished: the checkpoint (parameters and optimizer state, twice the model's size) has no further use.
         try? FileManager.default.removeItem(atPath: checkpointPath)
         return summary
+    }
+
+    /// Bytes a training step needs; refuses settings that need more than is available.
+    private func estimatedStepBytes(config: VGGConfig, frozenThrough: Int) throws -> Int {
+        let optimizerCopies = settings.optimizer == .sgd ? (settings.momentum > 0 ? 1 : 0) : 2
+        let estimate = FineTuneNetwork.estimatedStepBytes(config: config, imageSize: settings.imageSize,
+                                                          batchSize: settings.batchSize, frozenThrough: frozenThrough,
+                                                          optimizerCopies: optimizerCopies)
+        if let available = memoryLimitBytes ?? MemoryEstimate.availableBytes(), estimate > available {
+            throw TrainingError(.invalidInput, "--batch-size \(settings.batchSize) at \(settings.imageSize) px needs about "
+                                + "\(estimate.formattedBytes) (parameters, optimizer state, kept activations and gradients), "
+                                + "but only \(available.formattedBytes) is available; use a smaller --batch-size or --image-size, "
+                                + "or freeze more layers (--freeze-through)")
+        }
+        return estimate
+    }
+
+    /// Opens the interrupted run and puts its checkpoint into `trainer`, refusing other settings; metrics.csv is
+    /// rewritten from the checkpoint's epochs. Returns the run and the epochs it had done.
+    private func resumeRun(_ trainer: FineTuneTrainer, log: (String) -> Void) throws -> (RunDirectory, epochsDone: Int) {
+        let run = try RunDirectory(resuming: runDirectory)
+        let checkpoint = try FineTuneCheckpoint(contentsOf: run.file(FineTuneCheckpoint.fileName))
+        let settingsJSON = FineTuneCheckpoint.settingsJSON(settings)
+        guard checkpoint.settingsJSON == settingsJSON else {
+            throw TrainingError(.mismatch, "--resume with other settings than the interrupted run: it ran with "
+                                + "\(checkpoint.settingsJSON), this command asks for \(settingsJSON)")
+        }
+        try trainer.resume(from: checkpoint, path: run.file(FineTuneCheckpoint.fileName))
+        try run.startMetrics()
+        for record in checkpoint.history { try run.appendMetrics(record) }
+        log("resuming after epoch \(checkpoint.epochsDone) of \(settings.epochs)")
+        return (run, checkpoint.epochsDone)
     }
 
     /// The pretrained network through fc7 with a new fc8. Nothing else keeps the loaded tensors, so the first
