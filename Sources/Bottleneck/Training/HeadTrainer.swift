@@ -192,7 +192,7 @@ package final class HeadTrainer {
                 }
             }
         }
-        // Every epoch's validation loss was finite (or the run stopped), so the first was kept.
+        // A non-finite validation loss throws above, so the first epoch was kept.
         network.linears = kept!.linears
         return Outcome(epochs: records, bestEpoch: best.epoch!, stoppedEarly: stoppedEarly, validation: kept!.metrics,
                        stepSeconds: stepSeconds, samplesTrained: samplesTrained)
