@@ -71,6 +71,6 @@ struct FullFinetune: ParsableCommand {
         let summary = try job().run(log: printErr)
         print(String(format: "full-finetune: best epoch %d of %d, val acc %.4f, val loss %.4f (chance %.3f); %.2f img/s training, "
                      + "peak RSS %@; %@", summary.bestEpoch, summary.epochsRun, summary.bestValAccuracy, summary.bestValLoss,
-                     summary.chanceAccuracy, summary.trainImagesPerSecond, summary.peakResidentBytes.formattedBytes, summary.model))
+                     summary.chanceAccuracy, summary.throughput, (summary.peakResidentBytes ?? 0).formattedBytes, summary.model))
     }
 }

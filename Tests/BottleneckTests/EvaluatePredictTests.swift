@@ -21,7 +21,7 @@ final class EvaluatePredictTests: FolderTestCase {
         let model = try trainedModel()
         let decoder = JSONDecoder()
         decoder.keyDecodingStrategy = .convertFromSnakeCase
-        let summary = try decoder.decode(HeadTrainingJob.Summary.self, from: Data(contentsOf: URL(fileURLWithPath: path("run/summary.json"))))
+        let summary = try decoder.decode(TrainingSummary.self, from: Data(contentsOf: URL(fileURLWithPath: path("run/summary.json"))))
         let result = try EvaluationJob(modelPath: model, source: .cache(SampleCaches.shared.pool5Subset)).run { _ in }
         XCTAssertEqual(result.split, "val", "no test split: val")
         XCTAssertEqual(result.metrics.count, 6)

@@ -183,6 +183,25 @@ final class FineTuneTests: XCTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: out + "/summary.json"))
     }
 
+    /// One step an epoch (a batch holds all 12 training images) at a rate that blows the parameters up: the step's
+    /// loss was finite, the validation loss after it is not. That ends the run as divergence; no model.h5 holds it.
+    func testNonFiniteValidationLossStopsWithoutSavingTheModel() throws {
+        let images = try tinyImageFolder()
+        let out = try temporaryDirectory()
+        var diverging = job(images: images, out: out, epochs: 2)
+        diverging.settings.batchSize = 12
+        diverging.settings.learningRate = 1e12
+        XCTAssertThrowsError(try diverging.run { _ in }) { error in
+            guard let error = error as? TrainingError else { return XCTFail("\(error)") }
+            XCTAssertEqual(error.kind, .diverged)
+            XCTAssertTrue(error.description.contains("epoch 1: the validation loss became"), error.description)
+            XCTAssertTrue(error.description.contains("no checkpoint was written"), error.description)
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: out + "/model.h5"))
+        XCTAssertFalse(FileManager.default.fileExists(atPath: out + "/checkpoint.h5"))
+        XCTAssertFalse(FileManager.default.fileExists(atPath: out + "/summary.json"))
+    }
+
     /// --overwrite over an interrupted run, then a stop before the first epoch ends: no checkpoint of the
     /// replaced run is left for a --resume to continue under the new run's config.json.
     func testOverwriteDropsTheReplacedRunsCheckpoint() throws {
@@ -222,6 +241,89 @@ final class FineTuneTests: XCTestCase {
         otherClasses.initialHead = headPath
         XCTAssertThrowsError(try otherClasses.run { _ in }) { XCTAssertTrue("\($0)".contains("trained on classes a, b"), "\($0)") }
     }
+
+    /// The files both jobs write keep their keys: summary.json, config.json (but for the settings, which their
+    /// own types own) and metrics.csv's header, as they were before the two jobs shared a summary and an epoch type.
+    func testRunFilesKeepTheirKeys() throws {
+        let images = try tinyImageFolder()
+        let cache = try temporaryDirectory() + "/fc7.h5"
+        var extraction = ExtractionJob(imagesRoot: images, outputPath: cache, weights: .random(seed: 1))
+        extraction.config = Self.config
+        extraction.preprocessing = Preprocessing(resize: 37, crop: 32)
+        _ = try extraction.run { _ in }
+        let headRun = try temporaryDirectory()
+        var headTraining = HeadTrainingJob(cachePath: cache, runDirectory: headRun)
+        headTraining.config = Self.config
+        headTraining.settings.epochs = 1
+        _ = try headTraining.run { _ in }
+        let fineTuneRun = try temporaryDirectory()
+        var fineTune = job(images: images, out: fineTuneRun, epochs: 1)
+        fineTune.settings.freezeThrough = "conv3_3"
+        _ = try fineTune.run { _ in }
+
+        func keyPaths(_ file: String) throws -> [String] {
+            func walk(_ value: Any, _ prefix: String) -> Set<String> {
+                if let object = value as? [String: Any] {
+                    return object.reduce(into: Set<String>()) { paths, entry in
+                        let path = prefix + entry.key
+                        paths.insert(path)
+                        if path != "settings" { paths.formUnion(walk(entry.value, path + ".")) }
+                    }
+                }
+                if let array = value as? [Any] { return array.reduce(into: Set<String>()) { $0.formUnion(walk($1, prefix + "[].")) } }
+                return []
+            }
+            return walk(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: file))), "").sorted()
+        }
+        XCTAssertEqual(try keyPaths(headRun + "/summary.json"), Self.headSummaryKeys)
+        XCTAssertEqual(try keyPaths(fineTuneRun + "/summary.json"), Self.fineTuneSummaryKeys)
+        XCTAssertEqual(try keyPaths(headRun + "/config.json"), Self.headConfigKeys)
+        XCTAssertEqual(try keyPaths(fineTuneRun + "/config.json"), Self.fineTuneConfigKeys)
+        for run in [headRun, fineTuneRun] {
+            let header = try String(contentsOfFile: run + "/metrics.csv", encoding: .utf8).split(separator: "\n").first
+            XCTAssertEqual(header, "epoch,train_loss,train_acc,val_loss,val_acc,lr,seconds")
+        }
+    }
+
+    private static let headSummaryKeys = [
+        "best_epoch", "best_val_accuracy", "best_val_loss", "chance_accuracy", "classes", "confusion_matrix",
+        "data_loading", "epochs_run", "majority_class_accuracy", "model", "per_class", "per_class.[].f1",
+        "per_class.[].name", "per_class.[].precision", "per_class.[].recall", "per_class.[].support",
+        "samples_per_second", "split", "split.rule", "split.rule.seed", "split.rule.source",
+        "split.rule.validation_fraction", "split.validation_paths_sha256", "split.validation_rows", "stopped_early",
+        "train_rows", "val_rows", "wall_seconds",
+    ]
+    private static let fineTuneSummaryKeys = [
+        "best_epoch", "best_val_accuracy", "best_val_loss", "chance_accuracy", "classes", "confusion_matrix",
+        "epochs_run", "failed_images", "frozen_through", "model", "peak_resident_bytes", "per_class", "per_class.[].f1",
+        "per_class.[].name", "per_class.[].precision", "per_class.[].recall", "per_class.[].support", "split",
+        "split.rule", "split.rule.seed", "split.rule.source", "split.rule.validation_fraction",
+        "split.validation_paths_sha256", "split.validation_rows", "train_images", "train_images_per_second",
+        "trainable_layers", "trainable_parameters", "val_images", "wall_seconds",
+    ]
+    private static let headConfigKeys = [
+        "cache", "cache.complete", "cache.fingerprint", "cache.fingerprint.activation_shape",
+        "cache.fingerprint.backbone", "cache.fingerprint.image_root", "cache.fingerprint.layer",
+        "cache.fingerprint.layer_path", "cache.fingerprint.preprocess", "cache.fingerprint.schema",
+        "cache.fingerprint.tool_version", "cache.fingerprint.weights_sha256", "cache.fingerprint.weights_source",
+        "cache.path", "cache.rows", "classes", "command", "created", "head", "head.cut_layer", "head.cut_layer_path",
+        "head.layers", "head.new_layer_init", "head.precomputed_layers", "head.trainable_layers", "loading",
+        "loading.mode", "loading.row_floats", "loading.window_rows", "settings", "split", "split.rule", "split.rule.seed",
+        "split.rule.source", "split.rule.validation_fraction", "split.train_rows", "split.train_rows_per_class",
+        "split.train_rows_per_class.checkerboard", "split.train_rows_per_class.discs",
+        "split.train_rows_per_class.stripes", "split.val_rows", "split.val_rows_per_class",
+        "split.val_rows_per_class.checkerboard", "split.val_rows_per_class.discs", "split.val_rows_per_class.stripes",
+        "tool_version",
+    ]
+    private static let fineTuneConfigKeys = [
+        "augmentation", "augmentation.flip_probability", "augmentation.mean", "augmentation.ratio", "augmentation.scale",
+        "augmentation.size", "augmentation.std", "classes", "command", "created", "estimated_step_bytes", "images",
+        "network", "network.backbone", "network.frozen_through", "network.frozen_through_path", "network.head_layers",
+        "network.trainable_layers", "network.trainable_parameters", "network.weights", "network.weights.fingerprint",
+        "network.weights.source", "preprocessing", "preprocessing.crop", "preprocessing.interpolation",
+        "preprocessing.mean", "preprocessing.resize", "preprocessing.std", "settings", "split", "split.seed",
+        "split.source", "split.validation_fraction", "tool_version", "train_images", "val_images",
+    ]
 
     // MARK: helpers
 

@@ -231,7 +231,7 @@ final class HeadTrainingTests: FolderTestCase {
             settings.patience = 3
             settings.learningRate = 0.5
         }.run { _ in }
-        XCTAssertTrue(summary.stoppedEarly)
+        XCTAssertEqual(summary.stoppedEarly, true)
         XCTAssertEqual(summary.epochsRun, summary.bestEpoch + 3)
         let lines = try String(contentsOfFile: path("run/metrics.csv"), encoding: .utf8).split(separator: "\n").dropFirst()
         let validationLosses = lines.map { Double($0.split(separator: ",")[3])! }
@@ -285,7 +285,7 @@ final class HeadTrainingTests: FolderTestCase {
             XCTAssertEqual(pointers.flatMap { Array(UnsafeBufferPointer(start: $0, count: 4096)) }, expected.data, "batch at \(start)")
         }
 
-        func train(budget: Int, out: String) throws -> HeadTrainingJob.Summary {
+        func train(budget: Int, out: String) throws -> TrainingSummary {
             try job(cache, out: out, config: wide) { settings in
                 settings.memoryBudgetBytes = budget
                 settings.batchSize = 16

@@ -277,7 +277,7 @@ final class HostileFileTests: XCTestCase {
 
     func testResumeWithoutCheckpointSaysWhetherEpochsFinished() throws {
         let checkpoint = path(FineTuneCheckpoint.fileName)
-        let header = RunDirectory.metricsColumns.joined(separator: ",") + "\n"
+        let header = EpochRecord.csvColumns.joined(separator: ",") + "\n"
         try header.write(toFile: path(RunDirectory.metricsFile), atomically: true, encoding: .utf8)
         assertRefusal(errorOf { _ = try FineTuneCheckpoint(contentsOf: checkpoint) }, mentioning: ["did not finish an epoch"])
         try (header + "1,0.5,0.5,0.5,0.5,0.01,1\n2,0.4,0.6,0.4,0.6,0.01,1\n")

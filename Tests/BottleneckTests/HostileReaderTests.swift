@@ -142,8 +142,8 @@ final class HostileReaderTests: XCTestCase {
         let path = folder.appendingPathComponent("checkpoint.h5").path
         let parameters = [(key: "classifier.6.weight", tensor: Tensor(zeros: [2, 3])), (key: "classifier.6.bias", tensor: Tensor(zeros: [2]))]
         func checkpoint(epochs: Int, best: Int, optimizer: [String: Tensor]) -> FineTuneCheckpoint {
-            let record = HeadTrainer.EpochRecord(epoch: 1, trainLoss: 1, trainAccuracy: 0.5, validationLoss: 1, validationAccuracy: 0.5,
-                                                 learningRate: 0.01, seconds: 1, trainSeconds: 1)
+            let record = EpochRecord(epoch: 1, trainLoss: 1, trainAccuracy: 0.5, validationLoss: 1, validationAccuracy: 0.5,
+                                     learningRate: 0.01, seconds: 1, trainSeconds: 1)
             return FineTuneCheckpoint(epochsDone: epochs, settingsJSON: "{}", history: [record], bestEpoch: best,
                                       stateDict: parameters, optimizerState: optimizer)
         }

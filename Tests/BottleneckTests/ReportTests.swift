@@ -45,6 +45,7 @@ final class ReportTests: XCTestCase {
         var summary: [String: Any] = [
             "best_epoch": accuracies.firstIndex(of: accuracies.max()!)! + 1, "best_val_accuracy": bestAccuracy, "best_val_loss": 0.4321,
             "chance_accuracy": 1.0 / 3, "classes": Self.classes, "confusion_matrix": confusion, "wall_seconds": epochSeconds * 3 + 0.5,
+            "epochs_run": accuracies.count, "model": directory.appendingPathComponent("model.h5").path,
             mode == .head ? "samples_per_second" : "train_images_per_second": mode == .head ? 9876.0 : 3.21,
             "per_class": Self.classes.enumerated().map { index, name in
                 ["name": name, "precision": 0.5 + Double(index) / 10, "recall": 0.25, "f1": 0.3, "support": 8] as [String: Any]
@@ -92,7 +93,7 @@ final class ReportTests: XCTestCase {
         XCTAssertEqual(head.cache?.bytes, 12_345)
         XCTAssertEqual(head.imageSize, 32)
         XCTAssertEqual(head.epochs.map(\.validationAccuracy), [0.5, 0.75, 0.7083])
-        XCTAssertEqual(head.epochs.last!.elapsedSeconds, 0.036, accuracy: 1e-9)
+        XCTAssertEqual(head.elapsedSeconds.last!, 0.036, accuracy: 1e-9)
         XCTAssertEqual(finetune.mode, .finetune)
         XCTAssertEqual(finetune.trainableParameters, 32 * 16 * 9 + 32 + 3 * 64 + 3)
         XCTAssertEqual(finetune.frozen, "through conv3_3")
@@ -179,6 +180,19 @@ final class ReportTests: XCTestCase {
         XCTAssertEqual(cells[2][5], "0.6250")
         XCTAssertTrue(cells.contains(["discs", "2", "5", "1"]), "\(cells)")
         XCTAssertTrue(cells.contains(["2", "0.7500 (loss 0.4500, 24.0 ms)", "0.6250 (loss 0.5750, 1 min 23 s)"]), "\(cells)")
+    }
+
+    /// metrics.csv is read by its header's names: columns in another order, or one more, read the same epochs.
+    func testMetricsAreReadByColumnName() throws {
+        let run = try writeRun("head", mode: .head, accuracies: [0.5, 0.75], epochSeconds: 0.5, bestAccuracy: 0.75,
+                               confusion: [[8, 0, 0], [2, 5, 1], [0, 3, 5]])
+        let asWritten = try RunRecord(directory: run).epochs
+        try "note,seconds,lr,val_acc,val_loss,train_acc,train_loss,epoch\nx,0.5,0.001,0.5,0.7,0.5,1.0,1\ny,0.5,0.001,0.75,0.44999999999999996,0.75,0.75,2\n"
+            .write(toFile: run + "/metrics.csv", atomically: true, encoding: .utf8)
+        let reordered = try RunRecord(directory: run)
+        XCTAssertEqual(reordered.epochs, asWritten)
+        XCTAssertEqual(reordered.elapsedSeconds, [0.5, 1.0])
+        XCTAssertNil(reordered.epochs[0].trainSeconds, "metrics.csv does not keep the steps' seconds")
     }
 
     func testAFolderWithoutSummaryIsRefused() throws {

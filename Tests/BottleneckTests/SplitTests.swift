@@ -107,7 +107,7 @@ final class SplitTests: FolderTestCase {
         return path("fc7.h5")
     }
 
-    private func trainHead(_ cache: String, out: String, splitSeed: UInt64 = 0) throws -> HeadTrainingJob.Summary {
+    private func trainHead(_ cache: String, out: String, splitSeed: UInt64 = 0) throws -> TrainingSummary {
         var job = HeadTrainingJob(cachePath: cache, runDirectory: path(out))
         job.config = SampleCaches.config
         job.settings.epochs = 2

@@ -259,6 +259,29 @@ final class TrainingCoreTests: XCTestCase {
         }
     }
 
+    /// Both trainers keep the lowest validation loss, the earlier epoch on a tie, and never a loss that is not
+    /// finite: not a NaN or ±inf first epoch, not a NaN later (which `!(loss >= best)` took for an improvement).
+    func testBestEpochKeepsTheLowestFiniteLossAndTheEarlierOnATie() {
+        var best = BestEpoch()
+        XCTAssertFalse(best.offer(epoch: 1, validationLoss: .nan), "a NaN first epoch")
+        XCTAssertFalse(best.offer(epoch: 2, validationLoss: .infinity), "a +inf first epoch")
+        XCTAssertFalse(best.offer(epoch: 3, validationLoss: -.infinity), "a -inf first epoch")
+        XCTAssertNil(best.epoch)
+        XCTAssertTrue(best.offer(epoch: 4, validationLoss: 0.7), "the first finite loss")
+        XCTAssertFalse(best.offer(epoch: 5, validationLoss: 0.7), "a tie keeps the earlier epoch")
+        XCTAssertFalse(best.offer(epoch: 6, validationLoss: .nan))
+        XCTAssertFalse(best.offer(epoch: 7, validationLoss: -.infinity))
+        XCTAssertFalse(best.offer(epoch: 8, validationLoss: 0.9))
+        XCTAssertEqual(best, BestEpoch(epoch: 4, validationLoss: 0.7))
+        XCTAssertTrue(best.offer(epoch: 9, validationLoss: 0.5))
+        XCTAssertEqual(best, BestEpoch(epoch: 9, validationLoss: 0.5))
+
+        var resumed = BestEpoch(epoch: 2, validationLoss: 0.4)
+        XCTAssertFalse(resumed.offer(epoch: 3, validationLoss: 0.4), "a tie with the epochs before a resume")
+        XCTAssertTrue(resumed.offer(epoch: 4, validationLoss: 0.3))
+        XCTAssertEqual(resumed.epoch, 4)
+    }
+
     // MARK: against torch
 
     func testLossAndGradientsMatchTorch() throws {

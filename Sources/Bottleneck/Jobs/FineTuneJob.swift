@@ -28,33 +28,6 @@ package struct FineTuneJob: Sendable {
         self.weights = weights
     }
 
-    /// `summary.json`.
-    package struct Summary: Codable, Sendable {
-        package var bestEpoch: Int
-        package var bestValAccuracy: Double
-        package var bestValLoss: Double
-        package var epochsRun: Int
-        package var trainImages: Int
-        /// Validation images scored (those that could be read).
-        package var valImages: Int
-        /// Which images validated: report refuses to compare runs whose records differ.
-        package var split: TrainingSplit.Record
-        package var chanceAccuracy: Double
-        package var classes: [String]
-        package var perClass: [ClassificationMetrics.ClassFigures]
-        /// confusion_matrix[true class][predicted class] on the validation images, best epoch.
-        package var confusionMatrix: [[Int]]
-        package var frozenThrough: String?
-        package var trainableLayers: [String]
-        package var trainableParameters: Int
-        package var wallSeconds: Double
-        /// Training images through optimizer steps per second of those steps (decoding overlapped).
-        package var trainImagesPerSecond: Double
-        package var peakResidentBytes: Int
-        package var failedImages: [String]
-        package var model: String
-    }
-
     private struct Configuration: Encodable {
         struct Network: Encodable {
             var backbone: String
@@ -81,7 +54,7 @@ package struct FineTuneJob: Sendable {
         var estimatedStepBytes: Int
     }
 
-    package func run(log: (String) -> Void) throws -> Summary {
+    package func run(log: (String) -> Void) throws -> TrainingSummary {
         let start = ResourceUsage.now
         try settings.validate()
         let folder = try ImageFolder(root: imagesRoot)
@@ -97,16 +70,7 @@ package struct FineTuneJob: Sendable {
         modelConfig.classes = folder.classes.count
         let freezePoint = try settings.freezeThrough.map { try CutPoint($0, in: modelConfig) }
         let frozenThrough = freezePoint?.position ?? -1
-        let optimizerCopies = settings.optimizer == .sgd ? (settings.momentum > 0 ? 1 : 0) : 2
-        let estimate = FineTuneNetwork.estimatedStepBytes(config: modelConfig, imageSize: settings.imageSize,
-                                                          batchSize: settings.batchSize, frozenThrough: frozenThrough,
-                                                          optimizerCopies: optimizerCopies)
-        if let available = memoryLimitBytes ?? MemoryEstimate.availableBytes(), estimate > available {
-            throw TrainingError(.invalidInput, "--batch-size \(settings.batchSize) at \(settings.imageSize) px needs about "
-                                + "\(estimate.formattedBytes) (parameters, optimizer state, kept activations and gradients), "
-                                + "but only \(available.formattedBytes) is available; use a smaller --batch-size or --image-size, "
-                                + "or freeze more layers (--freeze-through)")
-        }
+        let estimate = try estimatedStepBytes(config: modelConfig, frozenThrough: frozenThrough)
 
         var network: FineTuneNetwork
         let weightsIdentity: WeightsIdentity
@@ -117,42 +81,22 @@ package struct FineTuneJob: Sendable {
                                            imageSize: settings.imageSize)
             log("started the head (\(headLayers.joined(separator: ", "))) from \(initialHead)")
         }
-        let trainableLayers = network.trainableLayers
+        let trainer = FineTuneTrainer(network: consume network, settings: settings, folder: folder, split: split,
+                                      headLayers: headLayers)
+        let trainableLayers = trainer.network.trainableLayers
+        let trainableParameters = trainer.network.trainableParameterCount
         let frozenNote = freezePoint.map { "frozen through \($0.name) (\($0.layer.path)), " } ?? ""
         log("\(modelConfig.name): \(frozenNote)training \(trainableLayers.count) layers (\(trainableLayers.first!) … "
-            + "\(trainableLayers.last!), \(network.trainableParameterCount) parameters); step needs about \(estimate.formattedBytes)")
+            + "\(trainableLayers.last!), \(trainableParameters) parameters); step needs about \(estimate.formattedBytes)")
         log("\(split.trainRows.count) training images, \(split.validationRows.count) validation images (\(split.rule.description))")
 
-        let evaluation = settings.evaluationPreprocessing
-        let augmentation = settings.augment == .standard ? Augmentation(matching: evaluation) : nil
-        var optimizer = settings.makeOptimizer()
-        let settingsJSON = Self.sortedJSON(settings.resolved)
         let run: RunDirectory
-        var history: [HeadTrainer.EpochRecord] = []
-        var bestEpoch = 0
+        let firstEpoch: Int
         if resume {
-            run = try RunDirectory(resuming: runDirectory)
-            let checkpoint = try FineTuneCheckpoint(contentsOf: run.file(FineTuneCheckpoint.fileName))
-            guard checkpoint.settingsJSON == settingsJSON else {
-                throw TrainingError(.mismatch, "--resume with other settings than the interrupted run: it ran with "
-                                    + "\(checkpoint.settingsJSON), this command asks for \(settingsJSON)")
-            }
-            for (key, tensor) in checkpoint.stateDict where key.hasSuffix(".weight") {
-                let path = String(key.dropLast(".weight".count))
-                guard let bias = checkpoint.stateDict.first(where: { $0.key == path + ".bias" }) else {
-                    throw TrainingError(.malformed, "the checkpoint has \(key) but no \(path).bias")
-                }
-                try network.setParameters(path: path, weight: tensor, bias: bias.tensor)
-            }
-            try checkpoint.checkOptimizerState(against: network.stateDict, path: run.file(FineTuneCheckpoint.fileName))
-            optimizer.state = checkpoint.optimizerState
-            history = checkpoint.history
-            bestEpoch = checkpoint.bestEpoch
-            try run.startMetrics()
-            for record in history { try run.appendMetrics(record) }
-            log("resuming after epoch \(checkpoint.epochsDone) of \(settings.epochs)")
+            (run, firstEpoch) = try resumeRun(trainer, log: log)
         } else {
             run = try RunDirectory(path: runDirectory, overwrite: overwrite)
+            firstEpoch = 0
             // A checkpoint of the replaced run would otherwise be what a --resume after a kill in this run's first
             // epoch continues from: other parameters under this run's config.json.
             do {
@@ -163,133 +107,86 @@ package struct FineTuneJob: Sendable {
                 throw TrainingError(.runDirectory, "cannot remove the old \(run.file(FineTuneCheckpoint.fileName)): \(error.localizedDescription)")
             }
             try run.writeJSON(Configuration(
-                images: folder.root.path, classes: folder.classes, settings: settings.resolved, preprocessing: evaluation,
-                augmentation: augmentation,
+                images: folder.root.path, classes: folder.classes, settings: settings.resolved, preprocessing: trainer.evaluation,
+                augmentation: trainer.augmentation,
                 network: .init(backbone: modelConfig.name, frozenThrough: freezePoint?.name, frozenThroughPath: freezePoint?.layer.path,
-                               trainableLayers: trainableLayers, trainableParameters: network.trainableParameterCount,
+                               trainableLayers: trainableLayers, trainableParameters: trainableParameters,
                                headLayers: headLayers, initialHead: initialHead, weights: weightsIdentity),
                 trainImages: split.trainRows.count, valImages: split.validationRows.count, split: split.rule,
                 estimatedStepBytes: estimate), to: RunDirectory.configFile)
             try run.startMetrics()
         }
 
-        let headSet = Set(headLayers)
-        let rate = { (layer: LayerInfo) in
-            settings.learningRate * (headSet.contains(layer.path) ? 1 : settings.backboneLearningRateMultiplier)
-        }
-        let model = { (network: FineTuneNetwork) in
-            TrainedModel(mode: .finetune, config: modelConfig, classes: folder.classes, cut: try CutPoint("fc7", in: modelConfig),
-                         cutName: "fc7", weights: weightsIdentity, preprocessing: evaluation, trainableLayers: trainableLayers,
-                         dropout: settings.dropout, split: split.rule, stateDict: network.stateDict)
-        }
-        let itemIndex = Dictionary(uniqueKeysWithValues: folder.items.enumerated().map { ($1.path, $0) })
-        var failed = Set<String>()
-        func skip(_ failures: [(path: String, reason: String)]) {
-            for failure in failures where failed.insert(failure.path).inserted { log("warning: skipping \(failure.path): \(failure.reason)") }
-        }
-        func validate(_ network: FineTuneNetwork) throws -> ClassificationMetrics {
-            let (metrics, failures) = try Self.evaluate(network, folder: folder, rows: split.validationRows, preprocessing: evaluation,
-                                                        batchSize: settings.batchSize)
-            skip(failures)
-            return metrics
-        }
-        var stepSeconds = 0.0
-        var imagesTrained = 0
-        var bestValidation: ClassificationMetrics?
-        let firstEpoch = history.count
-        for epoch in firstEpoch..<settings.epochs {
-            let epochStart = ResourceUsage.now
-            let order = TrainingRandomness.shuffled(split.trainRows, seed: settings.seed, epoch: epoch)
-            let transform: BatchDecoder.Transform
-            if let augmentation {
-                let seed = settings.seed
-                transform = { image, index, slot in
-                    var generator = SeededGenerator(seed: TrainingRandomness.seed(seed, .augmentation, UInt64(epoch), UInt64(order[index])))
-                    augmentation.write(image, generator: &generator, into: slot)
-                }
-            } else {
-                transform = { image, _, slot in evaluation.write(image, into: slot) }
-            }
-            let decoder = BatchDecoder(folder: folder, items: order.map { folder.items[$0] }, batchSize: settings.batchSize,
-                                       imageShape: evaluation.outputShape, transform: transform)
-            defer { decoder.cancel() }
-            let progress = ProgressReporter(label: "epoch \(epoch + 1) images", total: order.count)
-            var trainLoss = 0.0
-            var trainCorrect = 0
-            var trainCount = 0
-            var step = 0
-            var epochStepSeconds = 0.0
-            while let batch = decoder.next() {
-                skip(batch.failed)
-                guard !batch.items.isEmpty else { continue }
-                step += 1
-                let rows = batch.items.map { itemIndex[$0.path]! }
-                let stepStart = ResourceUsage.now
-                let outcome = network.trainStep(images: batch.images, labels: batch.items.map(\.label), optimizer: &optimizer,
-                                                learningRate: rate) { row, position in
-                    TrainingRandomness.dropoutGenerator(seed: settings.seed, epoch: epoch, row: rows[row], layerPosition: position)
-                }
-                epochStepSeconds += ResourceUsage.now - stepStart
-                guard outcome.loss.isFinite else {
-                    progress.finish()
-                    let kept = history.isEmpty ? "no checkpoint was written (no epoch finished)"
-                        : "the checkpoint of epoch \(history.count) is kept in \(run.file(FineTuneCheckpoint.fileName)) (--resume continues from it)"
-                    throw TrainingError(.diverged, "the loss became \(outcome.loss.mean) at epoch \(epoch + 1), step \(step) "
-                                        + "(images \(batch.items.first!.path) …): training diverged, nothing of this step was applied; "
-                                        + "\(kept); lower --lr")
-                }
-                trainLoss += outcome.loss.mean * Double(outcome.loss.count)
-                trainCorrect += outcome.loss.correct
-                trainCount += outcome.loss.count
-                imagesTrained += outcome.loss.count
-                progress.update(done: trainCount + failed.count, extra: String(format: "loss %.4f", trainLoss / Double(trainCount)))
-            }
-            progress.finish()
-            guard trainCount > 0 else { throw TrainingError(.invalidInput, "no training image could be read") }
-            let validation = try validate(network)
-            let seen = Double(trainCount)
-            let epochSeconds: Double = ResourceUsage.now - epochStart
-            let record = HeadTrainer.EpochRecord(epoch: epoch + 1, trainLoss: trainLoss / seen, trainAccuracy: Double(trainCorrect) / seen,
-                                                 validationLoss: validation.meanLoss, validationAccuracy: validation.accuracy,
-                                                 learningRate: settings.learningRate, seconds: epochSeconds,
-                                                 trainSeconds: epochStepSeconds)
-            history.append(record)
-            stepSeconds += epochStepSeconds
+        let checkpointPath = run.file(FineTuneCheckpoint.fileName)
+        let outcome = try trainer.train(checkpointPath: checkpointPath, log: log) { record in
             try run.appendMetrics(record)
             log(String(format: "epoch %3d  train loss %.4f acc %.3f  val loss %.4f acc %.3f  %.1f s", record.epoch,
                        record.trainLoss, record.trainAccuracy, record.validationLoss, record.validationAccuracy, record.seconds))
-            if bestEpoch == 0 || !(record.validationLoss >= history[bestEpoch - 1].validationLoss) {
-                bestEpoch = record.epoch
-                bestValidation = validation
-                try model(network).save(to: run.file(RunDirectory.modelFile))
+        } onCheckpoint: { checkpoint, newBest in
+            // model.h5 before the checkpoint: a kill between the two reruns the epoch, which writes it again.
+            if newBest {
+                try TrainedModel(mode: .finetune, config: modelConfig, classes: folder.classes, cut: try CutPoint("fc7", in: modelConfig),
+                                 cutName: "fc7", weights: weightsIdentity, preprocessing: trainer.evaluation,
+                                 trainableLayers: trainableLayers, dropout: settings.dropout, split: split.rule,
+                                 stateDict: checkpoint.stateDict).save(to: run.file(RunDirectory.modelFile))
             }
-            try FineTuneCheckpoint(epochsDone: epoch + 1, settingsJSON: settingsJSON, history: history, bestEpoch: bestEpoch,
-                                   stateDict: network.stateDict, optimizerState: optimizer.state)
-                .save(to: run.file(FineTuneCheckpoint.fileName))
-            if let limit = interruptAfterEpochs, epoch + 1 - firstEpoch >= limit, epoch + 1 < settings.epochs {
-                throw TrainingError(.runDirectory, "interrupted after epoch \(epoch + 1) of \(settings.epochs) as asked; "
-                                    + "the same command with --resume continues from \(run.file(FineTuneCheckpoint.fileName))")
+            try checkpoint.save(to: checkpointPath)
+            let done = checkpoint.epochsDone
+            if let limit = interruptAfterEpochs, done - firstEpoch >= limit, done < settings.epochs {
+                throw TrainingError(.runDirectory, "interrupted after epoch \(done) of \(settings.epochs) as asked; "
+                                    + "the same command with --resume continues from \(checkpointPath)")
             }
         }
 
         // A resumed run whose best epoch came before the interruption evaluates the saved best model again.
-        let best = try bestValidation ?? validate(
-            try Self.network(from: TrainedModel(contentsOf: run.file(RunDirectory.modelFile)), dropout: Float(settings.dropout)))
-        let scoredValidation = split.validationRows.map { folder.items[$0].path }.filter { !failed.contains($0) }
-        let summary = Summary(
-            bestEpoch: bestEpoch, bestValAccuracy: best.accuracy, bestValLoss: best.meanLoss, epochsRun: history.count,
-            trainImages: split.trainRows.count, valImages: scoredValidation.count,
+        let best = try outcome.validation ?? trainer.validate(
+            try Self.network(from: TrainedModel(contentsOf: run.file(RunDirectory.modelFile)), dropout: Float(settings.dropout)), log: log)
+        let scoredValidation = split.validationRows.map { folder.items[$0].path }.filter { !trainer.failedImages.contains($0) }
+        let summary = TrainingSummary(
+            bestEpoch: outcome.bestEpoch, bestValAccuracy: best.accuracy, bestValLoss: best.meanLoss, epochsRun: outcome.epochs.count,
             split: TrainingSplit.Record(rule: split.rule, validationPaths: scoredValidation),
             chanceAccuracy: 1 / Double(folder.classes.count), classes: folder.classes, perClass: best.perClass,
-            confusionMatrix: best.confusion, frozenThrough: freezePoint?.name, trainableLayers: trainableLayers,
-            trainableParameters: network.trainableParameterCount, wallSeconds: ResourceUsage.now - start,
-            trainImagesPerSecond: stepSeconds > 0 ? Double(imagesTrained) / stepSeconds : 0,
-            peakResidentBytes: ResourceUsage.peakResidentBytes, failedImages: failed.sorted(),
-            model: run.file(RunDirectory.modelFile))
+            confusionMatrix: best.confusion, wallSeconds: ResourceUsage.now - start, model: run.file(RunDirectory.modelFile),
+            trainImages: split.trainRows.count, valImages: scoredValidation.count, frozenThrough: freezePoint?.name,
+            trainableLayers: trainableLayers, trainableParameters: trainableParameters,
+            trainImagesPerSecond: outcome.samplesPerSecond, peakResidentBytes: ResourceUsage.peakResidentBytes,
+            failedImages: trainer.failedImages.sorted())
         try run.writeJSON(summary, to: RunDirectory.summaryFile)
         // Finished: the checkpoint (parameters and optimizer state, twice the model's size) has no further use.
-        try? FileManager.default.removeItem(atPath: run.file(FineTuneCheckpoint.fileName))
+        try? FileManager.default.removeItem(atPath: checkpointPath)
         return summary
+    }
+
+    /// Bytes a training step needs; refuses settings that need more than is available.
+    private func estimatedStepBytes(config: VGGConfig, frozenThrough: Int) throws -> Int {
+        let optimizerCopies = settings.optimizer == .sgd ? (settings.momentum > 0 ? 1 : 0) : 2
+        let estimate = FineTuneNetwork.estimatedStepBytes(config: config, imageSize: settings.imageSize,
+                                                          batchSize: settings.batchSize, frozenThrough: frozenThrough,
+                                                          optimizerCopies: optimizerCopies)
+        if let available = memoryLimitBytes ?? MemoryEstimate.availableBytes(), estimate > available {
+            throw TrainingError(.invalidInput, "--batch-size \(settings.batchSize) at \(settings.imageSize) px needs about "
+                                + "\(estimate.formattedBytes) (parameters, optimizer state, kept activations and gradients), "
+                                + "but only \(available.formattedBytes) is available; use a smaller --batch-size or --image-size, "
+                                + "or freeze more layers (--freeze-through)")
+        }
+        return estimate
+    }
+
+    /// Opens the interrupted run and puts its checkpoint into `trainer`, refusing other settings; metrics.csv is
+    /// rewritten from the checkpoint's epochs. Returns the run and the epochs it had done.
+    private func resumeRun(_ trainer: FineTuneTrainer, log: (String) -> Void) throws -> (RunDirectory, epochsDone: Int) {
+        let run = try RunDirectory(resuming: runDirectory)
+        let checkpoint = try FineTuneCheckpoint(contentsOf: run.file(FineTuneCheckpoint.fileName))
+        let settingsJSON = FineTuneCheckpoint.settingsJSON(settings)
+        guard checkpoint.settingsJSON == settingsJSON else {
+            throw TrainingError(.mismatch, "--resume with other settings than the interrupted run: it ran with "
+                                + "\(checkpoint.settingsJSON), this command asks for \(settingsJSON)")
+        }
+        try trainer.resume(from: checkpoint, path: run.file(FineTuneCheckpoint.fileName))
+        try run.startMetrics()
+        for record in checkpoint.history { try run.appendMetrics(record) }
+        log("resuming after epoch \(checkpoint.epochsDone) of \(settings.epochs)")
+        return (run, checkpoint.epochsDone)
     }
 
     /// The pretrained network through fc7 with a new fc8. Nothing else keeps the loaded tensors, so the first
@@ -300,22 +197,6 @@ package struct FineTuneJob: Sendable {
         let newHead = HeadNetwork.newLinear(inFeatures: config.hidden, outFeatures: config.classes, seed: settings.seed)
         return (try FineTuneNetwork(loaded.network, newHead: newHead, dropout: Float(settings.dropout), frozenThrough: frozenThrough),
                 loaded.weights)
-    }
-
-    /// The validation images through the network in evaluation mode, and those that could not be read.
-    static func evaluate(_ network: FineTuneNetwork, folder: ImageFolder, rows: [Int], preprocessing: Preprocessing,
-                         batchSize: Int) throws -> (ClassificationMetrics, failed: [(path: String, reason: String)]) {
-        var metrics = ClassificationMetrics(classes: folder.classes)
-        var failed: [(path: String, reason: String)] = []
-        let decoder = BatchDecoder(folder: folder, items: rows.map { folder.items[$0] }, batchSize: batchSize,
-                                   preprocessing: preprocessing)
-        defer { decoder.cancel() }
-        while let batch = decoder.next() {
-            failed += batch.failed
-            guard !batch.items.isEmpty else { continue }
-            metrics.add(logits: network.logits(batch.images), labels: batch.items.map(\.label))
-        }
-        return (metrics, failed)
     }
 
     /// The whole network a fine-tuned model.h5 holds.
@@ -368,12 +249,5 @@ package struct FineTuneJob: Sendable {
             try network.setParameters(path: layer, weight: weight, bias: bias)
         }
         return head.trainableLayers
-    }
-
-    private static func sortedJSON<T: Encodable>(_ value: T) -> String {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = .sortedKeys
-        // Settings are plain numbers and strings: encoding cannot fail.
-        return String(decoding: try! encoder.encode(value), as: UTF8.self)
     }
 }

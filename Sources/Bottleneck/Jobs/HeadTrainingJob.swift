@@ -21,34 +21,6 @@ package struct HeadTrainingJob: Sendable {
         self.runDirectory = runDirectory
     }
 
-    /// `summary.json`.
-    package struct Summary: Codable, Sendable {
-        package var bestEpoch: Int
-        package var bestValAccuracy: Double
-        package var bestValLoss: Double
-        package var epochsRun: Int
-        package var stoppedEarly: Bool
-        package var trainRows: Int
-        package var valRows: Int
-        /// Which rows validated: report refuses to compare runs whose records differ.
-        package var split: TrainingSplit.Record
-        /// 1 / classes: what guessing gives.
-        package var chanceAccuracy: Double
-        /// The share of validation rows in its largest class: what always answering that class gives.
-        package var majorityClassAccuracy: Double
-        package var classes: [String]
-        package var perClass: [ClassificationMetrics.ClassFigures]
-        /// confusion_matrix[true class][predicted class] on the validation rows, best epoch.
-        package var confusionMatrix: [[Int]]
-        /// The whole command: reading the cache, training, validating, writing.
-        package var wallSeconds: Double
-        /// Training rows through optimizer steps per second of those steps.
-        package var samplesPerSecond: Double
-        /// "memory" (rows read once) or "streaming" (windows of chunks per pass).
-        package var dataLoading: String
-        package var model: String
-    }
-
     /// What `config.json` records besides the settings.
     private struct Configuration: Encodable {
         struct Cache: Encodable {
@@ -91,7 +63,7 @@ package struct HeadTrainingJob: Sendable {
         var loading: Loading
     }
 
-    package func run(log: (String) -> Void) throws -> Summary {
+    package func run(log: (String) -> Void) throws -> TrainingSummary {
         let start = ResourceUsage.now
         try settings.validate()
         let cache = try FeatureCacheReader(path: cachePath, allowIncomplete: allowIncomplete)
@@ -182,16 +154,14 @@ package struct HeadTrainingJob: Sendable {
                                  dropout: settings.dropout, split: split.rule, stateDict: trainer.network.stateDict)
         try model.save(to: run.file(RunDirectory.modelFile))
         let best = outcome.validation
-        let summary = Summary(
-            bestEpoch: outcome.bestEpoch, bestValAccuracy: best.accuracy, bestValLoss: best.meanLoss,
-            epochsRun: outcome.epochs.count, stoppedEarly: outcome.stoppedEarly,
-            trainRows: split.trainRows.count, valRows: split.validationRows.count,
+        let summary = TrainingSummary(
+            bestEpoch: outcome.bestEpoch, bestValAccuracy: best.accuracy, bestValLoss: best.meanLoss, epochsRun: outcome.epochs.count,
             split: TrainingSplit.Record(rule: split.rule, validationPaths: split.validationRows.map { cache.paths[$0] }),
-            chanceAccuracy: 1 / Double(cache.classes.count),
+            chanceAccuracy: 1 / Double(cache.classes.count), classes: cache.classes, perClass: best.perClass,
+            confusionMatrix: best.confusion, wallSeconds: ResourceUsage.now - start, model: run.file(RunDirectory.modelFile),
+            stoppedEarly: outcome.stoppedEarly, trainRows: split.trainRows.count, valRows: split.validationRows.count,
             majorityClassAccuracy: Double(validationCounts.values.max() ?? 0) / Double(split.validationRows.count),
-            classes: cache.classes, perClass: best.perClass, confusionMatrix: best.confusion,
-            wallSeconds: ResourceUsage.now - start, samplesPerSecond: outcome.samplesPerSecond,
-            dataLoading: rows.isStreaming ? "streaming" : "memory", model: run.file(RunDirectory.modelFile))
+            samplesPerSecond: outcome.samplesPerSecond, dataLoading: rows.isStreaming ? "streaming" : "memory")
         try run.writeJSON(summary, to: RunDirectory.summaryFile)
         return summary
     }

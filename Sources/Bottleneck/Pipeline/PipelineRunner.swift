@@ -160,7 +160,7 @@ package struct PipelineRunner {
             job.overwrite = true
             let summary = try job.run(log: log)
             return String(format: "val accuracy %.4f at epoch %d of %d, %@, %.0f samples/s; %@", summary.bestValAccuracy,
-                          summary.bestEpoch, summary.epochsRun, Report.duration(summary.wallSeconds), summary.samplesPerSecond,
+                          summary.bestEpoch, summary.epochsRun, Report.duration(summary.wallSeconds), summary.throughput,
                           pipeline.runDirectory(of: stage))
         case .fullFinetune(let settings, let initialHead):
             let directory = pipeline.runDirectory(of: stage)
@@ -187,7 +187,7 @@ package struct PipelineRunner {
             }
             let summary = try job.run(log: log)
             return String(format: "val accuracy %.4f at epoch %d of %d, %@, %.2f img/s; %@", summary.bestValAccuracy,
-                          summary.bestEpoch, summary.epochsRun, Report.duration(summary.wallSeconds), summary.trainImagesPerSecond,
+                          summary.bestEpoch, summary.epochsRun, Report.duration(summary.wallSeconds), summary.throughput,
                           pipeline.runDirectory(of: stage))
         case .report(let formats):
             let runs = try trainingStages.map { try RunRecord(directory: pipeline.runDirectory(of: $0)) }

@@ -186,16 +186,16 @@ package struct Report: Sendable {
     }
 
     private var charts: [LineChart] {
-        func series(_ value: (RunRecord.Epoch) -> Double, x: (RunRecord.Epoch) -> Double) -> [LineChart.Series] {
+        func series(_ value: (EpochRecord) -> Double, x: (RunRecord) -> [Double]) -> [LineChart.Series] {
             runs.map { run in
-                LineChart.Series(name: run.name, color: cssColor(of: run), points: run.epochs.map { (x($0), value($0)) },
+                LineChart.Series(name: run.name, color: cssColor(of: run), points: zip(x(run), run.epochs.map(value)).map { (x: $0, y: $1) },
                                  dashed: run.mode == .finetune)
             }
         }
-        let accuracy = { (epoch: RunRecord.Epoch) in epoch.validationAccuracy }
-        let loss = { (epoch: RunRecord.Epoch) in epoch.validationLoss }
-        let epochNumber = { (epoch: RunRecord.Epoch) in Double(epoch.epoch) }
-        let elapsed = { (epoch: RunRecord.Epoch) in epoch.elapsedSeconds }
+        let accuracy = { (epoch: EpochRecord) in epoch.validationAccuracy }
+        let loss = { (epoch: EpochRecord) in epoch.validationLoss }
+        let epochNumber = { (run: RunRecord) in run.epochs.map { Double($0.epoch) } }
+        let elapsed = { (run: RunRecord) in run.elapsedSeconds }
         return [
             LineChart(title: "Validation accuracy by epoch", xLabel: "epoch", yLabel: "val accuracy",
                       series: series(accuracy, x: epochNumber), yBounds: 0...1),
@@ -265,11 +265,12 @@ package struct Report: Sendable {
 
         out += "## Validation accuracy by epoch\n\n"
         let longest = runs.map(\.epochs.count).max() ?? 0
+        let elapsed = runs.map(\.elapsedSeconds)
         out += table(["epoch"] + runs.map(\.name), (0..<longest).map { index in
-            ["\(index + 1)"] + runs.map { run in
+            ["\(index + 1)"] + zip(runs, elapsed).map { run, elapsed in
                 index < run.epochs.count
                     ? String(format: "%.4f (loss %.4f, %@)", run.epochs[index].validationAccuracy, run.epochs[index].validationLoss,
-                             Self.duration(run.epochs[index].elapsedSeconds))
+                             Self.duration(elapsed[index]))
                     : ""
             }
         }) + "\n"

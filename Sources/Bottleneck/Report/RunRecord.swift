@@ -8,20 +8,6 @@ package struct RunRecord: Sendable {
         case head, finetune
     }
 
-    /// One line of metrics.csv, with the wall-clock seconds since training started. (The trainer's EpochRecord
-    /// as the file keeps it: without the seconds of the optimizer steps alone, which metrics.csv does not hold.)
-    package struct Epoch: Sendable, Equatable {
-        package var epoch: Int
-        package var trainLoss: Double
-        package var trainAccuracy: Double
-        package var validationLoss: Double
-        package var validationAccuracy: Double
-        package var learningRate: Double
-        package var seconds: Double
-        /// Sum of the epochs' seconds up to and including this one.
-        package var elapsedSeconds: Double
-    }
-
     package var directory: String
     /// The folder's name: how the report labels the run.
     package var name: String
@@ -29,7 +15,13 @@ package struct RunRecord: Sendable {
     /// "through fc7 (cached)", "through conv3_3", "none".
     package var frozen: String
     package var trainableParameters: Int
-    package var epochs: [Epoch]
+    /// metrics.csv's lines (without the steps' seconds, which the file does not keep).
+    package var epochs: [EpochRecord]
+    /// Seconds of training by the end of each epoch: the sum of `epochs`' seconds up to and including it.
+    package var elapsedSeconds: [Double] {
+        var total = 0.0
+        return epochs.map { total += $0.seconds; return total }
+    }
     package var bestEpoch: Int
     package var bestValidationAccuracy: Double
     package var bestValidationLoss: Double
@@ -46,21 +38,6 @@ package struct RunRecord: Sendable {
     package var confusion: [[Int]]
     /// Which images it validated on; nil for a run made before runs recorded it.
     package var validation: TrainingSplit.Record?
-
-    /// The keys of summary.json that both jobs write, and those only one of them does.
-    private struct SummaryFile: Decodable {
-        var bestEpoch: Int
-        var bestValAccuracy: Double
-        var bestValLoss: Double
-        var chanceAccuracy: Double
-        var classes: [String]
-        var perClass: [ClassificationMetrics.ClassFigures]
-        var confusionMatrix: [[Int]]
-        var wallSeconds: Double
-        var samplesPerSecond: Double?
-        var trainImagesPerSecond: Double?
-        var split: TrainingSplit.Record?
-    }
 
     private struct ConfigFile: Decodable {
         struct Cache: Decodable {
@@ -101,7 +78,7 @@ package struct RunRecord: Sendable {
                 throw ReportError("\(run(file)): cannot read it: \(error)")
             }
         }
-        let summary = try decode(SummaryFile.self, RunDirectory.summaryFile)
+        let summary = try decode(TrainingSummary.self, RunDirectory.summaryFile)
         let config = try decode(ConfigFile.self, RunDirectory.configFile)
 
         self.directory = directory
@@ -129,7 +106,7 @@ package struct RunRecord: Sendable {
         bestValidationLoss = summary.bestValLoss
         chanceAccuracy = summary.chanceAccuracy
         wallSeconds = summary.wallSeconds
-        samplesPerSecond = summary.samplesPerSecond ?? summary.trainImagesPerSecond ?? 0
+        samplesPerSecond = summary.throughput
         classes = summary.classes
         perClass = summary.perClass
         confusion = summary.confusionMatrix
@@ -137,26 +114,22 @@ package struct RunRecord: Sendable {
     }
 
     /// metrics.csv by its header's column names.
-    private static func readMetrics(_ path: String) throws -> [Epoch] {
+    private static func readMetrics(_ path: String) throws -> [EpochRecord] {
         let text: String
         do { text = try DurableFiles.readText(path) } catch { throw ReportError("\(path): cannot read it: \(error.reason)") }
         let lines = text.split(whereSeparator: \.isNewline).map { $0.split(separator: ",", omittingEmptySubsequences: false).map(String.init) }
         guard let header = lines.first else { throw ReportError("\(path) is empty") }
-        let columns = try RunDirectory.metricsColumns.map { name in
+        let columns = try Dictionary(uniqueKeysWithValues: EpochRecord.csvColumns.map { name in
             guard let index = header.firstIndex(of: name) else { throw ReportError("\(path): no column '\(name)'") }
-            return index
-        }
-        var elapsed = 0.0
+            return (name, index)
+        })
         return try lines.dropFirst().enumerated().map { offset, fields in
-            let values = try columns.map { column in
+            EpochRecord(csvValues: try columns.mapValues { column in
                 guard column < fields.count, let value = Double(fields[column]) else {
                     throw ReportError("\(path):\(offset + 2): not a number in column '\(header[column])'")
                 }
                 return value
-            }
-            elapsed += values[6]
-            return Epoch(epoch: Int(values[0]), trainLoss: values[1], trainAccuracy: values[2], validationLoss: values[3],
-                         validationAccuracy: values[4], learningRate: values[5], seconds: values[6], elapsedSeconds: elapsed)
+            })
         }
     }
 

@@ -14,7 +14,7 @@ struct FineTuneCheckpoint {
     var epochsDone: Int
     /// `FineTuneSettings.resolved` as JSON with sorted keys; a resume must match it.
     var settingsJSON: String
-    var history: [HeadTrainer.EpochRecord]
+    var history: [EpochRecord]
     /// From 1; 0 before any epoch finished.
     var bestEpoch: Int
     var stateDict: [(key: String, tensor: Tensor)]
@@ -34,7 +34,15 @@ struct FineTuneCheckpoint {
         }
     }
 
-    init(epochsDone: Int, settingsJSON: String, history: [HeadTrainer.EpochRecord], bestEpoch: Int,
+    /// What `settingsJSON` holds for `settings`.
+    static func settingsJSON(_ settings: FineTuneSettings) -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = .sortedKeys
+        // Settings are plain numbers and strings: encoding cannot fail.
+        return String(decoding: try! encoder.encode(settings.resolved), as: UTF8.self)
+    }
+
+    init(epochsDone: Int, settingsJSON: String, history: [EpochRecord], bestEpoch: Int,
          stateDict: [(key: String, tensor: Tensor)], optimizerState: [String: Tensor]) {
         self.epochsDone = epochsDone
         self.settingsJSON = settingsJSON
@@ -69,7 +77,7 @@ struct FineTuneCheckpoint {
         epochsDone = done
         settingsJSON = settings
         do {
-            self.history = try JSONDecoder().decode([HeadTrainer.EpochRecord].self, from: Data(history.utf8))
+            self.history = try JSONDecoder().decode([EpochRecord].self, from: Data(history.utf8))
         } catch {
             throw TrainingError(.malformed, "\(path) is damaged: its 'history' attribute is not valid (\(error))")
         }

@@ -16,22 +16,6 @@ import BottleneckKernels
 /// is dropped the same way whichever batch or thread it lands in, and the same way as the frozen
 /// network in train mode would drop it if run from the image with that generator.
 package final class HeadTrainer {
-    package struct EpochRecord: Codable, Sendable, Equatable {
-        /// From 1.
-        package var epoch: Int
-        /// Mean over the epoch's batches as trained (dropout on), weighted by batch size.
-        package var trainLoss: Double
-        package var trainAccuracy: Double
-        /// After the epoch, evaluation mode.
-        package var validationLoss: Double
-        package var validationAccuracy: Double
-        package var learningRate: Double
-        /// The whole epoch: training and validation.
-        package var seconds: Double
-        /// The epoch's optimizer steps alone.
-        package var trainSeconds: Double
-    }
-
     package struct Outcome: Sendable {
         package var epochs: [EpochRecord]
         /// From 1: the epoch whose parameters the network now holds.
@@ -160,7 +144,8 @@ package final class HeadTrainer {
         let schedule = settings.learningRateSchedule
         let baseRate = settings.resolvedLearningRate
         var records: [EpochRecord] = []
-        var best: (epoch: Int, loss: Double, linears: [Linear], metrics: ClassificationMetrics)?
+        var best = BestEpoch()
+        var kept: (linears: [Linear], metrics: ClassificationMetrics)?
         var epochsSinceBest = 0
         var stoppedEarly = false
         var stepSeconds = 0.0
@@ -196,8 +181,8 @@ package final class HeadTrainer {
                                      trainSeconds: epochStepSeconds)
             records.append(record)
             try onEpoch(record)
-            if best == nil || validation.meanLoss < best!.loss {
-                best = (epoch + 1, validation.meanLoss, network.linears, validation)
+            if best.offer(epoch: record.epoch, validationLoss: record.validationLoss) {
+                kept = (network.linears, validation)
                 epochsSinceBest = 0
             } else {
                 epochsSinceBest += 1
@@ -207,9 +192,9 @@ package final class HeadTrainer {
                 }
             }
         }
-        let kept = best!
-        network.linears = kept.linears
-        return Outcome(epochs: records, bestEpoch: kept.epoch, stoppedEarly: stoppedEarly, validation: kept.metrics,
+        // A non-finite validation loss throws above, so the first epoch was kept.
+        network.linears = kept!.linears
+        return Outcome(epochs: records, bestEpoch: best.epoch!, stoppedEarly: stoppedEarly, validation: kept!.metrics,
                        stepSeconds: stepSeconds, samplesTrained: samplesTrained)
     }
 

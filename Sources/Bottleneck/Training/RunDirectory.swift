@@ -88,17 +88,12 @@ package final class RunDirectory {
         try write(try encoder.encode(value) + Data("\n".utf8), to: name)
     }
 
-    /// metrics.csv's header; the report reads the file by these names.
-    package static let metricsColumns = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
-
     func startMetrics() throws {
-        try write(Data((Self.metricsColumns.joined(separator: ",") + "\n").utf8), to: Self.metricsFile)
+        try write(Data((EpochRecord.csvColumns.joined(separator: ",") + "\n").utf8), to: Self.metricsFile)
     }
 
-    func appendMetrics(_ record: HeadTrainer.EpochRecord) throws {
-        let line = [String(record.epoch), "\(record.trainLoss)", "\(record.trainAccuracy)", "\(record.validationLoss)",
-                    "\(record.validationAccuracy)", "\(record.learningRate)", String(format: "%.4f", record.seconds)]
-            .joined(separator: ",") + "\n"
+    func appendMetrics(_ record: EpochRecord) throws {
+        let line = record.csvFields.joined(separator: ",") + "\n"
         let path = file(Self.metricsFile)
         let descriptor: Int32, status: stat
         do {

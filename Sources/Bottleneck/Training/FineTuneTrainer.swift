@@ -1,0 +1,182 @@
+import Foundation
+import BottleneckKernels
+
+/// Trains VGG16 end to end (or above `--freeze-through`) from the images, the full-finetune counterpart of
+/// `HeadTrainer`: each epoch shuffles the training images, decodes and augments them a batch ahead on
+/// BatchDecoder's thread, takes one optimizer step per batch, validates, and keeps the best epoch by `BestEpoch`.
+///
+///     images [B, 3, S, S] → features → avgpool → classifier → logits [B, K] → cross-entropy
+///     → backward down to the lowest trained layer → optimizer (the head's layers at --lr, the rest scaled)
+///
+/// The best epoch's parameters are not copied in memory (a second VGG16 is 500 MB): `onCheckpoint` is told
+/// which epoch is the new best, and the job writes them to model.h5.
+package final class FineTuneTrainer {
+    package struct Outcome: Sendable {
+        /// Every finished epoch, those before a `resume` included.
+        package var epochs: [EpochRecord]
+        /// From 1: the epoch whose parameters `onCheckpoint` last called the best.
+        package var bestEpoch: Int
+        /// Validation figures of the kept parameters; nil when the best epoch ran before a `resume`.
+        package var validation: ClassificationMetrics?
+        /// Seconds spent in optimizer steps (forward, backward, update) in this invocation; decoding overlaps them.
+        package var stepSeconds: Double
+        package var samplesTrained: Int
+
+        package var samplesPerSecond: Double { stepSeconds > 0 ? Double(samplesTrained) / stepSeconds : 0 }
+    }
+
+    package private(set) var network: FineTuneNetwork
+    package let settings: FineTuneSettings
+    /// How validation sees an image, and training when it does not augment.
+    package let evaluation: Preprocessing
+    package let augmentation: Augmentation?
+    /// Images that could not be read, in training or validation; each is warned about once.
+    package private(set) var failedImages: Set<String> = []
+    private let folder: ImageFolder
+    private let split: TrainingSplit
+    /// Layers trained at the full --lr; the others at --backbone-lr-mult of it.
+    private let headLayers: Set<String>
+    private var optimizer: any Optimizer
+    private var history: [EpochRecord] = []
+    private var best = BestEpoch()
+
+    /// `network` is taken, not shared: nothing else may keep its tensors, so the first update changes them in
+    /// place instead of copying the whole network.
+    package init(network: consuming FineTuneNetwork, settings: FineTuneSettings, folder: ImageFolder, split: TrainingSplit,
+                 headLayers: [String]) {
+        self.network = network
+        self.settings = settings
+        self.folder = folder
+        self.split = split
+        self.headLayers = Set(headLayers)
+        evaluation = settings.evaluationPreprocessing
+        augmentation = settings.augment == .standard ? Augmentation(matching: settings.evaluationPreprocessing) : nil
+        optimizer = settings.makeOptimizer()
+    }
+
+    /// Continues an interrupted run from its checkpoint (read from `path`): parameters, optimizer state, epochs.
+    func resume(from checkpoint: FineTuneCheckpoint, path: String) throws {
+        for (key, tensor) in checkpoint.stateDict where key.hasSuffix(".weight") {
+            let layer = String(key.dropLast(".weight".count))
+            guard let bias = checkpoint.stateDict.first(where: { $0.key == layer + ".bias" }) else {
+                throw TrainingError(.malformed, "the checkpoint has \(key) but no \(layer).bias")
+            }
+            try network.setParameters(path: layer, weight: tensor, bias: bias.tensor)
+        }
+        try checkpoint.checkOptimizerState(against: network.stateDict, path: path)
+        optimizer.state = checkpoint.optimizerState
+        history = checkpoint.history
+        best = checkpoint.bestEpoch == 0 ? BestEpoch()
+            : BestEpoch(epoch: checkpoint.bestEpoch, validationLoss: history[checkpoint.bestEpoch - 1].validationLoss)
+    }
+
+    /// Runs the epochs not yet done. After each: `onEpoch` with its figures, then `onCheckpoint` with the
+    /// checkpoint to keep (`checkpointPath`, which the divergence message names) and whether the epoch is the
+    /// new best, whose parameters the checkpoint holds.
+    func train(checkpointPath: String, log: (String) -> Void, onEpoch: (EpochRecord) throws -> Void,
+               onCheckpoint: (_ checkpoint: FineTuneCheckpoint, _ newBest: Bool) throws -> Void) throws -> Outcome {
+        let settingsJSON = FineTuneCheckpoint.settingsJSON(settings)
+        let itemIndex = Dictionary(uniqueKeysWithValues: folder.items.enumerated().map { ($1.path, $0) })
+        let rate = { [headLayers, settings] (layer: LayerInfo) in
+            settings.learningRate * (headLayers.contains(layer.path) ? 1 : settings.backboneLearningRateMultiplier)
+        }
+        var kept: String {
+            history.isEmpty ? "no checkpoint was written (no epoch finished)"
+                : "the checkpoint of epoch \(history.count) is kept in \(checkpointPath) (--resume continues from it)"
+        }
+        var stepSeconds = 0.0
+        var samplesTrained = 0
+        var bestValidation: ClassificationMetrics?
+        for epoch in history.count..<settings.epochs {
+            let epochStart = ResourceUsage.now
+            let decoder = trainingBatches(epoch: epoch)
+            defer { decoder.cancel() }
+            let progress = ProgressReporter(label: "epoch \(epoch + 1) images", total: split.trainRows.count)
+            var trainLoss = 0.0
+            var trainCorrect = 0
+            var trainCount = 0
+            var step = 0
+            var epochStepSeconds = 0.0
+            while let batch = decoder.next() {
+                skip(batch.failed, log: log)
+                guard !batch.items.isEmpty else { continue }
+                step += 1
+                let rows = batch.items.map { itemIndex[$0.path]! }
+                let stepStart = ResourceUsage.now
+                let outcome = network.trainStep(images: batch.images, labels: batch.items.map(\.label), optimizer: &optimizer,
+                                                learningRate: rate) { [seed = settings.seed] row, position in
+                    TrainingRandomness.dropoutGenerator(seed: seed, epoch: epoch, row: rows[row], layerPosition: position)
+                }
+                epochStepSeconds += ResourceUsage.now - stepStart
+                guard outcome.loss.isFinite else {
+                    progress.finish()
+                    throw TrainingError(.diverged, "the loss became \(outcome.loss.mean) at epoch \(epoch + 1), step \(step) "
+                                        + "(images \(batch.items.first!.path) …): training diverged, nothing of this step was applied; "
+                                        + "\(kept); lower --lr")
+                }
+                trainLoss += outcome.loss.mean * Double(outcome.loss.count)
+                trainCorrect += outcome.loss.correct
+                trainCount += outcome.loss.count
+                samplesTrained += outcome.loss.count
+                progress.update(done: trainCount + failedImages.count, extra: String(format: "loss %.4f", trainLoss / Double(trainCount)))
+            }
+            progress.finish()
+            guard trainCount > 0 else { throw TrainingError(.invalidInput, "no training image could be read") }
+            let validation = try validate(network, log: log)
+            guard validation.meanLoss.isFinite else {
+                throw TrainingError(.diverged, "training diverged in epoch \(epoch + 1): the validation loss became "
+                                    + "\(validation.meanLoss); \(kept); lower --lr (it was \(settings.learningRate))")
+            }
+            let seen = Double(trainCount)
+            let record = EpochRecord(epoch: epoch + 1, trainLoss: trainLoss / seen, trainAccuracy: Double(trainCorrect) / seen,
+                                     validationLoss: validation.meanLoss, validationAccuracy: validation.accuracy,
+                                     learningRate: settings.learningRate, seconds: ResourceUsage.now - epochStart,
+                                     trainSeconds: epochStepSeconds)
+            history.append(record)
+            stepSeconds += epochStepSeconds
+            try onEpoch(record)
+            let newBest = best.offer(epoch: record.epoch, validationLoss: record.validationLoss)
+            if newBest { bestValidation = validation }
+            try onCheckpoint(FineTuneCheckpoint(epochsDone: epoch + 1, settingsJSON: settingsJSON, history: history,
+                                                bestEpoch: best.epoch!, stateDict: network.stateDict, optimizerState: optimizer.state),
+                             newBest)
+        }
+        return Outcome(epochs: history, bestEpoch: best.epoch!, validation: bestValidation, stepSeconds: stepSeconds,
+                       samplesTrained: samplesTrained)
+    }
+
+    /// Epoch `epoch`'s training images in its shuffled order, augmented with draws of (seed, epoch, image).
+    private func trainingBatches(epoch: Int) -> BatchDecoder {
+        let order = TrainingRandomness.shuffled(split.trainRows, seed: settings.seed, epoch: epoch)
+        let transform: BatchDecoder.Transform
+        if let augmentation {
+            let seed = settings.seed
+            transform = { image, index, slot in
+                var generator = SeededGenerator(seed: TrainingRandomness.seed(seed, .augmentation, UInt64(epoch), UInt64(order[index])))
+                augmentation.write(image, generator: &generator, into: slot)
+            }
+        } else {
+            transform = { [evaluation] image, _, slot in evaluation.write(image, into: slot) }
+        }
+        return BatchDecoder(folder: folder, items: order.map { folder.items[$0] }, batchSize: settings.batchSize,
+                            imageShape: evaluation.outputShape, transform: transform)
+    }
+
+    /// The validation images through `network` in evaluation mode; those that cannot be read are skipped.
+    func validate(_ network: FineTuneNetwork, log: (String) -> Void) throws -> ClassificationMetrics {
+        var metrics = ClassificationMetrics(classes: folder.classes)
+        let decoder = BatchDecoder(folder: folder, items: split.validationRows.map { folder.items[$0] }, batchSize: settings.batchSize,
+                                   preprocessing: evaluation)
+        defer { decoder.cancel() }
+        while let batch = decoder.next() {
+            skip(batch.failed, log: log)
+            guard !batch.items.isEmpty else { continue }
+            metrics.add(logits: network.logits(batch.images), labels: batch.items.map(\.label))
+        }
+        return metrics
+    }
+
+    private func skip(_ failures: [(path: String, reason: String)], log: (String) -> Void) {
+        for failure in failures where failedImages.insert(failure.path).inserted { log("warning: skipping \(failure.path): \(failure.reason)") }
+    }
+}
