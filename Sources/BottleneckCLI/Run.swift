@@ -68,9 +68,9 @@ struct Run: ParsableCommand {
                   + "; output under \(definition.outputRoot)")
             return
         }
-        let start = ResourceUsage.now
+        let start = ContinuousClock.now
         let outcomes = try runner.run(log: printErr)
-        print("run: \(definition.name) finished in \(Report.duration(ResourceUsage.now - start))")
+        print("run: \(definition.name) finished in \(Report.duration(start.secondsElapsed))")
         for outcome in outcomes {
             print("  \(outcome.name.padding(toLength: 10, withPad: " ", startingAt: 0)) "
                   + (outcome.reused ? "reused     " : Report.duration(outcome.seconds).padding(toLength: 11, withPad: " ", startingAt: 0)) + outcome.result)

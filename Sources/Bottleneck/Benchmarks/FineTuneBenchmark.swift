@@ -44,11 +44,11 @@ package struct FineTuneBenchmark: Sendable {
         var optimizer = SGD(momentum: 0.9)
         var timings: [Double] = []
         for iteration in 0..<(warmup + iterations) {
-            let start = ResourceUsage.now
+            let start = ContinuousClock.now
             let outcome = network.trainStep(images: images, labels: labels, optimizer: &optimizer, learningRate: { _ in 1e-3 }) { row, position in
                 TrainingRandomness.dropoutGenerator(seed: 0, epoch: iteration, row: row, layerPosition: position)
             }
-            let seconds = ResourceUsage.now - start
+            let seconds = start.secondsElapsed
             guard outcome.loss.isFinite else { throw TrainingError(.diverged, "the benchmark's loss became \(outcome.loss.mean)") }
             if iteration >= warmup {
                 timings.append(seconds)

@@ -44,13 +44,13 @@ package struct ForwardBenchmark: Sendable {
         var timings: [Double] = []
         var layerTimings: [Int: [Double]] = [:]
         for iteration in 0..<(warmup + iterations) {
-            let start = ResourceUsage.now
+            let start = ContinuousClock.now
             _ = try Conv2D.$algorithm.withValue(algorithm) {
                 try network.forward(input, through: cut) { layer, seconds in
                     if iteration >= warmup { layerTimings[layer.position, default: []].append(seconds) }
                 }
             }
-            let seconds = ResourceUsage.now - start
+            let seconds = start.secondsElapsed
             if iteration >= warmup {
                 timings.append(seconds)
                 progress(String(format: "batch %d/%d: %.3f s (%.2f img/s)", iteration - warmup + 1, iterations,

@@ -69,7 +69,7 @@ package struct ExtractionJob: Sendable {
     /// Runs the job. `log` gets one-off messages (what was found, reused, warnings);
     /// progress is drawn on stderr by a ProgressReporter.
     package func run(log: (String) -> Void) throws -> Summary {
-        let start = ResourceUsage.now
+        let start = ContinuousClock.now
         if let problem = MemoryEstimate.batchSizeProblem(batchSize) { throw ExtractionError(problem) }
         let folder = try ImageFolder(root: imagesRoot)
         guard !folder.items.isEmpty else {
@@ -137,7 +137,7 @@ package struct ExtractionJob: Sendable {
         let decoder = BatchDecoder(folder: folder, items: pending, batchSize: batchSize, preprocessing: preprocessing)
         defer { decoder.cancel() }
         var processed = 0
-        let loopStart = ResourceUsage.now
+        let loopStart = ContinuousClock.now
         while let batch = decoder.next() {
             let rows = zip(batch.items, batch.identities).map { (item: $0, identity: $1) }
             let features = if let loaded, let cut { try loaded.network.forward(batch.images, through: cut) } else { batch.images }
@@ -148,7 +148,7 @@ package struct ExtractionJob: Sendable {
             progress.update(done: processed, extra: summary.failed.isEmpty ? "" : "\(summary.failed.count) failed")
         }
         progress.finish()
-        summary.extractionSeconds = ResourceUsage.now - loopStart
+        summary.extractionSeconds = loopStart.secondsElapsed
         let cache = try builder.finish(compress: compress)
         summary.extracted = cache.extractedRows
         summary.reused = cache.reusedRows
@@ -158,7 +158,7 @@ package struct ExtractionJob: Sendable {
         summary.refreshed = cache.refreshedRows
         summary.fileBytes = cache.fileBytes
         summary.path = outputPath
-        summary.seconds = ResourceUsage.now - start
+        summary.seconds = start.secondsElapsed
         return summary
     }
 }

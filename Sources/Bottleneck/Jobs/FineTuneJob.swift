@@ -55,7 +55,7 @@ package struct FineTuneJob: Sendable {
     }
 
     package func run(log: (String) -> Void) throws -> TrainingSummary {
-        let start = ResourceUsage.now
+        let start = ContinuousClock.now
         try settings.validate()
         let folder = try ImageFolder(root: imagesRoot)
         for warning in folder.warnings { log("warning: \(warning)") }
@@ -146,7 +146,7 @@ package struct FineTuneJob: Sendable {
             bestEpoch: outcome.bestEpoch, bestValAccuracy: best.accuracy, bestValLoss: best.meanLoss, epochsRun: outcome.epochs.count,
             split: TrainingSplit.Record(rule: split.rule, validationPaths: scoredValidation),
             chanceAccuracy: 1 / Double(folder.classes.count), classes: folder.classes, perClass: best.perClass,
-            confusionMatrix: best.confusion, wallSeconds: ResourceUsage.now - start, model: run.file(RunDirectory.modelFile),
+            confusionMatrix: best.confusion, wallSeconds: start.secondsElapsed, model: run.file(RunDirectory.modelFile),
             trainImages: split.trainRows.count, valImages: scoredValidation.count, frozenThrough: freezePoint?.name,
             trainableLayers: trainableLayers, trainableParameters: trainableParameters,
             trainImagesPerSecond: outcome.samplesPerSecond, peakResidentBytes: ResourceUsage.peakResidentBytes,

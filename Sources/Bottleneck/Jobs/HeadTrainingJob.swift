@@ -64,7 +64,7 @@ package struct HeadTrainingJob: Sendable {
     }
 
     package func run(log: (String) -> Void) throws -> TrainingSummary {
-        let start = ResourceUsage.now
+        let start = ContinuousClock.now
         try settings.validate()
         let cache = try FeatureCacheReader(path: cachePath, allowIncomplete: allowIncomplete)
         let fingerprint = cache.fingerprint
@@ -158,7 +158,7 @@ package struct HeadTrainingJob: Sendable {
             bestEpoch: outcome.bestEpoch, bestValAccuracy: best.accuracy, bestValLoss: best.meanLoss, epochsRun: outcome.epochs.count,
             split: TrainingSplit.Record(rule: split.rule, validationPaths: split.validationRows.map { cache.paths[$0] }),
             chanceAccuracy: 1 / Double(cache.classes.count), classes: cache.classes, perClass: best.perClass,
-            confusionMatrix: best.confusion, wallSeconds: ResourceUsage.now - start, model: run.file(RunDirectory.modelFile),
+            confusionMatrix: best.confusion, wallSeconds: start.secondsElapsed, model: run.file(RunDirectory.modelFile),
             stoppedEarly: outcome.stoppedEarly, trainRows: split.trainRows.count, valRows: split.validationRows.count,
             majorityClassAccuracy: Double(validationCounts.values.max() ?? 0) / Double(split.validationRows.count),
             samplesPerSecond: outcome.samplesPerSecond, dataLoading: rows.isStreaming ? "streaming" : "memory")

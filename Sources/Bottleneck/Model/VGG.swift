@@ -77,8 +77,8 @@ package struct VGG: Sendable {
         var activation = x
         var reluDone = false
         for (position, module) in modules.prefix(cut.position + 1).enumerated() {
-            let start = layerTimer == nil ? 0 : ResourceUsage.now
-            defer { layerTimer?(config.layers[position], ResourceUsage.now - start) }
+            let start = ContinuousClock.now
+            defer { layerTimer?(config.layers[position], start.secondsElapsed) }
             switch module {
             case .conv(let conv):
                 // A conv's ReLU runs in the conv's own pass while the tile is in cache, unless the cut

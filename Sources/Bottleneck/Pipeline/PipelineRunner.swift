@@ -89,7 +89,7 @@ package struct PipelineRunner {
                 log(WeightsChoice.randomFallbackWarning())
                 warnOfRandomWeights = false
             }
-            let start = ResourceUsage.now
+            let start = ContinuousClock.now
             let result: String
             do {
                 result = try run(stage, key: key, fromScratch: isForced, weights: weights, log: log)
@@ -97,7 +97,7 @@ package struct PipelineRunner {
                 // Found only once the stage runs (train_from below the cut): said in the file's spelling.
                 throw PipelineError("\(pipeline.path): stage \(stage.name): \(error.key.pipelineKey) \(error.problem)")
             }
-            let seconds = ResourceUsage.now - start
+            let seconds = start.secondsElapsed
             log("\(stage.name): \(result)")
             try write(StageRecord(stage: stage.name, kind: stage.kind.rawValue, key: key,
                                   finished: ISO8601DateFormatter().string(from: Date()), seconds: seconds, result: result),

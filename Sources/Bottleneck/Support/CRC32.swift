@@ -1,5 +1,8 @@
 import BottleneckKernels
 
+// Ten lines of table-driven CRC-32 rather than a dependency: swift-crypto has none, and the journal's records are
+// checked once each on reading.
+
 /// CRC-32 as zlib, PNG and zip compute it (reflected polynomial 0xEDB88320): the
 /// checksum that lets the feature cache journal tell a whole record from a torn one.
 package enum CRC32 {

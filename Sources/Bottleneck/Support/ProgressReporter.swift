@@ -9,8 +9,8 @@ package final class ProgressReporter: @unchecked Sendable {
     private let unit: String
     private let isTerminal: Bool
     private let plainInterval: Double
-    private let start = ResourceUsage.now
-    private var lastPrinted = -Double.infinity
+    private let start = ContinuousClock.now
+    private var lastPrinted: ContinuousClock.Instant?
     private var drewBar = false
 
     package init(label: String, total: Int, unit: String = "img", plainInterval: Double = 10) {
@@ -23,22 +23,23 @@ package final class ProgressReporter: @unchecked Sendable {
 
     /// `done` counts work of this run only, so the rate and ETA are honest after a resume.
     package func update(done: Int, extra: String = "") {
-        let now = ResourceUsage.now
-        let elapsed = now - start
+        let now = ContinuousClock.now
+        let elapsed = start.secondsElapsed
+        let due = { (interval: Duration) in self.lastPrinted.map { now - $0 >= interval } ?? true }
         let rate = elapsed > 0 ? Double(done) / elapsed : 0
         let remaining = rate > 0 ? Double(total - done) / rate : .infinity
         let fraction = total > 0 ? Double(done) / Double(total) : 1
         let figures = String(format: "%d/%d %@, %.2f %@/s, ETA %@", done, total, label, rate, unit,
                              Self.duration(remaining)) + (extra.isEmpty ? "" : ", " + extra)
         if isTerminal {
-            guard now - lastPrinted >= 0.1 || done == total else { return }
+            guard due(.milliseconds(100)) || done == total else { return }
             let width = 30
             let filled = Int(fraction * Double(width))
             let bar = String(repeating: "█", count: filled) + String(repeating: "·", count: width - filled)
             FileHandle.standardError.write(Data("\r\u{1B}[2K[\(bar)] \(figures)".utf8))
             drewBar = true
         } else {
-            guard now - lastPrinted >= plainInterval || done == total else { return }
+            guard due(.seconds(plainInterval)) || done == total else { return }
             FileHandle.standardError.write(Data(String(format: "[%3.0f%%] %@\n", fraction * 100, figures).utf8))
         }
         lastPrinted = now

@@ -88,7 +88,7 @@ package final class FineTuneTrainer {
         var samplesTrained = 0
         var bestValidation: ClassificationMetrics?
         for epoch in history.count..<settings.epochs {
-            let epochStart = ResourceUsage.now
+            let epochStart = ContinuousClock.now
             let decoder = trainingBatches(epoch: epoch)
             defer { decoder.cancel() }
             let progress = ProgressReporter(label: "epoch \(epoch + 1) images", total: split.trainRows.count)
@@ -102,12 +102,12 @@ package final class FineTuneTrainer {
                 guard !batch.items.isEmpty else { continue }
                 step += 1
                 let rows = batch.items.map { itemIndex[$0.path]! }
-                let stepStart = ResourceUsage.now
+                let stepStart = ContinuousClock.now
                 let outcome = network.trainStep(images: batch.images, labels: batch.items.map(\.label), optimizer: &optimizer,
                                                 learningRate: rate) { [seed = settings.seed] row, position in
                     TrainingRandomness.dropoutGenerator(seed: seed, epoch: epoch, row: rows[row], layerPosition: position)
                 }
-                epochStepSeconds += ResourceUsage.now - stepStart
+                epochStepSeconds += stepStart.secondsElapsed
                 guard outcome.loss.isFinite else {
                     progress.finish()
                     throw TrainingError(.diverged, "the loss became \(outcome.loss.mean) at epoch \(epoch + 1), step \(step) "
@@ -130,7 +130,7 @@ package final class FineTuneTrainer {
             let seen = Double(trainCount)
             let record = EpochRecord(epoch: epoch + 1, trainLoss: trainLoss / seen, trainAccuracy: Double(trainCorrect) / seen,
                                      validationLoss: validation.meanLoss, validationAccuracy: validation.accuracy,
-                                     learningRate: settings.learningRate, seconds: ResourceUsage.now - epochStart,
+                                     learningRate: settings.learningRate, seconds: epochStart.secondsElapsed,
                                      trainSeconds: epochStepSeconds)
             history.append(record)
             stepSeconds += epochStepSeconds

@@ -151,12 +151,12 @@ package final class HeadTrainer {
         var stepSeconds = 0.0
         var samplesTrained = 0
         for epoch in 0..<settings.epochs {
-            let epochStart = ResourceUsage.now
+            let epochStart = ContinuousClock.now
             let learningRate = schedule.learningRate(base: baseRate, epoch: epoch)
             let pass = rows.trainingPass(split.trainRows, seed: settings.seed, epoch: epoch)
             var lossSum = 0.0
             var correct = 0
-            let stepsStart = ResourceUsage.now
+            let stepsStart = ContinuousClock.now
             for batchStart in stride(from: 0, to: pass.order.count, by: settings.batchSize) {
                 let positions = batchStart..<min(batchStart + settings.batchSize, pass.order.count)
                 let loss = try step(rows: rows, pass: pass, positions: positions, labels: labels, epoch: epoch,
@@ -164,7 +164,7 @@ package final class HeadTrainer {
                 lossSum += loss.mean * Double(loss.count)
                 correct += loss.correct
             }
-            let epochStepSeconds = ResourceUsage.now - stepsStart
+            let epochStepSeconds = stepsStart.secondsElapsed
             stepSeconds += epochStepSeconds
             samplesTrained += pass.order.count
 
@@ -177,7 +177,7 @@ package final class HeadTrainer {
             let record = EpochRecord(epoch: epoch + 1, trainLoss: lossSum / Double(pass.order.count),
                                      trainAccuracy: Double(correct) / Double(pass.order.count),
                                      validationLoss: validation.meanLoss, validationAccuracy: validation.accuracy,
-                                     learningRate: learningRate, seconds: ResourceUsage.now - epochStart,
+                                     learningRate: learningRate, seconds: epochStart.secondsElapsed,
                                      trainSeconds: epochStepSeconds)
             records.append(record)
             try onEpoch(record)

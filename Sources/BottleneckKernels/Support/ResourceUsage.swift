@@ -10,11 +10,12 @@ package enum ResourceUsage {
         getrusage(RUSAGE_SELF.rawValue, &usage)
         return usage.ru_maxrss * 1024
     }
+}
 
-    /// Monotonic seconds, for throughput figures.
-    package static var now: Double {
-        var time = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &time)
-        return Double(time.tv_sec) + Double(time.tv_nsec) * 1e-9
+extension ContinuousClock.Instant {
+    /// Seconds from this instant until now, as the Double that throughput figures and logs divide by.
+    package var secondsElapsed: Double {
+        let elapsed = duration(to: .now).components
+        return Double(elapsed.seconds) + Double(elapsed.attoseconds) * 1e-18
     }
 }

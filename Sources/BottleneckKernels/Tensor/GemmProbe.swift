@@ -9,9 +9,9 @@ package enum GemmProbe {
             b.withUnsafeBufferPointer { b in
                 c.withUnsafeMutableBufferPointer { c in
                     for _ in 0...repetitions {
-                        let start = ResourceUsage.now
+                        let start = ContinuousClock.now
                         sgemm(m: size, n: size, k: size, a: a.baseAddress!, b: b.baseAddress!, c: c.baseAddress!)
-                        best = min(best, ResourceUsage.now - start)
+                        best = min(best, start.secondsElapsed)
                     }
                 }
             }

@@ -1,5 +1,8 @@
 import BottleneckKernels
 
+// Our own pickle machine: no Swift package reads pickles, and both of torch's .pth formats are one; it runs only the
+// opcodes torch.save writes and never calls anything, so a hostile .pth cannot run code.
+
 /// A value built by the pickle machine. Containers are reference boxes, as in
 /// Python: a list memoized and later appended to is one list, seen the same
 /// through the memo and the stack.
