@@ -1,4 +1,4 @@
-import Bottleneck
+@testable import Bottleneck
 import XCTest
 import BottleneckKernels
 

@@ -1,4 +1,4 @@
-import Bottleneck
+@testable import Bottleneck
 import Foundation
 import XCTest
 import BottleneckKernels

@@ -1,4 +1,4 @@
-import Bottleneck
+@testable import Bottleneck
 import Foundation
 #if canImport(FoundationXML)
 import FoundationXML

@@ -8,7 +8,7 @@ package struct FineTuneBenchmark: Sendable {
     package var batchSize: Int
     package var imageSize: Int
     package var iterations: Int
-    package var warmup: Int
+    var warmup: Int
     /// The highest frozen layer; nil: everything trains.
     package var freezeThrough: String?
 
@@ -28,7 +28,7 @@ package struct FineTuneBenchmark: Sendable {
 
     package struct Result: Sendable {
         package var imagesPerSecond: Double
-        package var secondsPerStep: [Double]
+        var secondsPerStep: [Double]
         package var peakResidentBytes: Int
         package var trainableParameters: Int
     }

@@ -9,7 +9,7 @@ package struct ForwardBenchmark: Sendable {
     package var batchSize: Int
     package var imageSize: Int
     package var iterations: Int
-    package var warmup: Int
+    var warmup: Int
     /// The convolution lowering to time (`.auto` is what extraction runs).
     package var algorithm: Conv2D.Algorithm = .auto
 
@@ -26,7 +26,7 @@ package struct ForwardBenchmark: Sendable {
     package struct Result: Sendable {
         package var imagesPerSecond: Double
         package var gigaflopsPerImage: Double
-        package var secondsPerBatch: [Double]
+        var secondsPerBatch: [Double]
         package var peakResidentBytes: Int
         /// Median seconds per batch of each layer that took measurable time, in order.
         package var layerSeconds: [(layer: LayerInfo, seconds: Double)]
@@ -71,7 +71,7 @@ package struct ForwardBenchmark: Sendable {
 
 extension VGGConfig {
     /// Multiply-adds counted as two FLOPs, convs and linears only (VGG16 at 224 px: 30.9 GFLOP to fc8).
-    package func forwardFlops(through cut: CutPoint, imageSize: Int) -> Int {
+    func forwardFlops(through cut: CutPoint, imageSize: Int) -> Int {
         var size = imageSize
         var flops = 0
         for layer in layers.prefix(cut.position + 1) {

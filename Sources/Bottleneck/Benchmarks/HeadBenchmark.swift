@@ -36,7 +36,7 @@ package struct HeadBenchmark: Sendable {
     package struct Result: Sendable {
         /// Median over the timed epochs of training rows per second of optimizer steps.
         package var samplesPerSecond: Double
-        package var epochSeconds: [Double]
+        var epochSeconds: [Double]
         package var forwardImagesPerSecond: Double?
 
         /// How many times faster a cached epoch is than one through the frozen network.

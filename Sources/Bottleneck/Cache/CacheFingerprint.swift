@@ -9,25 +9,25 @@ import BottleneckKernels
 /// Coded with the names of the cache's root attributes, so the journal header
 /// and the HDF5 file spell every field the same way.
 package struct CacheFingerprint: Codable, Equatable, Sendable {
-    package static let currentSchema = "bottleneck-cache/2"
+    static let currentSchema = "bottleneck-cache/2"
 
-    package var schema: String
+    var schema: String
     /// The network configuration, "vgg16".
     package var backbone: String
     /// The conventional name of the cut, "fc7" (a ReLU is named after the layer it follows).
     package var layer: String
     /// torchvision's module path of the cut, "classifier.4": what identifies it.
-    package var layerPath: String
+    var layerPath: String
     /// One image's activation, [4096] or [512, 7, 7].
-    package var activationShape: [Int]
+    var activationShape: [Int]
     /// sha256 of the weights file, or "random-seed-N".
-    package var weightsSHA256: String
-    package var weightsSource: String
+    var weightsSHA256: String
+    var weightsSource: String
     /// `Preprocessing.jsonDescription`: compared by meaning (key order and spacing do not count).
-    package var preprocess: String
+    var preprocess: String
     /// Absolute; `/paths` are relative to it.
-    package var imageRoot: String
-    package var toolVersion: String
+    var imageRoot: String
+    var toolVersion: String
     /// "2/4" for one shard of a sharded extraction (`extract --shard 2/4`), nil for a whole collection.
     package var shard: String?
 
@@ -69,7 +69,7 @@ package struct CacheFingerprint: Codable, Equatable, Sendable {
                   imageRoot: URL(fileURLWithPath: imageRoot).standardizedFileURL.path)
     }
 
-    package var rowSize: Int { activationShape.reduce(1, *) }
+    var rowSize: Int { activationShape.reduce(1, *) }
 
     /// Whether `shape` can be one image's activation ([C, H, W], [F]): each size at least 1, and bounded so that
     /// every size computed from it (a row, a read buffer) stays far from overflow. A file's claim is checked
@@ -81,7 +81,7 @@ package struct CacheFingerprint: Codable, Equatable, Sendable {
 
     /// What in `self` (a file's fingerprint) differs from `wanted` (the run's), each as
     /// "layer fc7 (classifier.4), not pool5 (features.30)"; empty when the two are compatible.
-    package func differences(from wanted: CacheFingerprint) -> [String] {
+    func differences(from wanted: CacheFingerprint) -> [String] {
         var found: [String] = []
         if schema != wanted.schema { found.append("schema \(schema), not \(wanted.schema)") }
         if backbone != wanted.backbone { found.append("backbone \(backbone), not \(wanted.backbone)") }

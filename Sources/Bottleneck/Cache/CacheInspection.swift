@@ -7,8 +7,8 @@ package struct CacheInspection: Codable, Sendable {
     /// Rows of one class (or of unlabeled images, `name` nil) per split name.
     package struct ClassCount: Codable, Equatable, Sendable {
         package var name: String?
-        package var perSplit: [String: Int]
-        package var total: Int
+        var perSplit: [String: Int]
+        var total: Int
     }
 
     /// The journal next to the cache: rows durable in it that the cache does not hold yet.
@@ -17,19 +17,19 @@ package struct CacheInspection: Codable, Sendable {
         package var rows: Int
         package var failed: Int
         /// A record a kill cut short; dropped when the extraction continues.
-        package var tornBytes: Int
+        var tornBytes: Int
     }
 
     package var path: String
     /// Whether the finished file exists (false: only a journal).
-    package var cacheExists: Bool
+    var cacheExists: Bool
     package var fingerprint: CacheFingerprint
     package var rows: Int
-    package var complete: Bool
+    var complete: Bool
     package var created: String?
     package var fileBytes: Int?
     /// "chunks of 64 rows, shuffle+deflate level 4, fletcher32 checksums"
-    package var storage: String?
+    var storage: String?
     package var classes: [ClassCount]
     package var failed: [CacheFailure]
     package var journal: JournalStatus?

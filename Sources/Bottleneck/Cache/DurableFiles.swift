@@ -114,10 +114,10 @@ enum DurableFiles {
 }
 
 /// Why a path cannot be read or written as a plain file, as one line naming it.
-package struct FileAccessError: Error, CustomStringConvertible, Sendable {
+struct FileAccessError: Error, CustomStringConvertible, Sendable {
     package let path: String
     /// errno when the system refused; nil when the file is of the wrong kind.
-    package let code: Int32?
+    let code: Int32?
     /// What is wrong, without the path.
     package let reason: String
 

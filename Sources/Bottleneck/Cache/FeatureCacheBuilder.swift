@@ -7,17 +7,17 @@ package struct CacheSummary: Sendable {
     package let path: String
     package let rows: Int
     /// Rows copied from the cache an earlier run finished: their files are unchanged.
-    package let reusedRows: Int
+    let reusedRows: Int
     /// Rows of images the earlier cache did not have, extracted by this run or by an interrupted one.
-    package let extractedRows: Int
+    let extractedRows: Int
     /// Rows extracted again because their file's contents changed since the earlier cache.
-    package let changedRows: Int
+    let changedRows: Int
     /// Rows of the earlier cache dropped because their image is gone.
-    package let removedRows: Int
+    let removedRows: Int
     /// Rows recovered from the journal of an interrupted run (counted in extracted or changed too).
-    package let recoveredRows: Int
+    let recoveredRows: Int
     /// Reused rows whose file had new times or another inode but the same bytes.
-    package let refreshedRows: Int
+    let refreshedRows: Int
     package let failed: Int
     package let fileBytes: Int
 }
@@ -37,23 +37,23 @@ package struct CacheSummary: Sendable {
 ///
 /// Memory is the per-row metadata plus a few MB of copy buffer, whatever the number of rows.
 /// Used from one thread.
-package final class FeatureCacheBuilder {
+final class FeatureCacheBuilder {
     package let path: String
-    package let journalPath: String
+    let journalPath: String
     package let fingerprint: CacheFingerprint
     /// What the labels of manifest items index; the final `/classes`.
     package let classes: [String]
-    package let manifest: [ImageFolder.Item]
-    package let reusedRowCount: Int
-    package let recoveredRowCount: Int
+    let manifest: [ImageFolder.Item]
+    let reusedRowCount: Int
+    let recoveredRowCount: Int
     /// Reused rows whose file was found under new times but with the same bytes.
-    package let refreshedRowCount: Int
+    let refreshedRowCount: Int
     /// Rows of the earlier cache whose image is not in the manifest.
-    package let removedRowCount: Int
+    let removedRowCount: Int
     /// Bytes of a record a kill cut short, dropped from the journal when it was reopened.
-    package let tornJournalBytes: Int
+    let tornJournalBytes: Int
     /// Rows appended by this run so far.
-    package private(set) var appendedRowCount = 0
+    private(set) var appendedRowCount = 0
 
     private enum RowSource: Equatable {
         case previous(row: Int)
@@ -74,10 +74,10 @@ package final class FeatureCacheBuilder {
     /// The latest reason per path, for manifest items that end without a row.
     private var failureReasons: [String: String] = [:]
 
-    package static func journalPath(for path: String) -> String { path + ".partial" }
+    static func journalPath(for path: String) -> String { path + ".partial" }
 
     /// Manifest items without a row yet, in manifest order: what the run still has to extract.
-    package var pending: [ImageFolder.Item] { manifest.indices.filter { sources[$0] == nil }.map { manifest[$0] } }
+    var pending: [ImageFolder.Item] { manifest.indices.filter { sources[$0] == nil }.map { manifest[$0] } }
 
     /// Opens (or starts) the cache at `path` for a run with `fingerprint` over `manifest`, whose labels
     /// index `classes`. `currentIdentity(item, recorded)` says whether a row recorded with `recorded`
@@ -243,7 +243,7 @@ package final class FeatureCacheBuilder {
 
     /// Ends a run that stopped before its first batch (its weights were refused, say): a journal holding
     /// no record is deleted, so the failure leaves no trace beside the cache; one with rows is kept for the rerun.
-    package func abandon() {
+    func abandon() {
         defer { lock = nil }
         guard let journal, journal.isEmpty else { return }
         try? journal.delete()

@@ -23,7 +23,7 @@ package struct FeatureCacheError: Error, CustomStringConvertible, Sendable {
     package let kind: Kind
     package let description: String
     /// What is wrong, without the advice to a person at the command line (a pipeline acts on it itself).
-    package let finding: String
+    let finding: String
 
     init(_ kind: Kind, _ description: String, finding: String? = nil) {
         self.kind = kind

@@ -9,32 +9,32 @@ import BottleneckKernels
 /// a buffer of a few blocks: every chunk is then read (and decompressed) once per
 /// epoch. `readRows(at:)` reads arbitrary rows in one call, but each chunk it
 /// touches is read whole, so scattered indices over a big compressed cache cost more.
-package final class FeatureCacheReader: Sendable {
+final class FeatureCacheReader: Sendable {
     package let path: String
     package let fingerprint: CacheFingerprint
     package let count: Int
     package let classes: [String]
     /// Index into `classes`, -1 for unlabeled rows.
-    package let labels: [Int32]
+    let labels: [Int32]
     /// Relative to `fingerprint.imageRoot`.
     package let paths: [String]
     package let splits: [ImageFolder.Split]
     /// What each row's image file held when its row was made.
-    package let identities: [FileIdentity]
+    let identities: [FileIdentity]
     package let failed: [CacheFailure]
-    package let isComplete: Bool
+    let isComplete: Bool
     /// ISO 8601, when the file was written.
     package let created: String
     /// Every root attribute as text (numbers and arrays printed), for display.
     package let attributes: [String: String]
     /// How `/features` is stored: chunk shape, compression filters.
-    package let storage: HDF5Storage
+    let storage: HDF5Storage
     private let features: HDF5Dataset
 
-    package var activationShape: [Int] { fingerprint.activationShape }
-    package var rowSize: Int { fingerprint.rowSize }
+    var activationShape: [Int] { fingerprint.activationShape }
+    var rowSize: Int { fingerprint.rowSize }
     /// Rows per chunk of `/features`: the natural unit of reading.
-    package var chunkRows: Int { storage.chunkShape?.first ?? max(count, 1) }
+    var chunkRows: Int { storage.chunkShape?.first ?? max(count, 1) }
 
     /// Opens `path`, refusing (one line) a missing file, a foreign or damaged file, and a cache whose
     /// `complete` attribute is 0 unless `allowIncomplete`.
@@ -161,20 +161,20 @@ package final class FeatureCacheReader: Sendable {
     }
 
     /// Rows `range` as a tensor [range.count, ...activationShape].
-    package func readRows(_ range: Range<Int>) throws -> Tensor {
+    func readRows(_ range: Range<Int>) throws -> Tensor {
         var rows = Tensor(zeros: [range.count] + activationShape)
         try rows.data.withUnsafeMutableBufferPointer { try readRows(range, into: $0) }
         return rows
     }
 
     /// Rows `range` into a caller's buffer of exactly `range.count * rowSize` floats.
-    package func readRows(_ range: Range<Int>, into buffer: UnsafeMutableBufferPointer<Float>) throws {
+    func readRows(_ range: Range<Int>, into buffer: UnsafeMutableBufferPointer<Float>) throws {
         try checkRows(range.isEmpty ? [] : [range.lowerBound, range.upperBound - 1])
         try readFeatures { try features.readRows([range], into: buffer) }
     }
 
     /// The rows at `indices`, in that order (repeats allowed), read in one pass over the file.
-    package func readRows(at indices: [Int]) throws -> Tensor {
+    func readRows(at indices: [Int]) throws -> Tensor {
         try checkRows(indices)
         let sortedRows = Array(Set(indices)).sorted()
         var runs: [Range<Int>] = []

@@ -17,11 +17,11 @@ import BottleneckKernels
 /// `racyWindowNanoseconds` of the clock when it was read could still change within the same
 /// timestamp tick without its stat changing ("racy git"): its ctime is recorded as -1, which no stat
 /// matches, so the next run compares its bytes.
-package struct FileIdentity: Equatable, Sendable {
+struct FileIdentity: Equatable, Sendable {
     package var size: Int64
-    package var mtimeNanoseconds: Int64
+    var mtimeNanoseconds: Int64
     /// -1 when the file was too fresh to trust its stat (see above).
-    package var ctimeNanoseconds: Int64
+    var ctimeNanoseconds: Int64
     package var inode: UInt64
     /// 32 bytes.
     package var sha256: [UInt8]
@@ -37,14 +37,14 @@ package struct FileIdentity: Equatable, Sendable {
     }
 
     /// The stat part: what is compared before anything is read.
-    package struct Stat: Equatable, Sendable {
+    struct Stat: Equatable, Sendable {
         package var size: Int64
-        package var mtimeNanoseconds: Int64
-        package var ctimeNanoseconds: Int64
+        var mtimeNanoseconds: Int64
+        var ctimeNanoseconds: Int64
         package var inode: UInt64
     }
 
-    package var fileStat: Stat {
+    var fileStat: Stat {
         Stat(size: size, mtimeNanoseconds: mtimeNanoseconds, ctimeNanoseconds: ctimeNanoseconds, inode: inode)
     }
 

@@ -11,7 +11,7 @@ package struct Shard: Sendable, Equatable, CustomStringConvertible {
 
     /// Far more processes than one extraction runs; the bound keeps a cache's hostile `shard` attribute from
     /// sizing merge's bookkeeping.
-    package static let maximumCount = 100_000
+    static let maximumCount = 100_000
 
     package init(_ text: String) throws {
         let parts = text.split(separator: "/")
@@ -24,7 +24,7 @@ package struct Shard: Sendable, Equatable, CustomStringConvertible {
 
     package var description: String { "\(index)/\(count)" }
 
-    package func range(of total: Int, alignedTo batchSize: Int) -> Range<Int> {
+    func range(of total: Int, alignedTo batchSize: Int) -> Range<Int> {
         let batches = (total + batchSize - 1) / batchSize
         return min(total, (index - 1) * batches / count * batchSize)..<min(total, index * batches / count * batchSize)
     }

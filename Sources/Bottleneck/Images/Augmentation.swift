@@ -6,13 +6,13 @@ import BottleneckKernels
 /// follows torchvision's rules exactly (`get_params`: ten tries, then the central fallback; crop, then a PIL
 /// bilinear resize); the draws come from a `SeededGenerator` instead of torch's, so a crop is reproducible
 /// from its generator but not equal to torch's for the same seed.
-package struct Augmentation: Codable, Sendable, Equatable {
+struct Augmentation: Codable, Sendable, Equatable {
     package var size: Int
-    package var scale: ClosedRange<Double> = 0.08...1
+    var scale: ClosedRange<Double> = 0.08...1
     package var ratio: ClosedRange<Double> = (3.0 / 4)...(4.0 / 3)
-    package var flipProbability = 0.5
+    var flipProbability = 0.5
     package var mean: [Float]
-    package var std: [Float]
+    var std: [Float]
 
     /// The training counterpart of `evaluation`: same size and normalisation.
     package init(matching evaluation: Preprocessing) {
@@ -22,15 +22,15 @@ package struct Augmentation: Codable, Sendable, Equatable {
     }
 
     /// A crop of the image, (top, left, height, width), as `RandomResizedCrop.get_params` returns it.
-    package struct Crop: Equatable, Sendable {
+    struct Crop: Equatable, Sendable {
         package var top: Int
-        package var left: Int
-        package var height: Int
+        var left: Int
+        var height: Int
         package var width: Int
     }
 
     /// `RandomResizedCrop.get_params(img, scale, ratio)` for a `width` x `height` image.
-    package func cropParameters(width: Int, height: Int, generator: inout SeededGenerator) -> Crop {
+    func cropParameters(width: Int, height: Int, generator: inout SeededGenerator) -> Crop {
         let area = Double(height * width)
         let logRatio = (log(ratio.lowerBound), log(ratio.upperBound))
         for _ in 0..<10 {
@@ -56,7 +56,7 @@ package struct Augmentation: Codable, Sendable, Equatable {
     }
 
     /// The uint8 image after the crop, the resize to size x size and the flip, as PIL produces it.
-    package func augmented(_ image: RGBImage, generator: inout SeededGenerator) -> RGBImage {
+    func augmented(_ image: RGBImage, generator: inout SeededGenerator) -> RGBImage {
         let crop = cropParameters(width: image.width, height: image.height, generator: &generator)
         let flips = Double(generator.nextUnitFloat()) < flipProbability
         var result = image.cropped(crop).resizedBilinearAntialias(width: size, height: size)

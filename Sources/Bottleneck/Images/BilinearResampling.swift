@@ -7,7 +7,7 @@ import BottleneckKernels
 /// clipping to uint8, a pass skipped when its dimension keeps its size, and
 /// Pillow 13's choice of which pass runs first.
 extension RGBImage {
-    package func resizedBilinearAntialias(width newWidth: Int, height newHeight: Int) -> RGBImage {
+    func resizedBilinearAntialias(width newWidth: Int, height newHeight: Int) -> RGBImage {
         resampledRegion(width: newWidth, height: newHeight, columns: 0..<newWidth, rows: 0..<newHeight)
     }
 

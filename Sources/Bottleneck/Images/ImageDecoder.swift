@@ -3,7 +3,7 @@ import Foundation
 import BottleneckKernels
 
 /// Why an image file could not be read, as one line: `cat.jpg: truncated JPEG data`.
-package struct ImageDecodingError: Error, CustomStringConvertible, Equatable, Sendable {
+struct ImageDecodingError: Error, CustomStringConvertible, Equatable, Sendable {
     /// The path (or name) the caller gave.
     package let file: String
     /// What is wrong with it, without the file name.
@@ -18,17 +18,17 @@ package struct ImageDecodingError: Error, CustomStringConvertible, Equatable, Se
 /// 255, as Pillow's "I;16" conversion does), Adobe-inverted CMYK converted the
 /// way Pillow does, EXIF orientation not applied. The format is recognised
 /// from the file's first bytes, never from its extension.
-package enum ImageDecoder {
+enum ImageDecoder {
     /// Pillow's `2 * Image.MAX_IMAGE_PIXELS`: larger images make `Image.open`
     /// raise DecompressionBombError, and are refused here before any pixel memory is allocated.
-    package static let defaultPixelLimit = 178_956_970
+    static let defaultPixelLimit = 178_956_970
 
-    package static func decode(path: String, pixelLimit: Int = defaultPixelLimit) throws(ImageDecodingError) -> RGBImage {
+    static func decode(path: String, pixelLimit: Int = defaultPixelLimit) throws(ImageDecodingError) -> RGBImage {
         try decode(cimage_decoder_open_file(path), name: path, pixelLimit: pixelLimit)
     }
 
     /// Decodes an image held in memory; `name` is only used in error messages.
-    package static func decode(bytes: some ContiguousBytes, name: String,
+    static func decode(bytes: some ContiguousBytes, name: String,
                               pixelLimit: Int = defaultPixelLimit) throws(ImageDecodingError) -> RGBImage {
         let result: Result<RGBImage, ImageDecodingError> = bytes.withUnsafeBytes { buffer in
             let start = buffer.baseAddress?.assumingMemoryBound(to: UInt8.self)

@@ -20,14 +20,14 @@ package struct ImageFolder: Sendable {
 
     package let root: URL
     package let classes: [String]
-    package let items: [Item]
+    let items: [Item]
     /// Class folders that hold no image, per split ("train/cat"); reported, not fatal.
-    package let emptyClassFolders: [String]
+    let emptyClassFolders: [String]
     /// What the scan left out, one line each: a symbolic link to a folder already scanned (a link loop),
     /// a file or folder whose name is not UTF-8.
-    package let warnings: [String]
+    let warnings: [String]
 
-    package static let imageExtensions: Set<String> = ["jpg", "jpeg", "png"]
+    static let imageExtensions: Set<String> = ["jpg", "jpeg", "png"]
 
     /// Classes are found as torchvision's `find_classes` finds them: every entry of the folder that is a
     /// folder or a symbolic link to one, dot-folders included, sorted by name.
@@ -94,7 +94,7 @@ package struct ImageFolder: Sendable {
         self.warnings = warnings
     }
 
-    package func url(of item: Item) -> URL { root.appendingPathComponent(item.path) }
+    func url(of item: Item) -> URL { root.appendingPathComponent(item.path) }
 
     /// torchvision's `has_file_allowed_extension`: the lowercased name ends with one of the extensions
     /// (compared as bytes, so ".jpg" alone counts and "x.jpg" followed by a combining mark does not).
@@ -108,7 +108,7 @@ package struct ImageFolder: Sendable {
     /// sorted by name. Unlike `os.walk`, a folder (device and inode) is walked once: a symbolic link to a
     /// folder already walked — a link loop, or a second link to one place — is skipped and named in
     /// `warnings`. Real subfolders are walked before links, so a folder is listed under its own path.
-    package static func imageFiles(under folder: String, warnings: inout [String]) throws -> [String] {
+    static func imageFiles(under folder: String, warnings: inout [String]) throws -> [String] {
         var visited: Set<DirectoryListing.FolderIdentity> = []
         if let identity = DirectoryListing.FolderIdentity(path: folder) { visited.insert(identity) }
         var walked: [(path: String, files: [String])] = []
@@ -143,7 +143,7 @@ package struct ImageFolder: Sendable {
     }
 }
 
-package struct ImageFolderError: Error, CustomStringConvertible, Sendable {
+struct ImageFolderError: Error, CustomStringConvertible, Sendable {
     package let description: String
     init(_ description: String) { self.description = description }
 }

@@ -16,13 +16,13 @@ package struct Preprocessing: Codable, Equatable, Sendable {
     }
 
     /// Length the shorter side is resized to.
-    package let resize: Int
+    let resize: Int
     /// Side of the square center crop.
-    package let crop: Int
+    let crop: Int
     /// Per-channel R, G, B values subtracted after scaling to [0, 1], then divided by `std`.
     package let mean: [Float]
-    package let std: [Float]
-    package let interpolation: Interpolation
+    let std: [Float]
+    let interpolation: Interpolation
 
     package init(resize: Int = 256, crop: Int = 224,
                 mean: [Float] = [0.485, 0.456, 0.406], std: [Float] = [0.229, 0.224, 0.225],
@@ -37,12 +37,12 @@ package struct Preprocessing: Codable, Equatable, Sendable {
 
     /// The largest resize or crop: the bound keeps a hostile cache or model from sizing every image's buffers
     /// (VGG's own resize is 256).
-    package static let largestSize = 8192
+    static let largestSize = 8192
     /// The largest training image side whose evaluation resize (256/224 of it) stays within `largestSize`.
-    package static let largestImageSize = 4096
+    static let largestImageSize = 4096
 
     /// The transform every torchvision ImageNet model card uses.
-    package static let imageNet = Preprocessing()
+    static let imageNet = Preprocessing()
 
     /// torchvision's eval transform scaled to images of side `imageSize`: Resize(round(S · 256/224)), CenterCrop(S).
     package static func evaluation(imageSize: Int) -> Preprocessing {
@@ -72,7 +72,7 @@ package struct Preprocessing: Codable, Equatable, Sendable {
     }
 
     /// Single-line JSON with sorted keys, stable enough to compare as a string.
-    package var jsonDescription: String {
+    var jsonDescription: String {
         let encoder = JSONEncoder()
         encoder.outputFormatting = .sortedKeys
         // Encoding plain numbers, strings and arrays cannot fail.
@@ -83,24 +83,24 @@ package struct Preprocessing: Codable, Equatable, Sendable {
         self = try JSONDecoder().decode(Preprocessing.self, from: Data(jsonDescription.utf8))
     }
 
-    package var outputShape: [Int] { [3, crop, crop] }
-    package var outputCount: Int { 3 * crop * crop }
+    var outputShape: [Int] { [3, crop, crop] }
+    var outputCount: Int { 3 * crop * crop }
 
     /// torchvision's `_compute_resized_output_size` for an int size: the shorter
     /// side becomes `resize`, the longer `int(resize * long / short)` (truncated).
-    package func resizedSize(width: Int, height: Int) -> (width: Int, height: Int) {
+    func resizedSize(width: Int, height: Int) -> (width: Int, height: Int) {
         let (short, long) = width <= height ? (width, height) : (height, width)
         let newLong = Int(Double(resize * long) / Double(short))
         return width <= height ? (resize, newLong) : (newLong, resize)
     }
 
     /// The uint8 image after Resize and CenterCrop, as PIL produces it.
-    package func resizedAndCropped(_ image: RGBImage) -> RGBImage {
+    func resizedAndCropped(_ image: RGBImage) -> RGBImage {
         let placed = cropRegion(of: image)
         return placed.region.padded(toWidth: crop, height: crop, left: placed.left, top: placed.top)
     }
 
-    package func tensor(from image: RGBImage) -> Tensor {
+    func tensor(from image: RGBImage) -> Tensor {
         Tensor(shape: outputShape, unsafeUninitialized: { write(image, into: $0) })
     }
 
@@ -119,7 +119,7 @@ package struct Preprocessing: Codable, Equatable, Sendable {
     }
 
     /// ToTensor + Normalize alone: [3, height, width] from the image's own size.
-    package func normalized(_ image: RGBImage) -> Tensor {
+    func normalized(_ image: RGBImage) -> Tensor {
         Tensor(shape: [3, image.height, image.width], unsafeUninitialized: { buffer in
             writeNormalized(image, left: 0, top: 0, width: image.width, height: image.height, into: buffer)
         })
@@ -192,7 +192,7 @@ struct CenterCropAxis {
 
 extension RGBImage {
     /// torchvision's `CenterCrop((height, width))`, zero-padding a dimension smaller than the crop.
-    package func centerCropped(width cropWidth: Int, height cropHeight: Int) -> RGBImage {
+    func centerCropped(width cropWidth: Int, height cropHeight: Int) -> RGBImage {
         let columns = CenterCropAxis(imageSize: width, cropSize: cropWidth)
         let rows = CenterCropAxis(imageSize: height, cropSize: cropHeight)
         return resampledRegion(width: width, height: height, columns: columns.source, rows: rows.source)

@@ -4,8 +4,8 @@ import BottleneckKernels
 /// bottom, pixels interleaved R, G, B.
 package struct RGBImage: Sendable, Equatable {
     package let width: Int
-    package let height: Int
-    package var pixels: [UInt8]
+    let height: Int
+    var pixels: [UInt8]
 
     package init(width: Int, height: Int, pixels: [UInt8]) {
         precondition(width >= 0 && height >= 0 && pixels.count == width * height * 3,
@@ -24,5 +24,5 @@ package struct RGBImage: Sendable, Equatable {
         })
     }
 
-    package var bytesPerRow: Int { width * 3 }
+    var bytesPerRow: Int { width * 3 }
 }

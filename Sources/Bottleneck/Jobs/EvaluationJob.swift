@@ -21,7 +21,7 @@ package struct EvaluationJob: Sendable {
     /// Images per forward pass (images only).
     package var batchSize = 8
     /// Bytes a run may plan to use; nil: MemAvailable from /proc/meminfo.
-    package var memoryLimitBytes: Int?
+    var memoryLimitBytes: Int?
     package var allowIncomplete = false
 
     package init(modelPath: String, source: Source) {

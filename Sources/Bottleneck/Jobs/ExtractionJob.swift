@@ -18,7 +18,7 @@ package struct ExtractionJob: Sendable {
     /// joins the shards' caches into what one process would have written.
     package var shard: Shard?
     /// Bytes a run may plan to use; nil: MemAvailable from /proc/meminfo.
-    package var memoryLimitBytes: Int?
+    var memoryLimitBytes: Int?
 
     /// `--layer input` stores the preprocessed images themselves.
     package static let inputLayer = "input"
@@ -36,20 +36,20 @@ package struct ExtractionJob: Sendable {
         package var extracted = 0
         package var reused = 0
         package var changed = 0
-        package var removed = 0
+        var removed = 0
         /// Rows an interrupted run had made durable (counted in extracted or changed too).
-        package var recovered = 0
+        var recovered = 0
         /// Reused rows whose file had new times or another inode but the same bytes.
-        package var refreshed = 0
+        var refreshed = 0
         /// Images this run put through the network.
         package var processed = 0
         package var failed: [(path: String, reason: String)] = []
         package var seconds = 0.0
         /// Seconds of the decode + network loop alone, without loading weights or writing the final file.
-        package var extractionSeconds = 0.0
+        var extractionSeconds = 0.0
         package var fileBytes = 0
         package var path = ""
-        package var emptyClassFolders: [String] = []
+        var emptyClassFolders: [String] = []
 
         /// Images this run put through the network, per second of the whole run.
         package var imagesPerSecond: Double { seconds > 0 ? Double(processed) / seconds : 0 }
@@ -163,7 +163,7 @@ package struct ExtractionJob: Sendable {
     }
 }
 
-package struct ExtractionError: Error, CustomStringConvertible, Sendable {
+struct ExtractionError: Error, CustomStringConvertible, Sendable {
     package let description: String
     package init(_ description: String) { self.description = description }
 }

@@ -17,10 +17,10 @@ package struct FineTuneJob: Sendable {
     /// The network before its head is replaced (classes are set from the folder).
     package var config: VGGConfig = .vgg16
     /// Bytes a run may plan to use; nil: MemAvailable from /proc/meminfo.
-    package var memoryLimitBytes: Int?
+    var memoryLimitBytes: Int?
     /// Stop, as an interruption would, once this invocation has checkpointed this many epochs (a batch
     /// scheduler's time slice; the tests' interruption).
-    package var interruptAfterEpochs: Int?
+    var interruptAfterEpochs: Int?
 
     package init(imagesRoot: String, runDirectory: String, weights: WeightsChoice) {
         self.imagesRoot = imagesRoot

@@ -40,7 +40,7 @@ package struct HeadTrainingJob: Sendable {
             var newLayerInit: String
             var backboneWeights: WeightsIdentity?
         }
-        struct Split: Encodable {
+        package struct Split: Encodable {
             var rule: TrainingSplit.Rule
             var trainRows: Int
             var valRows: Int

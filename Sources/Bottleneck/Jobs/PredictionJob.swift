@@ -12,7 +12,7 @@ package struct PredictionJob: Sendable {
     package var topK = 5
     package var batchSize = 8
     /// Bytes a run may plan to use; nil: MemAvailable from /proc/meminfo.
-    package var memoryLimitBytes: Int?
+    var memoryLimitBytes: Int?
 
     package init(modelPath: String, inputs: [String]) {
         self.modelPath = modelPath

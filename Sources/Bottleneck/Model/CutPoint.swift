@@ -10,10 +10,10 @@ import BottleneckKernels
 /// `fc8`/`logits` is the last linear layer; dropout is an identity in evaluation, so a
 /// cut at `drop7` equals one at `fc7`.
 package struct CutPoint: Sendable, Equatable, CustomStringConvertible {
-    package let position: Int
+    let position: Int
     package let layer: LayerInfo
     /// The name the user gave, kept for messages.
-    package let requested: String
+    let requested: String
     /// The activation's conventional name: a ReLU after a conv or linear layer takes that layer's name
     /// (features.22 is conv4_3, classifier.4 is fc7), any other layer keeps its own.
     package let name: String
@@ -54,7 +54,7 @@ package struct CutPoint: Sendable, Equatable, CustomStringConvertible {
     }
 
     /// The output shape of one image's activation at this cut for a square input.
-    package func activationShape(config: VGGConfig, imageSize: Int) -> [Int] {
+    func activationShape(config: VGGConfig, imageSize: Int) -> [Int] {
         var channels = config.inputChannels
         var size = imageSize
         var features: Int? = nil

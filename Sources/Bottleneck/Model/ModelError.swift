@@ -1,7 +1,7 @@
 import BottleneckKernels
 
 /// Errors of building or running a network, each a one-line message for the user.
-package enum ModelError: Error, CustomStringConvertible, Sendable {
+enum ModelError: Error, CustomStringConvertible, Sendable {
     case unknownLayer(String, known: [String])
     case inputTooSmall(size: Int, layer: String)
     case badInput(String)

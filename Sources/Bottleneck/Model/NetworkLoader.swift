@@ -8,24 +8,24 @@ package struct WeightsIdentity: Sendable, Equatable, Codable {
     package var source: String
     /// sha256 of the file, or "random-seed-N" for seeded random initialisation.
     package var fingerprint: String
-    package var isPretrained: Bool { !fingerprint.hasPrefix("random-seed-") }
+    var isPretrained: Bool { !fingerprint.hasPrefix("random-seed-") }
 
     package static func random(seed: UInt64) -> WeightsIdentity {
         WeightsIdentity(source: "random", fingerprint: "random-seed-\(seed)")
     }
 }
 
-package struct LoadedNetwork: Sendable {
+struct LoadedNetwork: Sendable {
     package var network: VGG
     package var weights: WeightsIdentity
     /// What the weights reader had to do (dtype conversion, a removed `module.` prefix): worth telling the user.
-    package var notes: [String]
+    var notes: [String]
 }
 
-package enum NetworkLoader {
+enum NetworkLoader {
     /// Builds the network through `cut` (all of it when nil) with the chosen weights,
     /// checking every key and shape it needs against the file first.
-    package static func load(config: VGGConfig = .vgg16, through cut: CutPoint? = nil,
+    static func load(config: VGGConfig = .vgg16, through cut: CutPoint? = nil,
                             weights choice: WeightsChoice) throws -> LoadedNetwork {
         switch choice {
         case .random(let seed):
@@ -59,7 +59,7 @@ func checkHubHashPrefix(path: String, sha256: String) throws {
 
 extension NetworkLoader {
     /// The identity of the weights without building the network: enough to check a cache's fingerprint.
-    package static func identity(of choice: WeightsChoice) throws -> WeightsIdentity {
+    static func identity(of choice: WeightsChoice) throws -> WeightsIdentity {
         switch choice {
         case .random(let seed): return .random(seed: seed)
         case .file(let path): return try identity(ofWeightsFile: StateDictFile.open(path: path))
@@ -75,13 +75,13 @@ extension NetworkLoader {
 
 extension VGGConfig {
     /// The state-dict keys a prefix through `cut` needs (all of them when nil).
-    package func stateDictShapes(through cut: CutPoint?) -> [(key: String, shape: [Int])] {
+    func stateDictShapes(through cut: CutPoint?) -> [(key: String, shape: [Int])] {
         guard let cut else { return stateDictShapes }
         return stateDictShapes(throughPosition: cut.position)
     }
 
     /// The state-dict keys the layers up to and including `position` need.
-    package func stateDictShapes(throughPosition position: Int) -> [(key: String, shape: [Int])] {
+    func stateDictShapes(throughPosition position: Int) -> [(key: String, shape: [Int])] {
         let paths = Set(layers.prefix(position + 1).compactMap(\.parameterPrefix))
         return stateDictShapes.filter { paths.contains(String($0.key.prefix(upTo: $0.key.lastIndex(of: ".")!))) }
     }

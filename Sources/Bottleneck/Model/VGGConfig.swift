@@ -10,10 +10,10 @@ package struct VGGConfig: Sendable, Equatable, Codable {
 
     package var name: String
     package var features: [Item]
-    package var inputChannels: Int
-    package var hidden: Int
+    var inputChannels: Int
+    var hidden: Int
     package var classes: Int
-    package var pooledSize: Int
+    var pooledSize: Int
 
     package init(name: String, features: [Item], inputChannels: Int = 3, hidden: Int = 4096, classes: Int = 1000,
                 pooledSize: Int = 7) {
@@ -32,20 +32,20 @@ package struct VGGConfig: Sendable, Equatable, Codable {
         }
     }
 
-    package static let vgg11 = VGGConfig(name: "vgg11", features: torchvisionFeatures([1, 1, 2, 2, 2]))
-    package static let vgg13 = VGGConfig(name: "vgg13", features: torchvisionFeatures([2, 2, 2, 2, 2]))
+    static let vgg11 = VGGConfig(name: "vgg11", features: torchvisionFeatures([1, 1, 2, 2, 2]))
+    static let vgg13 = VGGConfig(name: "vgg13", features: torchvisionFeatures([2, 2, 2, 2, 2]))
     package static let vgg16 = VGGConfig(name: "vgg16", features: torchvisionFeatures([2, 2, 3, 3, 3]))
-    package static let vgg19 = VGGConfig(name: "vgg19", features: torchvisionFeatures([2, 2, 4, 4, 4]))
+    static let vgg19 = VGGConfig(name: "vgg19", features: torchvisionFeatures([2, 2, 4, 4, 4]))
 
     /// The architectures torchvision ships weights for.
     package static let torchvision = [vgg11, vgg13, vgg16, vgg19]
 
-    package static func named(_ name: String) -> VGGConfig? {
+    static func named(_ name: String) -> VGGConfig? {
         torchvision.first { $0.name == name.lowercased() }
     }
 
     /// The same topology with every width divided by `factor`: the test-suite networks.
-    package func narrowed(by factor: Int, hidden: Int, classes: Int) -> VGGConfig {
+    func narrowed(by factor: Int, hidden: Int, classes: Int) -> VGGConfig {
         VGGConfig(name: "\(name)-narrow\(factor)",
                   features: features.map { item in
                       if case .conv(let width) = item { return .conv(max(1, width / factor)) }
@@ -55,19 +55,19 @@ package struct VGGConfig: Sendable, Equatable, Codable {
     }
 
     /// Channels entering the classifier after the last conv block.
-    package var lastConvWidth: Int {
+    var lastConvWidth: Int {
         features.reversed().compactMap { item -> Int? in
             if case .conv(let width) = item { return width }
             return nil
         }.first ?? inputChannels
     }
 
-    package var flattenedFeatures: Int { lastConvWidth * pooledSize * pooledSize }
+    var flattenedFeatures: Int { lastConvWidth * pooledSize * pooledSize }
 
     /// Why a configuration read from a file cannot be built, nil when it can. Every width, count and size is
     /// bounded (each far above any VGG's) before a layer list or parameter shape is computed from it, so no
     /// product overflows.
-    package var problem: String? {
+    var problem: String? {
         let bounded = [("inputChannels", inputChannels, 1...64), ("hidden", hidden, 1...1 << 16),
                        ("classes", classes, 1...1 << 20), ("pooledSize", pooledSize, 1...64)]
         if let (name, value, range) = bounded.first(where: { !$0.2.contains($0.1) }) {

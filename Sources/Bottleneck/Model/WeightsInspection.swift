@@ -4,13 +4,13 @@ import BottleneckKernels
 package struct WeightsInspection: Sendable {
     package let path: String
     package let format: WeightFileFormat
-    package let entries: [WeightEntry]
-    package let notes: [String]
+    let entries: [WeightEntry]
+    let notes: [String]
     package let sha256: String
     /// nil when every key and shape of `config` is present and every value finite; else the one-line reason.
-    package let problem: String?
+    let problem: String?
     /// The deepest layer a prefix can be cut at with this file (e.g. pool5 for a features-only file).
-    package let deepestUsableLayer: String?
+    let deepestUsableLayer: String?
     package let config: VGGConfig
 
     package init(path: String, config: VGGConfig = .vgg16) throws {

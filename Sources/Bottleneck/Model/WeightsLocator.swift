@@ -7,9 +7,9 @@ package enum WeightsChoice: Sendable, Equatable, CustomStringConvertible {
     case file(String)
     case random(seed: UInt64)
 
-    package static let torchvisionFileName = "vgg16-397923af.pth"
-    package static let torchvisionSHA256 = "397923af8e79cdbb6a7127f12361acd7a2f83e06b05044ddf496e83de57a5bf0"
-    package static let defaultRandomSeed: UInt64 = 0
+    static let torchvisionFileName = "vgg16-397923af.pth"
+    static let torchvisionSHA256 = "397923af8e79cdbb6a7127f12361acd7a2f83e06b05044ddf496e83de57a5bf0"
+    static let defaultRandomSeed: UInt64 = 0
 
     /// Parses the `--weights` value; nil means the flag was not given.
     package static func resolve(_ argument: String?, environment: [String: String] = ProcessInfo.processInfo.environment)

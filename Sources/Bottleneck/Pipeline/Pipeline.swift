@@ -64,10 +64,10 @@ package struct Pipeline: Sendable {
 
     package func runDirectory(of stage: Stage) -> String { outputRoot + "/" + stage.name }
 
-    package func reportPath(_ format: ReportFormat) -> String { outputRoot + "/report." + format.rawValue }
+    func reportPath(_ format: ReportFormat) -> String { outputRoot + "/report." + format.rawValue }
 }
 
-package struct PipelineError: Error, CustomStringConvertible, Sendable {
+struct PipelineError: Error, CustomStringConvertible, Sendable {
     package let description: String
     package init(_ description: String) { self.description = description }
 }

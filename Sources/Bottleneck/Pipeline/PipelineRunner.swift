@@ -16,7 +16,7 @@ import BottleneckKernels
 package struct PipelineRunner {
     package let pipeline: Pipeline
     /// Names (or kinds) of stages to rerun whether or not they are up to date.
-    package let forced: Set<String>
+    let forced: Set<String>
 
     package init(pipeline: Pipeline, force: [String] = []) throws {
         let known = pipeline.stages.flatMap { [$0.name, $0.kind.rawValue] }

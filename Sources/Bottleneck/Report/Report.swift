@@ -12,7 +12,7 @@ package struct Report: Sendable {
     package var title: String
     package var runs: [RunRecord]
     /// Set when runs validated on different images were compared anyway: the report says so at the top.
-    package private(set) var validationMismatch: String?
+    private(set) var validationMismatch: String?
 
     /// Refuses runs that were not validated on the same images, whose accuracies would not compare, unless
     /// `allowDifferentValidation`.

@@ -18,13 +18,13 @@ package struct RunRecord: Sendable {
     /// metrics.csv's lines (without the steps' seconds, which the file does not keep).
     package var epochs: [EpochRecord]
     /// Seconds of training by the end of each epoch: the sum of `epochs`' seconds up to and including it.
-    package var elapsedSeconds: [Double] {
+    var elapsedSeconds: [Double] {
         var total = 0.0
         return epochs.map { total += $0.seconds; return total }
     }
     package var bestEpoch: Int
-    package var bestValidationAccuracy: Double
-    package var bestValidationLoss: Double
+    var bestValidationAccuracy: Double
+    var bestValidationLoss: Double
     package var chanceAccuracy: Double
     package var wallSeconds: Double
     /// Training samples through optimizer steps per second.

@@ -55,7 +55,7 @@ struct ByteReader {
 
 /// What a `ByteReader` finds wrong, before the caller knows which file it reads: the weights readers and the
 /// cache journal each turn it into their own error naming the file.
-package struct ByteLayoutProblem: Error, Sendable {
+struct ByteLayoutProblem: Error, Sendable {
     package enum Kind: Sendable {
         /// The bytes end before what they announce.
         case truncated
@@ -66,6 +66,6 @@ package struct ByteLayoutProblem: Error, Sendable {
     package let kind: Kind
     package let detail: String
 
-    package static func truncated(_ detail: String) -> ByteLayoutProblem { ByteLayoutProblem(kind: .truncated, detail: detail) }
-    package static func malformed(_ detail: String) -> ByteLayoutProblem { ByteLayoutProblem(kind: .malformed, detail: detail) }
+    static func truncated(_ detail: String) -> ByteLayoutProblem { ByteLayoutProblem(kind: .truncated, detail: detail) }
+    static func malformed(_ detail: String) -> ByteLayoutProblem { ByteLayoutProblem(kind: .malformed, detail: detail) }
 }

@@ -5,7 +5,7 @@ import BottleneckKernels
 
 /// CRC-32 as zlib, PNG and zip compute it (reflected polynomial 0xEDB88320): the
 /// checksum that lets the feature cache journal tell a whole record from a torn one.
-package enum CRC32 {
+enum CRC32 {
     private static let table: [UInt32] = (0..<256).map { index in
         var value = UInt32(index)
         for _ in 0..<8 { value = value & 1 == 1 ? 0xEDB8_8320 ^ (value >> 1) : value >> 1 }
@@ -14,7 +14,7 @@ package enum CRC32 {
 
     /// The CRC of `bytes`, or of everything checked before followed by `bytes` when
     /// `previous` is the CRC of what came before.
-    package static func checksum(_ bytes: UnsafeRawBufferPointer, continuing previous: UInt32 = 0) -> UInt32 {
+    static func checksum(_ bytes: UnsafeRawBufferPointer, continuing previous: UInt32 = 0) -> UInt32 {
         table.withUnsafeBufferPointer { table in
             var crc = ~previous
             for byte in bytes { crc = table[Int((crc ^ UInt32(byte)) & 0xFF)] ^ (crc >> 8) }

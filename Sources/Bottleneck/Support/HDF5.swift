@@ -7,8 +7,8 @@ import Glibc
 import BottleneckKernels
 
 /// A failed HDF5 call: which operation, on what, and HDF5's own innermost reason, on one line.
-package struct HDF5Error: Error, CustomStringConvertible, Sendable {
-    package let operation: String
+struct HDF5Error: Error, CustomStringConvertible, Sendable {
+    let operation: String
     package let reason: String
 
     package var description: String {
@@ -19,61 +19,61 @@ package struct HDF5Error: Error, CustomStringConvertible, Sendable {
 /// Element types that map one to one onto an HDF5 native type (memory) and a
 /// fixed little-endian type (what goes into files, so files look the same
 /// whichever machine wrote them).
-package protocol HDF5Scalar: Sendable {
+protocol HDF5Scalar: Sendable {
     static var hdf5MemoryType: hid_t { get }
     static var hdf5FileType: hid_t { get }
 }
 
 extension Float: HDF5Scalar {
-    package static var hdf5MemoryType: hid_t { bn_H5T_NATIVE_FLOAT() }
-    package static var hdf5FileType: hid_t { bn_H5T_IEEE_F32LE() }
+    static var hdf5MemoryType: hid_t { bn_H5T_NATIVE_FLOAT() }
+    static var hdf5FileType: hid_t { bn_H5T_IEEE_F32LE() }
 }
 
 extension Double: HDF5Scalar {
-    package static var hdf5MemoryType: hid_t { bn_H5T_NATIVE_DOUBLE() }
-    package static var hdf5FileType: hid_t { bn_H5T_IEEE_F64LE() }
+    static var hdf5MemoryType: hid_t { bn_H5T_NATIVE_DOUBLE() }
+    static var hdf5FileType: hid_t { bn_H5T_IEEE_F64LE() }
 }
 
 extension Int32: HDF5Scalar {
-    package static var hdf5MemoryType: hid_t { bn_H5T_NATIVE_INT32() }
-    package static var hdf5FileType: hid_t { bn_H5T_STD_I32LE() }
+    static var hdf5MemoryType: hid_t { bn_H5T_NATIVE_INT32() }
+    static var hdf5FileType: hid_t { bn_H5T_STD_I32LE() }
 }
 
 extension Int64: HDF5Scalar {
-    package static var hdf5MemoryType: hid_t { bn_H5T_NATIVE_INT64() }
-    package static var hdf5FileType: hid_t { bn_H5T_STD_I64LE() }
+    static var hdf5MemoryType: hid_t { bn_H5T_NATIVE_INT64() }
+    static var hdf5FileType: hid_t { bn_H5T_STD_I64LE() }
 }
 
 extension UInt64: HDF5Scalar {
-    package static var hdf5MemoryType: hid_t { bn_H5T_NATIVE_UINT64() }
-    package static var hdf5FileType: hid_t { bn_H5T_STD_U64LE() }
+    static var hdf5MemoryType: hid_t { bn_H5T_NATIVE_UINT64() }
+    static var hdf5FileType: hid_t { bn_H5T_STD_U64LE() }
 }
 
 extension UInt8: HDF5Scalar {
-    package static var hdf5MemoryType: hid_t { bn_H5T_NATIVE_UINT8() }
-    package static var hdf5FileType: hid_t { bn_H5T_STD_U8LE() }
+    static var hdf5MemoryType: hid_t { bn_H5T_NATIVE_UINT8() }
+    static var hdf5FileType: hid_t { bn_H5T_STD_U8LE() }
 }
 
 /// What a dataset or attribute stores, as far as a reader needs to know.
-package enum HDF5ElementKind: Equatable, Sendable {
+enum HDF5ElementKind: Equatable, Sendable {
     case float(bytes: Int)
     case integer(bytes: Int, signed: Bool)
     case string
     case other
 }
 
-package enum HDF5ObjectKind: Sendable {
+enum HDF5ObjectKind: Sendable {
     case group, dataset, other
 }
 
 /// Which object in which open file: two links that reach the same group give the same identity.
-package struct HDF5ObjectIdentity: Hashable, Sendable {
+struct HDF5ObjectIdentity: Hashable, Sendable {
     let fileNumber: UInt
     let address: [UInt8]
 }
 
 /// How a new dataset is laid out on disk.
-package enum HDF5Layout: Sendable {
+enum HDF5Layout: Sendable {
     /// One block, fixed shape: model weights, small tables.
     case contiguous
     /// Chunks of `chunkRows` rows along the first axis, which can grow without limit (rows appended in
@@ -220,10 +220,10 @@ private func readStringValues(count: Int, storedType: hid_t, what: String,
 /// @unchecked Sendable: the only state is an immutable id, and Debian's HDF5
 /// is built thread-safe (H5_HAVE_THREADSAFE), serialising calls behind its own
 /// global lock.
-package class HDF5Object: @unchecked Sendable {
+class HDF5Object: @unchecked Sendable {
     let id: hid_t
     /// "file.h5:/group/name", for messages.
-    package let location: String
+    let location: String
 
     init(id: hid_t, location: String) {
         self.id = id
@@ -233,14 +233,14 @@ package class HDF5Object: @unchecked Sendable {
     deinit { H5Idec_ref(id) }
 
     /// What a walk of the file remembers to stop at a link cycle (h5py's `g['loop'] = g`).
-    package func identity() throws -> HDF5ObjectIdentity {
+    func identity() throws -> HDF5ObjectIdentity {
         var fileNumber: UInt = 0
         var address = [UInt8](repeating: 0, count: 16)
         try hdf5Call("identify \(location)") { bn_object_identity(id, &fileNumber, &address) }
         return HDF5ObjectIdentity(fileNumber: fileNumber, address: address)
     }
 
-    package func attributeNames() throws -> [String] {
+    func attributeNames() throws -> [String] {
         let names = StringCollector()
         var index: hsize_t = 0
         _ = try withExtendedLifetime(names) {
@@ -256,7 +256,7 @@ package class HDF5Object: @unchecked Sendable {
     }
 
     /// nil when there is no attribute of that name.
-    package func attributeKind(_ name: String) throws -> HDF5ElementKind? {
+    func attributeKind(_ name: String) throws -> HDF5ElementKind? {
         guard try hasAttribute(name) else { return nil }
         let attribute = try openAttribute(name)
         let type = ScopedID(try hdf5Call("get the type of attribute \(name) of \(location)") { H5Aget_type(attribute.id) })
@@ -266,7 +266,7 @@ package class HDF5Object: @unchecked Sendable {
     /// A fixed-length UTF-8 string: it is stored in the object header, which the 1.8 file format checksums;
     /// a variable-length one would live in the global heap, which nothing checks (and whose damage crashes
     /// libhdf5 1.10 itself).
-    package func setAttribute(_ name: String, _ value: String) throws {
+    func setAttribute(_ name: String, _ value: String) throws {
         let bytes = Array(value.utf8)
         let type = try fixedStringType(cellSize: max(1, bytes.count))
         let space = try simpleSpace([], what: "attribute \(name)")
@@ -277,7 +277,7 @@ package class HDF5Object: @unchecked Sendable {
         }
     }
 
-    package func setAttribute<T: HDF5Scalar>(_ name: String, _ value: T) throws {
+    func setAttribute<T: HDF5Scalar>(_ name: String, _ value: T) throws {
         let space = try simpleSpace([], what: "attribute \(name)")
         let attribute = try createAttribute(name, type: T.hdf5FileType, space: space.id)
         try withUnsafeBytes(of: value) { bytes in
@@ -288,7 +288,7 @@ package class HDF5Object: @unchecked Sendable {
     }
 
     /// nil when there is no attribute of that name; throws when it is not a string.
-    package func stringAttribute(_ name: String) throws -> String? {
+    func stringAttribute(_ name: String) throws -> String? {
         guard try hasAttribute(name) else { return nil }
         let attribute = try openAttribute(name)
         let type = ScopedID(try hdf5Call("get the type of attribute \(name) of \(location)") { H5Aget_type(attribute.id) })
@@ -333,13 +333,13 @@ package class HDF5Object: @unchecked Sendable {
     }
 }
 
-package class HDF5Group: HDF5Object, @unchecked Sendable {
+class HDF5Group: HDF5Object, @unchecked Sendable {
     private func childLocation(_ name: String) -> String {
         location.hasSuffix("/") ? location + name : location + "/" + name
     }
 
     /// Names of the links in this group, in name order.
-    package func memberNames() throws -> [String] {
+    func memberNames() throws -> [String] {
         let names = StringCollector()
         _ = try withExtendedLifetime(names) {
             try hdf5Call("list \(location)") {
@@ -368,14 +368,14 @@ package class HDF5Group: HDF5Object, @unchecked Sendable {
         }
     }
 
-    package func openGroup(_ name: String) throws -> HDF5Group {
+    func openGroup(_ name: String) throws -> HDF5Group {
         let location = childLocation(name)
         try refuseLinkOutsideTheFile(name)
         return HDF5Group(id: try hdf5Call("open group \(location)") { H5Gopen2(id, name, bn_H5P_DEFAULT()) },
                          location: location)
     }
 
-    package func createGroup(_ name: String) throws -> HDF5Group {
+    func createGroup(_ name: String) throws -> HDF5Group {
         let location = childLocation(name)
         return HDF5Group(id: try hdf5Call("create group \(location)") {
             H5Gcreate2(id, name, bn_H5P_DEFAULT(), bn_H5P_DEFAULT(), bn_H5P_DEFAULT())
@@ -383,7 +383,7 @@ package class HDF5Group: HDF5Object, @unchecked Sendable {
     }
 
     /// Refuses a dataset whose values live outside the file (see `refuseStorageOutsideTheFile`).
-    package func openDataset(_ name: String) throws -> HDF5Dataset {
+    func openDataset(_ name: String) throws -> HDF5Dataset {
         let location = childLocation(name)
         try refuseLinkOutsideTheFile(name)
         let dataset = HDF5Dataset(id: try hdf5Call("open dataset \(location)") { H5Dopen2(id, name, bn_H5P_DEFAULT()) },
@@ -403,7 +403,7 @@ package class HDF5Group: HDF5Object, @unchecked Sendable {
     }
 
     /// A numeric dataset. With `.extendibleRows` the first axis of `shape` is the initial row count (often 0).
-    package func createDataset<T: HDF5Scalar>(_ name: String, of type: T.Type, shape: [Int],
+    func createDataset<T: HDF5Scalar>(_ name: String, of type: T.Type, shape: [Int],
                                              layout: HDF5Layout = .contiguous) throws -> HDF5Dataset {
         try createDataset(name, fileType: T.hdf5FileType, shape: shape, layout: layout)
     }
@@ -412,7 +412,7 @@ package class HDF5Group: HDF5Object, @unchecked Sendable {
     /// (h5py: `.asstr()[:]`). Fixed-length cells live in the dataset's own chunks, where a checksum
     /// filter covers them; variable-length strings would live in the global heap, which nothing checks.
     @discardableResult
-    package func createStringDataset(_ name: String, strings: [String], layout: HDF5Layout = .contiguous) throws -> HDF5Dataset {
+    func createStringDataset(_ name: String, strings: [String], layout: HDF5Layout = .contiguous) throws -> HDF5Dataset {
         let cellSize = max(1, strings.map(\.utf8.count).max() ?? 0)
         let type = try fixedStringType(cellSize: cellSize)
         let dataset = try createDataset(name, fileType: type.id, shape: [strings.count], layout: layout)
@@ -457,7 +457,7 @@ package class HDF5Group: HDF5Object, @unchecked Sendable {
     }
 }
 
-package final class HDF5File: HDF5Group, @unchecked Sendable {
+final class HDF5File: HDF5Group, @unchecked Sendable {
     package enum Mode: Sendable {
         case readOnly, readWrite
         /// Create, replacing any existing file.
@@ -515,7 +515,7 @@ package final class HDF5File: HDF5Group, @unchecked Sendable {
     nonisolated(unsafe) package static var structureProbeSeconds = 20
 
     /// Whether `path` starts with HDF5's signature, opened or not: what tells a damaged HDF5 file from another kind of file.
-    package static func hasSignature(path: String) -> Bool {
+    static func hasSignature(path: String) -> Bool {
         // libhdf5 opens the file blocking: a FIFO would hang it.
         guard (try? DurableFiles.checkRegularFile(path)) != nil else { return false }
         bn_h5_silence_errors()
@@ -524,12 +524,12 @@ package final class HDF5File: HDF5Group, @unchecked Sendable {
 
     /// Pushes everything written so far to the operating system: what a
     /// resumable writer calls before recording progress.
-    package func flush() throws {
+    func flush() throws {
         try hdf5Call("flush \(path)") { H5Fflush(id, H5F_SCOPE_GLOBAL) }
     }
 }
 
-package final class HDF5Dataset: HDF5Object, @unchecked Sendable {
+final class HDF5Dataset: HDF5Object, @unchecked Sendable {
     /// The current extent (it grows as rows are appended).
     package func shape() throws -> [Int] {
         let space = ScopedID(try hdf5Call("get the shape of \(location)") { H5Dget_space(id) })
@@ -556,7 +556,7 @@ package final class HDF5Dataset: HDF5Object, @unchecked Sendable {
         }
     }
 
-    package func elementKind() throws -> HDF5ElementKind {
+    func elementKind() throws -> HDF5ElementKind {
         let type = ScopedID(try hdf5Call("get the type of \(location)") { H5Dget_type(id) })
         return kindOfType(type.id)
     }
@@ -577,7 +577,7 @@ package final class HDF5Dataset: HDF5Object, @unchecked Sendable {
     }
 
     /// Rows `rows` along the first axis, flattened.
-    package func readRows<T: HDF5Scalar>(_ rows: Range<Int>, as type: T.Type) throws -> [T] {
+    func readRows<T: HDF5Scalar>(_ rows: Range<Int>, as type: T.Type) throws -> [T] {
         let shape = try shape()
         let rowSize = shape.dropFirst().reduce(1, *)
         let selection = try rowSelection(rows, shape: shape)
@@ -609,7 +609,7 @@ package final class HDF5Dataset: HDF5Object, @unchecked Sendable {
 
     /// Writes whole rows starting at row `firstRow`, growing an extendible
     /// dataset when they reach past its end. `values.count` must be a multiple of the row size.
-    package func writeRows<T: HDF5Scalar>(_ values: UnsafeBufferPointer<T>, startingAt firstRow: Int) throws {
+    func writeRows<T: HDF5Scalar>(_ values: UnsafeBufferPointer<T>, startingAt firstRow: Int) throws {
         let rows = try rowsToWrite(values.count, startingAt: firstRow)
         guard !rows.isEmpty else { return }
         let selection = try rowSelection(rows, shape: try shape())
@@ -619,7 +619,7 @@ package final class HDF5Dataset: HDF5Object, @unchecked Sendable {
     }
 
     /// Sets the number of rows of an extendible dataset (growing or cutting it).
-    package func setRowCount(_ rows: Int) throws {
+    func setRowCount(_ rows: Int) throws {
         var newShape = try shape()
         guard !newShape.isEmpty else {
             throw HDF5Error(operation: "resize \(location)", reason: "a scalar dataset has no rows")
@@ -630,7 +630,7 @@ package final class HDF5Dataset: HDF5Object, @unchecked Sendable {
     }
 
     /// All strings of a one-dimensional string dataset (variable or fixed length).
-    package func readStrings() throws -> [String] {
+    func readStrings() throws -> [String] {
         let type = ScopedID(try hdf5Call("get the type of \(location)") { H5Dget_type(id) })
         guard H5Tget_class(type.id) == H5T_STRING else {
             throw HDF5Error(operation: "read strings from \(location)", reason: "it does not hold strings")
@@ -691,8 +691,8 @@ package final class HDF5Dataset: HDF5Object, @unchecked Sendable {
 // MARK: - Array attributes, storage description, scattered row reads (used by the feature cache)
 
 /// How a dataset is stored, as `h5dump -p` or h5py's `.chunks` / `.compression` describe it.
-package struct HDF5Storage: Sendable, Equatable {
-    package struct Filter: Sendable, Equatable {
+struct HDF5Storage: Sendable, Equatable {
+    struct Filter: Sendable, Equatable {
         /// HDF5's own filter name: "shuffle", "deflate", ...
         package let name: String
         /// The filter's client data: deflate's is its level.
@@ -700,14 +700,14 @@ package struct HDF5Storage: Sendable, Equatable {
     }
 
     /// nil for contiguous (or compact) data.
-    package let chunkShape: [Int]?
+    let chunkShape: [Int]?
     /// In pipeline order.
-    package let filters: [Filter]
+    let filters: [Filter]
 }
 
 extension HDF5Object {
     /// A one-dimensional numeric attribute: h5py shows it as a numpy array.
-    package func setAttribute<T: HDF5Scalar>(_ name: String, values: [T]) throws {
+    func setAttribute<T: HDF5Scalar>(_ name: String, values: [T]) throws {
         let space = try simpleSpace([values.count], what: "attribute \(name)")
         let attribute = try createAttribute(name, type: T.hdf5FileType, space: space.id)
         guard !values.isEmpty else { return }
@@ -719,7 +719,7 @@ extension HDF5Object {
     }
 
     /// Every value of a numeric attribute of any shape, flattened; nil when there is no attribute of that name.
-    package func attributeValues<T: HDF5Scalar>(_ name: String, as type: T.Type) throws -> [T]? {
+    func attributeValues<T: HDF5Scalar>(_ name: String, as type: T.Type) throws -> [T]? {
         guard try hasAttribute(name) else { return nil }
         let attribute = try openAttribute(name)
         let space = ScopedID(try hdf5Call("get the shape of attribute \(name)") { H5Aget_space(attribute.id) })
@@ -737,7 +737,7 @@ extension HDF5Object {
 }
 
 extension HDF5Dataset {
-    package func storage() throws -> HDF5Storage {
+    func storage() throws -> HDF5Storage {
         let properties = ScopedID(try hdf5Call("get the creation properties of \(location)") { H5Dget_create_plist(id) })
         var chunkShape: [Int]?
         if H5Pget_layout(properties.id) == H5D_CHUNKED {
@@ -765,7 +765,7 @@ extension HDF5Dataset {
 
     /// The rows of several ranges in one read, one after another in file order (ranges
     /// sorted, not overlapping): HDF5 then visits each chunk once, however the rows are spread.
-    package func readRows<T: HDF5Scalar>(_ ranges: [Range<Int>], into buffer: UnsafeMutableBufferPointer<T>) throws {
+    func readRows<T: HDF5Scalar>(_ ranges: [Range<Int>], into buffer: UnsafeMutableBufferPointer<T>) throws {
         let shape = try shape()
         let rowSize = shape.dropFirst().reduce(1, *)
         let rowCount = ranges.reduce(0) { $0 + $1.count }

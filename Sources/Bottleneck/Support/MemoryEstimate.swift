@@ -4,12 +4,12 @@ import BottleneckKernels
 /// What a run through the frozen network (extract, predict, evaluate) will hold, checked before anything
 /// is allocated: a batch size typed with one zero too many is refused with the figure, not met by the
 /// kernel's OOM killer (or a failed allocation) minutes later.
-package enum MemoryEstimate {
+enum MemoryEstimate {
     /// `--batch-size` outside this is refused outright, whatever the memory.
-    package static let batchSizes = 1...65536
+    static let batchSizes = 1...65536
 
     /// "--batch-size must be between 1 and 65536 (got 0)", or nil when it is.
-    package static func batchSizeProblem(_ batchSize: Int) -> String? {
+    static func batchSizeProblem(_ batchSize: Int) -> String? {
         batchSizes.contains(batchSize) ? nil
             : "--batch-size must be between \(batchSizes.lowerBound) and \(batchSizes.upperBound) (got \(batchSize))"
     }

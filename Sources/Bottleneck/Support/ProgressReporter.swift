@@ -3,7 +3,7 @@ import BottleneckKernels
 
 /// Progress of a long job on stderr: a redrawn bar when stderr is a terminal,
 /// a plain line every `plainInterval` seconds otherwise (logs, batch schedulers).
-package final class ProgressReporter: @unchecked Sendable {
+final class ProgressReporter: @unchecked Sendable {
     private let label: String
     private let total: Int
     private let unit: String

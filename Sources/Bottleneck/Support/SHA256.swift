@@ -3,7 +3,7 @@ import Crypto
 /// SHA-256, streamed: the weights fingerprint recorded in feature caches and run directories, and the identity of
 /// every image a cache row came from. BoringSSL's (through apple/swift-crypto) with the SHA extensions where the CPU
 /// has them: 1,489 MB/s against 218 MB/s for the hand-written Swift one this replaced (528 MiB, AMD EPYC Zen 4).
-package struct SHA256 {
+struct SHA256 {
     private var hasher = Crypto.SHA256()
 
     package init() {}
@@ -17,7 +17,7 @@ package struct SHA256 {
     }
 
     /// The 32-byte digest; the hasher must not be updated afterwards.
-    package mutating func finalize() -> [UInt8] {
+    mutating func finalize() -> [UInt8] {
         Array(hasher.finalize())
     }
 
@@ -25,7 +25,7 @@ package struct SHA256 {
         Array(Crypto.SHA256.hash(data: bytes))
     }
 
-    package static func hex(_ digest: [UInt8]) -> String {
+    static func hex(_ digest: [UInt8]) -> String {
         let digits = Array("0123456789abcdef".utf8)
         return String(decoding: digest.flatMap { [digits[Int($0 >> 4)], digits[Int($0 & 0xf)]] }, as: UTF8.self)
     }

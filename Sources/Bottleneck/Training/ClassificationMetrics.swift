@@ -10,16 +10,16 @@ package struct ClassificationMetrics: Codable, Sendable, Equatable {
         package var precision: Double?
         /// Of the rows of this class, the share predicted as it; nil when there are none.
         package var recall: Double?
-        package var f1: Double?
+        var f1: Double?
         /// Rows of this class.
-        package var support: Int
+        var support: Int
     }
 
     package let classes: [String]
     /// confusion[true class][predicted class], counts of rows.
     package private(set) var confusion: [[Int]]
     package private(set) var count = 0
-    package private(set) var lossSum = 0.0
+    private(set) var lossSum = 0.0
 
     package init(classes: [String]) {
         self.classes = classes
@@ -28,7 +28,7 @@ package struct ClassificationMetrics: Codable, Sendable, Equatable {
 
     /// logits [N, K], labels [N] in 0..<K: adds the rows' cross-entropy and their predictions (the
     /// first largest logit, as torch.argmax).
-    package mutating func add(logits: Tensor, labels: [Int32]) {
+    mutating func add(logits: Tensor, labels: [Int32]) {
         let classCount = classes.count
         precondition(logits.shape == [labels.count, classCount], "metrics: logits \(logits.shape) for \(labels.count) labels, \(classCount) classes")
         guard !labels.isEmpty else { return }
@@ -44,7 +44,7 @@ package struct ClassificationMetrics: Codable, Sendable, Equatable {
         count += labels.count
     }
 
-    package var correct: Int { classes.indices.reduce(0) { $0 + confusion[$1][$1] } }
+    var correct: Int { classes.indices.reduce(0) { $0 + confusion[$1][$1] } }
     package var accuracy: Double { count > 0 ? Double(correct) / Double(count) : 0 }
     package var meanLoss: Double { count > 0 ? lossSum / Double(count) : .nan }
 

@@ -7,16 +7,16 @@ package struct EpochRecord: Codable, Sendable, Equatable {
     /// From 1.
     package var epoch: Int
     /// Mean over the epoch's batches as trained (dropout on), weighted by batch size.
-    package var trainLoss: Double
-    package var trainAccuracy: Double
+    var trainLoss: Double
+    var trainAccuracy: Double
     /// After the epoch, evaluation mode.
-    package var validationLoss: Double
-    package var validationAccuracy: Double
+    var validationLoss: Double
+    var validationAccuracy: Double
     package var learningRate: Double
     /// The whole epoch: training and validation.
     package var seconds: Double
     /// The epoch's optimizer steps alone; nil when read back from metrics.csv, which does not keep it.
-    package var trainSeconds: Double?
+    var trainSeconds: Double?
 
     package init(epoch: Int, trainLoss: Double, trainAccuracy: Double, validationLoss: Double, validationAccuracy: Double,
                  learningRate: Double, seconds: Double, trainSeconds: Double?) {
@@ -31,7 +31,7 @@ package struct EpochRecord: Codable, Sendable, Equatable {
     }
 
     /// metrics.csv's header; the report reads the file by these names, in whatever order they come.
-    package static let csvColumns = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
+    static let csvColumns = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
 
     /// The line of metrics.csv, in `csvColumns` order.
     var csvFields: [String] {

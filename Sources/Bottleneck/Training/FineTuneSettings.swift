@@ -35,7 +35,7 @@ package struct FineTuneSettings: Codable, Sendable, Equatable {
 
     package init() {}
 
-    package var resolvedWeightDecay: Double { weightDecay ?? (optimizer == .adamw ? 0.01 : 0) }
+    var resolvedWeightDecay: Double { weightDecay ?? (optimizer == .adamw ? 0.01 : 0) }
 
     /// The settings with every default made explicit, as a run records them.
     package var resolved: FineTuneSettings {
@@ -59,10 +59,10 @@ package struct FineTuneSettings: Codable, Sendable, Equatable {
     }
 
     /// torch's optimizer for these settings, the same one train-head builds.
-    package func makeOptimizer() -> any Optimizer { headEquivalent.makeOptimizer() }
+    func makeOptimizer() -> any Optimizer { headEquivalent.makeOptimizer() }
 
     /// torchvision's eval transform scaled to `imageSize`: Resize(round(S · 256/224)), CenterCrop(S).
-    package var evaluationPreprocessing: Preprocessing {
+    var evaluationPreprocessing: Preprocessing {
         Preprocessing(resize: Int((Double(imageSize) * 256 / 224).rounded()), crop: imageSize)
     }
 

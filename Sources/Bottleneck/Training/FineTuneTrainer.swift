@@ -10,8 +10,8 @@ import BottleneckKernels
 ///
 /// The best epoch's parameters are not copied in memory (a second VGG16 is 500 MB): `onCheckpoint` is told
 /// which epoch is the new best, and the job writes them to model.h5.
-package final class FineTuneTrainer {
-    package struct Outcome: Sendable {
+final class FineTuneTrainer {
+    struct Outcome: Sendable {
         /// Every finished epoch, those before a `resume` included.
         package var epochs: [EpochRecord]
         /// From 1: the epoch whose parameters `onCheckpoint` last called the best.
@@ -19,8 +19,8 @@ package final class FineTuneTrainer {
         /// Validation figures of the kept parameters; nil when the best epoch ran before a `resume`.
         package var validation: ClassificationMetrics?
         /// Seconds spent in optimizer steps (forward, backward, update) in this invocation; decoding overlaps them.
-        package var stepSeconds: Double
-        package var samplesTrained: Int
+        var stepSeconds: Double
+        var samplesTrained: Int
 
         package var samplesPerSecond: Double { stepSeconds > 0 ? Double(samplesTrained) / stepSeconds : 0 }
     }
@@ -29,9 +29,9 @@ package final class FineTuneTrainer {
     package let settings: FineTuneSettings
     /// How validation sees an image, and training when it does not augment.
     package let evaluation: Preprocessing
-    package let augmentation: Augmentation?
+    let augmentation: Augmentation?
     /// Images that could not be read, in training or validation; each is warned about once.
-    package private(set) var failedImages: Set<String> = []
+    private(set) var failedImages: Set<String> = []
     private let folder: ImageFolder
     private let split: TrainingSplit
     /// Layers trained at the full --lr; the others at --backbone-lr-mult of it.

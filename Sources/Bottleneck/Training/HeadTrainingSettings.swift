@@ -45,9 +45,9 @@ package struct HeadTrainingSettings: Codable, Sendable, Equatable {
 
     package init() {}
 
-    package var resolvedLearningRate: Double { learningRate ?? (optimizer == .sgd ? 0.01 : 0.001) }
-    package var resolvedWeightDecay: Double { weightDecay ?? (optimizer == .adamw ? 0.01 : 0) }
-    package var resolvedStepSize: Int { stepSize ?? max(1, epochs / 3) }
+    var resolvedLearningRate: Double { learningRate ?? (optimizer == .sgd ? 0.01 : 0.001) }
+    var resolvedWeightDecay: Double { weightDecay ?? (optimizer == .adamw ? 0.01 : 0) }
+    var resolvedStepSize: Int { stepSize ?? max(1, epochs / 3) }
 
     /// The settings with every default made explicit, as a run records them.
     package var resolved: HeadTrainingSettings {
@@ -58,7 +58,7 @@ package struct HeadTrainingSettings: Codable, Sendable, Equatable {
         return copy
     }
 
-    package func makeOptimizer() -> any Optimizer {
+    func makeOptimizer() -> any Optimizer {
         switch optimizer {
         case .sgd: SGD(momentum: momentum, weightDecay: resolvedWeightDecay)
         case .adam: Adam(weightDecay: resolvedWeightDecay)
@@ -66,7 +66,7 @@ package struct HeadTrainingSettings: Codable, Sendable, Equatable {
         }
     }
 
-    package var learningRateSchedule: LearningRateSchedule {
+    var learningRateSchedule: LearningRateSchedule {
         switch schedule {
         case .constant: .constant
         case .step: .step(stepSize: resolvedStepSize, gamma: gamma)

@@ -4,7 +4,7 @@ import BottleneckKernels
 /// How the learning rate moves from epoch to epoch, as torch.optim.lr_scheduler has it when
 /// `scheduler.step()` runs once at the end of every epoch: `learningRate(base:epoch:)` is the rate in
 /// force during `epoch` (counted from 0). Closed forms; torch's chained updates agree to rounding.
-package enum LearningRateSchedule: Sendable, Equatable {
+enum LearningRateSchedule: Sendable, Equatable {
     case constant
     /// StepLR(step_size, gamma): base · gamma^⌊epoch / stepSize⌋.
     case step(stepSize: Int, gamma: Double)

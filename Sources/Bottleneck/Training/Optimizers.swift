@@ -102,13 +102,13 @@ package struct SGD: Optimizer {
 ///     Adam:  g = grad + wd·param            AdamW: param *= 1 - lr·wd, g = grad
 ///     m = m + (1-β1)(g - m);  v = β2·v + (1-β2)·g²
 ///     param -= lr/(1-β1ᵗ) · m / (√v / √(1-β2ᵗ) + ε)
-package struct Adam: Optimizer {
-    package let beta1: Double
-    package let beta2: Double
-    package let epsilon: Double
+struct Adam: Optimizer {
+    let beta1: Double
+    let beta2: Double
+    let epsilon: Double
     package let weightDecay: Double
     /// AdamW's decay of the parameter itself, instead of Adam's L2 term in the gradient.
-    package let decoupledWeightDecay: Bool
+    let decoupledWeightDecay: Bool
 
     private struct Moments: Sendable {
         var step = 0
@@ -131,7 +131,7 @@ package struct Adam: Optimizer {
     }
 
     /// torch.optim.AdamW, with its defaults (weight decay 0.01, not Adam's 0).
-    package static func adamW(beta1: Double = 0.9, beta2: Double = 0.999, epsilon: Double = 1e-8,
+    static func adamW(beta1: Double = 0.9, beta2: Double = 0.999, epsilon: Double = 1e-8,
                              weightDecay: Double = 0.01) -> Adam {
         Adam(beta1: beta1, beta2: beta2, epsilon: epsilon, weightDecay: weightDecay, decoupledWeightDecay: true)
     }

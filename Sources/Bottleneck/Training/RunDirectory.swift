@@ -9,11 +9,11 @@ import BottleneckKernels
 /// A training run's folder: `config.json` when training starts, a `metrics.csv` line after every
 /// epoch, and at the end `model.h5`, then `summary.json`. summary.json comes last, so a folder without
 /// it (a run that diverged or was killed) never looks finished.
-package final class RunDirectory {
-    package static let configFile = "config.json"
-    package static let metricsFile = "metrics.csv"
-    package static let modelFile = "model.h5"
-    package static let summaryFile = "summary.json"
+final class RunDirectory {
+    static let configFile = "config.json"
+    static let metricsFile = "metrics.csv"
+    static let modelFile = "model.h5"
+    static let summaryFile = "summary.json"
     static let runFiles = [configFile, metricsFile, modelFile, summaryFile]
 
     package let path: String

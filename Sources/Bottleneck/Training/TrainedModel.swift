@@ -9,8 +9,8 @@ import BottleneckKernels
 /// A head model (train-head) holds the layers above the cut and runs after the frozen prefix, which
 /// comes from the backbone weights it records. A fine-tuned model (full fine-tuning) holds the whole
 /// state dict, prefix included, and needs no other file. `evaluate` and `predict` take either.
-package struct TrainedModel: Sendable {
-    package static let formatName = "bottleneck-model/1"
+struct TrainedModel: Sendable {
+    static let formatName = "bottleneck-model/1"
 
     package enum Mode: String, Sendable, Codable {
         /// Only the layers above the cut were trained, on cached activations.
@@ -26,17 +26,17 @@ package struct TrainedModel: Sendable {
     /// Where the head starts: the activations it takes are this layer's output.
     package var cut: CutPoint
     /// The conventional name of the cut ("fc7"), as the cache calls it.
-    package var cutName: String
+    var cutName: String
     /// The backbone weights the prefix ran with when the model was trained.
     package var weights: WeightsIdentity
     package var preprocessing: Preprocessing
     /// torchvision paths of the layers that learned ("classifier.6").
-    package var trainableLayers: [String]
+    var trainableLayers: [String]
     package var dropout: Double
     /// How its validation rows were chosen, so that evaluate can score the held-out rows again; nil in a
     /// model that does not say (written before models recorded it, or made by hand).
     package var split: TrainingSplit.Rule?
-    package var stateDict: [(key: String, tensor: Tensor)]
+    var stateDict: [(key: String, tensor: Tensor)]
 
     private enum Attribute {
         static let format = "format"
@@ -74,7 +74,7 @@ package struct TrainedModel: Sendable {
     }
 
     /// Writes `path` atomically (a file aside, then renamed).
-    package func save(to path: String) throws {
+    func save(to path: String) throws {
         var attributes = [
             Attribute.format: Self.formatName,
             Attribute.mode: mode.rawValue,

@@ -1,7 +1,7 @@
 import BottleneckKernels
 
 /// Why a training run, an evaluation or a prediction cannot go on, as one line for the user.
-package struct TrainingError: Error, CustomStringConvertible, Sendable {
+struct TrainingError: Error, CustomStringConvertible, Sendable {
     package enum Kind: Sendable {
         /// Settings or data that cannot train a classifier: one class, an empty split, NaN features, a bad flag.
         case invalidInput

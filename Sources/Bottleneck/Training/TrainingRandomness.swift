@@ -5,7 +5,7 @@ import BottleneckKernels
 /// same whether the row's activation came from the cache or from the frozen network run on its image,
 /// whatever batch it landed in and whichever thread drew it. That is what makes cached training equal
 /// to uncached training, and a run reproducible from its seed.
-package enum TrainingRandomness {
+enum TrainingRandomness {
     enum Purpose: UInt64 {
         case headInitialisation = 1
         case shuffle
@@ -29,7 +29,7 @@ package enum TrainingRandomness {
 
     /// The generator of the dropout mask that the layer at `layerPosition` (in `VGGConfig.layers`) puts on
     /// cache row `row` in `epoch` (from 0).
-    package static func dropoutGenerator(seed: UInt64, epoch: Int, row: Int, layerPosition: Int) -> SeededGenerator {
+    static func dropoutGenerator(seed: UInt64, epoch: Int, row: Int, layerPosition: Int) -> SeededGenerator {
         SeededGenerator(seed: Self.seed(seed, .dropout, UInt64(epoch), UInt64(row), UInt64(layerPosition)))
     }
 

@@ -93,10 +93,10 @@ package enum TrainingSettingKey: String, CaseIterable, Sendable {
 
 /// A training setting whose value cannot train. It names its key, not a spelling: the command line says
 /// `--weight-decay must not be negative, got -1.0` (its `description`), a pipeline file `weight_decay …` at the line.
-package struct SettingError: Error, CustomStringConvertible, Sendable {
+struct SettingError: Error, CustomStringConvertible, Sendable {
     package let key: TrainingSettingKey
     /// What is wrong with the value, after the key: "must not be negative, got -1.0".
-    package let problem: String
+    let problem: String
 
     package init(key: TrainingSettingKey, _ problem: String) {
         self.key = key

@@ -51,10 +51,10 @@ package struct TrainingSplit: Sendable, Equatable {
     /// Which images a run validated on: its rule, how many images it scored, and a digest of their paths.
     /// Two runs with the same record were validated on the same images; report compares them.
     package struct Record: Codable, Sendable, Equatable {
-        package var rule: Rule
-        package var validationRows: Int
+        var rule: Rule
+        var validationRows: Int
         /// SHA-256 of the scored images' relative paths, sorted by their UTF-8 bytes, each followed by "\n".
-        package var validationPathsSha256: String
+        var validationPathsSha256: String
 
         package init(rule: Rule, validationPaths: [String]) {
             self.rule = rule
@@ -69,10 +69,10 @@ package struct TrainingSplit: Sendable, Equatable {
         }
     }
 
-    package let rule: Rule
+    let rule: Rule
     /// Row indices, ascending.
-    package let trainRows: [Int]
-    package let validationRows: [Int]
+    let trainRows: [Int]
+    let validationRows: [Int]
 
     package init(rule: Rule, trainRows: [Int], validationRows: [Int]) {
         self.rule = rule

@@ -24,29 +24,29 @@ package struct TrainingSummary: Codable, Sendable {
 
     // train-head
 
-    package var stoppedEarly: Bool?
-    package var trainRows: Int?
-    package var valRows: Int?
+    var stoppedEarly: Bool?
+    var trainRows: Int?
+    var valRows: Int?
     /// The share of validation rows in its largest class: what always answering that class gives.
-    package var majorityClassAccuracy: Double?
+    var majorityClassAccuracy: Double?
     /// Training rows through optimizer steps per second of those steps.
     package var samplesPerSecond: Double?
     /// "memory" (rows read once) or "streaming" (windows of chunks per pass).
-    package var dataLoading: String?
+    var dataLoading: String?
 
     // full-finetune
 
-    package var trainImages: Int?
+    var trainImages: Int?
     /// Validation images scored (those that could be read).
-    package var valImages: Int?
+    var valImages: Int?
     /// nil (left out) when nothing is frozen.
-    package var frozenThrough: String?
-    package var trainableLayers: [String]?
+    var frozenThrough: String?
+    var trainableLayers: [String]?
     package var trainableParameters: Int?
     /// Training images through optimizer steps per second of those steps (decoding overlapped).
-    package var trainImagesPerSecond: Double?
+    var trainImagesPerSecond: Double?
     package var peakResidentBytes: Int?
-    package var failedImages: [String]?
+    var failedImages: [String]?
 
     /// Training samples (cached rows or images) through optimizer steps per second, whichever job wrote it.
     package var throughput: Double { samplesPerSecond ?? trainImagesPerSecond ?? 0 }

@@ -10,7 +10,7 @@ import BottleneckKernels
 /// that every command does not re-read 528 MB to fingerprint the same file: the same
 /// trade git's index makes. Kept in ~/.cache/bottleneck/digests.json (or under
 /// $XDG_CACHE_HOME); when that cannot be read or written the digest is simply computed.
-package enum DigestCache {
+enum DigestCache {
     struct Entry: Codable, Equatable {
         var size: Int64
         var modified: Int64
@@ -67,7 +67,7 @@ package enum DigestCache {
 
 extension SHA256 {
     /// Hex digest of a file read in 4 MB pieces: memory stays flat whatever the file size.
-    package static func hexDigest(ofFileAt path: String) throws(WeightsError) -> String {
+    static func hexDigest(ofFileAt path: String) throws(WeightsError) -> String {
         let descriptor: Int32
         do {
             descriptor = try DurableFiles.openRegularFile(path).descriptor

@@ -108,7 +108,7 @@ enum HDF5WeightsFormat {
 /// dataset per key, `attributes` as root string attributes). Written to a
 /// fresh temporary file beside `path` and renamed over it, so an interrupted save
 /// never leaves a half-written model where a good one was (see `DurableFiles.writeThroughTemporary`).
-package func writeStateDictHDF5(path: String, tensors: [(String, Tensor)], attributes: [String: String] = [:]) throws {
+func writeStateDictHDF5(path: String, tensors: [(String, Tensor)], attributes: [String: String] = [:]) throws {
     if let duplicate = tensors.map(\.0).firstRepeated() {
         throw WeightsError(.writeFailed, path: path, "the state dict names \(duplicate) twice")
     }

@@ -8,12 +8,12 @@ package enum WeightFileFormat: String, Sendable {
 }
 
 /// One tensor of a state dict as the file describes it; reading it is `StateDictFile.tensor(_:)`.
-package struct WeightEntry: Sendable, Equatable {
+struct WeightEntry: Sendable, Equatable {
     package let key: String
-    package let dtype: WeightDType
+    let dtype: WeightDType
     package let shape: [Int]
 
-    package var elementCount: Int { shape.reduce(1, *) }
+    var elementCount: Int { shape.reduce(1, *) }
 }
 
 /// Where a tensor's values are: a strided run of the mapped file, or an HDF5 dataset.
@@ -45,15 +45,15 @@ struct ParsedStateDict {
 ///     let weights = try StateDictFile.open(path: "vgg16-397923af.pth")
 ///     try weights.validate(expected: ["features.0.weight": [64, 3, 3, 3], ...])
 ///     let conv1 = try weights.tensor("features.0.weight")   // [64, 3, 3, 3] float32
-package final class StateDictFile: Sendable {
+final class StateDictFile: Sendable {
     package let path: String
     package let format: WeightFileFormat
     /// In file order, keys as the model should see them (a `module.` prefix removed).
-    package let entries: [WeightEntry]
+    let entries: [WeightEntry]
     /// What was done to make the file usable (unwrapped checkpoint, removed prefix, dtype conversion).
-    package let notes: [String]
+    let notes: [String]
     /// safetensors `__metadata__`, or the root string attributes of an HDF5 file.
-    package let metadata: [String: String]
+    let metadata: [String: String]
 
     private enum Backing: Sendable {
         case mapped(MappedFile)
@@ -62,7 +62,7 @@ package final class StateDictFile: Sendable {
 
     /// Refuses a file whose tensors could not all be held as float32: what a caller that loads every tensor
     /// (a model, a checkpoint) checks before it reads the first.
-    package func checkFitsInMemory() throws(WeightsError) {
+    func checkFitsInMemory() throws(WeightsError) {
         let limit = MemoryEstimate.fileReadLimitBytes / MemoryLayout<Float>.size
         var total = 0
         for entry in entries {
@@ -136,12 +136,12 @@ package final class StateDictFile: Sendable {
         self.notes = notes
     }
 
-    package func entry(_ key: String) -> WeightEntry? {
+    func entry(_ key: String) -> WeightEntry? {
         entryIndex[key].map { entries[$0] }
     }
 
     /// The tensor's values as float32, read from the file now (float16, bfloat16 and float64 converted).
-    package func tensor(_ key: String) throws(WeightsError) -> Tensor {
+    func tensor(_ key: String) throws(WeightsError) -> Tensor {
         guard let entry = entry(key), let location = locations[key] else {
             throw WeightsError(.missingKey, path: path,
                                "no tensor named \(key) (the file has \(entries.count): \(listFew(entries.map(\.key))))")
@@ -166,7 +166,7 @@ package final class StateDictFile: Sendable {
 
     /// `tensor(key)` for a network to run with: refused, naming the first bad element, when a value is NaN or
     /// infinite, which no trained parameter is and which would turn every feature into NaN without a word.
-    package func parameter(_ key: String) throws(WeightsError) -> Tensor {
+    func parameter(_ key: String) throws(WeightsError) -> Tensor {
         let values = try tensor(key)
         if let index = values.data.withUnsafeBufferPointer(firstNonFiniteIndex) {
             let value = values.data[index]

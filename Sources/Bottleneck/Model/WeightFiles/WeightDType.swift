@@ -1,12 +1,12 @@
 import BottleneckKernels
 
 /// Element types found in state dicts, named as torch names them (`torch.float16` → `.float16`).
-package enum WeightDType: String, Sendable, CaseIterable, CustomStringConvertible {
+enum WeightDType: String, Sendable, CaseIterable, CustomStringConvertible {
     case float32, float16, bfloat16, float64
     case int64, int32, int16, int8, uint8, uint16, uint32, uint64, bool
     case float8_e4m3fn, float8_e5m2, complex64, complex128
 
-    package var byteSize: Int {
+    var byteSize: Int {
         switch self {
         case .int8, .uint8, .bool, .float8_e4m3fn, .float8_e5m2: 1
         case .float16, .bfloat16, .int16, .uint16: 2
@@ -17,7 +17,7 @@ package enum WeightDType: String, Sendable, CaseIterable, CustomStringConvertibl
     }
 
     /// Whether `StateDictFile.tensor` can return it (converted to float32 when stored otherwise).
-    package var isReadableAsFloat32: Bool {
+    var isReadableAsFloat32: Bool {
         switch self {
         case .float32, .float16, .bfloat16, .float64: true
         default: false

@@ -29,7 +29,7 @@ package struct WeightsError: Error, CustomStringConvertible, Sendable {
     package let path: String
     package let detail: String
     /// What the file is to the command that read or wrote it ("weights file", "model file"): the message's first words.
-    package let role: String
+    let role: String
 
     package init(_ kind: Kind, path: String, _ detail: String, role: String = "weights file") {
         self.kind = kind
