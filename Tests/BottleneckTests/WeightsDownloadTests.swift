@@ -164,6 +164,17 @@ final class WeightsDownloadTests: XCTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: target))
     }
 
+    func testASymbolicLinkAtTheDestinationIsRefusedBeforeAnythingIsFetched() throws {
+        let download = download()
+        try FileManager.default.createDirectory(atPath: folder + "/hub/checkpoints", withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(atPath: download.destination, withDestinationPath: folder + "/elsewhere")
+        let failure = try XCTUnwrap(error(of: download))
+        XCTAssertEqual(failure.kind, .unwritable)
+        XCTAssertTrue(failure.description.contains("symbolic link"), failure.description)
+        XCTAssertTrue(server.requests.isEmpty)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: folder + "/elsewhere"))
+    }
+
     func testALocalCopyIsTakenFromAFileURLOrAPath() throws {
         let copy = folder + "/usb/" + weights.fileName
         try FileManager.default.createDirectory(atPath: folder + "/usb", withIntermediateDirectories: true)

@@ -139,6 +139,8 @@ package struct WeightsDownload {
         }
         do {
             try DurableFiles.checkWritableFolder(for: destination)
+            // Now, not only before the rename: a link there would otherwise be found after the whole transfer.
+            try DurableFiles.checkDestination(destination)
         } catch {
             throw WeightsDownloadError(.unwritable, "\(error)")
         }
