@@ -26,11 +26,14 @@ struct Doctor: ParsableCommand {
         print("hdf5: \(LibraryVersions.hdf5)")
         print("libjpeg: \(LibraryVersions.libjpeg)")
         print("libpng: \(LibraryVersions.libpng)")
-        let (choice, fellBack) = WeightsChoice.resolve(nil)
-        if fellBack {
-            print("weights: none found (looked in \(WeightsChoice.torchvisionCandidates(environment: ProcessInfo.processInfo.environment).joined(separator: ", "))); commands would use random weights")
-        } else {
-            print("weights: \(choice)")
-        }
+        print(Self.weightsLine(environment: ProcessInfo.processInfo.environment))
+    }
+
+    /// Where the pretrained weights are, or how to get them.
+    static func weightsLine(environment: [String: String]) -> String {
+        let (choice, fellBack) = WeightsChoice.resolve(nil, environment: environment)
+        guard fellBack else { return "weights: \(choice)" }
+        return "weights: none found (looked in \(WeightsChoice.torchvisionCandidates(environment: environment).joined(separator: ", ")))"
+            + "; commands would use random weights. Get torchvision's with: \(WeightsChoice.downloadCommand)"
     }
 }

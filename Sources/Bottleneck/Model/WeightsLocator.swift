@@ -7,7 +7,7 @@ package enum WeightsChoice: Sendable, Equatable, CustomStringConvertible {
     case file(String)
     case random(seed: UInt64)
 
-    static let torchvisionFileName = "vgg16-397923af.pth"
+    static let torchvisionFileName = PretrainedWeights.vgg16.fileName
     static let torchvisionSHA256 = "397923af8e79cdbb6a7127f12361acd7a2f83e06b05044ddf496e83de57a5bf0"
     static let defaultRandomSeed: UInt64 = 0
 
@@ -32,13 +32,18 @@ package enum WeightsChoice: Sendable, Equatable, CustomStringConvertible {
     /// Where torch.hub keeps downloads: $TORCH_HOME/hub/checkpoints, else
     /// $XDG_CACHE_HOME/torch/hub/checkpoints, else ~/.cache/torch/hub/checkpoints.
     package static func torchvisionCandidates(environment: [String: String]) -> [String] {
+        torchHubFolders(environment: environment).map { $0 + "/" + torchvisionFileName }
+    }
+
+    /// The folders of `torchvisionCandidates`, first the one torch.hub itself downloads into.
+    package static func torchHubFolders(environment: [String: String]) -> [String] {
         var roots: [String] = []
         if let torchHome = environment["TORCH_HOME"], !torchHome.isEmpty { roots.append(torchHome) }
         if let cache = environment["XDG_CACHE_HOME"], !cache.isEmpty { roots.append(cache + "/torch") }
         let home = environment["HOME"] ?? NSHomeDirectory()
         roots.append(home + "/.cache/torch")
         var seen = Set<String>()
-        return roots.map { $0 + "/hub/checkpoints/" + torchvisionFileName }.filter { seen.insert($0).inserted }
+        return roots.map { $0 + "/hub/checkpoints" }.filter { seen.insert($0).inserted }
     }
 
     package var description: String {
@@ -53,8 +58,12 @@ package enum WeightsChoice: Sendable, Equatable, CustomStringConvertible {
         """
         WARNING: no pretrained weights found; using RANDOM weights (seed \(defaultRandomSeed)). \
         Features from a random network are not ImageNet features. Looked for \
-        \(torchvisionCandidates(environment: environment).joined(separator: ", ")); pass --weights FILE \
-        (torchvision .pth, .safetensors or .h5) or --weights random to silence this.
+        \(torchvisionCandidates(environment: environment).joined(separator: ", ")); run '\(downloadCommand)' \
+        to fetch torchvision's, or pass --weights FILE (torchvision .pth, .safetensors or .h5) or --weights random \
+        to silence this.
         """
     }
+
+    /// The command that puts torchvision's file where `resolve` looks first.
+    package static let downloadCommand = "bottleneck weights download"
 }

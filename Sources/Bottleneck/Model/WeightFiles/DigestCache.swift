@@ -75,19 +75,26 @@ extension SHA256 {
             throw WeightsError(opening: error)
         }
         defer { close(descriptor) }
+        var hasher = SHA256()
+        _ = try hasher.update(readingToEndOf: descriptor, path: path)
+        return hex(hasher.finalize())
+    }
+
+    /// Hashes what is left of an open file from its current offset, in 4 MB pieces; returns how many bytes that was.
+    mutating func update(readingToEndOf descriptor: Int32, path: String) throws(WeightsError) -> Int64 {
         let chunkSize = 4 << 20
         let chunk = UnsafeMutableRawBufferPointer.allocate(byteCount: chunkSize, alignment: 64)
         defer { chunk.deallocate() }
-        var hasher = SHA256()
+        var total: Int64 = 0
         while true {
             let count = read(descriptor, chunk.baseAddress, chunkSize)
-            if count == 0 { break }
+            if count == 0 { return total }
             if count < 0 {
                 if errno == EINTR { continue }
                 throw WeightsError(.unreadable, path: path, "read failed while hashing: \(systemMessage(errno))")
             }
-            hasher.update(UnsafeRawBufferPointer(rebasing: chunk[0..<count]))
+            update(UnsafeRawBufferPointer(rebasing: chunk[0..<count]))
+            total += Int64(count)
         }
-        return hex(hasher.finalize())
     }
 }
