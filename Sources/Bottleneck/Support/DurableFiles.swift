@@ -15,13 +15,13 @@ enum DurableFiles {
         let folder = folderPath(of: path)
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: folder, isDirectory: &isDirectory) else {
-            throw FeatureCacheError(.writeFailed, "cannot write \(path): the folder \(folder) does not exist")
+            throw DurableFileError("cannot write \(path): the folder \(folder) does not exist")
         }
         guard isDirectory.boolValue else {
-            throw FeatureCacheError(.writeFailed, "cannot write \(path): \(folder) is not a folder")
+            throw DurableFileError("cannot write \(path): \(folder) is not a folder")
         }
         guard access(folder, W_OK | X_OK) == 0 else {
-            throw FeatureCacheError(.writeFailed, "cannot write \(path): the folder \(folder) is not writable (\(systemMessage(errno)))")
+            throw DurableFileError("cannot write \(path): the folder \(folder) is not writable (\(systemMessage(errno)))")
         }
     }
 
@@ -33,7 +33,7 @@ enum DurableFiles {
         guard statvfs(folderPath(of: path), &status) == 0 else { return }
         let free = Int(status.f_bavail) * Int(status.f_frsize)
         guard free >= bytes else {
-            throw FeatureCacheError(.writeFailed, "not enough space to write \(path): it needs about "
+            throw DurableFileError("not enough space to write \(path): it needs about "
                                     + "\(bytes.formattedBytes), \(free.formattedBytes) are free; \(keeping)")
         }
     }
@@ -65,7 +65,7 @@ enum DurableFiles {
             let result = pread(descriptor, buffer.baseAddress! + filled, buffer.count - filled, off_t(offset) + off_t(filled))
             if result < 0 {
                 if errno == EINTR { continue }
-                throw FeatureCacheError(.damaged, "cannot read \(path): \(systemMessage(errno))")
+                throw DurableFileError("cannot read \(path): \(systemMessage(errno))")
             }
             if result == 0 { return false }
             filled += result
@@ -75,7 +75,7 @@ enum DurableFiles {
 
     static func sync(_ descriptor: Int32, path: String) throws {
         guard fsync(descriptor) == 0 else {
-            throw FeatureCacheError(.writeFailed, "cannot write \(path) to disk: \(systemMessage(errno))")
+            throw DurableFileError("cannot write \(path) to disk: \(systemMessage(errno))")
         }
     }
 
@@ -84,7 +84,7 @@ enum DurableFiles {
         let folder = folderPath(of: path)
         let descriptor = open(folder, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         guard descriptor >= 0 else {
-            throw FeatureCacheError(.writeFailed, "cannot open the folder \(folder): \(systemMessage(errno))")
+            throw DurableFileError("cannot open the folder \(folder): \(systemMessage(errno))")
         }
         defer { close(descriptor) }
         try sync(descriptor, path: folder)
@@ -95,12 +95,12 @@ enum DurableFiles {
     static func replace(_ destination: String, with source: String) throws {
         let descriptor = open(source, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
         guard descriptor >= 0 else {
-            throw FeatureCacheError(.writeFailed, "cannot open \(source): \(systemMessage(errno))")
+            throw DurableFileError("cannot open \(source): \(systemMessage(errno))")
         }
         defer { close(descriptor) }
         try sync(descriptor, path: source)
         guard rename(source, destination) == 0 else {
-            throw FeatureCacheError(.writeFailed, "cannot rename \(source) to \(destination): \(systemMessage(errno))")
+            throw DurableFileError("cannot rename \(source) to \(destination): \(systemMessage(errno))")
         }
         try syncFolder(of: destination)
     }
@@ -108,7 +108,7 @@ enum DurableFiles {
     /// Deletes `path` if it exists.
     static func remove(_ path: String) throws {
         guard unlink(path) == 0 || errno == ENOENT else {
-            throw FeatureCacheError(.writeFailed, "cannot delete \(path): \(systemMessage(errno))")
+            throw DurableFileError("cannot delete \(path): \(systemMessage(errno))")
         }
     }
 }
@@ -276,4 +276,10 @@ extension DurableFiles {
             unlink((folder as NSString).appendingPathComponent(name))
         }
     }
+}
+
+/// A write, sync, rename or read of a file that failed: one line naming the file and the system's reason.
+package struct DurableFileError: Error, CustomStringConvertible, Sendable {
+    package let description: String
+    init(_ description: String) { self.description = description }
 }
