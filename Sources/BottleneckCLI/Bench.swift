@@ -28,10 +28,12 @@ struct ForwardBench: ParsableCommand {
     @Flag(help: "A tiny network at 64 px, to check the benchmark runs (seconds, not a measurement).") var quick = false
 
     func run() throws {
-        var benchmark = quick ? ForwardBenchmark.quick(layer: layer) : ForwardBenchmark.full(batchSize: batchSize, layer: layer, iterations: iterations)
+        var benchmark = quick ? ForwardBenchmark.quick(layer: layer)
+            : ForwardBenchmark.full(batchSize: batchSize, layer: layer, iterations: iterations)
         if quick { benchmark.batchSize = min(batchSize, benchmark.batchSize) }
         benchmark.algorithm = algorithm
-        printErr("bench forward: \(benchmark.config.name), \(benchmark.imageSize) px, batch \(benchmark.batchSize), cut \(layer), conv \(algorithm), BLAS core \(BLASRuntime.coreName), \(BLASRuntime.threads) threads")
+        printErr("bench forward: \(benchmark.config.name), \(benchmark.imageSize) px, batch \(benchmark.batchSize), cut \(layer), "
+                 + "conv \(algorithm), BLAS core \(BLASRuntime.coreName), \(BLASRuntime.threads) threads")
         let result = try benchmark.run { printErr("  " + $0) }
         print(String(format: "forward: %.2f img/s, %.1f GFLOP/s effective (%.2f GFLOP/img), core %@, peak RSS %@",
                      result.imagesPerSecond, result.effectiveGigaflops, result.gigaflopsPerImage,

@@ -11,7 +11,8 @@ struct BottleneckCommand: ParsableCommand {
         Cut a pre-trained VGG16 at a layer, run the frozen part once over your images into an HDF5 feature \
         cache, then train a new fully connected head from that cache in seconds.
         """,
-        subcommands: [Extract.self, Merge.self, Inspect.self, TrainHead.self, FullFinetune.self, Evaluate.self, Predict.self, Run.self, ReportCommand.self, Doctor.self, WeightsCommand.self, Bench.self])
+        subcommands: [Extract.self, Merge.self, Inspect.self, TrainHead.self, FullFinetune.self, Evaluate.self, Predict.self, Run.self,
+                      ReportCommand.self, Doctor.self, WeightsCommand.self, Bench.self])
 }
 
 /// The `bottleneck` executable: re-runs itself once with a fast OpenBLAS kernel where Debian's would pick a slow one,

@@ -24,7 +24,8 @@ struct Evaluate: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("A feature cache at the model's layer.", valueName: "CACHE.h5")) var cache: String?
     @Option(name: .long, help: ArgumentHelp("An image folder (ImageFolder layout).", valueName: "DIR")) var images: String?
     @Option(help: "train, val (the model's held-out rows), test or all (default: test, else val).") var split: String?
-    @Option(name: .long, help: ArgumentHelp("Backbone weights for --images (default: the file the model records).", valueName: "FILE|random"))
+    @Option(name: .long, help: ArgumentHelp("Backbone weights for --images (default: the file the model records).",
+                                            valueName: "FILE|random"))
     var weights: String?
     @Option(help: "Images per forward pass (--images).") var batchSize = 8
     @Option(help: "text or json.") var format = ReportFormat.text

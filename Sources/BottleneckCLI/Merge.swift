@@ -22,6 +22,7 @@ struct Merge: ParsableCommand {
 
     func run() throws {
         let summary = try CacheMerge.merge(shards: shards, into: out, compress: compress, overwrite: overwrite, log: printErr)
-        print("merge: \(shards.count) shards, \(summary.rows) rows, \(summary.failed) failed; \(summary.path) (\(summary.fileBytes.formattedBytes))")
+        print("merge: \(shards.count) shards, \(summary.rows) rows, \(summary.failed) failed; "
+              + "\(summary.path) (\(summary.fileBytes.formattedBytes))")
     }
 }

@@ -26,7 +26,8 @@ struct ReportCommand: ParsableCommand {
 
     @Argument(help: ArgumentHelp("Run directories written by train-head or full-finetune.", valueName: "RUN_DIR"))
     var runs: [String]
-    @Option(help: ArgumentHelp("Write here (default: stdout for md, report.html for html). " + outputPolicy, valueName: "FILE")) var out: String?
+    @Option(help: ArgumentHelp("Write here (default: stdout for md, report.html for html). " + outputPolicy, valueName: "FILE"))
+    var out: String?
     @Option(help: "html or md.") var format = ReportFormat.html
     @Option(help: "The report's heading.") var title = "bottleneck — head vs fine-tune"
     @Flag(help: "Compare runs validated on different images anyway (the report says so at its top).")

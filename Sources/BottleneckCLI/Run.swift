@@ -73,7 +73,8 @@ struct Run: ParsableCommand {
         print("run: \(definition.name) finished in \(Report.duration(start.secondsElapsed))")
         for outcome in outcomes {
             print("  \(outcome.name.padding(toLength: 10, withPad: " ", startingAt: 0)) "
-                  + (outcome.reused ? "reused     " : Report.duration(outcome.seconds).padding(toLength: 11, withPad: " ", startingAt: 0)) + outcome.result)
+                  + (outcome.reused ? "reused     " : Report.duration(outcome.seconds).padding(toLength: 11, withPad: " ", startingAt: 0))
+                  + outcome.result)
         }
         if let report = outcomes.last(where: { $0.kind == .report }) {
             print("report: " + report.outputs.joined(separator: ", "))

@@ -112,9 +112,11 @@ final class CommandLineTests: XCTestCase {
     /// The command line and a pipeline stage take the table's keys: no more (a stage refuses the other command's),
     /// no fewer, and no setting flag outside the table.
     func testCommandLineAndPipelineTakeTheSameTrainingKeys() throws {
-        XCTAssertEqual(flags(of: TrainHead.self).subtracting(["--cache", "--out", "--weights", "--allow-incomplete", "--overwrite", "--help"]),
+        XCTAssertEqual(flags(of: TrainHead.self).subtracting(["--cache", "--out", "--weights", "--allow-incomplete", "--overwrite",
+                                                              "--help"]),
                        Set(TrainingSettingKey.trainHead.map(\.flag)))
-        XCTAssertEqual(flags(of: FullFinetune.self).subtracting(["--images", "--out", "--weights", "--init-head", "--resume", "--overwrite", "--help"]),
+        XCTAssertEqual(flags(of: FullFinetune.self).subtracting(["--images", "--out", "--weights", "--init-head", "--resume", "--overwrite",
+                                                                 "--help"]),
                        Set(TrainingSettingKey.fullFinetune.map(\.flag)))
         XCTAssertEqual(Set(Pipeline.headFields.keys), Set(TrainingSettingKey.trainHead.filter(\.isPipelineKey)))
         XCTAssertEqual(Set(Pipeline.finetuneFields.keys), Set(TrainingSettingKey.fullFinetune.filter(\.isPipelineKey)))

@@ -59,7 +59,8 @@ final class EvaluatePredictTests: FolderTestCase {
         try FileManager.default.createDirectory(at: zoo, withIntermediateDirectories: true)
         try FileManager.default.copyItem(atPath: Fixtures.path("images/rgb_97x131.png"), toPath: zoo.appendingPathComponent("g.png").path)
         assertRefused(.images(path("zoo")), "class 'giraffes', which the model does not know")
-        XCTAssertThrowsError(try EvaluationJob(modelPath: Fixtures.path("network/narrow_vgg16.h5"), source: .cache(SampleCaches.shared.pool5Subset))
+        XCTAssertThrowsError(try EvaluationJob(modelPath: Fixtures.path("network/narrow_vgg16.h5"),
+                                               source: .cache(SampleCaches.shared.pool5Subset))
             .run { _ in }) { error in
             XCTAssertTrue("\(error)".contains("is not a bottleneck model"), "\(error)")
         }
@@ -101,7 +102,8 @@ final class EvaluatePredictTests: FolderTestCase {
     func testPredictNeedsTheBackboneWeightsTheModelWasTrainedOn() throws {
         let weightsCopy = path("narrow.pth")
         try FileManager.default.copyItem(atPath: Fixtures.path("network/narrow_vgg16_legacy.pth"), toPath: weightsCopy)
-        var extraction = ExtractionJob(imagesRoot: SampleCaches.shared.subsetRoot, outputPath: path("cache.h5"), weights: .file(weightsCopy))
+        var extraction = ExtractionJob(imagesRoot: SampleCaches.shared.subsetRoot, outputPath: path("cache.h5"),
+                                       weights: .file(weightsCopy))
         extraction.config = SampleCaches.config
         extraction.preprocessing = SampleCaches.preprocessing
         extraction.layer = "fc7"

@@ -166,7 +166,8 @@ final class ExtractionTests: XCTestCase {
         XCTAssertEqual(utimensat(AT_FDCWD, replaced, &times, 0), 0)
         var after = stat()
         XCTAssertEqual(stat(replaced, &after), 0)
-        XCTAssertEqual([after.st_size, after.st_mtim.tv_sec, after.st_mtim.tv_nsec], [status.st_size, status.st_mtim.tv_sec, status.st_mtim.tv_nsec])
+        XCTAssertEqual([after.st_size, after.st_mtim.tv_sec, after.st_mtim.tv_nsec],
+                       [status.st_size, status.st_mtim.tv_sec, status.st_mtim.tv_nsec])
 
         let rerun = try job(layer: "input", batchSize: 3).run { _ in }
         XCTAssertEqual(rerun.found, 15)

@@ -382,7 +382,8 @@ final class FeatureCacheTests: XCTestCase {
     }
 
     func testFailedPathsAreRecordedAndRetried() throws {
-        XCTAssertEqual(try writeCache([item(0)], failed: [("train/cat/a.jpg", "truncated JPEG"), ("train/dog/b.png", "not a PNG file")]).failed, 2)
+        XCTAssertEqual(try writeCache([item(0)], failed: [("train/cat/a.jpg", "truncated JPEG"),
+                                                          ("train/dog/b.png", "not a PNG file")]).failed, 2)
         XCTAssertEqual(try FeatureCacheReader(path: cachePath()).failed,
                        [CacheFailure(path: "train/cat/a.jpg", reason: "truncated JPEG"),
                         CacheFailure(path: "train/dog/b.png", reason: "not a PNG file")])

@@ -47,7 +47,8 @@ enum Fixtures {
 /// Bit-equality across batch sizes holds on OpenBLAS's AVX-512 kernels only (see `keepsFeaturesBatchInvariant`).
 func skipUnlessFeaturesAreBatchInvariant() throws {
     try XCTSkipUnless(BLASRuntime.keepsFeaturesBatchInvariant,
-                      "OpenBLAS kernel \(BLASRuntime.coreName) sums a gemm's edge columns in another order (see keepsFeaturesBatchInvariant)")
+                      "OpenBLAS kernel \(BLASRuntime.coreName) sums a gemm's edge columns in another order "
+                      + "(see keepsFeaturesBatchInvariant)")
 }
 
 /// max|actual - expected| / max|expected| within `tolerance`, with the figure in the failure message.

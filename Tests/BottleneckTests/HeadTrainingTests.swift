@@ -84,7 +84,8 @@ final class HeadTrainingTests: FolderTestCase {
                     case .dropout:
                         var dropped: [Float] = []
                         for (index, row) in batch.enumerated() {
-                            var generator = TrainingRandomness.dropoutGenerator(seed: 11, epoch: epoch, row: row, layerPosition: layer.position)
+                            var generator = TrainingRandomness.dropoutGenerator(seed: 11, epoch: epoch, row: row,
+                                                                                layerPosition: layer.position)
                             var values = activation.rows(index..<(index + 1))
                             var mask = Tensor(zeros: [])
                             Dropout(probability: 0.5).forwardTraining(&values, mask: &mask, generator: &generator)
@@ -97,7 +98,9 @@ final class HeadTrainingTests: FolderTestCase {
                         fc8Input = activation
                         activation = fc8.forward(activation)
                     case .linear:
-                        guard case .linear(let frozen) = network.modules[layer.position] else { return XCTFail("\(layer.path) is not linear") }
+                        guard case .linear(let frozen) = network.modules[layer.position] else {
+                            return XCTFail("\(layer.path) is not linear")
+                        }
                         activation = frozen.forward(activation)
                     default:
                         XCTFail("unexpected \(layer.name) above \(referenceCut)")

@@ -140,7 +140,8 @@ final class HostileReaderTests: XCTestCase {
 
     func testCheckpointsWhoseEpochsDisagreeOrWhoseOptimizerStateDoesNotFitAreRefused() throws {
         let path = folder.appendingPathComponent("checkpoint.h5").path
-        let parameters = [(key: "classifier.6.weight", tensor: Tensor(zeros: [2, 3])), (key: "classifier.6.bias", tensor: Tensor(zeros: [2]))]
+        let parameters = [(key: "classifier.6.weight", tensor: Tensor(zeros: [2, 3])),
+                          (key: "classifier.6.bias", tensor: Tensor(zeros: [2]))]
         func checkpoint(epochs: Int, best: Int, optimizer: [String: Tensor]) -> FineTuneCheckpoint {
             let record = EpochRecord(epoch: 1, trainLoss: 1, trainAccuracy: 0.5, validationLoss: 1, validationAccuracy: 0.5,
                                      learningRate: 0.01, seconds: 1, trainSeconds: 1)

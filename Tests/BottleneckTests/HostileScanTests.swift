@@ -162,7 +162,8 @@ final class HostileScanTests: FolderTestCase {
         }
         try Data(repeating: UInt8(ascii: "#"), count: 3 << 19).write(to: URL(fileURLWithPath: path("big.yaml")))
         XCTAssertThrowsError(try Pipeline(contentsOf: path("big.yaml"))) { error in
-            XCTAssertTrue("\(error)".hasSuffix("big.yaml: cannot read the pipeline file: it is 1.6 MB, more than the 1.0 MB such a file can be"),
+            XCTAssertTrue("\(error)".hasSuffix("big.yaml: cannot read the pipeline file: "
+                                               + "it is 1.6 MB, more than the 1.0 MB such a file can be"),
                           "\(error)")
         }
     }

@@ -75,7 +75,9 @@ final class ImageTests: XCTestCase {
     static func floats(_ relative: String) throws -> [Float] {
         let data = try Data(contentsOf: folder.appendingPathComponent(relative))
         return data.withUnsafeBytes { raw in
-            (0..<(raw.count / 4)).map { Float(bitPattern: UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: $0 * 4, as: UInt32.self))) }
+            (0..<(raw.count / 4)).map {
+                Float(bitPattern: UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: $0 * 4, as: UInt32.self)))
+            }
         }
     }
 
@@ -118,7 +120,8 @@ final class ImageTests: XCTestCase {
                 let agreement = Agreement(decoded.pixels, try Self.bytes(reference))
                 XCTAssertEqual(agreement.equal, agreement.total, "\(entry.file) (\(entry.description)) decodes unlike PIL: \(agreement)")
             }
-            XCTAssertEqual(decoded.pixels.withUnsafeBytes { CRC32.checksum($0) }, entry.decoded_crc32, "\(entry.file) (\(entry.description)) decodes unlike PIL")
+            XCTAssertEqual(decoded.pixels.withUnsafeBytes { CRC32.checksum($0) }, entry.decoded_crc32,
+                           "\(entry.file) (\(entry.description)) decodes unlike PIL")
         }
     }
 
@@ -269,7 +272,8 @@ final class ImageTests: XCTestCase {
 
     func testPreprocessingJSONRoundTripsAndRejectsNonsense() throws {
         let json = Preprocessing.imageNet.jsonDescription
-        XCTAssertEqual(json, #"{"crop":224,"interpolation":"bilinear-antialias","mean":[0.485,0.456,0.406],"resize":256,"std":[0.229,0.224,0.225]}"#)
+        XCTAssertEqual(json, #"{"crop":224,"interpolation":"bilinear-antialias","mean":[0.485,0.456,0.406],"resize":256,"#
+                             + #""std":[0.229,0.224,0.225]}"#)
         XCTAssertEqual(try Preprocessing(jsonDescription: json), .imageNet)
         XCTAssertNotEqual(Preprocessing(resize: 73, crop: 64), .imageNet)
         XCTAssertThrowsError(try Preprocessing(jsonDescription: json.replacingOccurrences(of: "bilinear-antialias", with: "nearest")))

@@ -65,14 +65,16 @@ final class PipelineTests: XCTestCase {
         assertRefused("imags: data\n" + valid, "pipelines/x.yaml:1: unknown key 'imags' in the pipeline (did you mean 'images'?)")
         assertRefused(valid.replacingOccurrences(of: "train-head", with: "train_head"),
                       "pipelines/x.yaml:4: unknown stage kind 'train_head' (did you mean 'train-head'?)")
-        assertRefused(valid + "\n    optimizer: adm", "pipelines/x.yaml:6: 'optimizer' must be one of sgd, adam, adamw, got 'adm' (did you mean 'adam'?)")
+        assertRefused(valid + "\n    optimizer: adm",
+                      "pipelines/x.yaml:6: 'optimizer' must be one of sgd, adam, adamw, got 'adm' (did you mean 'adam'?)")
         assertRefused(valid + "\n    epochs: 4", "pipelines/x.yaml:6: 'epochs' is given twice (first on line 5)")
     }
 
     func testBadValuesAndOrderAreRefusedWithTheLine() {
         assertRefused(valid.replacingOccurrences(of: "epochs: 3", with: "epochs: many"),
                       "pipelines/x.yaml:5: 'epochs' must be a whole number, got 'many'")
-        assertRefused(valid.replacingOccurrences(of: "epochs: 3", with: "epochs: 0"), "pipelines/x.yaml:4: stage head: epochs must be at least 1")
+        assertRefused(valid.replacingOccurrences(of: "epochs: 3", with: "epochs: 0"),
+                      "pipelines/x.yaml:4: stage head: epochs must be at least 1")
         assertRefused("images: d\nlayer: fc9\nstages:\n  - stage: extract\n", "pipelines/x.yaml:2:")
         assertRefused(valid.replacingOccurrences(of: "epochs: 3", with: "momentum: -0.5"),
                       "pipelines/x.yaml:4: stage head: momentum must be in [0, 1), got -0.5")
@@ -88,10 +90,12 @@ final class PipelineTests: XCTestCase {
         assertRefused("images: d\nstages:\n  - stage: extract\n  - stage: report\n", "pipelines/x.yaml:4: a report compares training runs")
         assertRefused(valid + "\n  - stage: full-finetune\n    split_seed: 1\n  - stage: report\n",
                       "pipelines/x.yaml:8: the report compares runs validated on the same images, but stage head holds out "
-                      + "val_fraction 0.2 with split_seed 0 and stage finetune val_fraction 0.2 with split_seed 1: give every training stage the same")
+                      + "val_fraction 0.2 with split_seed 0 and stage finetune val_fraction 0.2 with split_seed 1: "
+                      + "give every training stage the same")
         XCTAssertNoThrow(try parse(valid + "\n    split_seed: 1\n  - stage: full-finetune\n    split_seed: 1\n  - stage: report\n"))
         XCTAssertThrowsError(try PipelineRunner(pipeline: try parse(valid), force: ["haed"])) { error in
-            XCTAssertTrue("\(error)".contains("--force haed: pipelines/x.yaml has no such stage (its stages: extract, head) (did you mean 'head'?)"),
+            XCTAssertTrue("\(error)".contains("--force haed: pipelines/x.yaml has no such stage "
+                                              + "(its stages: extract, head) (did you mean 'head'?)"),
                           "\(error)")
         }
     }
@@ -162,7 +166,8 @@ final class PipelineTests: XCTestCase {
         // The report holds the runs' own numbers.
         let html = try String(contentsOfFile: root + "/report.html", encoding: .utf8)
         for run in ["head", "finetune"] {
-            let summary = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: "\(root)/\(run)/summary.json"))) as! [String: Any]
+            let summary = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: "\(root)/\(run)/summary.json")))
+                as! [String: Any]
             XCTAssertTrue(html.contains(String(format: "%.4f", summary["best_val_accuracy"] as! Double)), run)
         }
 
@@ -269,7 +274,8 @@ final class PipelineTests: XCTestCase {
 
     func testKilledExtractContinuesFromItsJournalAndAFailedRunKeepsTheCache() throws {
         let images = try sampleImages()
-        try FileManager.default.copyItem(atPath: images + "/val/discs/" + FileManager.default.contentsOfDirectory(atPath: images + "/val/discs").sorted()[0],
+        try FileManager.default.copyItem(atPath: images + "/val/discs/"
+                                             + FileManager.default.contentsOfDirectory(atPath: images + "/val/discs").sorted()[0],
                                          toPath: images + "/train/discs/zz.jpg")
         let yaml = fixturePipeline(images: images, out: "runs", stages: extractOnly)
         let cache = folder.appendingPathComponent("runs/features-fc7.h5").path
@@ -283,7 +289,8 @@ final class PipelineTests: XCTestCase {
         }.first, "\(resumed.log)")
         XCTAssertTrue((4..<22).contains(recovered), "\(recovered) rows recovered")
         XCTAssertEqual(resumed.outcomes[0].result.prefix { $0 != ")" },
-                       "22 images (22 extracted, 0 reused, 0 changed, 0 removed, 0 failed; \(recovered) of them recovered from an interrupted run")
+                       "22 images (22 extracted, 0 reused, 0 changed, 0 removed, 0 failed; "
+                       + "\(recovered) of them recovered from an interrupted run")
 
         // The same bytes as one uninterrupted run over the same images.
         let reference = folder.appendingPathComponent("reference").path
@@ -308,7 +315,8 @@ final class PipelineTests: XCTestCase {
         let images = try sampleImages()
         _ = try run(fixturePipeline(images: images, out: "runs", stages: extractOnly))
         let larger = try run(fixturePipeline(images: images, out: "runs", imageSize: 48, stages: extractOnly))
-        XCTAssertTrue(larger.log.contains { $0.hasPrefix("extract: ") && $0.contains("was made with") && $0.hasSuffix("; starting the cache afresh") },
+        XCTAssertTrue(larger.log.contains { $0.hasPrefix("extract: ") && $0.contains("was made with")
+                                            && $0.hasSuffix("; starting the cache afresh") },
                       "\(larger.log)")
         let cache = try FeatureCacheReader(path: folder.appendingPathComponent("runs/features-fc7.h5").path)
         XCTAssertEqual(cache.count, 21)
@@ -317,7 +325,8 @@ final class PipelineTests: XCTestCase {
 
     /// A setting found wrong only when its stage runs is named as the file spells it.
     func testSettingRefusedWhileRunningNamesTheKey() throws {
-        let yaml = fixturePipeline(images: try sampleImages(), out: "runs", stages: extractOnly + "\n  - stage: train-head\n    train_from: fc6")
+        let yaml = fixturePipeline(images: try sampleImages(), out: "runs",
+                                   stages: extractOnly + "\n  - stage: train-head\n    train_from: fc6")
         XCTAssertThrowsError(try run(yaml)) { error in
             XCTAssertTrue("\(error)".hasPrefix("pipelines/x.yaml: stage head: train_from fc6: not a fully connected layer above the cut"),
                           "\(error)")
@@ -335,7 +344,8 @@ final class PipelineTests: XCTestCase {
         try FileManager.default.copyItem(atPath: runs, toPath: runs + "-other-weights")
 
         let resumed = try run(yaml)
-        XCTAssertTrue(resumed.log.contains("finetune: continuing the interrupted run from \(runs)/finetune/checkpoint.h5"), "\(resumed.log)")
+        XCTAssertTrue(resumed.log.contains("finetune: continuing the interrupted run from \(runs)/finetune/checkpoint.h5"),
+                      "\(resumed.log)")
         XCTAssertTrue(resumed.log.contains { $0.contains("resuming after epoch") && $0.contains("of 3") }, "\(resumed.log)")
         XCTAssertFalse(FileManager.default.fileExists(atPath: runs + "/.stages/finetune.started.json"))
 
@@ -358,7 +368,8 @@ final class PipelineTests: XCTestCase {
     }
 
     func testToolRefusesTheFixtureNetwork() {
-        XCTAssertThrowsError(try Pipeline(yaml: "images: d\nbackbone: vgg16-narrow16\nstages:\n  - stage: extract\n", path: "p.yaml")) { error in
+        XCTAssertThrowsError(try Pipeline(yaml: "images: d\nbackbone: vgg16-narrow16\nstages:\n  - stage: extract\n",
+                                          path: "p.yaml")) { error in
             XCTAssertEqual("\(error)", "p.yaml:2: unknown backbone 'vgg16-narrow16' (vgg11, vgg13, vgg16 or vgg19)")
         }
     }

@@ -162,7 +162,9 @@ final class ReportTests: XCTestCase {
             XCTAssertTrue(parser.parse(), "\(parser.parserError.map { "\($0)" } ?? ""): \(svg.prefix(200))")
         }
         // The head's matrix holds its counts, row by row.
-        let counts = matrices[0].components(separatedBy: "class=\"count").dropFirst().map { $0.drop { $0 != ">" }.dropFirst().prefix { $0 != "<" } }
+        let counts = matrices[0].components(separatedBy: "class=\"count").dropFirst().map {
+            $0.drop { $0 != ">" }.dropFirst().prefix { $0 != "<" }
+        }
         XCTAssertEqual(counts.map { Int($0)! }, [8, 0, 0, 2, 5, 1, 0, 3, 5])
         // Per-class precision of the head's summary.
         let classes = tableRows(html, class: "classes")
@@ -187,7 +189,8 @@ final class ReportTests: XCTestCase {
         let run = try writeRun("head", mode: .head, accuracies: [0.5, 0.75], epochSeconds: 0.5, bestAccuracy: 0.75,
                                confusion: [[8, 0, 0], [2, 5, 1], [0, 3, 5]])
         let asWritten = try RunRecord(directory: run).epochs
-        try "note,seconds,lr,val_acc,val_loss,train_acc,train_loss,epoch\nx,0.5,0.001,0.5,0.7,0.5,1.0,1\ny,0.5,0.001,0.75,0.44999999999999996,0.75,0.75,2\n"
+        try ("note,seconds,lr,val_acc,val_loss,train_acc,train_loss,epoch\nx,0.5,0.001,0.5,0.7,0.5,1.0,1\n"
+             + "y,0.5,0.001,0.75,0.44999999999999996,0.75,0.75,2\n")
             .write(toFile: run + "/metrics.csv", atomically: true, encoding: .utf8)
         let reordered = try RunRecord(directory: run)
         XCTAssertEqual(reordered.epochs, asWritten)

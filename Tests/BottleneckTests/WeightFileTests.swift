@@ -285,7 +285,8 @@ final class WeightFileTests: XCTestCase {
                                    + "— the file is damaged")
                 }
                 let inspection = try WeightsInspection(path: path, config: config)
-                XCTAssertEqual(inspection.problem, "tensor \(damage.key) holds \(damage.text) at index \(damage.index) — the file is damaged")
+                XCTAssertEqual(inspection.problem,
+                               "tensor \(damage.key) holds \(damage.text) at index \(damage.index) — the file is damaged")
                 XCTAssertEqual(inspection.deepestUsableLayer, damage.usable, path)
                 XCTAssertTrue(inspection.report.contains("usable cut layers: " + (damage.usable.map { "up to \($0)" } ?? "none")),
                               inspection.report)

@@ -45,7 +45,8 @@ package struct FineTuneBenchmark: Sendable {
         var timings: [Double] = []
         for iteration in 0..<(warmup + iterations) {
             let start = ContinuousClock.now
-            let outcome = network.trainStep(images: images, labels: labels, optimizer: &optimizer, learningRate: { _ in 1e-3 }) { row, position in
+            let outcome = network.trainStep(images: images, labels: labels, optimizer: &optimizer,
+                                            learningRate: { _ in 1e-3 }) { row, position in
                 TrainingRandomness.dropoutGenerator(seed: 0, epoch: iteration, row: row, layerPosition: position)
             }
             let seconds = start.secondsElapsed

@@ -65,7 +65,8 @@ package struct HeadBenchmark: Sendable {
                                               weights: .random(seed: 0), fingerprint: WeightsIdentity.random(seed: 0).fingerprint)
         let trainer = try HeadTrainer(network: network, settings: settings)
         let featureRows = try FeatureRows(features: data, stem: trainer.applyStem)
-        let split = TrainingSplit(rule: .init(source: .folder, seed: 0, validationFraction: 0), trainRows: Array(0..<rows), validationRows: Array(rows..<(rows + validationRows)))
+        let split = TrainingSplit(rule: .init(source: .folder, seed: 0, validationFraction: 0), trainRows: Array(0..<rows),
+                                  validationRows: Array(rows..<(rows + validationRows)))
         var epochSeconds: [Double] = []
         _ = try trainer.train(rows: featureRows, split: split, labels: labels, classes: (0..<classes).map { "class\($0)" }) { record in
             // A trainer times its steps; only records read back from metrics.csv lack the figure.

@@ -223,7 +223,8 @@ final class CacheJournal {
         }
         guard Int64(jsonLength) <= fileLength - Int64(headerPrefixSize) else { throw notAJournal }
         var json = [UInt8](repeating: 0, count: Int(jsonLength))
-        guard try json.withUnsafeMutableBytes({ try DurableFiles.read(into: $0, from: descriptor, at: Int64(headerPrefixSize), path: path) }),
+        guard try json.withUnsafeMutableBytes({ try DurableFiles.read(into: $0, from: descriptor,
+                                                                      at: Int64(headerPrefixSize), path: path) }),
               json.withUnsafeBytes({ CRC32.checksum($0) }) == storedCRC,
               let header = try? JSONDecoder().decode(JournalHeader.self, from: Data(json)),
               CacheFingerprint.isActivationShape(header.fingerprint.activationShape) else { throw notAJournal }

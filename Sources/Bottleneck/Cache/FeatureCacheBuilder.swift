@@ -97,7 +97,8 @@ final class FeatureCacheBuilder {
                 throw FeatureCacheError(.invalidInput, "\(path): \(item.path) is listed twice")
             }
             guard item.label >= -1, item.label < Int32(classes.count) else {
-                throw FeatureCacheError(.invalidInput, "\(path): \(item.path) has label \(item.label) but there are \(classes.count) classes")
+                throw FeatureCacheError(.invalidInput, "\(path): \(item.path) has label \(item.label) "
+                                        + "but there are \(classes.count) classes")
             }
         }
         let journalPath = journalPath(for: path)
@@ -272,7 +273,8 @@ final class FeatureCacheBuilder {
         let complete = rowItems.count + failures.count == manifest.count
         if !wouldRewritePrevious(rowItems: rowItems, failures: failures, compress: compress, complete: complete) {
             let metadataBytes = rowItems.count * 512 + failures.count * 512 + (1 << 20)
-            try DurableFiles.checkFreeSpace(for: path, bytes: rowItems.count * fingerprint.rowSize * MemoryLayout<Float>.size + metadataBytes,
+            try DurableFiles.checkFreeSpace(for: path,
+                                            bytes: rowItems.count * fingerprint.rowSize * MemoryLayout<Float>.size + metadataBytes,
                                             keeping: "the extracted rows stay in \(journalPath): free some space and rerun")
             do {
                 try DurableFiles.writeThroughTemporary(to: path) { temporaryPath in
@@ -344,7 +346,9 @@ final class FeatureCacheBuilder {
 
         let items = rowItems.map { manifest[$0] }
         let rowIdentities = rowItems.map { identities[$0]! }
-        let checked = { (rows: Int) in HDF5Layout.extendibleRows(chunkRows: max(1, min(rows, CacheSchema.metadataChunkRows)), checksum: true) }
+        let checked = { (rows: Int) in
+            HDF5Layout.extendibleRows(chunkRows: max(1, min(rows, CacheSchema.metadataChunkRows)), checksum: true)
+        }
         try file.createDataset(CacheSchema.labels, of: Int32.self, shape: [rowCount], layout: checked(rowCount)).write(items.map(\.label))
         try file.createStringDataset(CacheSchema.classes, strings: classes, layout: checked(classes.count))
         try file.createStringDataset(CacheSchema.paths, strings: items.map(\.path), layout: checked(rowCount))

@@ -42,7 +42,8 @@ final class FeatureCacheReader: Sendable {
         guard FileManager.default.fileExists(atPath: path) else {
             if FileManager.default.fileExists(atPath: FeatureCacheBuilder.journalPath(for: path)) {
                 throw FeatureCacheError(.incomplete, "\(path) does not exist yet: extraction in progress or interrupted "
-                                        + "(see \(FeatureCacheBuilder.journalPath(for: path))); rerun the same extract command to finish it")
+                                        + "(see \(FeatureCacheBuilder.journalPath(for: path))); "
+                                        + "rerun the same extract command to finish it")
             }
             throw FeatureCacheError(.missing, "\(path): no such file")
         }
@@ -79,7 +80,8 @@ final class FeatureCacheReader: Sendable {
 
             func dataset(_ name: String, in group: HDF5Group = file) throws -> HDF5Dataset {
                 guard try group.contains(name), try group.kind(of: name) == .dataset else {
-                    throw FeatureCacheError(.damaged, "\(path) is damaged: no \(group === file ? "" : "/\(CacheSchema.failed)")/\(name) dataset")
+                    throw FeatureCacheError(.damaged, "\(path) is damaged: no "
+                                            + "\(group === file ? "" : "/\(CacheSchema.failed)")/\(name) dataset")
                 }
                 return try group.openDataset(name)
             }
@@ -88,7 +90,8 @@ final class FeatureCacheReader: Sendable {
             let rowCount = shape.first ?? 0
             count = rowCount
             guard Array(shape.dropFirst()) == fingerprint.activationShape else {
-                throw FeatureCacheError(.damaged, "\(path) is damaged: /features has shape \(shape) but activation_shape is \(fingerprint.activationShape)")
+                throw FeatureCacheError(.damaged, "\(path) is damaged: /features has shape \(shape) "
+                                        + "but activation_shape is \(fingerprint.activationShape)")
             }
             storage = try features.storage()
             let classNames = try dataset(CacheSchema.classes).readStrings()
@@ -121,7 +124,8 @@ final class FeatureCacheReader: Sendable {
             let ctimes = try sourceDataset(CacheSchema.sourceCtime).read(as: Int64.self)
             let inodes = try sourceDataset(CacheSchema.sourceInode).read(as: UInt64.self)
             let digests = try sourceDataset(CacheSchema.sourceSHA256).readStrings()
-            for (name, length) in [(CacheSchema.labels, labelValues.count), (CacheSchema.paths, paths.count), (CacheSchema.split, splits.count),
+            for (name, length) in [(CacheSchema.labels, labelValues.count), (CacheSchema.paths, paths.count),
+                                   (CacheSchema.split, splits.count),
                                    ("\(CacheSchema.source)/\(CacheSchema.sourceSize)", sizes.count),
                                    ("\(CacheSchema.source)/\(CacheSchema.sourceMtime)", mtimes.count),
                                    ("\(CacheSchema.source)/\(CacheSchema.sourceCtime)", ctimes.count),

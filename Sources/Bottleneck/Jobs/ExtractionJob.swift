@@ -142,7 +142,9 @@ package struct ExtractionJob: Sendable {
             let rows = zip(batch.items, batch.identities).map { (item: $0, identity: $1) }
             let features = if let loaded, let cut { try loaded.network.forward(batch.images, through: cut) } else { batch.images }
             precondition(features.count == batch.items.count * rowSize, "activation shape disagrees with the cut")
-            summary.failed += try features.data.withUnsafeBufferPointer { try builder.append(features: $0, rows: rows, failed: batch.failed) }
+            summary.failed += try features.data.withUnsafeBufferPointer {
+                try builder.append(features: $0, rows: rows, failed: batch.failed)
+            }
             summary.processed += batch.items.count
             processed += batch.items.count + batch.failed.count
             progress.update(done: processed, extra: summary.failed.isEmpty ? "" : "\(summary.failed.count) failed")

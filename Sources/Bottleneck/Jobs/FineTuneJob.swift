@@ -60,7 +60,8 @@ package struct FineTuneJob: Sendable {
         let folder = try ImageFolder(root: imagesRoot)
         for warning in folder.warnings { log("warning: \(warning)") }
         guard folder.classes.count >= 2 else {
-            throw TrainingError(.invalidInput, "\(imagesRoot) has \(folder.classes.count) class folder\(folder.classes.count == 1 ? "" : "s"): "
+            throw TrainingError(.invalidInput, "\(imagesRoot) has \(folder.classes.count) "
+                                + "class folder\(folder.classes.count == 1 ? "" : "s"): "
                                 + "a classifier needs at least 2 class subfolders")
         }
         let split = try TrainingSplit.make(paths: folder.items.map(\.path), labels: folder.items.map(\.label),
@@ -104,7 +105,8 @@ package struct FineTuneJob: Sendable {
                     try FileManager.default.removeItem(atPath: run.file(FineTuneCheckpoint.fileName))
                 }
             } catch {
-                throw TrainingError(.runDirectory, "cannot remove the old \(run.file(FineTuneCheckpoint.fileName)): \(error.localizedDescription)")
+                throw TrainingError(.runDirectory, "cannot remove the old \(run.file(FineTuneCheckpoint.fileName)): "
+                                    + "\(error.localizedDescription)")
             }
             try run.writeJSON(Configuration(
                 images: folder.root.path, classes: folder.classes, settings: settings.resolved, preprocessing: trainer.evaluation,

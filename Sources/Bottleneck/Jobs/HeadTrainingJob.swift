@@ -79,14 +79,16 @@ package struct HeadTrainingJob: Sendable {
                                 + "extract at fc7, fc6 or pool5 to train a head")
         }
         guard var modelConfig = config ?? VGGConfig.named(fingerprint.backbone) else {
-            throw TrainingError(.invalidInput, "\(cachePath) was made with backbone '\(fingerprint.backbone)', which this bottleneck does not know")
+            throw TrainingError(.invalidInput, "\(cachePath) was made with backbone '\(fingerprint.backbone)', "
+                                + "which this bottleneck does not know")
         }
         modelConfig.classes = cache.classes.count
         let cut = try CutPoint(fingerprint.layerPath, in: modelConfig)
         let preprocessing = try Preprocessing(jsonDescription: fingerprint.preprocess)
         let expectedShape = cut.activationShape(config: modelConfig, imageSize: preprocessing.crop)
         guard expectedShape == cache.activationShape else {
-            throw TrainingError(.mismatch, "\(cachePath) holds rows of \(cache.activationShape), but \(cut.layer.path) of \(modelConfig.name) "
+            throw TrainingError(.mismatch, "\(cachePath) holds rows of \(cache.activationShape), "
+                                + "but \(cut.layer.path) of \(modelConfig.name) "
                                 + "at \(preprocessing.crop) px gives \(expectedShape): it was made with another network")
         }
 
@@ -99,7 +101,9 @@ package struct HeadTrainingJob: Sendable {
             throw TrainingError(.invalidInput, "the train split holds only class \(trainedClasses.first ?? "-"): "
                                 + "a classifier needs examples of at least 2 classes")
         }
-        for name in cache.classes where trainCounts[name]! == 0 { log("warning: class \(name) has no training rows; the head cannot learn it") }
+        for name in cache.classes where trainCounts[name]! == 0 {
+            log("warning: class \(name) has no training rows; the head cannot learn it")
+        }
 
         let cacheWeights = WeightsIdentity(source: fingerprint.weightsSource, fingerprint: fingerprint.weightsSHA256)
         let network = try HeadNetwork.initial(config: modelConfig, cut: cut, dropout: Float(settings.dropout), seed: settings.seed,

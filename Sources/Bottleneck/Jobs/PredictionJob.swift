@@ -67,8 +67,10 @@ package struct PredictionJob: Sendable {
             }
             let row = Dictionary(uniqueKeysWithValues: decoded.enumerated().map { ($1, $0) })
             for (index, path) in batchPaths.enumerated() {
-                let prediction = row[index].map { Prediction(path: path, predictions: Array(ImageClassifier.ranked(probabilities, row: $0, classes: model.classes).prefix(topK))) }
-                    ?? Prediction(path: path, predictions: [], error: errors[index])
+                let prediction = row[index].map {
+                    Prediction(path: path,
+                               predictions: Array(ImageClassifier.ranked(probabilities, row: $0, classes: model.classes).prefix(topK)))
+                } ?? Prediction(path: path, predictions: [], error: errors[index])
                 report(prediction)
                 results.append(prediction)
             }

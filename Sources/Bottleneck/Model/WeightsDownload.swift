@@ -379,7 +379,8 @@ private final class HTTPTransfer: NSObject, URLSessionDataDelegate, @unchecked S
             return false
         case 407:
             throw WeightsDownloadError(.httpStatus(407), "\(source): the proxy refused to connect (HTTP 407 Proxy Authentication "
-                                       + "Required); give its user and password in \(proxyVariable ?? "https_proxy") as http://USER:PASSWORD@HOST:PORT")
+                                       + "Required); give its user and password in \(proxyVariable ?? "https_proxy") "
+                                       + "as http://USER:PASSWORD@HOST:PORT")
         default:
             let code = http.statusCode
             let meaning = code == 404 ? "no such file there" : HTTPURLResponse.localizedString(forStatusCode: code)

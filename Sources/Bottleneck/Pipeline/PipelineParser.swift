@@ -39,7 +39,8 @@ extension Pipeline {
         let backboneName = try top.string("backbone") ?? "vgg16"
         guard let backbone = backbones.first(where: { $0.name == backboneName.lowercased() }) else {
             let names = backbones.map(\.name)
-            throw top.error(at: "backbone", "unknown backbone '\(backboneName)' (\(names.dropLast().joined(separator: ", ")) or \(names.last ?? ""))")
+            throw top.error(at: "backbone", "unknown backbone '\(backboneName)' "
+                            + "(\(names.dropLast().joined(separator: ", ")) or \(names.last ?? ""))")
         }
         self.backbone = backbone
         layer = try top.string("layer") ?? "fc7"

@@ -154,7 +154,8 @@ package struct Report: Sendable {
         body += "<section><h2>Per run</h2>\n"
         for run in runs {
             body += "<article class=\"run\"><h3><span class=\"swatch\" style=\"background:\(cssColor(of: run))\"></span>"
-                + "\(HTML.escape(run.name)) <span class=\"badge \(run.mode.rawValue)\">\(run.mode == .head ? "train-head" : "full-finetune")</span></h3>\n"
+                + "\(HTML.escape(run.name)) <span class=\"badge \(run.mode.rawValue)\">"
+                + "\(run.mode == .head ? "train-head" : "full-finetune")</span></h3>\n"
                 + "<p class=\"path\">\(HTML.escape(run.directory)) · \(run.imageSize) px · best epoch \(run.bestEpoch): "
                 + String(format: "val accuracy %.4f, loss %.4f", run.bestValidationAccuracy, run.bestValidationLoss) + "</p>\n"
                 + "<div class=\"run-body\"><table class=\"classes\"><thead><tr><th>class</th><th>precision</th><th>recall</th>"
@@ -188,7 +189,8 @@ package struct Report: Sendable {
     private var charts: [LineChart] {
         func series(_ value: (EpochRecord) -> Double, x: (RunRecord) -> [Double]) -> [LineChart.Series] {
             runs.map { run in
-                LineChart.Series(name: run.name, color: cssColor(of: run), points: zip(x(run), run.epochs.map(value)).map { (x: $0, y: $1) },
+                LineChart.Series(name: run.name, color: cssColor(of: run),
+                                 points: zip(x(run), run.epochs.map(value)).map { (x: $0, y: $1) },
                                  dashed: run.mode == .finetune)
             }
         }

@@ -117,7 +117,9 @@ package struct RunRecord: Sendable {
     private static func readMetrics(_ path: String) throws -> [EpochRecord] {
         let text: String
         do { text = try DurableFiles.readText(path) } catch { throw ReportError("\(path): cannot read it: \(error.reason)") }
-        let lines = text.split(whereSeparator: \.isNewline).map { $0.split(separator: ",", omittingEmptySubsequences: false).map(String.init) }
+        let lines = text.split(whereSeparator: \.isNewline).map {
+            $0.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+        }
         guard let header = lines.first else { throw ReportError("\(path) is empty") }
         let columns = try Dictionary(uniqueKeysWithValues: EpochRecord.csvColumns.map { name in
             guard let index = header.firstIndex(of: name) else { throw ReportError("\(path): no column '\(name)'") }

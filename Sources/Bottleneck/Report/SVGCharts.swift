@@ -31,7 +31,8 @@ struct LineChart {
         let xs = points.map { logarithmicX ? log10($0.x) : $0.x }
         let yTicks = yBounds.map { Ticks.linear(from: $0.lowerBound, to: $0.upperBound) }
             ?? Ticks.linear(from: points.map(\.y).min()!, to: points.map(\.y).max()!)
-        let xTicks = logarithmicX ? Ticks.decades(from: xs.min()!, to: xs.max()!) : Ticks.linear(from: xs.min()!, to: xs.max()!, integers: true)
+        let xTicks = logarithmicX ? Ticks.decades(from: xs.min()!, to: xs.max()!)
+            : Ticks.linear(from: xs.min()!, to: xs.max()!, integers: true)
         let plotWidth = width - left - right, plotHeight = height - top - bottom
         let xRange = xTicks.values.first!...xTicks.values.last!, yRange = yTicks.values.first!...yTicks.values.last!
         func px(_ x: Double) -> Double {
@@ -46,17 +47,22 @@ struct LineChart {
             + "role=\"img\" aria-label=\"\(HTML.escape(title))\">\n"
         out += "<text x=\"\(number(left))\" y=\"20\" class=\"chart-title\">\(HTML.escape(title))</text>\n"
         for (value, label) in zip(yTicks.values, yTicks.labels) {
-            out += "<line x1=\"\(number(left))\" x2=\"\(number(width - right))\" y1=\"\(number(py(value)))\" y2=\"\(number(py(value)))\" class=\"grid\"/>"
+            out += "<line x1=\"\(number(left))\" x2=\"\(number(width - right))\" "
+                + "y1=\"\(number(py(value)))\" y2=\"\(number(py(value)))\" class=\"grid\"/>"
             out += "<text x=\"\(number(left - 8))\" y=\"\(number(py(value) + 4))\" class=\"tick\" text-anchor=\"end\">\(label)</text>\n"
         }
         for (value, label) in zip(xTicks.values, xTicks.labels) {
             let x = left + (value - xRange.lowerBound) / max(xRange.upperBound - xRange.lowerBound, 1e-12) * plotWidth
-            out += "<line x1=\"\(number(x))\" x2=\"\(number(x))\" y1=\"\(number(top + plotHeight))\" y2=\"\(number(top + plotHeight + 5))\" class=\"axis\"/>"
+            out += "<line x1=\"\(number(x))\" x2=\"\(number(x))\" "
+                + "y1=\"\(number(top + plotHeight))\" y2=\"\(number(top + plotHeight + 5))\" class=\"axis\"/>"
             out += "<text x=\"\(number(x))\" y=\"\(number(top + plotHeight + 19))\" class=\"tick\" text-anchor=\"middle\">\(label)</text>\n"
         }
-        out += "<line x1=\"\(number(left))\" x2=\"\(number(width - right))\" y1=\"\(number(top + plotHeight))\" y2=\"\(number(top + plotHeight))\" class=\"axis\"/>"
-        out += "<line x1=\"\(number(left))\" x2=\"\(number(left))\" y1=\"\(number(top))\" y2=\"\(number(top + plotHeight))\" class=\"axis\"/>\n"
-        out += "<text x=\"\(number(left + plotWidth / 2))\" y=\"\(number(height - 10))\" class=\"axis-label\" text-anchor=\"middle\">\(HTML.escape(xLabel))</text>\n"
+        out += "<line x1=\"\(number(left))\" x2=\"\(number(width - right))\" "
+            + "y1=\"\(number(top + plotHeight))\" y2=\"\(number(top + plotHeight))\" class=\"axis\"/>"
+        out += "<line x1=\"\(number(left))\" x2=\"\(number(left))\" "
+            + "y1=\"\(number(top))\" y2=\"\(number(top + plotHeight))\" class=\"axis\"/>\n"
+        out += "<text x=\"\(number(left + plotWidth / 2))\" y=\"\(number(height - 10))\" class=\"axis-label\" text-anchor=\"middle\">"
+            + "\(HTML.escape(xLabel))</text>\n"
         out += "<text transform=\"translate(16 \(number(top + plotHeight / 2))) rotate(-90)\" class=\"axis-label\" text-anchor=\"middle\">"
             + "\(HTML.escape(yLabel))</text>\n"
 
@@ -134,11 +140,14 @@ struct ConfusionMatrixChart {
         var out = "<svg class=\"matrix\" xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 \(Int(width)) \(Int(height))\" "
             + "width=\"\(Int(width))\" height=\"\(Int(height))\" role=\"img\" aria-label=\"confusion matrix\">\n"
         out += "<text x=\"\(number(left + size / 2))\" y=\"12\" class=\"axis-label\" text-anchor=\"middle\">predicted</text>\n"
-        out += "<text transform=\"translate(12 \(number(top + size / 2))) rotate(-90)\" class=\"axis-label\" text-anchor=\"middle\">true</text>\n"
+        out += "<text transform=\"translate(12 \(number(top + size / 2))) rotate(-90)\" class=\"axis-label\" text-anchor=\"middle\">"
+            + "true</text>\n"
         for (index, name) in classes.enumerated() {
             let center = Double(index) * cell + cell / 2
-            out += "<text transform=\"translate(\(number(left + center + 4)) \(number(top - 6))) rotate(-60)\" class=\"tick\">\(HTML.escape(name))</text>"
-            out += "<text x=\"\(number(left - 6))\" y=\"\(number(top + center + 4))\" class=\"tick\" text-anchor=\"end\">\(HTML.escape(name))</text>\n"
+            out += "<text transform=\"translate(\(number(left + center + 4)) \(number(top - 6))) rotate(-60)\" class=\"tick\">"
+                + "\(HTML.escape(name))</text>"
+            out += "<text x=\"\(number(left - 6))\" y=\"\(number(top + center + 4))\" class=\"tick\" text-anchor=\"end\">"
+                + "\(HTML.escape(name))</text>\n"
         }
         for (row, line) in counts.enumerated() {
             let total = max(1, line.reduce(0, +))

@@ -98,7 +98,8 @@ func hdf5Call<Result: BinaryInteger>(_ operation: @autoclosure () -> String, _ c
 private func checkReadable(_ count: Int, elementSize: Int, what: @autoclosure () -> String) throws {
     let (bytes, overflow) = count.multipliedReportingOverflow(by: elementSize)
     guard !overflow, bytes >= 0, bytes <= MemoryEstimate.fileReadLimitBytes else {
-        throw HDF5Error(operation: "read \(what())", reason: "it claims \(count) values of \(elementSize) bytes, more than half this machine's memory")
+        throw HDF5Error(operation: "read \(what())",
+                        reason: "it claims \(count) values of \(elementSize) bytes, more than half this machine's memory")
     }
 }
 
@@ -549,10 +550,12 @@ final class HDF5Dataset: HDF5Object, @unchecked Sendable {
     fileprivate func refuseStorageOutsideTheFile() throws {
         let properties = ScopedID(try hdf5Call("get the creation properties of \(location)") { H5Dget_create_plist(id) })
         if H5Pget_layout(properties.id) == H5D_VIRTUAL {
-            throw HDF5Error(operation: "open \(location)", reason: "it is a virtual dataset mapping other files, which bottleneck does not read")
+            throw HDF5Error(operation: "open \(location)",
+                            reason: "it is a virtual dataset mapping other files, which bottleneck does not read")
         }
         if try hdf5Call("count the external files of \(location)", { H5Pget_external_count(properties.id) }) > 0 {
-            throw HDF5Error(operation: "open \(location)", reason: "its values are stored in external files, which bottleneck does not read")
+            throw HDF5Error(operation: "open \(location)",
+                            reason: "its values are stored in external files, which bottleneck does not read")
         }
     }
 
@@ -650,7 +653,8 @@ final class HDF5Dataset: HDF5Object, @unchecked Sendable {
         try hdf5Call("get the size of the file of \(location)") { H5Fget_filesize(file.id, &fileSize) }
         let stored = H5Dget_storage_size(id)
         guard stored <= fileSize else {
-            throw HDF5Error(operation: "read \(location)", reason: "its chunks claim \(stored) bytes, more than the whole file's \(fileSize)")
+            throw HDF5Error(operation: "read \(location)",
+                            reason: "its chunks claim \(stored) bytes, more than the whole file's \(fileSize)")
         }
     }
 

@@ -30,7 +30,8 @@ package struct ClassificationMetrics: Codable, Sendable, Equatable {
     /// first largest logit, as torch.argmax).
     mutating func add(logits: Tensor, labels: [Int32]) {
         let classCount = classes.count
-        precondition(logits.shape == [labels.count, classCount], "metrics: logits \(logits.shape) for \(labels.count) labels, \(classCount) classes")
+        precondition(logits.shape == [labels.count, classCount],
+                     "metrics: logits \(logits.shape) for \(labels.count) labels, \(classCount) classes")
         guard !labels.isEmpty else { return }
         lossSum += SoftmaxCrossEntropy.loss(logits: logits, labels: labels).mean * Double(labels.count)
         logits.data.withUnsafeBufferPointer { values in

@@ -73,7 +73,8 @@ package struct FineTuneSettings: Codable, Sendable, Equatable {
             throw SettingError(key: .backboneLrMult, "must be a number >= 0, got \(backboneLearningRateMultiplier)")
         }
         guard (32...Preprocessing.largestImageSize).contains(imageSize) else {
-            throw SettingError(key: .imageSize, "must be between 32 (five 2x2 pools) and \(Preprocessing.largestImageSize), got \(imageSize)")
+            throw SettingError(key: .imageSize, "must be between 32 (five 2x2 pools) and \(Preprocessing.largestImageSize), "
+                               + "got \(imageSize)")
         }
     }
 }

@@ -177,6 +177,8 @@ final class FineTuneTrainer {
     }
 
     private func skip(_ failures: [(path: String, reason: String)], log: (String) -> Void) {
-        for failure in failures where failedImages.insert(failure.path).inserted { log("warning: skipping \(failure.path): \(failure.reason)") }
+        for failure in failures where failedImages.insert(failure.path).inserted {
+            log("warning: skipping \(failure.path): \(failure.reason)")
+        }
     }
 }

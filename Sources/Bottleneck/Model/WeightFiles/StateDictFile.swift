@@ -68,7 +68,8 @@ final class StateDictFile: Sendable {
         for entry in entries {
             let (sum, overflow) = total.addingReportingOverflow(entry.elementCount)
             guard !overflow, sum <= limit else {
-                throw WeightsError(.malformed, path: path, "its tensors hold more than \(limit) values, more than half this machine's memory")
+                throw WeightsError(.malformed, path: path,
+                                   "its tensors hold more than \(limit) values, more than half this machine's memory")
             }
             total = sum
         }
