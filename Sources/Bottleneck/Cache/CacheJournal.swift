@@ -122,7 +122,7 @@ final class CacheJournal {
         bytes.append(contentsOf: json)
 
         do {
-            try DurableFiles.writeAtomically(bytes, to: path)
+            try FeatureCacheError.whenFileFails(.writeFailed) { try DurableFiles.writeAtomically(bytes, to: path) }
         } catch let error as FileAccessError {
             throw FeatureCacheError(.writeFailed, error.description)
         }
@@ -168,7 +168,7 @@ final class CacheJournal {
         var offset = contents.durableLength
         var prefix = [UInt8](repeating: 0, count: recordPrefixSize)
         while fileLength - offset >= Int64(recordPrefixSize) {
-            guard try prefix.withUnsafeMutableBytes({ try DurableFiles.read(into: $0, from: descriptor, at: offset, path: path) })
+            guard try prefix.withUnsafeMutableBytes({ try Self.readJournal(into: $0, from: descriptor, at: offset, path: path) })
             else { break }
             let (storedCRC, kindByte, payloadLength) = prefix.withUnsafeBytes {
                 (UInt32(littleEndian: $0.loadUnaligned(as: UInt32.self)), $0[4],
@@ -177,7 +177,7 @@ final class CacheJournal {
             let payloadStart = offset + Int64(recordPrefixSize)
             guard payloadLength <= UInt64(fileLength - payloadStart) else { break }
             payload = [UInt8](repeating: 0, count: Int(payloadLength))
-            guard try payload.withUnsafeMutableBytes({ try DurableFiles.read(into: $0, from: descriptor, at: payloadStart, path: path) })
+            guard try payload.withUnsafeMutableBytes({ try Self.readJournal(into: $0, from: descriptor, at: payloadStart, path: path) })
             else { break }
             let crc = payload.withUnsafeBytes { body in
                 prefix.withUnsafeBytes { CRC32.checksum(body, continuing: CRC32.checksum(UnsafeRawBufferPointer(rebasing: $0[4...]))) }
@@ -210,7 +210,7 @@ final class CacheJournal {
         let notAJournal = FeatureCacheError(.damaged, "\(path) is not a bottleneck journal or its header is damaged; "
                                             + "use --overwrite to start afresh")
         var prefix = [UInt8](repeating: 0, count: headerPrefixSize)
-        guard try prefix.withUnsafeMutableBytes({ try DurableFiles.read(into: $0, from: descriptor, at: 0, path: path) }),
+        guard try prefix.withUnsafeMutableBytes({ try Self.readJournal(into: $0, from: descriptor, at: 0, path: path) }),
               prefix.starts(with: magic) else { throw notAJournal }
         let (version, jsonLength, storedCRC) = prefix.withUnsafeBytes {
             (UInt32(littleEndian: $0.loadUnaligned(fromByteOffset: 8, as: UInt32.self)),
@@ -223,7 +223,7 @@ final class CacheJournal {
         }
         guard Int64(jsonLength) <= fileLength - Int64(headerPrefixSize) else { throw notAJournal }
         var json = [UInt8](repeating: 0, count: Int(jsonLength))
-        guard try json.withUnsafeMutableBytes({ try DurableFiles.read(into: $0, from: descriptor,
+        guard try json.withUnsafeMutableBytes({ try Self.readJournal(into: $0, from: descriptor,
                                                                       at: Int64(headerPrefixSize), path: path) }),
               json.withUnsafeBytes({ CRC32.checksum($0) }) == storedCRC,
               let header = try? JSONDecoder().decode(JournalHeader.self, from: Data(json)),
@@ -269,14 +269,14 @@ final class CacheJournal {
 
     /// Copies whole rows of features stored from `offset` into `buffer`.
     func readFeatures(from offset: Int64, into buffer: UnsafeMutableBufferPointer<Float>) throws {
-        guard try DurableFiles.read(into: UnsafeMutableRawBufferPointer(buffer), from: descriptor, at: offset, path: path) else {
+        guard try Self.readJournal(into: UnsafeMutableRawBufferPointer(buffer), from: descriptor, at: offset, path: path) else {
             throw FeatureCacheError(.damaged, "\(path) ends inside the features at byte \(offset); was it changed by another process?")
         }
     }
 
     /// Called once its records are safely in the finished cache.
     func delete() throws {
-        try DurableFiles.remove(path)
+        try FeatureCacheError.whenFileFails(.writeFailed) { try DurableFiles.remove(path) }
     }
 
     private func beginRecord(_ kind: RecordKind) {
@@ -306,10 +306,16 @@ final class CacheJournal {
         guard ftruncate(descriptor, off_t(newLength)) == 0 else {
             throw FeatureCacheError(.writeFailed, "cannot cut the torn end off \(path): \(systemMessage(errno))")
         }
-        try DurableFiles.sync(descriptor, path: path)
+        try FeatureCacheError.whenFileFails(.writeFailed) { try DurableFiles.sync(descriptor, path: path) }
     }
 
     /// Only a regular file, and for writing never through a symbolic link.
+    /// `DurableFiles.read`, its failure called damage to the journal.
+    private static func readJournal(into buffer: UnsafeMutableRawBufferPointer, from descriptor: Int32, at offset: Int64,
+                                    path: String) throws -> Bool {
+        try FeatureCacheError.whenFileFails(.damaged) { try DurableFiles.read(into: buffer, from: descriptor, at: offset, path: path) }
+    }
+
     private static func openFile(_ path: String, flags: Int32) throws -> Int32 {
         let reading = flags & O_ACCMODE == O_RDONLY
         do {

@@ -87,7 +87,7 @@ final class FeatureCacheBuilder {
     package static func open(path: String, fingerprint: CacheFingerprint, classes: [String], manifest: [ImageFolder.Item],
                             overwrite: Bool,
                             currentIdentity: (ImageFolder.Item, FileIdentity) -> FileIdentity?) throws -> FeatureCacheBuilder {
-        try DurableFiles.checkWritableFolder(for: path)
+        try FeatureCacheError.whenFileFails(.writeFailed) { try DurableFiles.checkWritableFolder(for: path) }
         guard Set(classes).count == classes.count else {
             throw FeatureCacheError(.invalidInput, "\(path): the class list names a class twice")
         }
@@ -107,8 +107,10 @@ final class FeatureCacheBuilder {
             do { try DurableFiles.checkDestination(file) } catch { throw FeatureCacheError(.writeFailed, error.description) }
         }
         if overwrite {
-            try DurableFiles.remove(path)
-            try DurableFiles.remove(journalPath)
+            try FeatureCacheError.whenFileFails(.writeFailed) {
+                try DurableFiles.remove(path)
+                try DurableFiles.remove(journalPath)
+            }
         }
         let previous = try openPrevious(path: path, fingerprint: fingerprint)
         let journal: CacheJournal
@@ -273,13 +275,15 @@ final class FeatureCacheBuilder {
         let complete = rowItems.count + failures.count == manifest.count
         if !wouldRewritePrevious(rowItems: rowItems, failures: failures, compress: compress, complete: complete) {
             let metadataBytes = rowItems.count * 512 + failures.count * 512 + (1 << 20)
-            try DurableFiles.checkFreeSpace(for: path,
-                                            bytes: rowItems.count * fingerprint.rowSize * MemoryLayout<Float>.size + metadataBytes,
-                                            keeping: "the extracted rows stay in \(journalPath): free some space and rerun")
             do {
-                try DurableFiles.writeThroughTemporary(to: path) { temporaryPath in
-                    try writeCache(to: temporaryPath, from: journal, rowItems: rowItems, failures: failures, compress: compress,
-                                   complete: complete)
+                try FeatureCacheError.whenFileFails(.writeFailed) {
+                    try DurableFiles.checkFreeSpace(for: path,
+                                                    bytes: rowItems.count * fingerprint.rowSize * MemoryLayout<Float>.size + metadataBytes,
+                                                    keeping: "the extracted rows stay in \(journalPath): free some space and rerun")
+                    try DurableFiles.writeThroughTemporary(to: path) { temporaryPath in
+                        try writeCache(to: temporaryPath, from: journal, rowItems: rowItems, failures: failures, compress: compress,
+                                       complete: complete)
+                    }
                 }
             } catch let error as FileAccessError {
                 throw FeatureCacheError(.writeFailed, error.description)

@@ -36,3 +36,15 @@ package struct FeatureCacheError: Error, CustomStringConvertible, Sendable {
         return FeatureCacheError(.mismatch, finding + "; use --overwrite to start afresh, or another --out", finding: finding)
     }
 }
+
+extension FeatureCacheError {
+    /// Runs a file operation of the cache, calling its failure the cache's own error of `kind`: a failed write is
+    /// `.writeFailed`, a failed read of the journal `.damaged`.
+    static func whenFileFails<Result>(_ kind: Kind, _ body: () throws -> Result) throws -> Result {
+        do {
+            return try body()
+        } catch let error as DurableFileError {
+            throw FeatureCacheError(kind, error.description)
+        }
+    }
+}
