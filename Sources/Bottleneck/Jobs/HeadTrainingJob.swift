@@ -114,8 +114,11 @@ package struct HeadTrainingJob: Sendable {
         }
         let trainer = try HeadTrainer(network: network, settings: settings)
         let describe = { (positions: Range<Int>) in positions.map { "\(modelConfig.layers[$0].name)" }.joined(separator: " → ") }
-        let trainedPaths = trainer.trainedLinears.map { network.linearPaths[$0] }
-        let trainedParameters = trainer.trainedLinears.reduce(0) { $0 + network.linears[$1].weight.count + network.linears[$1].bias.count }
+        let trainedPaths = trainer.trainedPositions.map { modelConfig.layers[$0].path }
+        let trainedParameters = trainer.trainedPositions.reduce(0) { total, position in
+            guard case .linear(let linear) = network.module(at: position) else { preconditionFailure("only linears train") }
+            return total + linear.weight.count + linear.bias.count
+        }
         log("head above \(fingerprint.layer) (\(cut.layer.path)): \(describe(network.positions)); training "
             + "\(trainedPaths.joined(separator: ", ")) (\(trainedParameters) parameters)")
         log("\(split.trainRows.count) training rows, \(split.validationRows.count) validation rows (\(split.rule.description))")

@@ -74,33 +74,53 @@ package struct VGG: Sendable {
         guard x.rank == 4, x.shape[1] == config.inputChannels else {
             throw ModelError.badInput("expected input [N, \(config.inputChannels), H, W], got \(x.shape)")
         }
+        var (height, width) = (x.shape[2], x.shape[3])
+        for (position, module) in modules.prefix(cut.position + 1).enumerated() {
+            guard case .maxPool(let pool) = module else { continue }
+            guard height >= pool.kernel, width >= pool.kernel else {
+                throw ModelError.inputTooSmall(size: x.shape[2], layer: config.layers[position].name)
+            }
+            (height, width) = pool.outputSize(height: height, width: width)
+        }
+        return Self.evaluate(x, modules: modules[...cut.position], at: 0..<(cut.position + 1), layers: config.layers,
+                             layerTimer: layerTimer)
+    }
+
+    /// x [N, ...activation entering `positions.lowerBound`] -> [N, ...activation leaving the last of `positions`],
+    /// in evaluation mode (dropout is the identity): the one forward walk of the frozen prefix, the head and the
+    /// fine-tune network's validation. `modules` are the modules at `positions` of `layers`, in order; a max pool's
+    /// input must be at least its kernel. `layerTimer` receives each layer's seconds.
+    package static func evaluate(_ x: Tensor, modules: ArraySlice<Module>, at positions: Range<Int>, layers: [LayerInfo],
+                                 layerTimer: ((LayerInfo, Double) -> Void)? = nil) -> Tensor {
+        precondition(modules.count == positions.count, "\(modules.count) modules for positions \(positions)")
         var activation = x
         var reluDone = false
-        for (position, module) in modules.prefix(cut.position + 1).enumerated() {
+        for (position, module) in zip(positions, modules) {
             let start = ContinuousClock.now
-            defer { layerTimer?(config.layers[position], start.secondsElapsed) }
+            defer { layerTimer?(layers[position], start.secondsElapsed) }
             switch module {
             case .conv(let conv):
-                // A conv's ReLU runs in the conv's own pass while the tile is in cache, unless the cut
-                // asks for the conv's raw output.
-                reluDone = position < cut.position && config.layers[position + 1].kind == .relu
+                reluDone = fusesReLU(convAt: position, within: positions, layers: layers)
                 activation = conv.forward(activation, fusingReLU: reluDone)
             case .relu:
                 if !reluDone { ReLU.forward(&activation) }
                 reluDone = false
             case .maxPool(let pool):
-                guard activation.shape[2] >= pool.kernel, activation.shape[3] >= pool.kernel else {
-                    throw ModelError.inputTooSmall(size: x.shape[2], layer: config.layers[position].name)
-                }
                 activation = pool.forward(activation)
             case .adaptiveAvgPool(let pool):
                 activation = pool.forward(activation)
             case .linear(let linear):
-                activation = linear.forward(activation.reshaped([activation.shape[0], activation.count / activation.shape[0]]))
+                activation = linear.forward(activation)
             case .dropout(let dropout):
                 activation = dropout.forwardEvaluation(activation)
             }
         }
         return activation
+    }
+
+    /// Whether the conv at `position` runs its ReLU in its own pass, while the tile is in cache: when the next
+    /// layer is that ReLU and a walk over `positions` runs it too (a cut at the conv asks for its raw output).
+    package static func fusesReLU(convAt position: Int, within positions: Range<Int>, layers: [LayerInfo]) -> Bool {
+        position + 1 < positions.upperBound && layers[position + 1].kind == .relu
     }
 }

@@ -17,22 +17,9 @@ import BottleneckKernels
 /// its input instead of keeping indices); backward frees them as it passes, and holds one layer's
 /// parameter gradient at a time, since that layer is updated before the next gradient is made.
 package struct FineTuneNetwork: Sendable {
-    package enum Module: Sendable {
-        /// Index into `convs`; its ReLU runs fused in the conv's pass.
-        case conv(Int)
-        case relu
-        case maxPool(MaxPool2D)
-        case adaptiveAvgPool(AdaptiveAvgPool2D)
-        /// Index into `linears`.
-        case linear(Int)
-        case dropout(Dropout)
-    }
-
     package let config: VGGConfig
-    /// modules[i] is config.layers[i].
-    package let modules: [Module]
-    package var convs: [Conv2D]
-    package var linears: [Linear]
+    /// modules[i] is config.layers[i]; an optimizer steps its convs and linears in place.
+    package private(set) var modules: [VGG.Module]
     /// Layers at positions up to this one are frozen; -1 when everything trains.
     package let frozenThrough: Int
     /// The lowest conv or linear that learns: backward stops there.
@@ -55,33 +42,17 @@ package struct FineTuneNetwork: Sendable {
     /// nothing frozen). A `vgg` loaded only through fc7 gets `newHead` as its fc8 (`classifier.6`).
     package init(_ vgg: VGG, newHead: Linear? = nil, dropout: Float, frozenThrough: Int) throws {
         let layers = vgg.config.layers
-        var modules: [Module] = []
-        var convs: [Conv2D] = []
-        var linears: [Linear] = []
+        var modules: [VGG.Module] = []
         for layer in layers {
-            let module: VGG.Module
-            if layer.position <= vgg.lastPosition {
-                module = vgg.modules[layer.position]
+            if layer.kind == .dropout {
+                modules.append(.dropout(Dropout(probability: dropout)))
+            } else if layer.position <= vgg.lastPosition {
+                modules.append(vgg.modules[layer.position])
             } else if layer.path == HeadNetwork.newLayerPath, let newHead {
-                module = .linear(newHead)
-            } else if layer.kind == .dropout {
-                module = .dropout(Dropout())
+                modules.append(.linear(newHead))
             } else {
                 throw TrainingError(.invalidInput, "fine-tuning needs the whole network, but it was loaded only through "
                                     + "\(layers[vgg.lastPosition].name)")
-            }
-            switch module {
-            case .conv(let conv):
-                precondition(layers[safe: layer.position + 1]?.kind == .relu, "every VGG conv is followed by its ReLU")
-                modules.append(.conv(convs.count))
-                convs.append(conv)
-            case .linear(let linear):
-                modules.append(.linear(linears.count))
-                linears.append(linear)
-            case .relu: modules.append(.relu)
-            case .maxPool(let pool): modules.append(.maxPool(pool))
-            case .adaptiveAvgPool(let pool): modules.append(.adaptiveAvgPool(pool))
-            case .dropout: modules.append(.dropout(Dropout(probability: dropout)))
             }
         }
         guard let firstTrainable = layers.first(where: { $0.position > frozenThrough && $0.parameterPrefix != nil }) else {
@@ -89,8 +60,6 @@ package struct FineTuneNetwork: Sendable {
         }
         self.config = vgg.config
         self.modules = modules
-        self.convs = convs
-        self.linears = linears
         self.frozenThrough = frozenThrough
         self.firstTrainablePosition = firstTrainable.position
     }
@@ -103,8 +72,8 @@ package struct FineTuneNetwork: Sendable {
     package var trainableParameterCount: Int {
         modules.indices.filter { $0 >= firstTrainablePosition }.reduce(0) { total, position in
             switch modules[position] {
-            case .conv(let index): total + convs[index].weight.count + convs[index].bias.count
-            case .linear(let index): total + linears[index].weight.count + linears[index].bias.count
+            case .conv(let conv): total + conv.weight.count + conv.bias.count
+            case .linear(let linear): total + linear.weight.count + linear.bias.count
             default: total
             }
         }
@@ -114,8 +83,8 @@ package struct FineTuneNetwork: Sendable {
     package var stateDict: [(key: String, tensor: Tensor)] {
         zip(config.layers, modules).flatMap { layer, module -> [(key: String, tensor: Tensor)] in
             switch module {
-            case .conv(let index): [("\(layer.path).weight", convs[index].weight), ("\(layer.path).bias", convs[index].bias)]
-            case .linear(let index): [("\(layer.path).weight", linears[index].weight), ("\(layer.path).bias", linears[index].bias)]
+            case .conv(let conv): [("\(layer.path).weight", conv.weight), ("\(layer.path).bias", conv.bias)]
+            case .linear(let linear): [("\(layer.path).weight", linear.weight), ("\(layer.path).bias", linear.bias)]
             default: []
             }
         }
@@ -132,16 +101,18 @@ package struct FineTuneNetwork: Sendable {
             }
         }
         switch modules[layer.position] {
-        case .conv(let index):
-            try check("weight", weight, convs[index].weight.shape)
-            try check("bias", bias, convs[index].bias.shape)
-            convs[index].weight = weight
-            convs[index].bias = bias
-        case .linear(let index):
-            try check("weight", weight, linears[index].weight.shape)
-            try check("bias", bias, linears[index].bias.shape)
-            linears[index].weight = weight
-            linears[index].bias = bias
+        case .conv(var conv):
+            try check("weight", weight, conv.weight.shape)
+            try check("bias", bias, conv.bias.shape)
+            conv.weight = weight
+            conv.bias = bias
+            modules[layer.position] = .conv(conv)
+        case .linear(var linear):
+            try check("weight", weight, linear.weight.shape)
+            try check("bias", bias, linear.bias.shape)
+            linear.weight = weight
+            linear.bias = bias
+            modules[layer.position] = .linear(linear)
         default:
             throw TrainingError(.mismatch, "\(path) (\(layer.name)) has no parameters")
         }
@@ -200,22 +171,7 @@ package struct FineTuneNetwork: Sendable {
 
     /// images [N, 3, S, S] -> logits [N, K] in evaluation mode (dropout is the identity).
     package func logits(_ images: Tensor) -> Tensor {
-        var activation = images
-        var position = 0
-        while position < modules.count {
-            switch modules[position] {
-            case .conv(let index):
-                activation = convs[index].forward(activation, fusingReLU: true)
-                position += 1
-            case .relu: ReLU.forward(&activation)
-            case .maxPool(let pool): activation = pool.forward(activation)
-            case .adaptiveAvgPool(let pool): activation = pool.forward(activation)
-            case .linear(let index): activation = linears[index].forward(activation)
-            case .dropout: break
-            }
-            position += 1
-        }
-        return activation
+        VGG.evaluate(images, modules: modules[...], at: modules.indices, layers: config.layers)
     }
 
     /// One optimizer step on images [N, 3, S, S] with labels [N]. `dropoutGenerator(row, position)` gives the
@@ -232,13 +188,15 @@ package struct FineTuneNetwork: Sendable {
         var masks = [Tensor?](repeating: nil, count: modules.count)
         var activation = images
         var position = 0
+        // Its own walk, not `VGG.evaluate`: it keeps what backward reads and drops rows by their seeds.
         while position < modules.count {
             let keeps = position >= firstTrainablePosition
             switch modules[position] {
-            case .conv(let index):
+            case .conv(let conv):
                 if keeps { inputs[position] = activation }
-                activation = convs[index].forward(activation, fusingReLU: true)
-                position += 1
+                let fused = VGG.fusesReLU(convAt: position, within: modules.indices, layers: layers)
+                activation = conv.forward(activation, fusingReLU: fused)
+                if fused { position += 1 }
             case .relu:
                 ReLU.forward(&activation)
             case .maxPool(let pool):
@@ -247,10 +205,10 @@ package struct FineTuneNetwork: Sendable {
             case .adaptiveAvgPool(let pool):
                 if keeps { inputs[position] = activation }
                 activation = pool.forward(activation)
-            case .linear(let index):
+            case .linear(let linear):
                 activation = activation.reshaped([batch, activation.count / batch])
                 if keeps { inputs[position] = activation }
-                activation = linears[index].forward(activation)
+                activation = linear.forward(activation)
             case .dropout(let dropout) where position > frozenThrough:
                 // Kept before the in-place drop: it is the ReLU's output, whose mask the ReLU below needs.
                 if keeps { inputs[position] = activation }
@@ -273,31 +231,25 @@ package struct FineTuneNetwork: Sendable {
             let needsInputGradient = position > firstTrainablePosition
             let slot = Self.slot(ofParameterLayerAt: position, in: layers)
             switch modules[position] {
-            case .linear(let index):
+            case .linear(let linear):
                 let input = inputs[position]!
-                gradWeight.reshapeKeepingStorage(linears[index].weight.shape)
-                gradBias.reshapeKeepingStorage(linears[index].bias.shape)
-                linears[index].parameterGradients(input: input, gradOutput: gradient, weight: &gradWeight, bias: &gradBias)
+                gradWeight.reshapeKeepingStorage(linear.weight.shape)
+                gradBias.reshapeKeepingStorage(linear.bias.shape)
+                linear.parameterGradients(input: input, gradOutput: gradient, weight: &gradWeight, bias: &gradBias)
                 if needsInputGradient {
                     var gradInput = Tensor(zeros: [])
-                    linears[index].inputGradient(gradOutput: gradient, into: &gradInput)
+                    linear.inputGradient(gradOutput: gradient, into: &gradInput)
                     gradient = gradInput
                     outcome.inputGradientPositions.append(position)
                 }
-                optimizer.update(&linears[index].weight, gradient: gradWeight, slot: slot, learningRate: learningRate(layer))
-                optimizer.update(&linears[index].bias, gradient: gradBias, slot: slot + 1, learningRate: learningRate(layer))
-                outcome.updatedPositions.append(position)
-            case .conv(let index):
-                gradWeight.reshapeKeepingStorage(convs[index].weight.shape)
-                gradBias.reshapeKeepingStorage(convs[index].bias.shape)
-                convs[index].parameterGradients(input: inputs[position]!, gradOutput: gradient, weight: &gradWeight, bias: &gradBias)
+            case .conv(let conv):
+                gradWeight.reshapeKeepingStorage(conv.weight.shape)
+                gradBias.reshapeKeepingStorage(conv.bias.shape)
+                conv.parameterGradients(input: inputs[position]!, gradOutput: gradient, weight: &gradWeight, bias: &gradBias)
                 if needsInputGradient {
-                    gradient = convs[index].inputGradient(gradOutput: gradient)
+                    gradient = conv.inputGradient(gradOutput: gradient)
                     outcome.inputGradientPositions.append(position)
                 }
-                optimizer.update(&convs[index].weight, gradient: gradWeight, slot: slot, learningRate: learningRate(layer))
-                optimizer.update(&convs[index].bias, gradient: gradBias, slot: slot + 1, learningRate: learningRate(layer))
-                outcome.updatedPositions.append(position)
             case .relu:
                 // The layer above kept this ReLU's output as its own input.
                 let output = inputs[position + 1]!
@@ -312,6 +264,12 @@ package struct FineTuneNetwork: Sendable {
                 let inputShape = inputs[position]!.shape
                 gradient = pool.backward(gradOutput: gradient.reshaped([batch, inputShape[1], pool.outputHeight, pool.outputWidth]),
                                          inputShape: inputShape)
+            }
+            if layer.parameterPrefix != nil {
+                // After the switch, whose binding of the layer would otherwise hold its tensors twice and make the update copy them.
+                optimizer.step(&modules, at: position, gradWeight: gradWeight, gradBias: gradBias, slot: slot,
+                               learningRate: learningRate(layer))
+                outcome.updatedPositions.append(position)
             }
             // A ReLU below reads this input as its output; otherwise it is done with.
             if !(position - 1 >= firstTrainablePosition && layers[position - 1].kind == .relu) { inputs[position] = nil }
@@ -331,8 +289,8 @@ package struct FineTuneNetwork: Sendable {
                 let rowValues = UnsafeMutableBufferPointer(rebasing: values[(row * rowSize)..<((row + 1) * rowSize)])
                 if mask != nil {
                     mask!.data.withUnsafeMutableBufferPointer { factors in
-                        dropout.forwardTraining(UnsafeBufferPointer(rowValues), into: rowValues,
-                                                mask: UnsafeMutableBufferPointer(rebasing: factors[(row * rowSize)..<((row + 1) * rowSize)]),
+                        let rowFactors = UnsafeMutableBufferPointer(rebasing: factors[(row * rowSize)..<((row + 1) * rowSize)])
+                        dropout.forwardTraining(UnsafeBufferPointer(rowValues), into: rowValues, mask: rowFactors,
                                                 generator: &generator)
                     }
                 } else {

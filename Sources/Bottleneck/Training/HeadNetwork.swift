@@ -11,24 +11,13 @@ import BottleneckKernels
 /// A dropout at the cut itself (`classifier.5`) belongs to the head: the cache holds its
 /// evaluation-mode output, which is its input, and training must still drop.
 package struct HeadNetwork: Sendable {
-    package enum Module: Sendable {
-        case adaptiveAvgPool(AdaptiveAvgPool2D)
-        /// Index into `linears`, so an optimizer updates the parameters in place.
-        case linear(Int)
-        case relu
-        case dropout(Dropout)
-    }
-
     /// The network's configuration with `classes` set to the head's number of outputs.
     package let config: VGGConfig
     package let cut: CutPoint
     /// Position in `config.layers` of the first module.
     package let firstPosition: Int
-    /// modules[i] is config.layers[firstPosition + i].
-    package let modules: [Module]
-    package var linears: [Linear]
-    /// The state-dict key prefix of each of `linears` ("classifier.6").
-    package let linearPaths: [String]
+    /// modules[i] is config.layers[firstPosition + i]; an optimizer steps its linears in place.
+    package var modules: [VGG.Module]
 
     /// The torchvision path of the replaced last layer.
     package static let newLayerPath = "classifier.6"
@@ -37,18 +26,14 @@ package struct HeadNetwork: Sendable {
     package init(config: VGGConfig, cut: CutPoint, dropout: Float = 0.5,
                 parameter: (_ key: String, _ shape: [Int]) throws -> Tensor) throws {
         let first = try Self.firstPosition(above: cut, in: config)
-        var modules: [Module] = []
-        var linears: [Linear] = []
-        var linearPaths: [String] = []
+        var modules: [VGG.Module] = []
         for layer in config.layers[first...] {
             switch layer.kind {
             case .adaptiveAvgPool(let size):
                 modules.append(.adaptiveAvgPool(AdaptiveAvgPool2D(outputSize: size)))
             case .linear(let inFeatures, let outFeatures):
-                modules.append(.linear(linears.count))
-                linears.append(Linear(weight: try parameter("\(layer.path).weight", [outFeatures, inFeatures]),
-                                      bias: try parameter("\(layer.path).bias", [outFeatures])))
-                linearPaths.append(layer.path)
+                modules.append(.linear(Linear(weight: try parameter("\(layer.path).weight", [outFeatures, inFeatures]),
+                                              bias: try parameter("\(layer.path).bias", [outFeatures]))))
             case .relu:
                 modules.append(.relu)
             case .dropout:
@@ -61,8 +46,6 @@ package struct HeadNetwork: Sendable {
         self.cut = cut
         self.firstPosition = first
         self.modules = modules
-        self.linears = linears
-        self.linearPaths = linearPaths
     }
 
     /// Where the head above `cut` starts; refuses cuts with nothing above them and cuts below pool5,
@@ -80,8 +63,8 @@ package struct HeadNetwork: Sendable {
             default: return false
             }
         }) {
-            throw TrainingError(.invalidInput, "a head above \(cut.layer.path) would hold \(blocking.name) (\(blocking.path)); train-head needs "
-                                + "a cache cut at pool5 or above (pool5, avgpool, fc6, fc7)")
+            throw TrainingError(.invalidInput, "a head above \(cut.layer.path) would hold \(blocking.name) (\(blocking.path)); "
+                                + "train-head needs a cache cut at pool5 or above (pool5, avgpool, fc6, fc7)")
         }
         return first
     }
@@ -90,6 +73,12 @@ package struct HeadNetwork: Sendable {
     package var layers: ArraySlice<LayerInfo> { config.layers[firstPosition...] }
     package var positions: Range<Int> { firstPosition..<config.layers.count }
     package var classCount: Int { linears.last!.outFeatures }
+    /// The module at `position` in `config.layers`.
+    package func module(at position: Int) -> VGG.Module { modules[position - firstPosition] }
+    /// The head's linears, in order.
+    package var linears: [Linear] { modules.compactMap { if case .linear(let linear) = $0 { linear } else { nil } } }
+    /// The state-dict key prefix of each of `linears` ("classifier.6").
+    package var linearPaths: [String] { layers.filter { if case .linear = $0.kind { true } else { false } }.map(\.path) }
 
     /// Why cached activations of one row's `shape` cannot enter this head, or nil when they can.
     package func inputProblem(activationShape shape: [Int]) -> String? {
@@ -97,8 +86,8 @@ package struct HeadNetwork: Sendable {
         case .adaptiveAvgPool:
             return shape.count == 3 && shape[0] == config.lastConvWidth
                 ? nil : "the head starts with avgpool over \(config.lastConvWidth) channels, but rows are \(shape)"
-        case .linear(let index):
-            let inFeatures = linears[index].inFeatures
+        case .linear(let linear):
+            let inFeatures = linear.inFeatures
             return shape.reduce(1, *) == inFeatures ? nil : "the head's first layer takes \(inFeatures) features, but rows are \(shape)"
         default:
             return nil
@@ -121,16 +110,8 @@ package struct HeadNetwork: Sendable {
     package func forward(_ x: Tensor, positions: Range<Int>) -> Tensor {
         precondition(positions.lowerBound >= firstPosition && positions.upperBound <= config.layers.count,
                      "positions \(positions) outside the head \(self.positions)")
-        var activation = x
-        for position in positions {
-            switch modules[position - firstPosition] {
-            case .adaptiveAvgPool(let pool): activation = pool.forward(activation)
-            case .linear(let index): activation = linears[index].forward(activation)
-            case .relu: ReLU.forward(&activation)
-            case .dropout: break
-            }
-        }
-        return activation
+        return VGG.evaluate(x, modules: modules[(positions.lowerBound - firstPosition)..<(positions.upperBound - firstPosition)],
+                            at: positions, layers: config.layers)
     }
 
     /// x [N, ...cut activation] -> logits [N, classes], evaluation mode.

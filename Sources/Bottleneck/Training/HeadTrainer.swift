@@ -38,13 +38,13 @@ package final class HeadTrainer {
     package let stemPositions: Range<Int>
     /// The layers that run every step.
     package var stepPositions: Range<Int> { stemPositions.upperBound..<network.positions.upperBound }
-    /// Indices into `network.linears` of the trained layers.
-    package let trainedLinears: [Int]
+    /// Positions of the trained layers, in order.
+    package let trainedPositions: [Int]
 
-    /// One layer of the step part; `input` and `output` index `activations` (ReLU runs in place).
+    /// One layer of the step part, stages[i] at position stemPositions.upperBound + i; `input` and `output`
+    /// index `activations` (ReLU runs in place).
     private struct Stage {
         let position: Int
-        let module: HeadNetwork.Module
         let input: Int
         let output: Int
         /// A dropout below a trained layer keeps its mask for the backward pass.
@@ -58,6 +58,7 @@ package final class HeadTrainer {
     private var masks: [Tensor]
     private var gradient = Tensor(zeros: [])
     private var spareGradient = Tensor(zeros: [])
+    /// By stage, filled for the trained linears.
     private var gradWeights: [Tensor]
     private var gradBiases: [Tensor]
 
@@ -73,7 +74,7 @@ package final class HeadTrainer {
         let trainableFrom = try network.linearPosition(named: settings.trainFrom)
         let positions = network.positions
         let stemEnd = positions.first { position in
-            switch network.modules[position - network.firstPosition] {
+            switch network.module(at: position) {
             case .dropout: return true
             case .linear: return position >= trainableFrom
             default: return false
@@ -82,37 +83,41 @@ package final class HeadTrainer {
         var stages: [Stage] = []
         var current = 0
         for position in stemEnd..<positions.upperBound {
-            let module = network.modules[position - network.firstPosition]
+            let module = network.module(at: position)
             switch module {
             case .relu:
-                stages.append(Stage(position: position, module: module, input: current, output: current, keepsMask: false))
+                stages.append(Stage(position: position, input: current, output: current, keepsMask: false))
             case .dropout where position == stemEnd:
                 // Applied while the rows are gathered into activations[0].
-                stages.append(Stage(position: position, module: module, input: 0, output: 0, keepsMask: false))
+                stages.append(Stage(position: position, input: 0, output: 0, keepsMask: false))
             case .dropout, .linear:
                 let keepsMask = if case .dropout = module { position > trainableFrom } else { false }
-                stages.append(Stage(position: position, module: module, input: current, output: current + 1, keepsMask: keepsMask))
+                stages.append(Stage(position: position, input: current, output: current + 1, keepsMask: keepsMask))
                 current += 1
-            case .adaptiveAvgPool:
-                preconditionFailure("avgpool lies below fc6, so always in the stem")
+            case .conv, .maxPool, .adaptiveAvgPool:
+                preconditionFailure("convs and pools lie below fc6, so always in the stem")
             }
         }
         self.network = network
         self.settings = settings
         self.trainableFrom = trainableFrom
         self.stemPositions = positions.lowerBound..<stemEnd
-        self.trainedLinears = stages.compactMap { stage in
-            if case .linear(let index) = stage.module, stage.position >= trainableFrom { index } else { nil }
+        self.trainedPositions = stages.map(\.position).filter { position in
+            if case .linear = network.module(at: position) { position >= trainableFrom } else { false }
         }
         self.stages = stages
         optimizer = settings.makeOptimizer()
         let bigGemm = stages.contains { stage in
-            if case .linear(let index) = stage.module { network.linears[index].weight.count >= Self.threadedGemmParameters } else { false }
+            if case .linear(let linear) = network.module(at: stage.position) {
+                linear.weight.count >= Self.threadedGemmParameters
+            } else {
+                false
+            }
         }
         gemmSplit = bigGemm ? .whole : .blocks(threads: settings.threads)
         activations = Array(repeating: Tensor(zeros: []), count: current + 1)
         masks = Array(repeating: Tensor(zeros: []), count: stages.count)
-        gradWeights = Array(repeating: Tensor(zeros: []), count: network.linears.count)
+        gradWeights = Array(repeating: Tensor(zeros: []), count: stages.count)
         gradBiases = gradWeights
     }
 
@@ -145,7 +150,7 @@ package final class HeadTrainer {
         let baseRate = settings.resolvedLearningRate
         var records: [EpochRecord] = []
         var best = BestEpoch()
-        var kept: (linears: [Linear], metrics: ClassificationMetrics)?
+        var kept: (modules: [VGG.Module], metrics: ClassificationMetrics)?
         var epochsSinceBest = 0
         var stoppedEarly = false
         var stepSeconds = 0.0
@@ -182,7 +187,7 @@ package final class HeadTrainer {
             records.append(record)
             try onEpoch(record)
             if best.offer(epoch: record.epoch, validationLoss: record.validationLoss) {
-                kept = (network.linears, validation)
+                kept = (network.modules, validation)
                 epochsSinceBest = 0
             } else {
                 epochsSinceBest += 1
@@ -193,7 +198,7 @@ package final class HeadTrainer {
             }
         }
         // A non-finite validation loss throws above, so the first epoch was kept.
-        network.linears = kept!.linears
+        network.modules = kept!.modules
         return Outcome(epochs: records, bestEpoch: best.epoch!, stoppedEarly: stoppedEarly, validation: kept!.metrics,
                        stepSeconds: stepSeconds, samplesTrained: samplesTrained)
     }
@@ -207,7 +212,7 @@ package final class HeadTrainer {
         let pointers = try rows.rowPointers(pass, positions)
         let width = rows.width
         if activations[0].shape != [batch, width] { activations[0] = Tensor(zeros: [batch, width]) }
-        let fusedDropout: (layer: Dropout, position: Int)? = if case .dropout(let dropout) = stages[0].module {
+        let fusedDropout: (layer: Dropout, position: Int)? = if case .dropout(let dropout) = network.module(at: stages[0].position) {
             (dropout, stages[0].position)
         } else {
             nil
@@ -217,11 +222,12 @@ package final class HeadTrainer {
                      dropout: fusedDropout, rowIDs: rowIDs, epoch: epoch)
         }
 
+        // Its own walk, not `HeadNetwork.forward`: it keeps each layer's output for backward and drops rows by their seeds.
         for (index, stage) in stages.enumerated() {
-            switch stage.module {
+            switch network.module(at: stage.position) {
             case .linear(let linear):
                 let input = activations[stage.input]
-                network.linears[linear].forward(input, into: &activations[stage.output], split: gemmSplit)
+                linear.forward(input, into: &activations[stage.output], split: gemmSplit)
             case .relu:
                 ReLU.forward(&activations[stage.output])
             case .dropout(let dropout) where index > 0:
@@ -238,7 +244,7 @@ package final class HeadTrainer {
                         }
                     }
                 }
-            case .dropout, .adaptiveAvgPool:
+            case .dropout, .conv, .maxPool, .adaptiveAvgPool:
                 break
             }
         }
@@ -252,25 +258,26 @@ package final class HeadTrainer {
         }
 
         backward: for (index, stage) in stages.enumerated().reversed() {
-            switch stage.module {
+            switch network.module(at: stage.position) {
             case .linear(let linear):
                 let input = activations[stage.input]
-                network.linears[linear].parameterGradients(input: input, gradOutput: gradient,
-                                                           weight: &gradWeights[linear], bias: &gradBiases[linear], split: gemmSplit)
+                linear.parameterGradients(input: input, gradOutput: gradient, weight: &gradWeights[index], bias: &gradBiases[index],
+                                          split: gemmSplit)
                 guard stage.position > trainableFrom else { break backward }
-                network.linears[linear].inputGradient(gradOutput: gradient, into: &spareGradient, split: gemmSplit)
+                linear.inputGradient(gradOutput: gradient, into: &spareGradient, split: gemmSplit)
                 swap(&gradient, &spareGradient)
             case .relu:
                 ReLU.backward(output: activations[stage.output], gradOutput: &gradient)
             case .dropout(let dropout):
                 dropout.backward(gradOutput: &gradient, mask: masks[index])
-            case .adaptiveAvgPool:
-                preconditionFailure("avgpool lies below fc6, so always in the stem")
+            case .conv, .maxPool, .adaptiveAvgPool:
+                preconditionFailure("convs and pools lie below fc6, so always in the stem")
             }
         }
-        for (slot, linear) in trainedLinears.enumerated() {
-            optimizer.update(&network.linears[linear].weight, gradient: gradWeights[linear], slot: 2 * slot, learningRate: learningRate)
-            optimizer.update(&network.linears[linear].bias, gradient: gradBiases[linear], slot: 2 * slot + 1, learningRate: learningRate)
+        for (slot, position) in trainedPositions.enumerated() {
+            let index = position - stemPositions.upperBound
+            optimizer.step(&network.modules, at: position - network.firstPosition, gradWeight: gradWeights[index],
+                           gradBias: gradBiases[index], slot: 2 * slot, learningRate: learningRate)
         }
         return loss
     }

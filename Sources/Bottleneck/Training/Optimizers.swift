@@ -27,6 +27,27 @@ extension Optimizer {
             update(&parameters[index], gradient: gradients[index], slot: index, learningRate: learningRate)
         }
     }
+
+    /// The weight [out, ...] and bias [out] of the conv or linear `modules[index]` updated from gradients of the
+    /// same shapes under slots `slot` and `slot + 1`. The module leaves the array for the update (a ReLU holds its
+    /// place), so its tensors are held once and change in place instead of being copied.
+    package mutating func step(_ modules: inout [VGG.Module], at index: Int, gradWeight: Tensor, gradBias: Tensor,
+                               slot: Int, learningRate: Double) {
+        switch modules[index] {
+        case .conv(var conv):
+            modules[index] = .relu
+            update(&conv.weight, gradient: gradWeight, slot: slot, learningRate: learningRate)
+            update(&conv.bias, gradient: gradBias, slot: slot + 1, learningRate: learningRate)
+            modules[index] = .conv(conv)
+        case .linear(var linear):
+            modules[index] = .relu
+            update(&linear.weight, gradient: gradWeight, slot: slot, learningRate: learningRate)
+            update(&linear.bias, gradient: gradBias, slot: slot + 1, learningRate: learningRate)
+            modules[index] = .linear(linear)
+        case .relu, .maxPool, .adaptiveAvgPool, .dropout:
+            preconditionFailure("module \(index) has no parameters")
+        }
+    }
 }
 
 /// `torch.optim.SGD(lr, momentum, weight_decay)` with dampening 0 and without Nesterov:
