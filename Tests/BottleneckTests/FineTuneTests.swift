@@ -142,16 +142,7 @@ final class FineTuneTests: XCTestCase {
     /// which must leave the backbone exactly as loaded and start fc8 from the head.
     func testInitHeadStartsFromATrainHeadRun() throws {
         let images = try tinyImageFolder()
-        let cache = try temporaryDirectory() + "/fc7.h5"
-        var extraction = ExtractionJob(imagesRoot: images, outputPath: cache, weights: .random(seed: 1))
-        extraction.config = Self.config
-        extraction.preprocessing = Preprocessing(resize: 37, crop: 32)
-        _ = try extraction.run { _ in }
-        let headRun = try temporaryDirectory()
-        var headTraining = HeadTrainingJob(cachePath: cache, runDirectory: headRun)
-        headTraining.config = Self.config
-        headTraining.settings.epochs = 2
-        _ = try headTraining.run { _ in }
+        let headRun = try trainedHead(on: images, epochs: 2)
 
         let out = try temporaryDirectory()
         var fineTune = job(images: images, out: out, epochs: 1)
@@ -246,16 +237,7 @@ final class FineTuneTests: XCTestCase {
     /// own types own) and metrics.csv's header, as they were before the two jobs shared a summary and an epoch type.
     func testRunFilesKeepTheirKeys() throws {
         let images = try tinyImageFolder()
-        let cache = try temporaryDirectory() + "/fc7.h5"
-        var extraction = ExtractionJob(imagesRoot: images, outputPath: cache, weights: .random(seed: 1))
-        extraction.config = Self.config
-        extraction.preprocessing = Preprocessing(resize: 37, crop: 32)
-        _ = try extraction.run { _ in }
-        let headRun = try temporaryDirectory()
-        var headTraining = HeadTrainingJob(cachePath: cache, runDirectory: headRun)
-        headTraining.config = Self.config
-        headTraining.settings.epochs = 1
-        _ = try headTraining.run { _ in }
+        let headRun = try trainedHead(on: images, epochs: 1)
         let fineTuneRun = try temporaryDirectory()
         var fineTune = job(images: images, out: fineTuneRun, epochs: 1)
         fineTune.settings.freezeThrough = "conv3_3"
@@ -368,6 +350,21 @@ final class FineTuneTests: XCTestCase {
         try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
         addTeardownBlock { try? FileManager.default.removeItem(at: url) }
         return url.path
+    }
+
+    /// A train-head run on the fc7 cache of `images` (random weights, seed 1): what fine-tuning starts from or sits beside.
+    private func trainedHead(on images: String, epochs: Int) throws -> String {
+        let cache = try temporaryDirectory() + "/fc7.h5"
+        var extraction = ExtractionJob(imagesRoot: images, outputPath: cache, weights: .random(seed: 1))
+        extraction.config = Self.config
+        extraction.preprocessing = Preprocessing(resize: 37, crop: 32)
+        _ = try extraction.run { _ in }
+        let headRun = try temporaryDirectory()
+        var headTraining = HeadTrainingJob(cachePath: cache, runDirectory: headRun)
+        headTraining.config = Self.config
+        headTraining.settings.epochs = epochs
+        _ = try headTraining.run { _ in }
+        return headRun
     }
 }
 
