@@ -40,6 +40,10 @@ package struct Preprocessing: Codable, Equatable, Sendable {
     static let largestSize = 8192
     /// The largest training image side whose evaluation resize (256/224 of it) stays within `largestSize`.
     static let largestImageSize = 4096
+    /// The image sides a network may be run at: from 32, which five 2x2 max pools bring down to 1.
+    package static let imageSizes = 32...largestImageSize
+    /// What every face says of an image size outside `imageSizes`, after the setting's name.
+    package static let imageSizeRequirement = "must be between 32 (five 2x2 pools) and \(largestImageSize)"
 
     /// The transform every torchvision ImageNet model card uses.
     static let imageNet = Preprocessing()

@@ -54,9 +54,8 @@ public struct FeatureExtraction: Sendable {
             job.layer = layer
             job.batchSize = batchSize
             job.overwrite = overwrite
-            guard (32...Preprocessing.largestImageSize).contains(imageSize) else {
-                throw BottleneckError(description: "imageSize must be between 32 (five 2x2 pools) and "
-                                      + "\(Preprocessing.largestImageSize), got \(imageSize)")
+            guard Preprocessing.imageSizes.contains(imageSize) else {
+                throw BottleneckError(description: "imageSize \(Preprocessing.imageSizeRequirement), got \(imageSize)")
             }
             job.preprocessing = .evaluation(imageSize: imageSize)
             let summary = try job.run(log: log)

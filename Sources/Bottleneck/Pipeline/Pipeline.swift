@@ -57,7 +57,7 @@ package struct Pipeline: Sendable {
     package var stages: [Stage]
 
     package var preprocessing: Preprocessing {
-        Preprocessing(resize: Int((Double(imageSize) * 256 / 224).rounded()), crop: imageSize)
+        .evaluation(imageSize: imageSize)
     }
 
     package var cachePath: String { outputRoot + "/features-\(layer).h5" }

@@ -50,8 +50,8 @@ extension Pipeline {
             throw top.error(at: "layer", "\(error)")
         }
         imageSize = try top.int("image_size") ?? 224
-        guard (32...Preprocessing.largestImageSize).contains(imageSize) else {
-            throw top.error(at: "image_size", "image_size must be between 32 (five 2x2 pools) and \(Preprocessing.largestImageSize)")
+        guard Preprocessing.imageSizes.contains(imageSize) else {
+            throw top.error(at: "image_size", "image_size \(Preprocessing.imageSizeRequirement)")
         }
         outputRoot = Self.expandingTilde(try top.string("out") ?? "runs/\(name)")
 

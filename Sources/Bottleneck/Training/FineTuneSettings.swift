@@ -63,7 +63,7 @@ package struct FineTuneSettings: Codable, Sendable, Equatable {
 
     /// torchvision's eval transform scaled to `imageSize`: Resize(round(S · 256/224)), CenterCrop(S).
     var evaluationPreprocessing: Preprocessing {
-        Preprocessing(resize: Int((Double(imageSize) * 256 / 224).rounded()), crop: imageSize)
+        .evaluation(imageSize: imageSize)
     }
 
     /// Refuses values that cannot train, naming the setting.
@@ -72,9 +72,8 @@ package struct FineTuneSettings: Codable, Sendable, Equatable {
         guard backboneLearningRateMultiplier >= 0 && backboneLearningRateMultiplier.isFinite else {
             throw SettingError(key: .backboneLrMult, "must be a number >= 0, got \(backboneLearningRateMultiplier)")
         }
-        guard (32...Preprocessing.largestImageSize).contains(imageSize) else {
-            throw SettingError(key: .imageSize, "must be between 32 (five 2x2 pools) and \(Preprocessing.largestImageSize), "
-                               + "got \(imageSize)")
+        guard Preprocessing.imageSizes.contains(imageSize) else {
+            throw SettingError(key: .imageSize, "\(Preprocessing.imageSizeRequirement), got \(imageSize)")
         }
     }
 }
