@@ -51,13 +51,15 @@ struct Evaluate: ParsableCommand {
         case .text:
             print("evaluate: \(model) on \(cache ?? images!): scored \(result.metrics.count) \(result.scored)")
             print(result.metrics.report)
+            printRandomWeightsNote(result.weights)
         case .json:
             let encoder = JSONEncoder.snakeCaseDocument()
             let report = EvaluationReport(model: model, data: cache ?? images!, split: result.split, scored: result.scored,
                                           rows: result.metrics.count,
                                           accuracy: result.metrics.accuracy, loss: result.metrics.meanLoss,
                                           perClass: result.metrics.perClass, classes: result.metrics.classes,
-                                          confusionMatrix: result.metrics.confusion, failed: result.failed.map(\.path))
+                                          confusionMatrix: result.metrics.confusion, failed: result.failed.map(\.path),
+                                          backboneWeights: result.weights, pretrained: result.weights.isPretrained)
             print(String(decoding: try encoder.encode(report), as: UTF8.self))
         }
         if !result.failed.isEmpty { throw CommandFailure("\(result.failed.count) images could not be read") }
@@ -71,5 +73,8 @@ struct Evaluate: ParsableCommand {
         var classes: [String]
         var confusionMatrix: [[Int]]
         var failed: [String]
+        var backboneWeights: WeightsIdentity
+        /// false: the backbone was randomly initialised, and these figures say nothing about ImageNet transfer.
+        var pretrained: Bool
     }
 }

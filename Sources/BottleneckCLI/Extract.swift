@@ -63,6 +63,7 @@ struct Extract: ParsableCommand {
             : ""
         print("extract: \(summary.counts) in " + String(format: "%.1f s", summary.seconds) + rate
               + "; \(summary.path) (\(summary.fileBytes.formattedBytes))")
+        printRandomWeightsNote(summary.weights)
         if summary.rows == 0 {
             throw CommandFailure("no image could be extracted from \(images) (\(summary.failed.count) failed)")
         }

@@ -72,5 +72,6 @@ struct FullFinetune: ParsableCommand {
         print(String(format: "full-finetune: best epoch %d of %d, val acc %.4f, val loss %.4f (chance %.3f); %.2f img/s training, "
                      + "peak RSS %@; %@", summary.bestEpoch, summary.epochsRun, summary.bestValAccuracy, summary.bestValLoss,
                      summary.chanceAccuracy, summary.throughput, (summary.peakResidentBytes ?? 0).formattedBytes, summary.model))
+        printRandomWeightsNote(summary.backboneWeights)
     }
 }

@@ -79,5 +79,6 @@ struct Run: ParsableCommand {
         if let report = outcomes.last(where: { $0.kind == .report }) {
             print("report: " + report.outputs.joined(separator: ", "))
         }
+        if case .random(let seed) = WeightsChoice.resolve(definition.weights).choice { printRandomWeightsNote(.random(seed: seed)) }
     }
 }

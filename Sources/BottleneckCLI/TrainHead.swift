@@ -80,5 +80,6 @@ struct TrainHead: ParsableCommand {
         print(String(format: "train-head: best epoch %d of %d, val accuracy %.4f (chance %.4f), val loss %.4f; "
                      + "%.1f s, %.0f samples/s; %@", summary.bestEpoch, summary.epochsRun, summary.bestValAccuracy,
                      summary.chanceAccuracy, summary.bestValLoss, summary.wallSeconds, summary.throughput, out))
+        printRandomWeightsNote(summary.backboneWeights)
     }
 }

@@ -38,6 +38,8 @@ package struct EvaluationJob: Sendable {
         package var scored: String
         /// Images that could not be read (images only).
         package var failed: [(path: String, reason: String)]
+        /// The backbone weights the model was trained on.
+        package var weights: WeightsIdentity
     }
 
     package func run(log: (String) -> Void) throws -> Result {
@@ -72,7 +74,7 @@ package struct EvaluationJob: Sendable {
             let group = Array(rows[start..<min(start + readRows, rows.count)])
             metrics.add(logits: head.forward(try cache.readRows(at: group)), labels: group.map { labels[$0] })
         }
-        return Result(metrics: metrics, split: split, scored: scored, failed: [])
+        return Result(metrics: metrics, split: split, scored: scored, failed: [], weights: model.weights)
     }
 
     private func evaluateImages(_ root: String, model: TrainedModel, log: (String) -> Void) throws -> Result {
@@ -109,7 +111,7 @@ package struct EvaluationJob: Sendable {
         guard metrics.count > 0 else {
             throw TrainingError(.invalidInput, "no image of \(root) could be read (\(failed.count) failed)")
         }
-        return Result(metrics: metrics, split: split, scored: scored, failed: failed)
+        return Result(metrics: metrics, split: split, scored: scored, failed: failed, weights: model.weights)
     }
 
     /// Source labels (indices into `sourceClasses`, -1 unlabeled) as indices into the model's classes.

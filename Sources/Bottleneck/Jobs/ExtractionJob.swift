@@ -49,6 +49,8 @@ package struct ExtractionJob: Sendable {
         var extractionSeconds = 0.0
         package var fileBytes = 0
         package var path = ""
+        /// The backbone weights the features came from; nil for the `input` layer (no network).
+        package var weights: WeightsIdentity?
         var emptyClassFolders: [String] = []
 
         /// Images this run put through the network, per second of the whole run.
@@ -90,6 +92,7 @@ package struct ExtractionJob: Sendable {
         let cut = isInputLayer ? nil : try CutPoint(layer, in: config)
         let activationShape = cut?.activationShape(config: config, imageSize: preprocessing.crop) ?? preprocessing.outputShape
         let weightsIdentity = try cut.map { _ in try NetworkLoader.identity(of: weights) }
+        summary.weights = weightsIdentity
         var fingerprint = if let cut, let weightsIdentity {
             CacheFingerprint(config: config, cut: cut, weights: weightsIdentity, preprocessing: preprocessing,
                              imageRoot: folder.root.path)

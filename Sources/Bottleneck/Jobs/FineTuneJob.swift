@@ -149,7 +149,7 @@ package struct FineTuneJob: Sendable {
             split: TrainingSplit.Record(rule: split.rule, validationPaths: scoredValidation),
             chanceAccuracy: 1 / Double(folder.classes.count), classes: folder.classes, perClass: best.perClass,
             confusionMatrix: best.confusion, wallSeconds: start.secondsElapsed, model: run.file(RunDirectory.modelFile),
-            trainImages: split.trainRows.count, valImages: scoredValidation.count, frozenThrough: freezePoint?.name,
+            backboneWeights: weightsIdentity, trainImages: split.trainRows.count, valImages: scoredValidation.count, frozenThrough: freezePoint?.name,
             trainableLayers: trainableLayers, trainableParameters: trainableParameters,
             trainImagesPerSecond: outcome.samplesPerSecond, peakResidentBytes: ResourceUsage.peakResidentBytes,
             failedImages: trainer.failedImages.sorted())

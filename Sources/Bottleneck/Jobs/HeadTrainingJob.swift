@@ -166,7 +166,7 @@ package struct HeadTrainingJob: Sendable {
             split: TrainingSplit.Record(rule: split.rule, validationPaths: split.validationRows.map { cache.paths[$0] }),
             chanceAccuracy: 1 / Double(cache.classes.count), classes: cache.classes, perClass: best.perClass,
             confusionMatrix: best.confusion, wallSeconds: start.secondsElapsed, model: run.file(RunDirectory.modelFile),
-            stoppedEarly: outcome.stoppedEarly, trainRows: split.trainRows.count, valRows: split.validationRows.count,
+            backboneWeights: cacheWeights, stoppedEarly: outcome.stoppedEarly, trainRows: split.trainRows.count, valRows: split.validationRows.count,
             majorityClassAccuracy: Double(validationCounts.values.max() ?? 0) / Double(split.validationRows.count),
             samplesPerSecond: outcome.samplesPerSecond, dataLoading: rows.isStreaming ? "streaming" : "memory")
         try run.writeJSON(summary, to: RunDirectory.summaryFile)

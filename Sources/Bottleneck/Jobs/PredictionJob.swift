@@ -42,6 +42,7 @@ package struct PredictionJob: Sendable {
             throw TrainingError(.invalidInput, refusal)
         }
         let classifier = try ImageClassifier(model: model, weights: weights)
+        if let note = model.weights.randomWeightsNote { log(note) }
         let preprocessing = model.preprocessing
         var results: [Prediction] = []
         for start in stride(from: 0, to: paths.count, by: batchSize) {

@@ -8,7 +8,16 @@ package struct WeightsIdentity: Sendable, Equatable, Codable {
     package var source: String
     /// sha256 of the file, or "random-seed-N" for seeded random initialisation.
     package var fingerprint: String
-    var isPretrained: Bool { !fingerprint.hasPrefix("random-seed-") }
+    package var isPretrained: Bool { !fingerprint.hasPrefix("random-seed-") }
+
+    /// The line every result made with these weights carries (extract, train-head, full-finetune, evaluate,
+    /// predict, run): accuracy figures from a random backbone look like results and are not transfer learning.
+    /// nil for pretrained weights.
+    package var randomWeightsNote: String? {
+        guard !isPretrained else { return nil }
+        return "note: these results come from RANDOM backbone weights (\(fingerprint)), not ImageNet features; "
+            + "'\(WeightsChoice.downloadCommand)' fetches torchvision's pretrained VGG16"
+    }
 
     package static func random(seed: UInt64) -> WeightsIdentity {
         WeightsIdentity(source: "random", fingerprint: "random-seed-\(seed)")

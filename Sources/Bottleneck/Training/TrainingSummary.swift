@@ -21,6 +21,9 @@ package struct TrainingSummary: Codable, Sendable {
     /// The whole command: reading, training, validating, writing.
     package var wallSeconds: Double
     package var model: String
+    /// The backbone weights the run started from (for a head: the ones its cache was extracted with). nil in a
+    /// run made before runs recorded it.
+    package var backboneWeights: WeightsIdentity?
 
     // train-head
 
