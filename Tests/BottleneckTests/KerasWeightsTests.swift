@@ -1,0 +1,100 @@
+@testable import Bottleneck
+import BottleneckKernels
+import XCTest
+
+/// keras.applications' VGG weight files read as torchvision's state dict: the narrow network of
+/// Tests/Fixtures/network written in Keras's layout by Tests/Fixtures/network/make_keras_fixtures.py, against the
+/// torch-layout fixture and torchvision's activations; damaged Keras files (Tests/Fixtures/weights/keras_*.h5).
+final class KerasWeightsTests: XCTestCase {
+    private static let config = NetworkParityTests.config
+
+    private func bits(_ tensor: Tensor) -> [UInt32] { tensor.data.map(\.bitPattern) }
+
+    func testKerasFilesGiveTheTorchStateDictExactly() throws {
+        let torch = try StateDictFile.open(path: Fixtures.path("network/narrow_vgg16_legacy.pth"))
+        let torchvisionKeys = Self.config.stateDictShapes.map(\.key)
+        for (name, keys) in [("narrow_vgg16_keras.h5", torchvisionKeys),
+                             ("narrow_vgg16_keras_notop.h5", torchvisionKeys.filter { $0.hasPrefix("features.") })] {
+            let keras = try StateDictFile.open(path: Fixtures.path("network/" + name))
+            XCTAssertEqual(keras.format, .keras, name)
+            XCTAssertEqual(keras.entries.map(\.key), keys, name)
+            XCTAssertEqual(keras.normalization, KerasWeightsFormat.caffeNormalization, name)
+            XCTAssertTrue(keras.notes.contains { $0.contains("BGR to RGB") }, "\(name): \(keras.notes)")
+            for key in keys {
+                let mine = try keras.tensor(key), theirs = try torch.tensor(key)
+                XCTAssertEqual(mine.shape, theirs.shape, "\(name) \(key)")
+                XCTAssertEqual(bits(mine), bits(theirs), "\(name) \(key)")
+            }
+        }
+        XCTAssertNil(torch.normalization)
+    }
+
+    /// fc6 reads pool5 flattened in torch's (C, H, W) order: a Keras fc1 left in its (H, W, C) order would give other logits.
+    func testKerasNetworkGivesTorchvisionActivations() throws {
+        let input = try NetworkParityTests.input(64)
+        let cases = [("narrow_vgg16_keras.h5", "fc8"), ("narrow_vgg16_keras.h5", "fc6"), ("narrow_vgg16_keras_notop.h5", "pool5")]
+        for (file, layer) in cases {
+            let cut = try CutPoint(layer, in: Self.config)
+            let loaded = try NetworkLoader.load(config: Self.config, through: cut, weights: .file(Fixtures.path("network/" + file)))
+            assertClose(try loaded.network.forward(input, through: cut), try NetworkParityTests.activation(64, layer),
+                        "\(file) through \(layer)")
+        }
+        let notop = Fixtures.path("network/narrow_vgg16_keras_notop.h5")
+        XCTAssertThrowsError(try NetworkLoader.load(config: Self.config, through: try CutPoint("fc6", in: Self.config),
+                                                    weights: .file(notop))) { error in
+            XCTAssertTrue("\(error)".contains("missing 2 keys: classifier.0.bias, classifier.0.weight"), "\(error)")
+        }
+    }
+
+    /// The network takes RGB: the first convolution's input channels were reversed at load, so an image the caffe way (BGR,
+    /// 0-255, minus caffe's mean) through Keras's own kernel equals the RGB image normalised by the weights' implied values.
+    func testCaffeNormalisationMatchesKerasPreprocessing() throws {
+        let normalization = KerasWeightsFormat.caffeNormalization
+        let preprocessing = Preprocessing(resize: 2, crop: 2, mean: normalization.mean, std: normalization.std)
+        let pixels: [UInt8] = [0, 64, 255, 10, 20, 30, 200, 100, 50, 1, 2, 3]  // 2x2 RGB
+        let image = RGBImage(width: 2, height: 2, pixels: pixels)
+        let tensor = preprocessing.tensor(from: image)
+        let caffeMeanBGR: [Float] = [103.939, 116.779, 123.68]
+        for pixel in 0..<4 {
+            for channel in 0..<3 {
+                let bgr = 2 - channel
+                let expected = Float(pixels[pixel * 3 + channel]) - caffeMeanBGR[bgr]
+                XCTAssertEqual(tensor.data[channel * 4 + pixel], expected, accuracy: 1e-3, "pixel \(pixel) channel \(channel)")
+            }
+        }
+    }
+
+    func testDamagedKerasFilesAreOneLineErrorsNamingTheFault() throws {
+        let cases = [
+            ("keras_missing_group.h5", "layer_names lists layer 'block1_conv2', but the file has no group of that name"),
+            ("keras_missing_layer.h5", "layer block3_conv3 follows block3_conv1 in layer_names: a convolution between them is missing"),
+            ("keras_wrong_kernel.h5", "layer block1_conv2's kernel has shape [3, 3, 3, 4], but block1_conv1 gives it 4 channels"),
+            ("keras_wrong_bias.h5", "layer block1_conv2's bias block1_conv2_b_1:0 has shape [2], expected [4]"),
+            ("keras_numeric_layer_names.h5", "the layer_names attribute of the root group cannot be read: it holds numbers, not names"),
+            ("keras_missing_weight.h5", "layer block1_conv2 lists weight 'nothing:0', which is not a dataset in its group"),
+        ]
+        for (name, expected) in cases {
+            let path = Fixtures.path("weights/" + name)
+            XCTAssertThrowsError(try StateDictFile.open(path: path), name) { error in
+                let message = "\(error)"
+                XCTAssertTrue(message.hasPrefix("weights file \(path): "), message)
+                XCTAssertTrue(message.contains(expected), message)
+                XCTAssertFalse(message.contains("\n"), message)
+            }
+        }
+    }
+
+    /// Shapes of 2^40 values in a file of 10 kB: named when checked against the network and when read, never allocated.
+    func testAbsurdShapesAreRefusedWithoutAllocating() throws {
+        let path = Fixtures.path("weights/keras_huge.h5")
+        let file = try StateDictFile.open(path: path)
+        XCTAssertEqual(file.entry("features.2.weight")?.shape, [1 << 40, 4, 3, 3])
+        XCTAssertThrowsError(try file.tensor("features.2.weight")) { error in
+            XCTAssertTrue("\(error)".contains("too large to load"), "\(error)")
+        }
+        XCTAssertThrowsError(try NetworkLoader.load(config: Self.config, through: try CutPoint("conv1_2", in: Self.config),
+                                                    weights: .file(path))) { error in
+            XCTAssertTrue("\(error)".contains("features.2.weight has shape [1099511627776, 4, 3, 3], expected [4, 4, 3, 3]"), "\(error)")
+        }
+    }
+}
