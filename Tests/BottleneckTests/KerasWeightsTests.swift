@@ -1,5 +1,6 @@
 @testable import Bottleneck
 import BottleneckKernels
+import Foundation
 import XCTest
 
 /// keras.applications' VGG weight files read as torchvision's state dict: the narrow network of
@@ -7,8 +8,30 @@ import XCTest
 /// torch-layout fixture and torchvision's activations; damaged Keras files (Tests/Fixtures/weights/keras_*.h5).
 final class KerasWeightsTests: XCTestCase {
     private static let config = NetworkParityTests.config
+    private static let kerasFile = Fixtures.path("network/narrow_vgg16_keras.h5")
 
     private func bits(_ tensor: Tensor) -> [UInt32] { tensor.data.map(\.bitPattern) }
+
+    private func temporaryDirectory() throws -> String {
+        let url = FileManager.default.temporaryDirectory.appendingPathComponent("keras-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+        addTeardownBlock { try? FileManager.default.removeItem(at: url) }
+        return url.path
+    }
+
+    /// Two classes of two training and one validation image each, from the image fixtures.
+    private func imageFolder() throws -> String {
+        let root = try temporaryDirectory()
+        let layout = ["train/a": ["rgb_97x131.png", "gray_64x64.jpg"], "val/a": ["rgb_17x23.jpg"],
+                      "train/b": ["photo_500x375_q90.jpg", "rgb_q90_420_300x200.jpg"], "val/b": ["p_trns_64x64.png"]]
+        for (folder, files) in layout {
+            try FileManager.default.createDirectory(atPath: root + "/" + folder, withIntermediateDirectories: true)
+            for file in files {
+                try FileManager.default.copyItem(atPath: Fixtures.path("images/" + file), toPath: "\(root)/\(folder)/\(file)")
+            }
+        }
+        return root
+    }
 
     func testKerasFilesGiveTheTorchStateDictExactly() throws {
         let torch = try StateDictFile.open(path: Fixtures.path("network/narrow_vgg16_legacy.pth"))
@@ -62,6 +85,55 @@ final class KerasWeightsTests: XCTestCase {
                 XCTAssertEqual(tensor.data[channel * 4 + pixel], expected, accuracy: 1e-3, "pixel \(pixel) channel \(channel)")
             }
         }
+    }
+
+    /// Extraction normalises as the weights imply, records it in the cache fingerprint and says so; a chosen mean and std win.
+    func testExtractionUsesTheNormalisationTheWeightsImply() throws {
+        let images = try imageFolder()
+        let caffe = KerasWeightsFormat.caffeNormalization
+        let implied = Preprocessing(resize: 37, crop: 32, mean: caffe.mean, std: caffe.std)
+        let chosen = Preprocessing(resize: 37, crop: 32, mean: [0.5, 0.5, 0.5], std: [0.25, 0.25, 0.25])
+        for (given, expected) in [(Preprocessing(resize: 37, crop: 32), implied), (chosen, chosen)] {
+            let cache = try temporaryDirectory() + "/fc7.h5"
+            var job = ExtractionJob(imagesRoot: images, outputPath: cache, weights: .file(Self.kerasFile))
+            job.config = Self.config
+            job.layer = "fc7"
+            job.preprocessing = given
+            var messages: [String] = []
+            _ = try job.run { messages.append($0) }
+            XCTAssertTrue(messages.contains { $0.contains("they imply Keras's caffe preprocessing") }, "\(messages)")
+            let reader = try FeatureCacheReader(path: cache)
+            XCTAssertEqual(try Preprocessing(jsonDescription: reader.fingerprint.preprocess), expected)
+            let network = try NetworkLoader.load(config: Self.config, weights: .file(Self.kerasFile))
+            let image = expected.tensor(from: try ImageDecoder.decode(path: images + "/" + reader.paths[0]))
+            assertClose(try reader.readRows(0..<1), try network.network.forward(image.reshaped([1, 3, 32, 32]),
+                                                                                 through: try CutPoint("fc7", in: Self.config)),
+                        tolerance: 1e-5, "fc7 of \(reader.paths[0])")
+        }
+    }
+
+    /// full-finetune trains and validates with the weights' normalisation, and its model (what evaluate and predict
+    /// read their preprocessing from) records it.
+    func testFullFinetuneUsesTheNormalisationTheWeightsImply() throws {
+        let run = try temporaryDirectory()
+        var job = FineTuneJob(imagesRoot: try imageFolder(), runDirectory: run, weights: .file(Self.kerasFile))
+        job.config = Self.config
+        job.settings.epochs = 1
+        job.settings.batchSize = 2
+        job.settings.imageSize = 32
+        _ = try job.run { _ in }
+        let model = try TrainedModel(contentsOf: run + "/" + RunDirectory.modelFile)
+        XCTAssertEqual(model.preprocessing.mean, KerasWeightsFormat.caffeNormalization.mean)
+        XCTAssertEqual(model.preprocessing.std, KerasWeightsFormat.caffeNormalization.std)
+    }
+
+    func testInspectSaysWhichNormalisationTheWeightsImply() throws {
+        let report = try WeightsInspection(path: Self.kerasFile, config: Self.config).report
+        XCTAssertTrue(report.contains("format: Keras HDF5"), report)
+        XCTAssertTrue(report.contains("input normalisation: Keras's caffe preprocessing"), report)
+        XCTAssertTrue(report.contains("every key and shape matches"), report)
+        let torch = try WeightsInspection(path: Fixtures.path("network/narrow_vgg16_legacy.pth"), config: Self.config).report
+        XCTAssertFalse(torch.contains("input normalisation"), torch)
     }
 
     func testDamagedKerasFilesAreOneLineErrorsNamingTheFault() throws {
