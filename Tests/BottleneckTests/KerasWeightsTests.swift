@@ -142,7 +142,7 @@ final class KerasWeightsTests: XCTestCase {
             ("keras_missing_layer.h5", "layer block3_conv3 follows block3_conv1 in layer_names: a convolution between them is missing"),
             ("keras_wrong_kernel.h5", "layer block1_conv2's kernel has shape [3, 3, 3, 4], but block1_conv1 gives it 4 channels"),
             ("keras_wrong_bias.h5", "layer block1_conv2's bias block1_conv2_b_1:0 has shape [2], expected [4]"),
-            ("keras_numeric_layer_names.h5", "the layer_names attribute of the root group cannot be read: it holds numbers, not names"),
+            ("keras_numeric_layer_names.h5", "the layer_names attribute of the root group cannot be read: it does not hold strings"),
             ("keras_missing_weight.h5", "layer block1_conv2 lists weight 'nothing:0', which is not a dataset in its group"),
         ]
         for (name, expected) in cases {

@@ -65,16 +65,15 @@ enum KerasWeightsFormat {
 
     /// The strings of a layer-list attribute, with a message naming it when it is missing or not strings.
     private static func names(_ group: HDF5Group, attribute: String, of owner: String) throws -> [String] {
-        guard let kind = try group.attributeKind(attribute) else {
-            throw WeightFileProblem.malformed("\(owner) has no \(attribute) attribute")
-        }
+        let names: [String]?
         do {
-            guard let names = try group.stringsAttribute(attribute) else { preconditionFailure("the attribute was just found") }
-            return names
+            names = try group.stringsAttribute(attribute)
         } catch let error as HDF5Error {
-            let what = kind == .string ? error.reason : "it holds numbers, not names"
+            let what = try group.attributeKind(attribute) == .string ? error.reason : "it does not hold strings"
             throw WeightFileProblem.malformed("the \(attribute) attribute of \(owner) cannot be read: \(what)")
         }
+        guard let names else { throw WeightFileProblem.malformed("\(owner) has no \(attribute) attribute") }
+        return names
     }
 
     /// One dataset a layer's `weight_names` lists.
@@ -129,8 +128,10 @@ enum KerasWeightsFormat {
             }
             let (height, width, inputs, outputs) = (kernel.shape[0], kernel.shape[1], kernel.shape[2], kernel.shape[3])
             guard height == 3, width == 3 else {
+                // keras.applications' `..._th_dim_ordering_th_kernels.h5` keeps Theano's flipped [out, in, 3, 3] kernels.
+                let theano = inputs == 3 && outputs == 3 ? " (a th_dim_ordering_th_kernels file? use the tf_kernels one)" : ""
                 throw WeightFileProblem.malformed("layer \(layer)'s kernel has shape \(kernel.shape), not a VGG convolution's "
-                                                  + "[3, 3, in, out]")
+                                                  + "[3, 3, in, out]\(theano)")
             }
             try checkBias(bias, of: layer, outputs: outputs)
             let place = try Self.blockAndNumber(layer)
