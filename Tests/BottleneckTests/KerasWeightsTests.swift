@@ -136,6 +136,14 @@ final class KerasWeightsTests: XCTestCase {
         XCTAssertFalse(torch.contains("input normalisation"), torch)
     }
 
+    /// Root metadata is single strings; an array of them (Keras's kind of attribute) is left out, not read into one string's room.
+    func testStringArrayAttributesAreNotMetadata() throws {
+        let file = try StateDictFile.open(path: Fixtures.path("weights/string_array_attribute.h5"))
+        XCTAssertEqual(file.format, .hdf5)
+        XCTAssertEqual(file.metadata, ["source": "make_keras_fixtures.py"])
+        XCTAssertEqual(file.entries.map(\.key), ["features.0.bias"])
+    }
+
     func testDamagedKerasFilesAreOneLineErrorsNamingTheFault() throws {
         let cases = [
             ("keras_missing_group.h5", "layer_names lists layer 'block1_conv2', but the file has no group of that name"),

@@ -11,6 +11,8 @@ Outputs:
   narrow_vgg16_keras_notop.h5  the conv blocks only, as a later keras saved a whole model: everything under
                                `model_weights`, datasets nested as `block1_conv1/kernel:0`
   ../weights/keras_*.h5        damaged files of the first few convolutions, one fault each (see hostile_files)
+  ../weights/string_array_attribute.h5  a bottleneck-layout state dict whose root carries an array of strings beside a
+                               string, as Keras's root does: the array once overflowed the one-string read of metadata
 
 The Keras model is the one whose conversion gives the torch fixture back: conv kernels HWIO (torch's OIHW
 transposed), dense kernels [in, out] with fc1's rows in channels-last (H, W, C) flatten order, and the first
@@ -116,6 +118,10 @@ def main():
     write(os.path.join(HERE, "narrow_vgg16_keras_notop.h5"), notop, nested_names=True, under_model_weights=True)
     for name, (hostile_layers, fault) in hostile_files(layers).items():
         write_hostile(os.path.join(HERE, "..", "weights", name), hostile_layers, fault)
+    with h5py.File(os.path.join(HERE, "..", "weights", "string_array_attribute.h5"), "w") as f:
+        f.attrs["source"] = np.bytes_(b"make_keras_fixtures.py")
+        f.attrs["names"] = np.array([b"a" * 64, b"b" * 64, b"c" * 64])
+        f.create_dataset("features.0.bias", data=state["features.0.bias"])
 
 
 if __name__ == "__main__":
