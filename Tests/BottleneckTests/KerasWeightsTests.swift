@@ -152,6 +152,7 @@ final class KerasWeightsTests: XCTestCase {
             ("keras_wrong_bias.h5", "layer block1_conv2's bias block1_conv2_b_1:0 has shape [2], expected [4]"),
             ("keras_numeric_layer_names.h5", "the layer_names attribute of the root group cannot be read: it does not hold strings"),
             ("keras_missing_weight.h5", "layer block1_conv2 lists weight 'nothing:0', which is not a dataset in its group"),
+            ("keras_empty_kernel.h5", "layer block1_conv2's kernel block1_conv2_W_1:0 has shape [3, 3, 4, 0], with no values"),
         ]
         for (name, expected) in cases {
             let path = Fixtures.path("weights/" + name)

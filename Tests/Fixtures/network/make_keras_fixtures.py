@@ -85,6 +85,7 @@ def hostile_files(layers):
         "keras_numeric_layer_names.h5": (small, {"layer_names": np.arange(5, dtype="<f8")}),
         "keras_missing_weight.h5": (small, {"weight_names": ("block1_conv2", [b"block1_conv2_W_1:0", b"nothing:0"])}),
         "keras_huge.h5": (small[:3], {"huge": "block1_conv2"}),
+        "keras_empty_kernel.h5": (small[:2] + [("block1_conv2", [kernel[:, :, :, :0], bias[:0]])] + small[3:], {}),
     }
 
 

@@ -113,6 +113,10 @@ enum KerasWeightsFormat {
         var denseLayers = 0
 
         mutating func add(layer: String, kernel: Weight, bias: Weight) throws {
+            // A width of 0 would divide by zero in fc1's grid, and no trained layer has one.
+            guard !kernel.shape.contains(0) else {
+                throw WeightFileProblem.malformed("layer \(layer)'s kernel \(kernel.name) has shape \(kernel.shape), with no values")
+            }
             switch kernel.shape.count {
             case 4: try addConvolution(layer, kernel: kernel, bias: bias)
             case 2: try addDense(layer, kernel: kernel, bias: bias)
