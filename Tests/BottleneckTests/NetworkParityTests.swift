@@ -10,13 +10,13 @@ final class NetworkParityTests: XCTestCase {
     static let cuts = ["conv1_1", "pool1", "conv2_2", "conv3_3", "pool3", "conv4_3", "pool4", "conv5_3", "pool5",
                        "avgpool", "fc6", "fc7", "fc8"]
 
-    func activation(_ size: Int, _ layer: String) throws -> Tensor {
+    static func activation(_ size: Int, _ layer: String) throws -> Tensor {
         let manifest = try Fixtures.json("network/manifest.json")
         let entry = (manifest["activations"] as! [String: Any])["\(size)/\(layer)"] as! [String: Any]
         return try Fixtures.float32("network/" + (entry["file"] as! String), shape: entry["shape"] as! [Int])
     }
 
-    func input(_ size: Int) throws -> Tensor {
+    static func input(_ size: Int) throws -> Tensor {
         try Fixtures.float32("network/input_\(size).f32", shape: [2, 3, size, size])
     }
 
@@ -37,19 +37,19 @@ final class NetworkParityTests: XCTestCase {
     func testEveryCutAgreesWithTorchvisionAt64And32Pixels() throws {
         let network = try network()
         for size in [64, 32] {
-            let x = try input(size)
+            let x = try Self.input(size)
             for name in Self.cuts {
                 let cut = try CutPoint(name, in: Self.config)
-                assertClose(try network.forward(x, through: cut), try activation(size, name), "\(size) px, \(name)")
+                assertClose(try network.forward(x, through: cut), try Self.activation(size, name), "\(size) px, \(name)")
             }
         }
     }
 
     func testAllWeightFormatsGiveTheSameLogits() throws {
         let cut = try CutPoint("fc8", in: Self.config)
-        let expected = try activation(64, "fc8")
+        let expected = try Self.activation(64, "fc8")
         for file in Self.weightFiles {
-            assertClose(try network(file).forward(try input(64), through: cut), expected, file)
+            assertClose(try network(file).forward(try Self.input(64), through: cut), expected, file)
         }
     }
 
@@ -64,24 +64,25 @@ final class NetworkParityTests: XCTestCase {
               case .linear(let fc7) = module("classifier.3"), case .linear(let fc8) = module("classifier.6")
         else { return XCTFail("unexpected module kinds") }
 
-        var convOut = conv1.forward(try input(64))
+        var convOut = conv1.forward(try Self.input(64))
         ReLU.forward(&convOut)
-        assertClose(convOut, try activation(64, "conv1_1"), "conv1_1 + ReLU")
-        assertClose(conv1.forward(try input(64), fusingReLU: true), try activation(64, "conv1_1"), "conv1_1 fused ReLU")
+        assertClose(convOut, try Self.activation(64, "conv1_1"), "conv1_1 + ReLU")
+        assertClose(conv1.forward(try Self.input(64), fusingReLU: true), try Self.activation(64, "conv1_1"), "conv1_1 fused ReLU")
         for size in [64, 32] {
             for (before, after) in [("conv3_3", "pool3"), ("conv4_3", "pool4"), ("conv5_3", "pool5")] {
-                assertClose(pool.forward(try activation(size, before)), try activation(size, after), "max pool \(after) at \(size) px")
+                assertClose(pool.forward(try Self.activation(size, before)), try Self.activation(size, after),
+                            "max pool \(after) at \(size) px")
             }
-            assertClose(adaptive.forward(try activation(size, "pool5")), try activation(size, "avgpool"),
+            assertClose(adaptive.forward(try Self.activation(size, "pool5")), try Self.activation(size, "avgpool"),
                         "adaptive average pool at \(size) px")
-            let flattened = try activation(size, "avgpool")
+            let flattened = try Self.activation(size, "avgpool")
             var hidden = fc6.forward(flattened.reshaped([2, flattened.count / 2]))
             ReLU.forward(&hidden)
-            assertClose(hidden, try activation(size, "fc6"), "fc6 + ReLU at \(size) px")
-            var second = fc7.forward(try activation(size, "fc6"))
+            assertClose(hidden, try Self.activation(size, "fc6"), "fc6 + ReLU at \(size) px")
+            var second = fc7.forward(try Self.activation(size, "fc6"))
             ReLU.forward(&second)
-            assertClose(second, try activation(size, "fc7"), "fc7 + ReLU at \(size) px")
-            assertClose(fc8.forward(try activation(size, "fc7")), try activation(size, "fc8"), "fc8 at \(size) px")
+            assertClose(second, try Self.activation(size, "fc7"), "fc7 + ReLU at \(size) px")
+            assertClose(fc8.forward(try Self.activation(size, "fc7")), try Self.activation(size, "fc8"), "fc8 at \(size) px")
         }
     }
 
@@ -89,8 +90,8 @@ final class NetworkParityTests: XCTestCase {
         let cut = try CutPoint("conv2_2", in: Self.config)
         let prefix = try network(through: cut)
         XCTAssertEqual(prefix.lastPosition, cut.position)
-        assertClose(try prefix.forward(try input(64), through: cut), try activation(64, "conv2_2"), "prefix through conv2_2")
-        XCTAssertThrowsError(try prefix.forward(try input(64), through: try CutPoint("fc7", in: Self.config)))
+        assertClose(try prefix.forward(try Self.input(64), through: cut), try Self.activation(64, "conv2_2"), "prefix through conv2_2")
+        XCTAssertThrowsError(try prefix.forward(try Self.input(64), through: try CutPoint("fc7", in: Self.config)))
     }
 
     func testLayerNamesAndTorchvisionPaths() throws {

@@ -75,6 +75,19 @@ package struct Preprocessing: Codable, Equatable, Sendable {
         return nil
     }
 
+    /// This transform normalising as the weights expect (`normalization`, a Keras VGG's caffe values) where it would
+    /// use torchvision's ImageNet mean and std; a mean and std set to anything else were chosen and are kept. Says
+    /// through `log` which normalisation the weights imply and whether it is used.
+    func adopting(_ normalization: InputNormalization?, log: (String) -> Void) -> Preprocessing {
+        guard let normalization else { return self }
+        guard mean == Self.imageNet.mean, std == Self.imageNet.std else {
+            log("weights: they imply \(normalization.origin); keeping the chosen mean \(mean), std \(std)")
+            return self
+        }
+        log("weights: they imply \(normalization.origin): images are normalised with \(normalization.values)")
+        return Preprocessing(resize: resize, crop: crop, mean: normalization.mean, std: normalization.std, interpolation: interpolation)
+    }
+
     /// Single-line JSON with sorted keys, stable enough to compare as a string.
     var jsonDescription: String {
         let encoder = JSONEncoder()

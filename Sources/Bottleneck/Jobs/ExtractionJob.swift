@@ -90,6 +90,7 @@ package struct ExtractionJob: Sendable {
 
         let isInputLayer = layer.lowercased() == Self.inputLayer
         let cut = isInputLayer ? nil : try CutPoint(layer, in: config)
+        let preprocessing = try self.preprocessing.adopting(cut == nil ? nil : NetworkLoader.inputNormalization(of: weights), log: log)
         let activationShape = cut?.activationShape(config: config, imageSize: preprocessing.crop) ?? preprocessing.outputShape
         let weightsIdentity = try cut.map { _ in try NetworkLoader.identity(of: weights) }
         summary.weights = weightsIdentity

@@ -75,7 +75,8 @@ package struct FineTuneJob: Sendable {
 
         var network: FineTuneNetwork
         let weightsIdentity: WeightsIdentity
-        (network, weightsIdentity) = try loadNetwork(config: modelConfig, frozenThrough: frozenThrough, log: log)
+        let normalization: InputNormalization?
+        (network, weightsIdentity, normalization) = try loadNetwork(config: modelConfig, frozenThrough: frozenThrough, log: log)
         var headLayers = [HeadNetwork.newLayerPath]
         if let initialHead {
             headLayers = try Self.loadHead(initialHead, into: &network, classes: folder.classes, weights: weightsIdentity,
@@ -83,7 +84,7 @@ package struct FineTuneJob: Sendable {
             log("started the head (\(headLayers.joined(separator: ", "))) from \(initialHead)")
         }
         let trainer = FineTuneTrainer(network: consume network, settings: settings, folder: folder, split: split,
-                                      headLayers: headLayers)
+                                      headLayers: headLayers, normalization: normalization, log: log)
         let trainableLayers = trainer.network.trainableLayers
         let trainableParameters = trainer.network.trainableParameterCount
         let frozenNote = freezePoint.map { "frozen through \($0.name) (\($0.layer.path)), " } ?? ""
@@ -193,12 +194,13 @@ package struct FineTuneJob: Sendable {
 
     /// The pretrained network through fc7 with a new fc8. Nothing else keeps the loaded tensors, so the first
     /// update changes them in place instead of copying all 500 MB.
-    private func loadNetwork(config: VGGConfig, frozenThrough: Int, log: (String) -> Void) throws -> (FineTuneNetwork, WeightsIdentity) {
+    private func loadNetwork(config: VGGConfig, frozenThrough: Int,
+                             log: (String) -> Void) throws -> (FineTuneNetwork, WeightsIdentity, InputNormalization?) {
         let loaded = try NetworkLoader.load(config: config, through: try CutPoint("fc7", in: config), weights: weights)
         for note in loaded.notes { log("weights: \(note)") }
         let newHead = HeadNetwork.newLinear(inFeatures: config.hidden, outFeatures: config.classes, seed: settings.seed)
         return (try FineTuneNetwork(loaded.network, newHead: newHead, dropout: Float(settings.dropout), frozenThrough: frozenThrough),
-                loaded.weights)
+                loaded.weights, loaded.normalization)
     }
 
     /// The whole network a fine-tuned model.h5 holds.

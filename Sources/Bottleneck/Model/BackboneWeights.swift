@@ -3,7 +3,7 @@ public enum BackboneWeights: Sendable, Equatable {
     /// torchvision's `vgg16-397923af.pth` where torch.hub keeps it (`$TORCH_HOME/hub/checkpoints`, else
     /// `~/.cache/torch/hub/checkpoints`); when it is not there, seeded random weights, and the log says so loudly.
     case torchvisionCache
-    /// A torchvision `.pth` (legacy or zip), a `.safetensors` or a bottleneck `.h5` state dict.
+    /// A torchvision `.pth` (legacy or zip), a `.safetensors` or a bottleneck `.h5` state dict, or Keras's VGG `.h5`.
     case file(String)
     /// torchvision's initialisation from this seed: for trying the tool out, never for real features.
     case random(seed: UInt64)

@@ -29,6 +29,8 @@ struct LoadedNetwork: Sendable {
     package var weights: WeightsIdentity
     /// What the weights reader had to do (dtype conversion, a removed `module.` prefix): worth telling the user.
     var notes: [String]
+    /// The input normalisation the weights imply when it is not torchvision's (a Keras VGG's caffe values).
+    var normalization: InputNormalization?
 }
 
 enum NetworkLoader {
@@ -39,7 +41,7 @@ enum NetworkLoader {
         switch choice {
         case .random(let seed):
             return LoadedNetwork(network: VGG.randomlyInitialized(config: config, through: cut, seed: seed),
-                                 weights: .random(seed: seed), notes: [])
+                                 weights: .random(seed: seed), notes: [], normalization: nil)
         case .file(let path):
             let file = try StateDictFile.open(path: path)
             let needed = config.stateDictShapes(through: cut)
@@ -48,7 +50,7 @@ enum NetworkLoader {
             let digest = try identity(ofWeightsFile: file).fingerprint
             let network = try VGG(config: config, through: cut) { key, _ in try file.parameter(key) }
             return LoadedNetwork(network: network, weights: WeightsIdentity(source: path, fingerprint: digest),
-                                 notes: file.notes)
+                                 notes: file.notes, normalization: file.normalization)
         }
     }
 }
@@ -72,6 +74,14 @@ extension NetworkLoader {
         switch choice {
         case .random(let seed): return .random(seed: seed)
         case .file(let path): return try identity(ofWeightsFile: StateDictFile.open(path: path))
+        }
+    }
+
+    /// The input normalisation the weights imply, without building the network: what extraction fingerprints its cache with.
+    static func inputNormalization(of choice: WeightsChoice) throws -> InputNormalization? {
+        switch choice {
+        case .random: return nil
+        case .file(let path): return try StateDictFile.open(path: path).normalization
         }
     }
 

@@ -6,6 +6,8 @@ package struct WeightsInspection: Sendable {
     package let format: WeightFileFormat
     let entries: [WeightEntry]
     let notes: [String]
+    /// The input normalisation the weights imply, when not torchvision's ImageNet mean and std.
+    let normalization: InputNormalization?
     package let sha256: String
     /// nil when every key and shape of `config` is present and every value finite; else the one-line reason.
     let problem: String?
@@ -19,6 +21,7 @@ package struct WeightsInspection: Sendable {
         self.format = file.format
         self.entries = file.entries
         self.notes = file.notes
+        self.normalization = file.normalization
         self.sha256 = try file.sha256()
         self.config = config
         let expected = Dictionary(uniqueKeysWithValues: config.stateDictShapes.map { ($0.key, $0.shape) })
@@ -57,6 +60,9 @@ package struct WeightsInspection: Sendable {
         ]
         if sha256 == WeightsChoice.torchvisionSHA256 { lines.append("identity: torchvision's vgg16-397923af.pth (ImageNet)") }
         lines += notes.map { "note: \($0)" }
+        if let normalization {
+            lines.append("input normalisation: \(normalization.origin), used instead of ImageNet's mean and std: \(normalization.values)")
+        }
         if let problem {
             lines.append("\(config.name): not usable as it is: \(problem)")
             lines.append("usable cut layers: " + (deepestUsableLayer.map { "up to \($0)" } ?? "none"))

@@ -195,6 +195,8 @@ private func readStringValues(count: Int, storedType: hid_t, what: String,
     if H5Tis_variable_str(storedType) > 0 {
         try checkReadable(count, elementSize: MemoryLayout<UnsafeMutablePointer<CChar>?>.size, what: what)
         let memoryType = try variableStringType()
+        // h5py stores Python bytes (Keras's `backend`, `keras_version`) as ASCII: HDF5 converts no ASCII to UTF-8.
+        try hdf5Call("set the character set of \(what)") { H5Tset_cset(memoryType.id, H5Tget_cset(storedType)) }
         var pointers = [UnsafeMutablePointer<CChar>?](repeating: nil, count: count)
         try hdf5Call("read \(what)") { pointers.withUnsafeMutableBytes { read(memoryType.id, $0.baseAddress!) } }
         let strings = pointers.map { $0.map { String(cString: $0) } ?? "" }
@@ -288,10 +290,15 @@ class HDF5Object: @unchecked Sendable {
         }
     }
 
-    /// nil when there is no attribute of that name; throws when it is not a string.
+    /// nil when there is no attribute of that name; throws when it is not a single string (HDF5 would write every
+    /// string of an array into the one-string buffer).
     func stringAttribute(_ name: String) throws -> String? {
         guard try hasAttribute(name) else { return nil }
         let attribute = try openAttribute(name)
+        let space = ScopedID(try hdf5Call("get the shape of attribute \(name)") { H5Aget_space(attribute.id) })
+        guard H5Sget_simple_extent_npoints(space.id) == 1 else {
+            throw HDF5Error(operation: "read attribute \(name) of \(location)", reason: "it is not a single value")
+        }
         let type = ScopedID(try hdf5Call("get the type of attribute \(name) of \(location)") { H5Aget_type(attribute.id) })
         guard H5Tget_class(type.id) == H5T_STRING else {
             throw HDF5Error(operation: "read attribute \(name) of \(location)", reason: "it is not a string")
@@ -299,6 +306,24 @@ class HDF5Object: @unchecked Sendable {
         return try readStringValues(count: 1, storedType: type.id, what: "attribute \(name) of \(location)") {
             H5Aread(attribute.id, $0, $1)
         }.first
+    }
+
+    /// Every string of a string attribute of any shape (h5py's array of fixed-length bytes, Keras's `layer_names`);
+    /// nil when there is no attribute of that name, [] when it holds no values, of whatever type (Keras saves an
+    /// empty name list as an empty float64 array); throws when it holds values that are not strings.
+    func stringsAttribute(_ name: String) throws -> [String]? {
+        guard try hasAttribute(name) else { return nil }
+        let attribute = try openAttribute(name)
+        let space = ScopedID(try hdf5Call("get the shape of attribute \(name) of \(location)") { H5Aget_space(attribute.id) })
+        let count = Int(try hdf5Call("count the values of attribute \(name) of \(location)") { H5Sget_simple_extent_npoints(space.id) })
+        guard count > 0 else { return [] }
+        let type = ScopedID(try hdf5Call("get the type of attribute \(name) of \(location)") { H5Aget_type(attribute.id) })
+        guard H5Tget_class(type.id) == H5T_STRING else {
+            throw HDF5Error(operation: "read attribute \(name) of \(location)", reason: "it is not a string")
+        }
+        return try readStringValues(count: count, storedType: type.id, what: "attribute \(name) of \(location)") {
+            H5Aread(attribute.id, $0, $1)
+        }
     }
 
     /// nil when there is no attribute of that name; HDF5 converts numeric types as needed.

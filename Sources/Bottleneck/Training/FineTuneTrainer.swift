@@ -43,14 +43,14 @@ final class FineTuneTrainer {
     /// `network` is taken, not shared: nothing else may keep its tensors, so the first update changes them in
     /// place instead of copying the whole network.
     package init(network: consuming FineTuneNetwork, settings: FineTuneSettings, folder: ImageFolder, split: TrainingSplit,
-                 headLayers: [String]) {
+                 headLayers: [String], normalization: InputNormalization?, log: (String) -> Void) {
         self.network = network
         self.settings = settings
         self.folder = folder
         self.split = split
         self.headLayers = Set(headLayers)
-        evaluation = settings.evaluationPreprocessing
-        augmentation = settings.augment == .standard ? Augmentation(matching: settings.evaluationPreprocessing) : nil
+        evaluation = settings.evaluationPreprocessing.adopting(normalization, log: log)
+        augmentation = settings.augment == .standard ? Augmentation(matching: evaluation) : nil
         optimizer = settings.makeOptimizer()
     }
 

@@ -32,11 +32,16 @@ enum HDF5WeightsFormat {
         let tensors = walk.tensors, skipped = walk.skipped
         var notes: [String] = []
         if !skipped.isEmpty { notes.append("ignored \(counted(skipped.count, "non-numeric dataset")) (\(listFew(skipped)))") }
+        return ParsedStateDict(format: .hdf5, tensors: tensors, notes: notes, metadata: try metadata(of: file))
+    }
+
+    /// The root's single-string attributes (provenance); arrays of strings, such as Keras's `layer_names`, are not metadata.
+    static func metadata(of file: HDF5File) throws -> [String: String] {
         var metadata: [String: String] = [:]
         for name in try file.attributeNames() where try file.attributeKind(name) == .string {
-            metadata[name] = try file.stringAttribute(name)
+            if let strings = try file.stringsAttribute(name), strings.count == 1 { metadata[name] = strings[0] }
         }
-        return ParsedStateDict(format: .hdf5, tensors: tensors, notes: notes, metadata: metadata)
+        return metadata
     }
 
     private struct Walk {
@@ -77,7 +82,7 @@ enum HDF5WeightsFormat {
         }
     }
 
-    private static func dtype(of kind: HDF5ElementKind) -> WeightDType? {
+    static func dtype(of kind: HDF5ElementKind) -> WeightDType? {
         switch kind {
         case .float(bytes: 2): .float16
         case .float(bytes: 4): .float32

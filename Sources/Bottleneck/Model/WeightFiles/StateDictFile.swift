@@ -5,6 +5,7 @@ package enum WeightFileFormat: String, Sendable {
     case torchZip = "PyTorch zip (torch.save)"
     case safetensors = "safetensors"
     case hdf5 = "HDF5"
+    case keras = "Keras HDF5 (keras.applications VGG layout)"
 }
 
 /// One tensor of a state dict as the file describes it; reading it is `StateDictFile.tensor(_:)`.
@@ -20,6 +21,8 @@ struct WeightEntry: Sendable, Equatable {
 enum TensorLocation: Sendable {
     case mapped(byteOffset: Int, strides: [Int])
     case hdf5Dataset(path: String)
+    /// A Keras kernel, turned into torchvision's layout as it is read.
+    case kerasDataset(path: String, conversion: KerasConversion)
 }
 
 struct ParsedTensor {
@@ -35,6 +38,7 @@ struct ParsedStateDict {
     var tensors: [ParsedTensor]
     var notes: [String] = []
     var metadata: [String: String] = [:]
+    var normalization: InputNormalization? = nil
 }
 
 /// An opened weights file: the state dict's keys, dtypes and shapes, read
@@ -54,6 +58,9 @@ final class StateDictFile: Sendable {
     let notes: [String]
     /// safetensors `__metadata__`, or the root string attributes of an HDF5 file.
     let metadata: [String: String]
+    /// The input normalisation the weights were trained with, when the file implies one other than torchvision's
+    /// (a Keras VGG's caffe preprocessing); nil for a torchvision state dict.
+    package let normalization: InputNormalization?
 
     private enum Backing: Sendable {
         case mapped(MappedFile)
@@ -91,9 +98,12 @@ final class StateDictFile: Sendable {
             case .torchLegacy: return StateDictFile(path: path, parsed: try TorchLegacyFormat.parse(file), backing: mapped)
             case .torchZip: return StateDictFile(path: path, parsed: try TorchZipFormat.parse(file), backing: mapped)
             case .safetensors: return StateDictFile(path: path, parsed: try SafetensorsFormat.parse(file), backing: mapped)
-            case .hdf5:
+            case .hdf5, .keras:
+                // The first bytes tell an HDF5 file; its layout tells Keras's from bottleneck's own.
                 let hdf5 = try HDF5File(path: path, mode: .readOnly)
-                return StateDictFile(path: path, parsed: try HDF5WeightsFormat.parse(hdf5), backing: .hdf5(hdf5))
+                let parsed = try KerasWeightsFormat.layerGroup(in: hdf5).map { try KerasWeightsFormat.parse(hdf5, layers: $0) }
+                    ?? HDF5WeightsFormat.parse(hdf5)
+                return StateDictFile(path: path, parsed: parsed, backing: .hdf5(hdf5))
             }
         }
     }
@@ -103,6 +113,7 @@ final class StateDictFile: Sendable {
         self.format = parsed.format
         self.backing = backing
         self.metadata = parsed.metadata
+        self.normalization = parsed.normalization
         var notes = parsed.notes
 
         // DataParallel saves every key as `module.<key>`.
@@ -159,6 +170,8 @@ final class StateDictFile: Sendable {
                 return readFloat32(from: file, byteOffset: byteOffset, dtype: entry.dtype, shape: entry.shape, strides: strides)
             case (.hdf5Dataset(let datasetPath), .hdf5(let file)):
                 return try HDF5WeightsFormat.readTensor(file, datasetPath: datasetPath, shape: entry.shape)
+            case (.kerasDataset(let datasetPath, let conversion), .hdf5(let file)):
+                return try KerasWeightsFormat.readTensor(file, datasetPath: datasetPath, conversion: conversion, shape: entry.shape)
             default:
                 preconditionFailure("each format's parser produces locations of its own backing")
             }
