@@ -164,7 +164,7 @@ package struct HeadNetwork: Sendable {
         return try HeadNetwork(config: config, cut: cut, dropout: dropout) { key, _ in tensors[key]! }
     }
 
-    /// torch's `nn.Linear(inFeatures, outFeatures)` initialisation, which the seed recipe's
+    /// torch's `nn.Linear(inFeatures, outFeatures)` initialisation, which the usual PyTorch transfer-learning code's
     /// `model.classifier[6] = nn.Linear(4096, K)` gives: kaiming_uniform(a=√5) for the weight and
     /// the same U(-1/√in, 1/√in) for the bias. -> weight [out, in], bias [out]
     package static func newLinear(inFeatures: Int, outFeatures: Int, seed: UInt64) -> Linear {
