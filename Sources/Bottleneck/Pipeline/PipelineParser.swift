@@ -180,7 +180,7 @@ extension Pipeline {
             throw PipelineError("\(path)\(line("images")): images: \(images) " + (found ? "is not a folder" : "does not exist")
                                 + " (the image folder, relative to the directory the command runs from)")
         }
-        if case .file(let file) = WeightsChoice.resolve(weights).choice, weights != nil, !FileManager.default.fileExists(atPath: file) {
+        if let weights, case .file(let file) = WeightsChoice.resolve(weights).choice, !FileManager.default.fileExists(atPath: file) {
             throw PipelineError("\(path)\(line("weights")): weights: \(file) does not exist (a weights file, random or random:SEED)")
         }
     }
