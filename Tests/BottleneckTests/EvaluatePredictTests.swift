@@ -110,7 +110,8 @@ final class EvaluatePredictTests: FolderTestCase {
         _ = try trainedModel()
         try FileManager.default.copyItem(atPath: SampleCaches.shared.subsetRoot, toPath: path("images"))
         let classFolder = try XCTUnwrap(try FileManager.default.contentsOfDirectory(atPath: path("images/val")).sorted().first)
-        try FileManager.default.copyItem(atPath: Fixtures.path("images/bad/truncated.jpg"), toPath: path("images/val/\(classFolder)/bad.jpg"))
+        try FileManager.default.copyItem(atPath: Fixtures.path("images/bad/truncated.jpg"),
+                                         toPath: path("images/val/\(classFolder)/bad.jpg"))
         let result = try EvaluationJob(modelPath: path("run"), source: .images(path("images"))).run { _ in }
         XCTAssertEqual(result.metrics.count, 6)
         XCTAssertEqual(result.failed.map(\.path), ["val/\(classFolder)/bad.jpg"])

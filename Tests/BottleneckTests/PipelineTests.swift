@@ -67,7 +67,8 @@ final class PipelineTests: XCTestCase {
         XCTAssertNoThrow(try missingImages.checkInputsExist())
         XCTAssertNoThrow(try parse("images: \(images)\nweights: random:3\n" + stages).checkInputsExist())
         XCTAssertThrowsError(try parse("images: \(images)\n\nweights: \(images)/vgg16.pth\n" + stages).checkInputsExist()) { error in
-            XCTAssertEqual("\(error)", "pipelines/x.yaml:3: weights: \(images)/vgg16.pth does not exist (a weights file, random or random:SEED)")
+            XCTAssertEqual("\(error)", "pipelines/x.yaml:3: weights: \(images)/vgg16.pth does not exist "
+                           + "(a weights file, random or random:SEED)")
         }
         let file = folder.appendingPathComponent("file.jpg").path
         XCTAssertTrue(FileManager.default.createFile(atPath: file, contents: Data()))

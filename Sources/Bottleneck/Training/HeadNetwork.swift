@@ -99,7 +99,9 @@ package struct HeadNetwork: Sendable {
         let key = name.trimmingCharacters(in: .whitespaces)
         let headLinears = layers.filter { if case .linear = $0.kind { true } else { false } }
         guard let layer = headLinears.first(where: { $0.path == key || $0.name == key.lowercased() }) else {
-            throw SettingError(key: .trainFrom, "\(key): not a fully connected layer above the cut "
+            // A layer of the network below the cut is no typo: suggest only for a name the network does not have.
+            let suggestion = (try? CutPoint(key, in: config)) == nil ? Suggestion.didYouMean(key, among: headLinears.map(\.name)) : ""
+            throw SettingError(key: .trainFrom, "\(key)\(suggestion): not a fully connected layer above the cut "
                                 + "(\(cut.layer.path)); choose one of \(headLinears.map(\.name).joined(separator: ", "))")
         }
         return layer.position
