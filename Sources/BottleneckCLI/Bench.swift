@@ -20,9 +20,9 @@ struct ForwardBench: ParsableCommand {
         Example: bottleneck bench forward --batch-size 16 --layer pool5
         """)
 
-    @Option(help: "Images per batch.") var batchSize = 8
+    @Option(parsing: .unconditional, help: "Images per batch.") var batchSize = 8
     @Option(help: "Cut layer: a name (conv4_3, pool5, fc7) or torchvision path (features.23).") var layer = "fc7"
-    @Option(help: "Timed batches; the median is reported.") var iterations = 3
+    @Option(parsing: .unconditional, help: "Timed batches; the median is reported.") var iterations = 3
     @Flag(help: "Also print the median time of each layer.") var perLayer = false
     @Option(help: "Convolution lowering: auto (per layer shape), im2col or winograd.") var algorithm = Conv2D.Algorithm.auto
     @Flag(help: "A tiny network at 64 px, to check the benchmark runs (seconds, not a measurement).") var quick = false

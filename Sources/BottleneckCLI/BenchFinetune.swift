@@ -18,8 +18,8 @@ struct FinetuneBench: ParsableCommand {
           bottleneck bench finetune --freeze-through fc7
         """)
 
-    @Option(help: "Images per step.") var batchSize = 8
-    @Option(help: "Timed steps; the median is reported.") var iterations = 3
+    @Option(parsing: .unconditional, help: "Images per step.") var batchSize = 8
+    @Option(parsing: .unconditional, help: "Timed steps; the median is reported.") var iterations = 3
     @Option(help: ArgumentHelp("Freeze this layer and all below it (conv4_3, fc7).", valueName: "LAYER")) var freezeThrough: String?
     @Flag(help: "A tiny network at 64 px, to check the benchmark runs (seconds, not a measurement).") var quick = false
 

@@ -17,13 +17,13 @@ struct HeadBench: ParsableCommand {
         Example: bottleneck bench head --threads 1
         """)
 
-    @Option(help: "Cached rows per epoch.") var rows = 20_000
-    @Option(help: "Features per row.") var features = 4096
-    @Option(help: "Classes.") var classes = 10
-    @Option(help: "Rows per optimizer step.") var batchSize = 64
-    @Option(help: "Dropout probability on the cached features.") var dropout = 0.5
-    @Option(help: "Timed epochs (after one untimed); the median is reported.") var epochs = 3
-    @Option(help: "Cores for the per-row work.") var threads = availableCores
+    @Option(parsing: .unconditional, help: "Cached rows per epoch.") var rows = 20_000
+    @Option(parsing: .unconditional, help: "Features per row.") var features = 4096
+    @Option(parsing: .unconditional, help: "Classes.") var classes = 10
+    @Option(parsing: .unconditional, help: "Rows per optimizer step.") var batchSize = 64
+    @Option(parsing: .unconditional, help: "Dropout probability on the cached features.") var dropout = 0.5
+    @Option(parsing: .unconditional, help: "Timed epochs (after one untimed); the median is reported.") var epochs = 3
+    @Option(parsing: .unconditional, help: "Cores for the per-row work.") var threads = availableCores
     @Flag(help: "Skip the forward pass through the frozen network (no ratio).") var noForward = false
     @Flag(help: "Small sizes and a tiny network: checks the benchmark runs (not a measurement).") var quick = false
 

@@ -11,6 +11,7 @@ struct BottleneckCommand: ParsableCommand {
         Cut a pre-trained VGG16 at a layer, run the frozen part once over your images into an HDF5 feature \
         cache, then train a new fully connected head from that cache in seconds.
         """,
+        version: BottleneckVersion.current,
         subcommands: [Extract.self, Merge.self, Inspect.self, TrainHead.self, FullFinetune.self, Evaluate.self, Predict.self, Run.self,
                       ReportCommand.self, Doctor.self, WeightsCommand.self, Bench.self])
 }

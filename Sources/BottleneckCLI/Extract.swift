@@ -20,13 +20,15 @@ struct Extract: ParsableCommand {
 
         Examples:
           bottleneck extract --images data/flowers --out runs/flowers-fc7.h5
-          bottleneck extract --images photos --out photos-pool5.h5 --layer pool5 --weights vgg16-397923af.pth --compress
+          bottleneck extract --images photos --out runs/photos/pool5.h5 --layer pool5 \\
+              --weights vgg16-397923af.pth --compress
         """)
 
     @Option(name: .long, help: ArgumentHelp("Image folder (ImageFolder layout).", valueName: "DIR"))
     var images: String
 
-    @Option(name: .long, help: ArgumentHelp("The HDF5 feature cache to write or continue. " + outputPolicy, valueName: "CACHE.h5"))
+    @Option(name: .long, help: ArgumentHelp("The HDF5 feature cache to write or continue (its folder is created if missing). "
+                                            + outputPolicy, valueName: "CACHE.h5"))
     var out: String
 
     @OptionGroup var weights: WeightsOption
@@ -38,7 +40,7 @@ struct Extract: ParsableCommand {
         """, valueName: "LAYER"))
     var layer = "fc7"
 
-    @Option(help: "Images per forward pass.") var batchSize = 16
+    @Option(parsing: .unconditional, help: "Images per forward pass.") var batchSize = 16
     @Flag(help: "Compress /features with shuffle+deflate (smaller file, slower to write and read).") var compress = false
     @Flag(help: "Discard an existing cache or interrupted run at --out that was made with other settings.") var overwrite = false
     @Flag(help: "Exit non-zero if any image could not be read (default: only when none could).") var strict = false

@@ -12,8 +12,9 @@ struct FullFinetune: ParsableCommand {
         with torchvision's RandomResizedCrop + RandomHorizontalFlip (--augment none: the eval transform), and runs \
         forward and backward through the network. fc8 is a new layer with one output per class, or the head a \
         train-head run learned (--init-head): an untrained layer under an unfrozen backbone makes the backbone \
-        learn from noise, so the seed recipe trains the head first. --backbone-lr-mult gives the pretrained layers \
-        a smaller learning rate.
+        learn from noise, so train the new head first on cached features (extract, then train-head), then unfreeze \
+        the network and fine-tune it starting from that head (--init-head RUN_DIR). --backbone-lr-mult gives the \
+        pretrained layers a smaller learning rate.
 
         --freeze-through LAYER freezes that layer and everything below it (torch's requires_grad=False, optimizer \
         on the rest): no gradient, no update, no backward below the lowest trainable layer, and the frozen layers \
@@ -26,9 +27,12 @@ struct FullFinetune: ParsableCommand {
         and keeps the last epoch's checkpoint. A batch that would not fit in memory is refused before anything runs.
 
         Examples:
-          bottleneck full-finetune --images data/shapes --out runs/shapes-ft --weights random --epochs 1 --image-size 112
-          bottleneck full-finetune --images data/pets --out runs/pets-ft --init-head runs/pets-head/model.h5 --backbone-lr-mult 0.1
-          bottleneck full-finetune --images data/pets --out runs/pets-conv5 --freeze-through conv4_3 --lr 1e-3
+          bottleneck full-finetune --images data/shapes --out runs/shapes-ft \\
+              --weights random --epochs 1 --image-size 112
+          bottleneck full-finetune --images data/pets --out runs/pets-ft \\
+              --init-head runs/pets-head --backbone-lr-mult 0.1
+          bottleneck full-finetune --images data/pets --out runs/pets-conv5 \\
+              --freeze-through conv4_3 --lr 1e-3
         """)
 
     @Option(name: .long, help: ArgumentHelp("Image folder (ImageFolder layout, optionally train/ val/).", valueName: "DIR"))
@@ -40,15 +44,16 @@ struct FullFinetune: ParsableCommand {
     @OptionGroup var weights: WeightsOption
 
     @OptionGroup var training: SharedTrainingOptions<FineTuneSettings>
-    @Option(name: .setting(.lr), help: .setting(.lr, in: .fullFinetune)) var lr = FineTuneSettings().learningRate
+    @Option(name: .setting(.lr), parsing: .unconditional, help: .setting(.lr, in: .fullFinetune)) var lr = FineTuneSettings().learningRate
     @Option(name: .setting(.augment), help: .setting(.augment, in: .fullFinetune)) var augment = FineTuneSettings().augment
     @Option(name: .setting(.freezeThrough), help: .setting(.freezeThrough, in: .fullFinetune, valueName: "LAYER"))
     var freezeThrough: String?
-    @Option(help: ArgumentHelp("A train-head run's model.h5 to start the head from.", valueName: "RUN_DIR/model.h5"))
+    @Option(help: ArgumentHelp("A train-head run (its directory or model.h5) to start the head from.", valueName: "RUN_DIR"))
     var initHead: String?
-    @Option(name: .setting(.backboneLrMult), help: .setting(.backboneLrMult, in: .fullFinetune))
+    @Option(name: .setting(.backboneLrMult), parsing: .unconditional, help: .setting(.backboneLrMult, in: .fullFinetune))
     var backboneLrMult = FineTuneSettings().backboneLearningRateMultiplier
-    @Option(name: .setting(.imageSize), help: .setting(.imageSize, in: .fullFinetune)) var imageSize = FineTuneSettings().imageSize
+    @Option(name: .setting(.imageSize), parsing: .unconditional, help: .setting(.imageSize, in: .fullFinetune))
+    var imageSize = FineTuneSettings().imageSize
     @Flag(help: "Continue the interrupted run in RUN_DIR from its last checkpoint (same settings).") var resume = false
     @Flag(help: "Replace a run already in RUN_DIR.") var overwrite = false
 

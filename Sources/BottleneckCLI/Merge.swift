@@ -15,7 +15,8 @@ struct Merge: ParsableCommand {
           bottleneck merge --out runs/pets-fc7.h5 runs/shards/pets-fc7.shard-*.h5
         """)
 
-    @Option(help: ArgumentHelp("The merged cache to write. " + outputPolicy, valueName: "CACHE.h5")) var out: String
+    @Option(help: ArgumentHelp("The merged cache to write (its folder is created if missing). " + outputPolicy, valueName: "CACHE.h5"))
+    var out: String
     @Argument(help: ArgumentHelp("The shard caches, in any order.", valueName: "SHARD.h5")) var shards: [String]
     @Flag(help: "Compress /features with shuffle+deflate.") var compress = false
     @Flag(help: "Replace an existing cache at --out made with other settings.") var overwrite = false

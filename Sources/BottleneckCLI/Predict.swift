@@ -9,19 +9,23 @@ struct Predict: ParsableCommand {
         discussion: """
         Runs each image through the frozen network (with the backbone weights the model was trained on: the file it \
         records, or --weights, which must have the same sha256) and then the trained head. Folders are expanded to \
-        their images, recursively. Exits non-zero when an image cannot be read (the others are still printed).
+        their images, recursively. An image that cannot be read is reported with its reason in every format and the \
+        others are predicted; the command fails only when none could be read (or, with --strict, when any could not).
 
         Examples:
-          bottleneck predict --model runs/shapes-head/model.h5 data/shapes/val/discs/discs_000.jpg
-          bottleneck predict --model runs/pets-head/model.h5 --weights vgg16-397923af.pth --top-k 3 --format csv photos/
+          bottleneck predict --model runs/shapes-head data/shapes/val/discs
+          bottleneck predict --model runs/pets-head/model.h5 --top-k 3 --format csv \\
+              --weights vgg16-397923af.pth photos/
         """)
 
-    @Option(name: .long, help: ArgumentHelp("The model.h5 of a training run.", valueName: "MODEL.h5")) var model: String
+    @Option(name: .long, help: ArgumentHelp("A training run's directory or its model.h5.", valueName: "RUN_DIR|MODEL.h5"))
+    var model: String
     @Option(name: .long, help: ArgumentHelp("Backbone weights (default: the file the model records).", valueName: "FILE|random"))
     var weights: String?
-    @Option(help: "Classes shown per image.") var topK = 5
-    @Option(help: "Images per forward pass.") var batchSize = 8
+    @Option(parsing: .unconditional, help: "Classes shown per image.") var topK = 5
+    @Option(parsing: .unconditional, help: "Images per forward pass.") var batchSize = 8
     @Option(help: "text, json or csv.") var format = PredictionFormat.text
+    @Flag(help: "Exit non-zero if any image could not be read (default: only when none could).") var strict = false
     @Argument(help: ArgumentHelp("Image files (.jpg, .jpeg, .png) or folders.", valueName: "IMAGE")) var images: [String]
 
     enum PredictionFormat: String, ExpressibleByArgument, CaseIterable {
@@ -38,7 +42,7 @@ struct Predict: ParsableCommand {
             switch format {
             case .text:
                 if let error = prediction.error {
-                    printErr("failed: \(prediction.path): \(error)")
+                    print(prediction.path + "  failed: " + error)
                 } else {
                     print(prediction.path + "  " + prediction.predictions
                         .map { String(format: "%@ %.4f", $0.className, $0.probability) }.joined(separator: "  "))
@@ -58,7 +62,12 @@ struct Predict: ParsableCommand {
             print(String(decoding: try JSONEncoder.snakeCaseDocument().encode(predictions), as: UTF8.self))
         }
         let failed = predictions.count { $0.error != nil }
-        if failed > 0 { throw CommandFailure("\(failed) of \(predictions.count) images could not be read") }
+        if failed == predictions.count { throw CommandFailure("no image could be read (\(failed) failed)") }
+        if failed > 0 {
+            let message = "\(failed) of \(predictions.count) images could not be read"
+            if strict { throw CommandFailure(message + " (--strict)") }
+            printErr("predict: " + message + "; the others are predicted")
+        }
     }
 
     /// RFC 4180: quoted when it holds a comma, quote or line break, quotes doubled.

@@ -17,8 +17,8 @@ struct Run: ParsableCommand {
         A rerun keeps what the commands promise alone: an interrupted extract continues from its journal and \
         extracts only new images, an interrupted full-finetune continues from its checkpoint when its settings and \
         inputs are unchanged, and a failed stage keeps the record of its last good run. --force STAGE reruns one \
-        stage from scratch (and so those after it that read it). Unknown keys and bad values are \
-        refused with the file's line number before anything runs. Paths in the file are relative to the \
+        stage from scratch (and so those after it that read it). Unknown keys, bad values and a missing \
+        image folder or weights file are refused with the file's line number before anything runs. Paths in the file are relative to the \
         directory the command runs from. Files are written aside and renamed into place; an existing symbolic \
         link, device or FIFO where one goes is refused, never written through or replaced.
 
@@ -42,13 +42,14 @@ struct Run: ParsableCommand {
         TrainingSettingKey.keys(of: command).filter(\.isPipelineKey).map(\.pipelineKey)
     }
 
-    /// "  KIND           key, key, …" wrapped to the discussion's width, continuation lines under the first key.
+    /// "  KIND           key, key, …" wrapped to fit 79 columns (argument-parser would rewrap a longer line from column 0),
+    /// continuation lines under the first key.
     private static func stageKeys(_ kind: String, _ keys: [String]) -> String {
         let indent = String(repeating: " ", count: 17)
         var lines = ["  " + kind.padding(toLength: 15, withPad: " ", startingAt: 0)]
         for (index, key) in keys.enumerated() {
             let word = key + (index == keys.count - 1 ? "" : ",")
-            if lines[lines.count - 1].count + word.count > 110 { lines.append(indent) }
+            if lines[lines.count - 1].count + word.count > 78 { lines.append(indent) }
             lines[lines.count - 1] += (lines[lines.count - 1].hasSuffix(" ") ? "" : " ") + word
         }
         return lines.joined(separator: "\n")
@@ -58,10 +59,11 @@ struct Run: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Rerun this stage (a name or a kind) from scratch, even when it is up to date; repeatable.",
                                             valueName: "STAGE"))
     var force: [String] = []
-    @Flag(help: "Only read and validate the file; run nothing.") var check = false
+    @Flag(help: "Only read and validate the file and check that its images and weights exist; run nothing.") var check = false
 
     func run() throws {
         let definition = try Pipeline(contentsOf: pipeline)
+        try definition.checkInputsExist()
         let runner = try PipelineRunner(pipeline: definition, force: force)
         if check {
             print("\(pipeline): valid; stages " + definition.stages.map { "\($0.name) (\($0.kind.rawValue))" }.joined(separator: ", ")

@@ -27,8 +27,10 @@ struct TrainHead: ParsableCommand {
 
         Examples:
           bottleneck train-head --cache runs/shapes-fc7.h5 --out runs/shapes-head
-          bottleneck train-head --cache runs/pets-fc7.h5 --out runs/pets-adam --optimizer adam --lr 3e-4 --schedule cosine
-          bottleneck train-head --cache runs/pets-pool5.h5 --out runs/pets-fc6 --train-from fc6 --weights vgg16-397923af.pth
+          bottleneck train-head --cache runs/pets-fc7.h5 --out runs/pets-adam \\
+              --optimizer adam --lr 3e-4 --schedule cosine
+          bottleneck train-head --cache runs/pets-pool5.h5 --out runs/pets-fc6 \\
+              --train-from fc6 --weights vgg16-397923af.pth
         """)
 
     @Option(name: .long, help: ArgumentHelp("The feature cache written by 'bottleneck extract'.", valueName: "CACHE.h5"))
@@ -38,15 +40,19 @@ struct TrainHead: ParsableCommand {
     var out: String
 
     @OptionGroup var training: SharedTrainingOptions<HeadTrainingSettings>
-    @Option(name: .setting(.lr), help: .setting(.lr, in: .trainHead)) var lr: Double?
+    @Option(name: .setting(.lr), parsing: .unconditional, help: .setting(.lr, in: .trainHead)) var lr: Double?
     @Option(name: .setting(.schedule), help: .setting(.schedule, in: .trainHead)) var schedule = HeadTrainingSettings().schedule
-    @Option(name: .setting(.stepSize), help: .setting(.stepSize, in: .trainHead)) var stepSize: Int?
-    @Option(name: .setting(.gamma), help: .setting(.gamma, in: .trainHead)) var gamma = HeadTrainingSettings().gamma
-    @Option(name: .setting(.patience), help: .setting(.patience, in: .trainHead)) var patience = HeadTrainingSettings().patience
+    @Option(name: .setting(.stepSize), parsing: .unconditional, help: .setting(.stepSize, in: .trainHead)) var stepSize: Int?
+    @Option(name: .setting(.gamma), parsing: .unconditional, help: .setting(.gamma, in: .trainHead))
+    var gamma = HeadTrainingSettings().gamma
+    @Option(name: .setting(.patience), parsing: .unconditional, help: .setting(.patience, in: .trainHead))
+    var patience = HeadTrainingSettings().patience
     @Option(name: .setting(.trainFrom), help: .setting(.trainFrom, in: .trainHead, valueName: "LAYER"))
     var trainFrom = HeadTrainingSettings().trainFrom
-    @Option(name: .setting(.threads), help: .setting(.threads, in: .trainHead)) var threads = HeadTrainingSettings().threads
-    @Option(name: .setting(.memoryBudgetMb), help: .setting(.memoryBudgetMb, in: .trainHead)) var memoryBudgetMb: Int?
+    @Option(name: .setting(.threads), parsing: .unconditional, help: .setting(.threads, in: .trainHead))
+    var threads = HeadTrainingSettings().threads
+    @Option(name: .setting(.memoryBudgetMb), parsing: .unconditional, help: .setting(.memoryBudgetMb, in: .trainHead))
+    var memoryBudgetMb: Int?
 
     @Option(name: .long, help: ArgumentHelp("""
         Backbone weights for the frozen layers between a cut below fc7 and fc8; must be the file the cache was \

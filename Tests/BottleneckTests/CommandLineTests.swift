@@ -113,10 +113,10 @@ final class CommandLineTests: XCTestCase {
     /// no fewer, and no setting flag outside the table.
     func testCommandLineAndPipelineTakeTheSameTrainingKeys() throws {
         XCTAssertEqual(flags(of: TrainHead.self).subtracting(["--cache", "--out", "--weights", "--allow-incomplete", "--overwrite",
-                                                              "--help"]),
+                                                              "--help", "--version"]),
                        Set(TrainingSettingKey.trainHead.map(\.flag)))
         XCTAssertEqual(flags(of: FullFinetune.self).subtracting(["--images", "--out", "--weights", "--init-head", "--resume", "--overwrite",
-                                                                 "--help"]),
+                                                                 "--help", "--version"]),
                        Set(TrainingSettingKey.fullFinetune.map(\.flag)))
         XCTAssertEqual(Set(Pipeline.headFields.keys), Set(TrainingSettingKey.trainHead.filter(\.isPipelineKey)))
         XCTAssertEqual(Set(Pipeline.finetuneFields.keys), Set(TrainingSettingKey.fullFinetune.filter(\.isPipelineKey)))
@@ -178,6 +178,96 @@ final class CommandLineTests: XCTestCase {
         }
         XCTAssertTrue(BottleneckCommand.helpMessage(for: FullFinetune.self, columns: 1000).contains("(default: 0.001)"))
         XCTAssertTrue(BottleneckCommand.helpMessage(for: Run.self, columns: 1000)
-            .contains("  train-head     epochs, batch_size, lr, optimizer, momentum, weight_decay, schedule, step_size, gamma,"))
+            .contains("  train-head     epochs, batch_size, lr, optimizer, momentum, weight_decay,\n"))
+    }
+
+    func testVersionIsTheBuildsVersion() {
+        XCTAssertThrowsError(try BottleneckCommand.parseAsRoot(["--version"])) { error in
+            XCTAssertEqual(BottleneckCommand.fullMessage(for: error), BottleneckVersion.current)
+        }
+    }
+
+    /// `--lr -1` is the value -1, refused by the settings check as `--lr=-1` is, not "Missing value for '--lr'".
+    func testNegativeNumbersAreValuesThatTheSettingsCheckRefuses() throws {
+        let problems: [TrainingSettingKey: String] = [
+            .epochs: "must be at least 1, got -1", .batchSize: "must be at least 1, got -1",
+            .lr: "must be a positive number, got -1.0", .momentum: "must be in [0, 1), got -1.0",
+            .weightDecay: "must not be negative, got -1.0", .stepSize: "must be at least 1 epoch, got -1",
+            .gamma: "must be positive, got -1.0", .patience: "must not be negative, got -1",
+            .valFraction: "must be between 0 and 1 (exclusive), got -1.0", .dropout: "must be in [0, 1), got -1.0",
+            .threads: "must be at least 1, got -1", .memoryBudgetMb: "must be positive",
+            .backboneLrMult: "must be a number >= 0, got -1.0",
+            .imageSize: "must be between 32 (five 2x2 pools) and \(Preprocessing.largestImageSize), got -1",
+        ]
+        for command in [Command.trainHead, .fullFinetune] {
+            for key in TrainingSettingKey.keys(of: command) where problems[key] != nil {
+                let arguments = Self.required[command]! + [key.flag, "-1"] + (key == .stepSize ? ["--schedule", "step"] : [])
+                XCTAssertThrowsError(try command == .trainHead ? TrainHead.parse(arguments).run() : FullFinetune.parse(arguments).run(),
+                                     key.flag) { error in
+                    XCTAssertEqual(BottleneckCommand.message(for: error), "\(key.flag) \(problems[key]!)")
+                }
+            }
+        }
+        // Seeds are unsigned: the parser says the value is invalid, not that it is missing.
+        XCTAssertThrowsError(try TrainHead.parse(Self.required[.trainHead]! + ["--seed", "-1"])) { error in
+            XCTAssertTrue(BottleneckCommand.message(for: error).contains("The value '-1' is invalid for '--seed"),
+                          BottleneckCommand.message(for: error))
+        }
+        XCTAssertEqual(Set(problems.keys), Set(TrainingSettingKey.allCases).subtracting([.seed, .splitSeed, .optimizer, .schedule,
+                                                                                      .trainFrom, .augment, .freezeThrough]),
+                       "every numeric setting is tried")
+        XCTAssertEqual(try Extract.parse(["--images", "d", "--out", "c.h5", "--batch-size", "-2"]).batchSize, -2)
+        XCTAssertEqual(try Evaluate.parse(["--model", "m", "--cache", "c.h5", "--batch-size", "-2"]).batchSize, -2)
+        XCTAssertEqual(try Predict.parse(["--model", "m", "--top-k", "-2", "x.jpg"]).topK, -2)
+        XCTAssertEqual(try HeadBench.parse(["--dropout", "-0.5"]).dropout, -0.5)
+    }
+
+    /// `--optimizer Adam` as `optimizer: Adam` in a pipeline file: one reading of a choice for both.
+    func testChoicesAreReadInAnyLetterCaseAsInAPipelineFile() throws {
+        XCTAssertEqual(try headSettings(["--optimizer", "Adam"]).optimizer, .adam)
+        XCTAssertEqual(try headSettings(["--schedule", "COSINE"]).schedule, .cosine)
+        XCTAssertEqual(try finetuneSettings(["--augment", "None"]).augment, .none)
+        guard case .trainHead(let fromFile) = try pipelineStage(.trainHead, ["optimizer: Adam"]) else { return XCTFail("not train-head") }
+        XCTAssertEqual(fromFile.optimizer, try headSettings(["--optimizer", "Adam"]).optimizer)
+        XCTAssertThrowsError(try headSettings(["--optimizer", "adamm"])) { error in
+            XCTAssertTrue(BottleneckCommand.message(for: error).contains("'adamm' is invalid for '--optimizer"),
+                          BottleneckCommand.message(for: error))
+        }
+    }
+
+    /// A mistyped layer is refused with a suggestion and the valid names before the images are looked at (here
+    /// there is no image folder at all).
+    func testMistypedLayersAreRefusedWithASuggestionBeforeAnyWork() throws {
+        let expected = "unknown layer 'fc_7' (did you mean 'fc7'?); use one of: conv1_1"
+        XCTAssertThrowsError(try Extract.parse(["--images", "no-such-folder", "--out", "c.h5", "--weights", "random", "--layer", "fc_7"])
+            .run()) { error in
+            XCTAssertTrue(BottleneckCommand.message(for: error).contains(expected), BottleneckCommand.message(for: error))
+        }
+        XCTAssertThrowsError(try FullFinetune.parse(Self.required[.fullFinetune]! + ["--freeze-through", "Conv3-3"]).run()) { error in
+            XCTAssertTrue(BottleneckCommand.message(for: error).contains("unknown layer 'Conv3-3' (did you mean 'conv3_3'?)"),
+                          BottleneckCommand.message(for: error))
+        }
+        XCTAssertThrowsError(try Pipeline(yaml: "images: d\nlayer: FC-6\nstages:\n  - stage: extract\n", path: "p.yaml")) { error in
+            XCTAssertTrue("\(error)".hasPrefix("p.yaml:2: unknown layer 'FC-6' (did you mean 'fc6'?)"), "\(error)")
+        }
+    }
+
+    /// Every command.
+    private static func commands(_ root: ParsableCommand.Type = BottleneckCommand.self) -> [ParsableCommand.Type] {
+        [root] + root.configuration.subcommands.flatMap { commands($0) }
+    }
+
+    /// argument-parser rewraps `--help` to the terminal and starts each wrapped line at column 0: an indented
+    /// line of a discussion (an example, a table) survives at 80 columns only when it fits in 79.
+    func testIndentedHelpLinesSurviveEightyColumns() {
+        // report's discussion is another engineer's file (Sources/BottleneckCLI/Report.swift).
+        for command in Self.commands() where command != ReportCommand.self {
+            let help = BottleneckCommand.helpMessage(for: command, columns: 80)
+            let helpLines = Set(help.split(separator: "\n").map(String.init))
+            for line in command.configuration.discussion.split(separator: "\n").map(String.init) where line.hasPrefix(" ") {
+                XCTAssertLessThan(line.count, 80, "\(command._commandName): \(line)")
+                XCTAssertTrue(helpLines.contains(line), "\(command._commandName): '\(line)' is rewrapped")
+            }
+        }
     }
 }

@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 @testable import Bottleneck
+@testable import BottleneckCLI
 @testable import BottleneckKernels
 
 /// evaluate and predict on models trained by train-head (and on a whole-network model, as full
@@ -63,6 +64,69 @@ final class EvaluatePredictTests: FolderTestCase {
                                                source: .cache(SampleCaches.shared.pool5Subset))
             .run { _ in }) { error in
             XCTAssertTrue("\(error)".contains("is not a bottleneck model"), "\(error)")
+        }
+    }
+
+    /// `--model RUN_DIR` reads the run's model.h5; a folder without one is named with what it lacks.
+    func testAModelIsItsFileOrItsRunDirectory() throws {
+        let model = try trainedModel()
+        let fromFile = try EvaluationJob(modelPath: model, source: .cache(SampleCaches.shared.pool5Subset)).run { _ in }
+        let fromFolder = try EvaluationJob(modelPath: path("run"), source: .cache(SampleCaches.shared.pool5Subset)).run { _ in }
+        XCTAssertEqual(fromFolder.metrics.confusion, fromFile.metrics.confusion)
+        try FileManager.default.createDirectory(atPath: path("empty-run"), withIntermediateDirectories: true)
+        XCTAssertThrowsError(try PredictionJob(modelPath: path("empty-run"), inputs: [SampleCaches.shared.subsetRoot]).run { _ in }) {
+            XCTAssertEqual("\($0)", "\(self.path("empty-run")) is a folder without model.h5: give a model file or the run directory "
+                           + "of a finished train-head or full-finetune run")
+        }
+    }
+
+    /// `inspect` tells a model from weights and says what it is, with the validation accuracy of its run.
+    func testInspectionDescribesAModel() throws {
+        let model = try trainedModel()
+        let inspection = try XCTUnwrap(try ModelInspection(path: path("run")))
+        XCTAssertEqual(inspection.path, model)
+        XCTAssertEqual(inspection.mode, "head")
+        XCTAssertEqual(inspection.cutLayer, "pool5")
+        XCTAssertEqual(inspection.imageSize, SampleCaches.preprocessing.crop)
+        XCTAssertEqual(inspection.classes, try TrainedModel(contentsOf: model).classes)
+        let decoder = JSONDecoder()
+        decoder.keyDecodingStrategy = .convertFromSnakeCase
+        let summary = try decoder.decode(TrainingSummary.self, from: Data(contentsOf: URL(fileURLWithPath: path("run/summary.json"))))
+        XCTAssertEqual(inspection.bestValAccuracy, summary.bestValAccuracy)
+        for expected in ["model: \(model) (a head trained by train-head on cached features)", "mode: head",
+                         "cut layer: pool5 (features.30)", "trained on weights: sha256 ",
+                         String(format: "validation accuracy: %.4f (best epoch %d", summary.bestValAccuracy, summary.bestEpoch)] {
+            XCTAssertTrue(inspection.report.contains(expected), inspection.report)
+        }
+        XCTAssertNil(try ModelInspection(path: Fixtures.path("network/narrow_vgg16_legacy.pth")), "weights are not a model")
+        try FileManager.default.copyItem(atPath: model, toPath: path("alone.h5"))
+        XCTAssertTrue(try XCTUnwrap(try ModelInspection(path: path("alone.h5"))).report
+            .contains("validation accuracy: not recorded (no summary.json beside the model)"))
+    }
+
+    /// As extract does: an unreadable image is skipped and listed, and the command fails only when none could be
+    /// read, or with --strict.
+    func testEvaluateAndPredictSkipUnreadableImages() throws {
+        _ = try trainedModel()
+        try FileManager.default.copyItem(atPath: SampleCaches.shared.subsetRoot, toPath: path("images"))
+        let classFolder = try XCTUnwrap(try FileManager.default.contentsOfDirectory(atPath: path("images/val")).sorted().first)
+        try FileManager.default.copyItem(atPath: Fixtures.path("images/bad/truncated.jpg"),
+                                         toPath: path("images/val/\(classFolder)/bad.jpg"))
+        let result = try EvaluationJob(modelPath: path("run"), source: .images(path("images"))).run { _ in }
+        XCTAssertEqual(result.metrics.count, 6)
+        XCTAssertEqual(result.failed.map(\.path), ["val/\(classFolder)/bad.jpg"])
+
+        XCTAssertNoThrow(try Evaluate.parse(["--model", path("run"), "--images", path("images"), "--format", "json"]).run())
+        XCTAssertThrowsError(try Evaluate.parse(["--model", path("run"), "--images", path("images"), "--strict"]).run()) { error in
+            XCTAssertEqual(BottleneckCommand.message(for: error), "1 of 7 images could not be read (--strict)")
+        }
+        let bad = path("images/val/\(classFolder)/bad.jpg")
+        XCTAssertNoThrow(try Predict.parse(["--model", path("run"), path("images/val")]).run())
+        XCTAssertThrowsError(try Predict.parse(["--model", path("run"), "--strict", path("images/val")]).run()) { error in
+            XCTAssertEqual(BottleneckCommand.message(for: error), "1 of 7 images could not be read (--strict)")
+        }
+        XCTAssertThrowsError(try Predict.parse(["--model", path("run"), bad]).run()) { error in
+            XCTAssertEqual(BottleneckCommand.message(for: error), "no image could be read (1 failed)")
         }
     }
 

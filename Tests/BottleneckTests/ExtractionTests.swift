@@ -228,9 +228,14 @@ final class ExtractionTests: XCTestCase {
         var missing = job()
         missing.imagesRoot = folder.appendingPathComponent("missing").path
         XCTAssertThrowsError(try missing.run { _ in }) { XCTAssertTrue("\($0)".contains("no such folder"), "\($0)") }
+        // A missing output folder is made, as train-head makes its run folder; a file in its place is refused.
+        var newFolders = job()
+        newFolders.outputPath = folder.appendingPathComponent("no/such/dir/cache.h5").path
+        XCTAssertNoThrow(try newFolders.run { _ in })
+        XCTAssertTrue(FileManager.default.fileExists(atPath: newFolders.outputPath))
         var badOutput = job()
-        badOutput.outputPath = folder.appendingPathComponent("no/such/dir/cache.h5").path
-        XCTAssertThrowsError(try badOutput.run { _ in }) { XCTAssertTrue("\($0)".contains("does not exist"), "\($0)") }
+        badOutput.outputPath = newFolders.outputPath + "/cache.h5"
+        XCTAssertThrowsError(try badOutput.run { _ in }) { XCTAssertTrue("\($0)".contains("is not a folder"), "\($0)") }
     }
 
     /// Shards cut at whole batches and merged give the bytes of one process (the scale-out check).

@@ -305,10 +305,18 @@ final class FeatureCacheTests: XCTestCase {
                        ["preprocessing crop 224 resize 256, not crop 256 resize 288", "image root /data/pets, not /data/cars"])
     }
 
-    func testMissingOutputFolderFailsBeforeAnyWork() {
-        let path = folder.appendingPathComponent("no-such-folder/cache.h5").path
-        assertFails(.writeFailed, mentioning: [path, "does not exist"]) {
-            _ = try openBuilder(path, classes: [], manifest: [])
+    /// As train-head makes its run folder, extract and merge make the cache's; a file where a folder goes is refused before any work.
+    func testMissingOutputFoldersAreCreatedAndAFileInTheWayRefused() throws {
+        let path = folder.appendingPathComponent("runs/new/cache.h5").path
+        _ = try openBuilder(path, classes: [], manifest: [])
+        var isDirectory: ObjCBool = false
+        XCTAssertTrue(FileManager.default.fileExists(atPath: folder.appendingPathComponent("runs/new").path, isDirectory: &isDirectory))
+        XCTAssertTrue(isDirectory.boolValue)
+
+        let blocker = folder.appendingPathComponent("plain-file").path
+        XCTAssertTrue(FileManager.default.createFile(atPath: blocker, contents: Data()))
+        assertFails(.writeFailed, mentioning: [blocker, "is not a folder"]) {
+            _ = try openBuilder(blocker + "/cache.h5", classes: [], manifest: [])
         }
     }
 

@@ -331,6 +331,10 @@ final class HeadTrainingTests: FolderTestCase {
         XCTAssertThrowsError(try job(SampleCaches.shared.pool5Subset, out: "conv") { $0.trainFrom = "conv5_3" }.run { _ in }) { error in
             XCTAssertTrue("\(error)".contains("--train-from conv5_3"), "\(error)")
         }
+        XCTAssertThrowsError(try job(SampleCaches.shared.pool5Subset, out: "typo") { $0.trainFrom = "FC_6" }.run { _ in }) { error in
+            XCTAssertTrue("\(error)".hasPrefix("--train-from FC_6 (did you mean 'fc6'?): not a fully connected layer above the cut"),
+                          "\(error)")
+        }
     }
 
     /// A cache of random-seed weights: the head's fc6 and fc7 are drawn again from that seed, with every

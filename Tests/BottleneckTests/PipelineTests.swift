@@ -53,6 +53,30 @@ final class PipelineTests: XCTestCase {
         XCTAssertEqual(settings.batchSize, HeadTrainingSettings().batchSize)
     }
 
+    /// The inputs no stage makes (the image folder, a weights file) must be there, refused at their line; the cache and
+    /// the runs that later stages read are made by earlier ones and not looked for.
+    func testMissingImagesAndWeightsAreRefusedAtTheirLine() throws {
+        let images = folder.appendingPathComponent("images").path
+        let stages = "stages:\n  - stage: extract\n  - stage: train-head\n  - stage: report\n"
+        let missingImages = try parse("name: x\nimages: \(images)\n" + stages)
+        XCTAssertThrowsError(try missingImages.checkInputsExist()) { error in
+            XCTAssertEqual("\(error)", "pipelines/x.yaml:2: images: \(images) does not exist "
+                           + "(the image folder, relative to the directory the command runs from)")
+        }
+        try FileManager.default.createDirectory(atPath: images, withIntermediateDirectories: true)
+        XCTAssertNoThrow(try missingImages.checkInputsExist())
+        XCTAssertNoThrow(try parse("images: \(images)\nweights: random:3\n" + stages).checkInputsExist())
+        XCTAssertThrowsError(try parse("images: \(images)\n\nweights: \(images)/vgg16.pth\n" + stages).checkInputsExist()) { error in
+            XCTAssertEqual("\(error)", "pipelines/x.yaml:3: weights: \(images)/vgg16.pth does not exist "
+                           + "(a weights file, random or random:SEED)")
+        }
+        let file = folder.appendingPathComponent("file.jpg").path
+        XCTAssertTrue(FileManager.default.createFile(atPath: file, contents: Data()))
+        XCTAssertThrowsError(try parse("images: \(file)\n" + stages).checkInputsExist()) { error in
+            XCTAssertTrue("\(error)".hasPrefix("pipelines/x.yaml:1: images: \(file) is not a folder"), "\(error)")
+        }
+    }
+
     func testInvalidYAMLNamesTheLine() {
         assertRefused("images: data/shapes\nstages:\n  - stage: extract\n   batch_size: 4\n", "pipelines/x.yaml:4: invalid YAML")
         assertRefused("images: [data\n", "pipelines/x.yaml:2: invalid YAML")

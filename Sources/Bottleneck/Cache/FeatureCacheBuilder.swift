@@ -83,11 +83,15 @@ final class FeatureCacheBuilder {
     /// index `classes`. `currentIdentity(item, recorded)` says whether a row recorded with `recorded`
     /// still holds `item`'s features, returning the identity to keep (refreshed to the file's stat now),
     /// or nil when the file changed or is gone. Refuses a cache or journal made with another fingerprint
-    /// unless `overwrite`, which deletes both. Fails before any work when the folder is missing or read-only.
+    /// unless `overwrite`, which deletes both. Creates the cache's folder when it is missing, as train-head its run
+    /// folder; fails before any work when it cannot be made or is read-only.
     package static func open(path: String, fingerprint: CacheFingerprint, classes: [String], manifest: [ImageFolder.Item],
                             overwrite: Bool,
                             currentIdentity: (ImageFolder.Item, FileIdentity) -> FileIdentity?) throws -> FeatureCacheBuilder {
-        try FeatureCacheError.whenFileFails(.writeFailed) { try DurableFiles.checkWritableFolder(for: path) }
+        try FeatureCacheError.whenFileFails(.writeFailed) {
+            try DurableFiles.createFolders(for: path)
+            try DurableFiles.checkWritableFolder(for: path)
+        }
         guard Set(classes).count == classes.count else {
             throw FeatureCacheError(.invalidInput, "\(path): the class list names a class twice")
         }

@@ -73,6 +73,9 @@ package struct ExtractionJob: Sendable {
     package func run(log: (String) -> Void) throws -> Summary {
         let start = ContinuousClock.now
         if let problem = MemoryEstimate.batchSizeProblem(batchSize) { throw ExtractionError(problem) }
+        // A mistyped layer is said before the folder is listed, which takes minutes on a large one.
+        let isInputLayer = layer.lowercased() == Self.inputLayer
+        let cut = isInputLayer ? nil : try CutPoint(layer, in: config)
         let folder = try ImageFolder(root: imagesRoot)
         guard !folder.items.isEmpty else {
             throw ExtractionError("\(imagesRoot): no images found (.jpg, .jpeg or .png, in class subfolders or loose)")
@@ -88,8 +91,6 @@ package struct ExtractionJob: Sendable {
         for empty in folder.emptyClassFolders { log("warning: class folder \(empty) holds no images") }
         for warning in folder.warnings { log("warning: \(warning)") }
 
-        let isInputLayer = layer.lowercased() == Self.inputLayer
-        let cut = isInputLayer ? nil : try CutPoint(layer, in: config)
         let preprocessing = try self.preprocessing.adopting(cut == nil ? nil : NetworkLoader.inputNormalization(of: weights), log: log)
         let activationShape = cut?.activationShape(config: config, imageSize: preprocessing.crop) ?? preprocessing.outputShape
         let weightsIdentity = try cut.map { _ in try NetworkLoader.identity(of: weights) }

@@ -57,6 +57,9 @@ package struct FineTuneJob: Sendable {
     package func run(log: (String) -> Void) throws -> TrainingSummary {
         let start = ContinuousClock.now
         try settings.validate()
+        // Before the folder is listed (minutes on a large one); the layers' names and positions do not depend on the classes.
+        let freezePoint = try settings.freezeThrough.map { try CutPoint($0, in: config) }
+        let frozenThrough = freezePoint?.position ?? -1
         let folder = try ImageFolder(root: imagesRoot)
         for warning in folder.warnings { log("warning: \(warning)") }
         guard folder.classes.count >= 2 else {
@@ -69,8 +72,6 @@ package struct FineTuneJob: Sendable {
                                            validationFraction: settings.validationFraction)
         var modelConfig = config
         modelConfig.classes = folder.classes.count
-        let freezePoint = try settings.freezeThrough.map { try CutPoint($0, in: modelConfig) }
-        let frozenThrough = freezePoint?.position ?? -1
         let estimate = try estimatedStepBytes(config: modelConfig, frozenThrough: frozenThrough)
 
         var network: FineTuneNetwork

@@ -42,7 +42,8 @@ package struct CutPoint: Sendable, Equatable, CustomStringConvertible {
         guard let layer = match else {
             let examples = layers.filter { $0.name.hasPrefix("conv") || $0.name.hasPrefix("pool") || $0.name.hasPrefix("fc") }
                 .map(\.name)
-            throw ModelError.unknownLayer(key, known: examples + ["avgpool", "features.N", "classifier.N"])
+            throw ModelError.unknownLayer(key, suggestion: Suggestion.didYouMean(key, among: layers.map(\.name) + layers.map(\.path)),
+                                          known: examples + ["avgpool", "features.N", "classifier.N"])
         }
         self.position = layer.position
         self.layer = layer

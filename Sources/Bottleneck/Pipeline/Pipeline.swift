@@ -55,6 +55,8 @@ package struct Pipeline: Sendable {
     /// Where every stage writes: the cache, one folder per training stage, the report.
     package var outputRoot: String
     package var stages: [Stage]
+    /// The line of each input path the file gives (`images`, `weights`), for `checkInputsExist`.
+    var inputLines: [String: Int]
 
     package var preprocessing: Preprocessing {
         .evaluation(imageSize: imageSize)

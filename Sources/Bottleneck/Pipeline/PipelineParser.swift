@@ -36,6 +36,7 @@ extension Pipeline {
         guard let images = try top.string("images") else { throw top.missing("images", example: "images: data/shapes") }
         self.images = Self.expandingTilde(images)
         weights = try top.string("weights").map(Self.expandingTilde)
+        inputLines = Dictionary(uniqueKeysWithValues: ["images", "weights"].compactMap { key in top.value(key).map { (key, $0.line) } })
         let backboneName = try top.string("backbone") ?? "vgg16"
         guard let backbone = backbones.first(where: { $0.name == backboneName.lowercased() }) else {
             let names = backbones.map(\.name)
@@ -77,7 +78,7 @@ extension Pipeline {
             throw entry.missing("stage", example: "- stage: train-head   (one of \(kinds.joined(separator: ", ")))")
         }
         guard let kind = StageKind(rawValue: kindName) else {
-            throw entry.error(at: "stage", "unknown stage kind '\(kindName)'" + suggestion(for: kindName, among: kinds)
+            throw entry.error(at: "stage", "unknown stage kind '\(kindName)'" + Suggestion.didYouMean(kindName, among: kinds)
                               + " (one of \(kinds.joined(separator: ", ")))")
         }
         let name = try entry.string("name") ?? kind.defaultName
@@ -169,6 +170,21 @@ extension Pipeline {
         return Stage(name: name, settings: settings)
     }
 
+    /// Refuses, at its line, an input that no stage makes and that is not there: the image folder and a weights file
+    /// (the cache and the runs that later stages read are made by earlier ones). Paths are the command's, as the stages see them.
+    package func checkInputsExist() throws {
+        func line(_ key: String) -> String { inputLines[key].map { ":\($0)" } ?? "" }
+        var isDirectory: ObjCBool = false
+        let found = FileManager.default.fileExists(atPath: images, isDirectory: &isDirectory)
+        if !found || !isDirectory.boolValue {
+            throw PipelineError("\(path)\(line("images")): images: \(images) " + (found ? "is not a folder" : "does not exist")
+                                + " (the image folder, relative to the directory the command runs from)")
+        }
+        if let weights, case .file(let file) = WeightsChoice.resolve(weights).choice, !FileManager.default.fileExists(atPath: file) {
+            throw PipelineError("\(path)\(line("weights")): weights: \(file) does not exist (a weights file, random or random:SEED)")
+        }
+    }
+
     /// `~/…` as a shell would read it: weights live in ~/.cache/torch.
     private static func expandingTilde(_ path: String) -> String { (path as NSString).expandingTildeInPath }
 
@@ -240,26 +256,6 @@ extension Pipeline {
             return "\(file): invalid YAML: \(error)"
         }
     }
-
-    /// " (did you mean 'epochs'?)" when a known word is within two edits, else "".
-    static func suggestion(for word: String, among known: [String]) -> String {
-        let scored = known.map { ($0, editDistance(word.lowercased(), $0)) }.filter { $0.1 <= 2 }
-        guard let best = scored.min(by: { $0.1 < $1.1 }) else { return "" }
-        return " (did you mean '\(best.0)'?)"
-    }
-
-    private static func editDistance(_ a: String, _ b: String) -> Int {
-        let a = Array(a), b = Array(b)
-        var previous = Array(0...b.count)
-        for (i, characterOfA) in a.enumerated() {
-            var current = [i + 1]
-            for (j, characterOfB) in b.enumerated() {
-                current.append(min(previous[j + 1] + 1, current[j] + 1, previous[j] + (characterOfA == characterOfB ? 0 : 1)))
-            }
-            previous = current
-        }
-        return previous[b.count]
-    }
 }
 
 extension Node {
@@ -318,7 +314,7 @@ struct YAMLMapping {
     func refuseUnknownKeys(_ known: [String]) throws {
         for pair in pairs where !known.contains(pair.key) {
             throw PipelineError("\(file):\(pair.keyLine): unknown key '\(pair.key)' in \(context)"
-                                + Pipeline.suggestion(for: pair.key, among: known))
+                                + Suggestion.didYouMean(pair.key, among: known))
         }
     }
 
@@ -373,12 +369,12 @@ struct YAMLMapping {
         }
     }
 
-    func choice<Choice: RawRepresentable & CaseIterable>(_ key: String) throws -> Choice? where Choice.RawValue == String {
+    func choice<Choice: SettingChoice>(_ key: String) throws -> Choice? {
         guard let text = try scalar(key, "one word") else { return nil }
-        guard let value = Choice(rawValue: text.lowercased()) else {
+        guard let value = Choice(word: text) else {
             let known = Choice.allCases.map(\.rawValue)
             throw error(at: key, "'\(key)' must be one of \(known.joined(separator: ", ")), got '\(text)'"
-                        + Pipeline.suggestion(for: text, among: known))
+                        + Suggestion.didYouMean(text, among: known))
         }
         return value
     }

@@ -23,7 +23,7 @@ package struct PipelineRunner {
         for name in force where !known.contains(name) {
             throw PipelineError("--force \(name): \(pipeline.path) has no such stage (its stages: "
                                 + pipeline.stages.map(\.name).joined(separator: ", ") + ")"
-                                + Pipeline.suggestion(for: name, among: known))
+                                + Suggestion.didYouMean(name, among: known))
         }
         self.pipeline = pipeline
         forced = Set(force)

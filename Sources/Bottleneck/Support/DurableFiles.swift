@@ -25,6 +25,19 @@ enum DurableFiles {
         }
     }
 
+    /// Creates the missing folders above `path`, as `mkdir -p` does, each synced into its parent so that a file
+    /// made durable in it later does not vanish with its folder in a power cut. A folder that is there is left as
+    /// it is; something else in the way is left for `checkWritableFolder` to name.
+    static func createFolders(for path: String) throws {
+        let folder = folderPath(of: path)
+        guard !FileManager.default.fileExists(atPath: folder) else { return }
+        try createFolders(for: folder)
+        guard mkdir(folder, 0o777) == 0 || errno == EEXIST else {
+            throw DurableFileError("cannot create the folder \(folder) for \(path): \(systemMessage(errno))")
+        }
+        try syncFolder(of: folder)
+    }
+
     /// Refuses to start a write of about `bytes` into the folder of `path` when the file system has
     /// less free: HDF5 1.10 does not always report a full disk (and can crash on it), so the check
     /// comes before HDF5 writes anything.

@@ -4,7 +4,7 @@ import BottleneckKernels
 /// Every setting of a full-finetune run, as `config.json` and the checkpoint record them; a resumed run
 /// must have the same ones.
 package struct FineTuneSettings: Codable, Sendable, Equatable {
-    package enum AugmentationKind: String, Codable, CaseIterable, Sendable {
+    package enum AugmentationKind: String, Codable, SettingChoice, Sendable {
         /// RandomResizedCrop + RandomHorizontalFlip on training images.
         case standard
         /// Training images get the evaluation transform.

@@ -99,7 +99,9 @@ package struct HeadNetwork: Sendable {
         let key = name.trimmingCharacters(in: .whitespaces)
         let headLinears = layers.filter { if case .linear = $0.kind { true } else { false } }
         guard let layer = headLinears.first(where: { $0.path == key || $0.name == key.lowercased() }) else {
-            throw SettingError(key: .trainFrom, "\(key): not a fully connected layer above the cut "
+            // A layer of the network below the cut is no typo: suggest only for a name the network does not have.
+            let suggestion = (try? CutPoint(key, in: config)) == nil ? Suggestion.didYouMean(key, among: headLinears.map(\.name)) : ""
+            throw SettingError(key: .trainFrom, "\(key)\(suggestion): not a fully connected layer above the cut "
                                 + "(\(cut.layer.path)); choose one of \(headLinears.map(\.name).joined(separator: ", "))")
         }
         return layer.position
@@ -164,7 +166,7 @@ package struct HeadNetwork: Sendable {
         return try HeadNetwork(config: config, cut: cut, dropout: dropout) { key, _ in tensors[key]! }
     }
 
-    /// torch's `nn.Linear(inFeatures, outFeatures)` initialisation, which the seed recipe's
+    /// torch's `nn.Linear(inFeatures, outFeatures)` initialisation, which the usual PyTorch transfer-learning code's
     /// `model.classifier[6] = nn.Linear(4096, K)` gives: kaiming_uniform(a=√5) for the weight and
     /// the same U(-1/√in, 1/√in) for the bias. -> weight [out, in], bias [out]
     package static func newLinear(inFeatures: Int, outFeatures: Int, seed: UInt64) -> Linear {

@@ -3,11 +3,11 @@ import BottleneckKernels
 
 /// Every setting of a train-head run, as `config.json` records it (after defaults are resolved).
 package struct HeadTrainingSettings: Codable, Sendable, Equatable {
-    package enum OptimizerKind: String, Codable, CaseIterable, Sendable {
+    package enum OptimizerKind: String, Codable, SettingChoice, Sendable {
         case sgd, adam, adamw
     }
 
-    package enum ScheduleKind: String, Codable, CaseIterable, Sendable {
+    package enum ScheduleKind: String, Codable, SettingChoice, Sendable {
         case constant, step, cosine
     }
 

@@ -103,8 +103,27 @@ struct TrainedModel: Sendable {
     /// Reads a model written by `save(to:)`; a weights file or a feature cache is refused as not a model.
     /// Every attribute is range-checked and every dataset's shape compared with the configuration before a
     /// parameter is read, so a damaged or hostile file is one line naming it and the attribute, never a crash.
+    /// `path` may be a run directory: its model.h5 is read.
     package init(contentsOf path: String) throws {
-        self = try inRole(Self.role) { try TrainedModel(checking: path) }
+        let file = try Self.file(at: path)
+        self = try inRole(Self.role) { try TrainedModel(checking: file) }
+    }
+
+    /// The model file `path` names: itself, or a run directory's model.h5.
+    static func file(at path: String) throws -> String {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), isDirectory.boolValue else { return path }
+        let model = (path as NSString).appendingPathComponent(RunDirectory.modelFile)
+        guard FileManager.default.fileExists(atPath: model) else {
+            throw TrainingError(.invalidInput, "\(path) is a folder without \(RunDirectory.modelFile): give a model file or the run "
+                                + "directory of a finished train-head or full-finetune run")
+        }
+        return model
+    }
+
+    /// Whether `path` (a file or run directory) is a model rather than plain weights; throws when it is neither.
+    static func isModel(at path: String) throws -> Bool {
+        try StateDictFile.open(path: file(at: path)).metadata[Attribute.format] == formatName
     }
 
     private init(checking path: String) throws {

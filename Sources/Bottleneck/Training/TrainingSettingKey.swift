@@ -92,6 +92,14 @@ package enum TrainingSettingKey: String, CaseIterable, Sendable {
     }
 }
 
+/// A setting that is one word of a fixed set (`--optimizer`, `schedule:`), read in any letter case: the command line
+/// and a pipeline file parse it here, so that `Adam` means the same in both.
+package protocol SettingChoice: RawRepresentable, CaseIterable where RawValue == String {}
+
+extension SettingChoice {
+    package init?(word: String) { self.init(rawValue: word.lowercased()) }
+}
+
 /// A training setting whose value cannot train. It names its key, not a spelling: the command line says
 /// `--weight-decay must not be negative, got -1.0` (its `description`), a pipeline file `weight_decay …` at the line.
 struct SettingError: Error, CustomStringConvertible, Sendable {
