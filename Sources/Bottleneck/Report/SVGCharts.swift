@@ -1,7 +1,8 @@
 import Foundation
 import BottleneckKernels
 
-/// A line chart as inline SVG: axes with round-number ticks, a legend, one polyline (with dots) per series.
+/// A line chart as inline SVG: axes with round-number ticks, one polyline (with dots) per series; the legend is the
+/// page's (HTML wraps it on narrow screens, where a row of SVG text would not fit).
 /// No scripts and no external resources, so the report is one file that opens anywhere.
 struct LineChart {
     struct Series {
@@ -22,8 +23,7 @@ struct LineChart {
 
     private let width = 560.0
     private let height = 340.0
-    private let left = 62.0, right = 16.0, top = 56.0, bottom = 52.0
-    private let legendRowY = 40.0
+    private let left = 62.0, right = 16.0, top = 36.0, bottom = 52.0
 
     var svg: String {
         let points = series.flatMap(\.points).filter { $0.y.isFinite && (!logarithmicX || $0.x > 0) }
@@ -63,28 +63,20 @@ struct LineChart {
             + "y1=\"\(number(top))\" y2=\"\(number(top + plotHeight))\" class=\"axis\"/>\n"
         out += "<text x=\"\(number(left + plotWidth / 2))\" y=\"\(number(height - 10))\" class=\"axis-label\" text-anchor=\"middle\">"
             + "\(HTML.escape(xLabel))</text>\n"
-        out += "<text transform=\"translate(16 \(number(top + plotHeight / 2))) rotate(-90)\" class=\"axis-label\" text-anchor=\"middle\">"
-            + "\(HTML.escape(yLabel))</text>\n"
+        out += "<text transform=\"translate(16 \(number(top + plotHeight / 2))) rotate(-90)\" class=\"axis-label y\" "
+            + "text-anchor=\"middle\">\(HTML.escape(yLabel))</text>\n"
 
         for line in series {
             let visible = line.points.filter { $0.y.isFinite && (!logarithmicX || $0.x > 0) }
             guard !visible.isEmpty else { continue }
             let coordinates = visible.map { "\(number(px($0.x))),\(number(py($0.y)))" }.joined(separator: " ")
             out += "<polyline points=\"\(coordinates)\" fill=\"none\" stroke=\"\(line.color)\" stroke-width=\"2.2\""
-                + (line.dashed ? " stroke-dasharray=\"6 4\"" : "") + " stroke-linejoin=\"round\"/>\n"
+                + (line.dashed ? " stroke-dasharray=\"6 4\"" : "") + " stroke-linejoin=\"round\">"
+                + "<title>\(HTML.escape(line.name))</title></polyline>\n"
             for point in visible {
                 out += "<circle cx=\"\(number(px(point.x)))\" cy=\"\(number(py(point.y)))\" r=\"3\" fill=\"\(line.color)\"/>"
             }
             out += "\n"
-        }
-        // The legend sits in a row of its own between the title and the plot, so it never hides a curve.
-        var legendX = left
-        for line in series {
-            out += "<line x1=\"\(number(legendX))\" x2=\"\(number(legendX + 22))\" y1=\"\(number(legendRowY - 4))\" "
-                + "y2=\"\(number(legendRowY - 4))\" stroke=\"\(line.color)\" stroke-width=\"2.5\""
-                + (line.dashed ? " stroke-dasharray=\"6 4\"" : "") + "/>"
-            out += "<text x=\"\(number(legendX + 28))\" y=\"\(number(legendRowY))\" class=\"legend\">\(HTML.escape(line.name))</text>\n"
-            legendX += 28 + 7.2 * Double(line.name.count) + 20
         }
         return out + "</svg>"
     }
