@@ -14,7 +14,8 @@ struct ReportCommand: ParsableCommand {
         (mode, weights, best validation accuracy and loss, total and training time, epochs, frozen layers, \
         trainable parameters, throughput, cache size; cards on a phone), learning curves of validation accuracy and \
         loss against epoch and against wall-clock seconds (one colour-blind-safe colour per run; heads solid, \
-        fine-tuning dashed), and each run's per-class precision and recall and confusion matrix. The HTML has its CSS and SVG charts inline and fetches nothing: mail it, \
+        fine-tuning dashed), and each run's per-class precision and recall and confusion matrix. The HTML has its \
+        CSS and SVG charts inline and fetches nothing: mail it, \
         attach it to CI, open it offline. --format md prints tables for terminals and CI logs.
 
         Runs that were not validated on the same images (their summary.json records how many and a digest of \

@@ -124,6 +124,8 @@ final class ReportTests: XCTestCase {
         let flagged = try twoRuns(finetuneValidation: sameCount, allowDifferentValidation: true)
         XCTAssertTrue(flagged.html.contains("<p class=\"warning\">NOT COMPARABLE: the runs' validation images differ"), flagged.html)
         XCTAssertTrue(flagged.markdown.contains("\n> **NOT COMPARABLE: "), flagged.markdown)
+        XCTAssertTrue(flagged.markdown.hasPrefix("# head <vs> finetune\n\n**No winner: the runs did not validate on the same images, "
+                                                 + "so their accuracies do not compare.**\n\n> **NOT COMPARABLE: "), flagged.markdown)
         XCTAssertFalse(try twoRuns().markdown.contains("NOT COMPARABLE"))
         XCTAssertTrue(try twoRuns().markdown.contains("All runs validated on the same 24 images (the folder's train/ and val/)."))
     }
@@ -148,10 +150,10 @@ final class ReportTests: XCTestCase {
         let html = report.html
         let rows = tableRows(html, class: "runs")
         XCTAssertEqual(rows.count, 2)
-        XCTAssertEqual(rows[0], ["head", "train-head", "random weights (seed 0)", "0.7500", "0.4321", "unknown (extraction not recorded)",
-                                 "0.54 s", "3 (2)", "through fc7 (cached)", "195", "9,876 samples/s", "12.3 kB"])
-        XCTAssertEqual(rows[1], ["finetune", "full-finetune", "random weights (seed 0)", "0.6250", "0.5000", "2 min 05 s",
-                                 "2 min 05 s", "2 (2)", "through conv3_3", "4,835", "3.21 img/s", "—"])
+        XCTAssertEqual(rows[0], ["head", "train-head", "random weights", "through fc7 (cached)", "0.7500", "0.4321",
+                                 "unknown (extraction not recorded)", "0.54 s", "3 (2)", "195", "9,876 samples/s", "12.3 kB"])
+        XCTAssertEqual(rows[1], ["finetune", "full-finetune", "random weights", "through conv3_3", "0.6250", "0.5000", "2 min 05 s",
+                                 "2 min 05 s", "2 (2)", "4,835", "3.21 img/s", "—"])
         XCTAssertTrue(html.contains("head &lt;vs&gt; finetune"))
 
         // Nothing is fetched: no scripts, stylesheets, images or fonts from anywhere.
@@ -182,20 +184,22 @@ final class ReportTests: XCTestCase {
         let tableLines = markdown.split(separator: "\n").filter { $0.hasPrefix("|") && !$0.hasPrefix("| ---") }
         let cells = tableLines.map { $0.split(separator: "|").map { $0.trimmingCharacters(in: .whitespaces) } }
         XCTAssertEqual(cells[0].first, "run")
-        XCTAssertEqual(cells[1], ["head", "train-head", "random weights (seed 0)", "0.7500", "0.4321", "unknown (extraction not recorded)",
-                                  "0.54 s", "3 (2)", "through fc7 (cached)", "195", "9,876 samples/s", "12.3 kB"])
-        XCTAssertEqual(cells[2][3], "0.6250")
+        XCTAssertEqual(cells[1], ["head", "train-head", "random weights", "through fc7 (cached)", "0.7500", "0.4321",
+                                  "unknown (extraction not recorded)", "0.54 s", "3 (2)", "195", "9,876 samples/s", "12.3 kB"])
+        XCTAssertEqual(cells[2][4], "0.6250")
         XCTAssertTrue(cells.contains(["discs", "2", "5", "1"]), "\(cells)")
         XCTAssertTrue(cells.contains(["2", "0.7500 (loss 0.4500, 24.0 ms)", "0.6250 (loss 0.5750, 1 min 23 s)"]), "\(cells)")
     }
 
     /// A real cache at `features-fc7.h5`, extracted (at the input layer: no network to load) from fixture images
     /// by `ExtractionJob`, which records the seconds it took in the file; returns them.
-    private func extractCache() throws -> Double {
-        for (index, file) in ["rgb_97x131.png", "gray_64x64.jpg", "rgba_64x64.png", "l_131x97.png"].enumerated() {
+    private func extractCache(_ files: [String] = ["rgb_97x131.png", "gray_64x64.jpg", "rgba_64x64.png", "l_131x97.png"]) throws -> Double {
+        for (index, file) in files.enumerated() {
             let target = folder.appendingPathComponent("images/\(Self.classes[index % 3])")
             try FileManager.default.createDirectory(at: target, withIntermediateDirectories: true)
-            try FileManager.default.copyItem(atPath: Fixtures.path("images/" + file), toPath: target.appendingPathComponent(file).path)
+            if !FileManager.default.fileExists(atPath: target.appendingPathComponent(file).path) {
+                try FileManager.default.copyItem(atPath: Fixtures.path("images/" + file), toPath: target.appendingPathComponent(file).path)
+            }
         }
         var job = ExtractionJob(imagesRoot: folder.appendingPathComponent("images").path,
                                 outputPath: folder.appendingPathComponent("features-fc7.h5").path, weights: .random(seed: 0))
@@ -203,6 +207,15 @@ final class ReportTests: XCTestCase {
         job.preprocessing = Preprocessing(resize: 37, crop: 32)
         _ = try job.run { _ in }
         return try XCTUnwrap(try FeatureCacheReader(path: job.outputPath).extractionSeconds, "extract records its seconds in the cache")
+    }
+
+    /// A rerun that extracts more rows adds its seconds to those the cache records for the rows it reuses; one that
+    /// finds nothing new leaves the cache, and its cost, as they were.
+    func testExtractionSecondsAddUpOverReruns() throws {
+        let first = try extractCache(["rgb_97x131.png", "gray_64x64.jpg"])
+        let second = try extractCache(["rgb_97x131.png", "gray_64x64.jpg", "rgba_64x64.png"])
+        XCTAssertGreaterThan(second, first)
+        XCTAssertEqual(try extractCache(["rgb_97x131.png", "gray_64x64.jpg", "rgba_64x64.png"]), second)
     }
 
     /// The first lines answer freeze or fine-tune: the winner, its margin in accuracy points and loss, and what each
@@ -249,18 +262,18 @@ final class ReportTests: XCTestCase {
         XCTAssertTrue(single.markdown.hasPrefix("# one\n\n**One run: head (train-head) reaches 0.7500 validation accuracy, loss 0.4321 "
                                                 + "(chance 0.333). Nothing to compare it with: report it with a full-finetune run "
                                                 + "validated on the same images to answer freeze or fine-tune.**"), single.markdown)
-        XCTAssertTrue(single.html.contains("the run starts from random weights (seed 0)"))
+        XCTAssertTrue(single.html.contains("RANDOM WEIGHTS: the run starts from random weights."))
     }
 
     /// Random weights are on every run's badge and in the headline, with the way to the real ones; pretrained
     /// weights are named by file and sha256 prefix, and the headline does not warn.
     func testRandomWeightsAreBadgedAndWarnedOfAndPretrainedOnesNamed() throws {
         let random = try twoRuns()
-        let warning = "RANDOM WEIGHTS: all runs start from random weights (seed 0). The comparison is on random weights and not "
+        let warning = "RANDOM WEIGHTS: all runs start from random weights. A comparison on random weights is not "
             + "meaningful for ImageNet transfer; get the pretrained torchvision weights with 'bottleneck weights download' and train again."
         XCTAssertTrue(random.html.contains("<p class=\"warning\">\(warning)</p></section>"), random.html)
         XCTAssertTrue(random.markdown.contains("\n> **\(warning)**\n"), random.markdown)
-        XCTAssertEqual(random.html.components(separatedBy: "<span class=\"badge weights random\">random weights (seed 0)</span>").count - 1,
+        XCTAssertEqual(random.html.components(separatedBy: "<span class=\"badge weights random\">random weights</span>").count - 1,
                        4, "a badge in each run's table row and heading")
 
         try FileManager.default.removeItem(at: folder.appendingPathComponent("head"))
@@ -278,8 +291,9 @@ final class ReportTests: XCTestCase {
     func testEveryRunHasItsOwnColourAndTheModeIsTheDash() throws {
         var runs: [RunRecord] = []
         for (name, mode) in [("head", TrainedModel.Mode.head), ("finetune", .finetune), ("head-b", .head), ("finetune-b", .finetune)] {
-            runs.append(try RunRecord(directory: try writeRun(name, mode: mode, accuracies: [0.5, 0.75], epochSeconds: 1, bestAccuracy: 0.75,
-                                                              confusion: [[8, 0, 0], [2, 5, 1], [0, 3, 5]])))
+            let run = try writeRun(name, mode: mode, accuracies: [0.5, 0.75], epochSeconds: 1, bestAccuracy: 0.75,
+                                   confusion: [[8, 0, 0], [2, 5, 1], [0, 3, 5]])
+            runs.append(try RunRecord(directory: run))
         }
         let html = try Report(title: "four", runs: runs).html
         let table = String(html[html.range(of: "<table class=\"runs\">")!.lowerBound...])

@@ -65,22 +65,21 @@ package struct Report: Sendable {
     /// The question's columns first (accuracy, loss, cost), so a narrow screen shows them before the details.
     private struct Row {
         var cells: [String]
-        static let header = ["run", "mode", "weights", "best val accuracy", "best val loss", "total time", "training time",
-                             "epochs (best)", "frozen", "trainable parameters", "throughput", "cache"]
-        static let firstNumber = 3
-        static let accuracy = 3
+        static let header = ["run", "mode", "weights", "frozen", "best val accuracy", "best val loss", "total time",
+                             "training time", "epochs (best)", "trainable parameters", "throughput", "cache"]
         static let weights = 2
+        static let firstNumber = 4
+        static let accuracy = 4
     }
 
     private func row(_ run: RunRecord) -> Row {
         let throughput = run.mode == .head ? Self.grouped(Int(run.samplesPerSecond.rounded())) + " samples/s"
             : String(format: "%.2f img/s", run.samplesPerSecond)
         let cache = run.cache.map { $0.bytes?.formattedBytes ?? "missing" } ?? "—"
-        return Row(cells: [run.name, Self.modeName(run.mode), Verdict.weightsLabel(run),
+        return Row(cells: [run.name, Self.modeName(run.mode), Verdict.weightsLabel(run), run.frozen,
                            String(format: "%.4f", run.bestValidationAccuracy), String(format: "%.4f", run.bestValidationLoss),
                            run.totalSeconds.map(Self.duration) ?? "unknown (extraction not recorded)", Self.duration(run.wallSeconds),
-                           "\(run.epochs.count) (\(run.bestEpoch))", run.frozen, Self.grouped(run.trainableParameters), throughput,
-                           cache])
+                           "\(run.epochs.count) (\(run.bestEpoch))", Self.grouped(run.trainableParameters), throughput, cache])
     }
 
     static func modeName(_ mode: RunRecord.Mode) -> String { mode == .head ? "train-head" : "full-finetune" }
@@ -187,7 +186,7 @@ package struct Report: Sendable {
             body += "<article class=\"run\"><h3>\(swatch(run))\(HTML.escape(run.name)) \(badges(run))</h3>\n"
                 + "<p class=\"path\">\(HTML.escape(run.directory)) · \(run.imageSize) px · best epoch \(run.bestEpoch): "
                 + String(format: "val accuracy %.4f, loss %.4f", run.bestValidationAccuracy, run.bestValidationLoss)
-                + " · \(HTML.escape(Verdict.cost(run)))</p>\n"
+                + " · total \(HTML.escape(Verdict.cost(run)))</p>\n"
                 + "<div class=\"run-body\"><table class=\"classes\"><thead><tr><th>class</th><th>precision</th><th>recall</th>"
                 + "<th>f1</th><th>support</th></tr></thead><tbody>\n"
             for figures in run.perClass {
@@ -257,11 +256,17 @@ package struct Report: Sendable {
     .warning { margin: 10px 0 0; padding: 8px 12px; background: #fdecea; color: #8a1c12; border-left: 4px solid #c62828;
                font-weight: 600; }
     table { border-collapse: collapse; background: #fff; font-size: 13.5px; }
-    th, td { padding: 7px 10px; border-bottom: 1px solid var(--line); text-align: left; white-space: nowrap; }
+    th, td { padding: 7px 8px; border-bottom: 1px solid var(--line); text-align: left; white-space: nowrap; }
     th { background: #eef1f5; font-weight: 600; font-size: 12.5px; color: #3a4452; white-space: normal; vertical-align: bottom; }
     td.number { text-align: right; font-variant-numeric: tabular-nums; }
     .table-wrap { overflow-x: auto; }
     table.runs { width: 100%; box-shadow: 0 1px 2px rgba(0,0,0,.06); border-radius: 6px; }
+    table.runs td { white-space: normal; min-width: 4em; }
+    table.runs td.number { white-space: nowrap; }
+    /* Where the table is wider than the screen, the run's name stays in view while the figures scroll under it. */
+    table.runs td:first-child, table.runs th:first-child { position: sticky; left: 0; z-index: 1; white-space: nowrap;
+                                                           box-shadow: 1px 0 0 var(--line); }
+    table.runs td:first-child { background: #fff; }
     .swatch { display: inline-block; width: 24px; height: 0; border-top: 3px solid; margin-right: 7px; vertical-align: 4px; }
     .swatch.finetune { border-top-style: dashed; }
     .badge { display: inline-block; padding: 0 8px; border-radius: 10px; font-size: 12px; font-weight: 600; white-space: nowrap;
@@ -296,11 +301,17 @@ package struct Report: Sendable {
       table.runs { background: none; box-shadow: none; }
       table.runs tr { background: #fff; border-radius: 6px; box-shadow: 0 1px 2px rgba(0,0,0,.06); margin-bottom: 10px;
                       padding: 4px 0; }
-      table.runs td { display: flex; justify-content: space-between; gap: 12px; text-align: right; white-space: normal;
-                      padding: 4px 12px; border-bottom: 1px solid #f0f2f5; }
+      table.runs td, table.runs td.number { display: flex; justify-content: space-between; align-items: baseline; gap: 12px;
+                                            text-align: right; white-space: normal; padding: 4px 12px;
+                                            border-bottom: 1px solid #f0f2f5; }
       table.runs td:last-child { border-bottom: none; }
       table.runs td::before { content: attr(data-label); color: var(--muted); text-align: left; font-size: 12.5px; }
-      table.runs td:first-child { font-weight: 600; font-size: 15px; }
+      table.runs td:first-child { position: static; box-shadow: none; justify-content: flex-start; align-items: center; gap: 0;
+                                  font-weight: 600; font-size: 15px; }
+      .verdict { padding: 10px 12px; }
+      .run { padding: 12px 10px; }
+      table.classes th, table.classes td { padding: 6px 5px; }
+      .verdict .answer { font-size: 16px; }
       table.runs td:first-child::before { content: none; }
       svg.chart .tick, svg.chart .axis-label { font-size: 18px; }
       svg.chart .chart-title { font-size: 22px; }

@@ -23,7 +23,10 @@ struct LineChart {
 
     private let width = 560.0
     private let height = 340.0
-    private let left = 62.0, right = 16.0, top = 36.0, bottom = 52.0
+    private let right = 16.0, top = 36.0, bottom = 52.0
+    private static let maximumDots = 40
+    /// Width of one tick-label character at the largest font the page sets (on phones), in SVG units.
+    private let labelCharacterWidth = 10.5
 
     var svg: String {
         let points = series.flatMap(\.points).filter { $0.y.isFinite && (!logarithmicX || $0.x > 0) }
@@ -33,6 +36,8 @@ struct LineChart {
             ?? Ticks.linear(from: points.map(\.y).min()!, to: points.map(\.y).max()!)
         let xTicks = logarithmicX ? Ticks.decades(from: xs.min()!, to: xs.max()!)
             : Ticks.linear(from: xs.min()!, to: xs.max()!, integers: true)
+        // Room for the widest y label ("1.0995") at the phone's larger font, and never less than the axis title needs.
+        let left = max(62, 20 + labelCharacterWidth * Double(yTicks.labels.map(\.count).max() ?? 0))
         let plotWidth = width - left - right, plotHeight = height - top - bottom
         let xRange = xTicks.values.first!...xTicks.values.last!, yRange = yTicks.values.first!...yTicks.values.last!
         func px(_ x: Double) -> Double {
@@ -45,7 +50,7 @@ struct LineChart {
 
         var out = "<svg class=\"chart\" xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 \(Int(width)) \(Int(height))\" "
             + "role=\"img\" aria-label=\"\(HTML.escape(title))\">\n"
-        out += "<text x=\"\(number(left))\" y=\"20\" class=\"chart-title\">\(HTML.escape(title))</text>\n"
+        out += "<text x=\"8\" y=\"20\" class=\"chart-title\">\(HTML.escape(title))</text>\n"
         for (value, label) in zip(yTicks.values, yTicks.labels) {
             out += "<line x1=\"\(number(left))\" x2=\"\(number(width - right))\" "
                 + "y1=\"\(number(py(value)))\" y2=\"\(number(py(value)))\" class=\"grid\"/>"
@@ -73,7 +78,8 @@ struct LineChart {
             out += "<polyline points=\"\(coordinates)\" fill=\"none\" stroke=\"\(line.color)\" stroke-width=\"2.2\""
                 + (line.dashed ? " stroke-dasharray=\"6 4\"" : "") + " stroke-linejoin=\"round\">"
                 + "<title>\(HTML.escape(line.name))</title></polyline>\n"
-            for point in visible {
+            // Dots mark the epochs where they stay apart; hundreds of them would only thicken the line.
+            for point in visible where visible.count <= Self.maximumDots {
                 out += "<circle cx=\"\(number(px(point.x)))\" cy=\"\(number(py(point.y)))\" r=\"3\" fill=\"\(line.color)\"/>"
             }
             out += "\n"

@@ -18,7 +18,8 @@ struct Verdict {
 
     init(runs: [RunRecord], comparable: Bool) {
         answer = Self.answer(runs: runs, comparable: comparable)
-        cost = "Cost from images to model: " + runs.map(Self.cost).joined(separator: "; ") + Self.costRatio(runs: runs) + "."
+        cost = "Cost from images to model: " + runs.map { "\($0.name) \(Self.cost($0))" }.joined(separator: "; ")
+            + Self.costRatio(runs: runs) + "."
         randomWeights = runs.contains(where: \.usesRandomWeights)
         weights = Self.weights(runs: runs)
     }
@@ -72,15 +73,15 @@ struct Verdict {
         return " At equal accuracy the cheaper is \(cheaper.name)."
     }
 
-    /// "head 3.74 s (0.54 s training + 3.20 s extracting its cache)", "finetune 2 min 05 s"
+    /// "3.74 s (0.54 s training + 3.20 s extracting its cache)" for a head, "2 min 05 s" for a fine-tuning.
     static func cost(_ run: RunRecord) -> String {
         let training = Report.duration(run.wallSeconds)
-        guard let cache = run.cache else { return "\(run.name) \(training)" }
+        guard let cache = run.cache else { return training }
         guard let total = run.totalSeconds, let extraction = cache.extractionSeconds else {
-            return "\(run.name) \(training) training + extraction time unknown (its cache "
+            return "\(training) training + extraction time unknown (its cache "
                 + "\((cache.path as NSString).lastPathComponent) does not record it: made before caches did, or merged from shards)"
         }
-        return "\(run.name) \(Report.duration(total)) (\(training) training + \(Report.duration(extraction)) extracting its cache)"
+        return "\(Report.duration(total)) (\(training) training + \(Report.duration(extraction)) extracting its cache)"
     }
 
     /// " (finetune took 34× as long as head)": the best run of each approach, when both costs are known.
@@ -94,13 +95,10 @@ struct Verdict {
         return " (\(slow.name) took " + String(format: ratio < 10 ? "%.1f" : "%.0f", ratio) + "× as long as \(fast.name))"
     }
 
-    /// "random weights (seed 0)", "vgg16-397923af.pth · sha256 397923af"
+    /// "random weights", "vgg16-397923af.pth · sha256 397923af"
     static func weightsLabel(_ run: RunRecord) -> String {
-        guard run.usesRandomWeights else {
-            return "\((run.weights.source as NSString).lastPathComponent) · sha256 \(run.weights.fingerprint.prefix(8))"
-        }
-        if case .random(let seed) = WeightsChoice(reproducing: run.weights) { return "random weights (seed \(seed))" }
-        return "random weights"
+        run.usesRandomWeights ? "random weights"
+            : "\((run.weights.source as NSString).lastPathComponent) · sha256 \(run.weights.fingerprint.prefix(8))"
     }
 
     private static func weights(runs: [RunRecord]) -> String {
@@ -108,7 +106,7 @@ struct Verdict {
         let which = labels.count == 1 ? "\(runs.count == 1 ? "the run starts" : "all runs start") from \(labels.first!)"
             : runs.map { "\($0.name): \(weightsLabel($0))" }.joined(separator: ", ")
         guard runs.contains(where: \.usesRandomWeights) else { return "Weights: \(which)." }
-        return "RANDOM WEIGHTS: \(which). The comparison is on random weights and not meaningful for ImageNet transfer; "
+        return "RANDOM WEIGHTS: \(which). A comparison on random weights is not meaningful for ImageNet transfer; "
             + "get the pretrained torchvision weights with 'bottleneck weights download' and train again."
     }
 }
