@@ -265,6 +265,19 @@ final class ReportTests: XCTestCase {
         XCTAssertTrue(single.html.contains("RANDOM WEIGHTS: the run starts from random weights."))
     }
 
+    /// Runs of one approach name the best, and say they do not answer freeze or fine-tune.
+    func testRunsOfOneApproachNameTheBestWithoutAnsweringTheQuestion() throws {
+        let runs = try [("head", 0.75), ("head-b", 0.5)].map { name, accuracy in
+            try RunRecord(directory: try writeRun(name, mode: .head, accuracies: [accuracy], epochSeconds: 0.012, bestAccuracy: accuracy,
+                                                  confusion: [[8, 0, 0], [2, 5, 1], [0, 3, 5]]))
+        }
+        let markdown = try Report(title: "heads", runs: runs.reversed()).markdown
+        XCTAssertTrue(markdown.hasPrefix("# heads\n\n**Best run: head (train-head) beats head-b (train-head) by 25.0 accuracy points "
+                                         + "(0.7500 vs 0.5000 validation accuracy; validation loss 0.4321 vs 0.4321). Every run trains a "
+                                         + "head on cached features, so this does not answer freeze or fine-tune: add a full-finetune run "
+                                         + "on the same images.**"), markdown)
+    }
+
     /// Random weights are on every run's badge and in the headline, with the way to the real ones; pretrained
     /// weights are named by file and sha256 prefix, and the headline does not warn.
     func testRandomWeightsAreBadgedAndWarnedOfAndPretrainedOnesNamed() throws {
