@@ -12,7 +12,7 @@ struct ReportCommand: ParsableCommand {
         validation images, by how many accuracy points and how much loss, at what total time (a head's includes \
         the extraction its cache records), on which weights (random weights are flagged). Then a table of the runs \
         (mode, weights, best validation accuracy and loss, total and training time, epochs, frozen layers, \
-        trainable parameters, throughput, cache size; cards on a phone), learning curves of validation accuracy and \
+        trainable parameters, throughput, cache size; cards on narrow screens), learning curves of validation accuracy and \
         loss against epoch and against wall-clock seconds (one colour-blind-safe colour per run; heads solid, \
         fine-tuning dashed), and each run's per-class precision and recall and confusion matrix. The HTML has its \
         CSS and SVG charts inline and fetches nothing: mail it, \

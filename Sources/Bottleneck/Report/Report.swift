@@ -263,7 +263,7 @@ package struct Report: Sendable {
     table.runs { width: 100%; box-shadow: 0 1px 2px rgba(0,0,0,.06); border-radius: 6px; }
     table.runs td { white-space: normal; min-width: 4em; }
     table.runs td.number { white-space: nowrap; }
-    /* Where the table is wider than the screen, the run's name stays in view while the figures scroll under it. */
+    /* Should the table still be wider than the screen, the run's name stays in view while the figures scroll under it. */
     table.runs td:first-child, table.runs th:first-child { position: sticky; left: 0; z-index: 1; white-space: nowrap;
                                                            box-shadow: 1px 0 0 var(--line); }
     table.runs td:first-child { background: #fff; }
@@ -293,14 +293,14 @@ package struct Report: Sendable {
     .path { overflow-wrap: anywhere; }
     .empty { color: var(--muted); }
     @media (max-width: 1000px) { .charts { grid-template-columns: minmax(0, 640px); } main { padding: 20px 16px 40px; } }
-    /* Narrow screens: each run is a card of label: value lines, so no column hides off-screen; the charts (560 units
-       wide, drawn at about 0.6 scale on a phone) get text sized up to stay at least 11 px on screen. */
-    @media (max-width: 700px) {
-      table.runs, table.runs tbody, table.runs tr, table.runs td { display: block; width: 100%; }
+    /* Below the width the whole table needs, each run is a card of label: value lines (side by side where they fit),
+       so no column hides off-screen. */
+    @media (max-width: 1220px) {
+      table.runs, table.runs tr, table.runs td { display: block; width: 100%; }
+      table.runs tbody { display: grid; grid-template-columns: repeat(auto-fill, minmax(300px, 1fr)); gap: 10px; }
       table.runs thead { display: none; }
       table.runs { background: none; box-shadow: none; }
-      table.runs tr { background: #fff; border-radius: 6px; box-shadow: 0 1px 2px rgba(0,0,0,.06); margin-bottom: 10px;
-                      padding: 4px 0; }
+      table.runs tr { background: #fff; border-radius: 6px; box-shadow: 0 1px 2px rgba(0,0,0,.06); padding: 4px 0; }
       table.runs td, table.runs td.number { display: flex; justify-content: space-between; align-items: baseline; gap: 12px;
                                             text-align: right; white-space: normal; padding: 4px 12px;
                                             border-bottom: 1px solid #f0f2f5; }
@@ -308,11 +308,14 @@ package struct Report: Sendable {
       table.runs td::before { content: attr(data-label); color: var(--muted); text-align: left; font-size: 12.5px; }
       table.runs td:first-child { position: static; box-shadow: none; justify-content: flex-start; align-items: center; gap: 0;
                                   font-weight: 600; font-size: 15px; }
+      table.runs td:first-child::before { content: none; }
+    }
+    /* Phones: the charts (560 units wide, drawn at about 0.6 scale) get text sized up to stay at least 11 px on screen. */
+    @media (max-width: 700px) {
       .verdict { padding: 10px 12px; }
+      .verdict .answer { font-size: 16px; }
       .run { padding: 12px 10px; }
       table.classes th, table.classes td { padding: 6px 5px; }
-      .verdict .answer { font-size: 16px; }
-      table.runs td:first-child::before { content: none; }
       svg.chart .tick, svg.chart .axis-label { font-size: 18px; }
       svg.chart .chart-title { font-size: 22px; }
       svg.chart .axis-label.y { display: none; }
