@@ -7,11 +7,15 @@ struct ReportCommand: ParsableCommand {
         commandName: "report",
         abstract: "Compare train-head and full-finetune runs: one self-contained HTML file, or Markdown.",
         discussion: """
-        Reads each RUN_DIR's config.json, metrics.csv, summary.json and model.h5 attributes, and shows a table \
-        of the runs (mode, frozen layers, trainable parameters, epochs, best validation accuracy and loss, wall \
-        time, throughput, cache size), learning curves of validation accuracy and loss against epoch and against \
-        wall-clock seconds (heads solid blue, fine-tuning dashed orange), and each run's per-class precision and \
-        recall and confusion matrix. The HTML has its CSS and SVG charts inline and fetches nothing: mail it, \
+        Reads each RUN_DIR's config.json, metrics.csv, summary.json and model.h5 attributes (and a head's cache), \
+        and opens with the answer: freeze (a head on cached features) or fine-tune, which won on the shared \
+        validation images, by how many accuracy points and how much loss, at what total time (a head's includes \
+        the extraction its cache records), on which weights (random weights are flagged). Then a table of the runs \
+        (mode, weights, best validation accuracy and loss, total and training time, epochs, frozen layers, \
+        trainable parameters, throughput, cache size; cards on narrow screens), learning curves of validation accuracy and \
+        loss against epoch and against wall-clock seconds (one colour-blind-safe colour per run; heads solid, \
+        fine-tuning dashed), and each run's per-class precision and recall and confusion matrix. The HTML has its \
+        CSS and SVG charts inline and fetches nothing: mail it, \
         attach it to CI, open it offline. --format md prints tables for terminals and CI logs.
 
         Runs that were not validated on the same images (their summary.json records how many and a digest of \
@@ -21,7 +25,8 @@ struct ReportCommand: ParsableCommand {
         Examples:
           bottleneck report runs/demo/head runs/demo/finetune --out report.html
           bottleneck report runs/demo/* --format md
-          bottleneck report runs/pets-head runs/pets-ft --out pets.md --format md --title "pets: head vs fine-tune"
+          bottleneck report runs/pets-head runs/pets-ft --out pets.md --format md \\
+            --title "pets: head vs fine-tune"
         """)
 
     @Argument(help: ArgumentHelp("Run directories written by train-head or full-finetune.", valueName: "RUN_DIR"))

@@ -260,8 +260,7 @@ final class CommandLineTests: XCTestCase {
     /// argument-parser rewraps `--help` to the terminal and starts each wrapped line at column 0: an indented
     /// line of a discussion (an example, a table) survives at 80 columns only when it fits in 79.
     func testIndentedHelpLinesSurviveEightyColumns() {
-        // report's discussion is another engineer's file (Sources/BottleneckCLI/Report.swift).
-        for command in Self.commands() where command != ReportCommand.self {
+        for command in Self.commands() {
             let help = BottleneckCommand.helpMessage(for: command, columns: 80)
             let helpLines = Set(help.split(separator: "\n").map(String.init))
             for line in command.configuration.discussion.split(separator: "\n").map(String.init) where line.hasPrefix(" ") {

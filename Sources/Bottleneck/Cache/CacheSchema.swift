@@ -23,6 +23,9 @@ enum CacheSchema {
     static let created = "created"
     static let rowsDone = "rows_done"
     static let complete = "complete"
+    /// Seconds `bottleneck extract` spent making the rows (loading weights, decoding, the network): what a head's
+    /// report adds to its training time. Absent where unknown (merged shards, rows of an interrupted or older run).
+    static let extractionSeconds = "extraction_seconds"
 
     /// What `/features` chunks aim at: big enough for fast sequential reads,
     /// small enough for HDF5's default 1 MiB chunk cache.

@@ -270,8 +270,14 @@ final class FeatureCacheBuilder {
     /// `complete` when every manifest item has a row or a failure. A rerun that found nothing new leaves the
     /// earlier file alone: copying a pool5 cache of many GB to get the same bytes (but the creation time)
     /// would take minutes and twice the disk.
-    package func finish(compress: Bool) throws -> CacheSummary {
+    /// `extractionSeconds` (this run's) is recorded with the earlier cache's for the rows reused from it, or not at
+    /// all when some rows' cost is unknown: an earlier cache that does not record it, an interrupted run's rows.
+    package func finish(compress: Bool, extractionSeconds: Double? = nil) throws -> CacheSummary {
         guard let journal else { throw FeatureCacheError(.invalidInput, "\(path) is already finished") }
+        let totalSeconds = extractionSeconds.flatMap { seconds -> Double? in
+            guard recoveredRowCount == 0 else { return nil }
+            return reusedRowCount == 0 ? seconds : previous?.extractionSeconds.map { $0 + seconds }
+        }
         let rowItems = manifest.indices.filter { sources[$0] != nil }
         let failures = manifest.compactMap { item in
             sources[manifestIndex[item.path]!] == nil ? failureReasons[item.path].map { CacheFailure(path: item.path, reason: $0) } : nil
@@ -286,7 +292,7 @@ final class FeatureCacheBuilder {
                                                     keeping: "the extracted rows stay in \(journalPath): free some space and rerun")
                     try DurableFiles.writeThroughTemporary(to: path) { temporaryPath in
                         try writeCache(to: temporaryPath, from: journal, rowItems: rowItems, failures: failures, compress: compress,
-                                       complete: complete)
+                                       complete: complete, extractionSeconds: totalSeconds)
                     }
                 }
             } catch let error as FileAccessError {
@@ -316,7 +322,7 @@ final class FeatureCacheBuilder {
     }
 
     private func writeCache(to temporaryPath: String, from journal: CacheJournal, rowItems: [Int], failures: [CacheFailure],
-                            compress: Bool, complete: Bool) throws {
+                            compress: Bool, complete: Bool, extractionSeconds: Double?) throws {
         let file = try HDF5File(path: temporaryPath, mode: .createNew)
         let rowSize = fingerprint.rowSize
         let rowCount = rowItems.count
@@ -380,6 +386,7 @@ final class FeatureCacheBuilder {
         try file.setAttribute(CacheSchema.created, ISO8601DateFormatter().string(from: Date()))
         try file.setAttribute(CacheSchema.rowsDone, Int64(rowCount))
         try file.setAttribute(CacheSchema.complete, Int32(complete ? 1 : 0))
+        if let extractionSeconds { try file.setAttribute(CacheSchema.extractionSeconds, extractionSeconds) }
         // Everything reaches the file here, where a failure (a full disk) can still be reported and
         // the journal kept; the close when the last object is released on return has nothing left to write.
         try file.flush()

@@ -25,6 +25,8 @@ final class FeatureCacheReader: Sendable {
     let isComplete: Bool
     /// ISO 8601, when the file was written.
     package let created: String
+    /// Seconds extraction spent making the rows, where the file records them (`CacheSchema.extractionSeconds`).
+    package let extractionSeconds: Double?
     /// Every root attribute as text (numbers and arrays printed), for display.
     package let attributes: [String: String]
     /// How `/features` is stored: chunk shape, compression filters.
@@ -77,6 +79,7 @@ final class FeatureCacheReader: Sendable {
                                         + "not every image was processed; rerun the same extract command to finish it")
             }
             created = try file.stringAttribute(CacheSchema.created) ?? ""
+            extractionSeconds = try file.attribute(CacheSchema.extractionSeconds, as: Double.self)
 
             func dataset(_ name: String, in group: HDF5Group = file) throws -> HDF5Dataset {
                 guard try group.contains(name), try group.kind(of: name) == .dataset else {

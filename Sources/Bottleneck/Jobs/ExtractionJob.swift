@@ -156,7 +156,7 @@ package struct ExtractionJob: Sendable {
         }
         progress.finish()
         summary.extractionSeconds = loopStart.secondsElapsed
-        let cache = try builder.finish(compress: compress)
+        let cache = try builder.finish(compress: compress, extractionSeconds: start.secondsElapsed)
         summary.extracted = cache.extractedRows
         summary.reused = cache.reusedRows
         summary.changed = cache.changedRows

@@ -29,8 +29,10 @@ package struct RunRecord: Sendable {
     package var wallSeconds: Double
     /// Training samples through optimizer steps per second.
     package var samplesPerSecond: Double
-    /// The feature cache a head trained on, with its size; nil for fine-tuning (no cache).
-    package var cache: (path: String, bytes: Int?)?
+    /// The feature cache a head trained on; nil for fine-tuning (no cache).
+    package var cache: CacheFile?
+    /// The backbone weights the run started from (model.h5's attributes): a file's sha256, or seeded random ones.
+    package var weights: WeightsIdentity
     package var imageSize: Int
     package var classes: [String]
     package var perClass: [ClassificationMetrics.ClassFigures]
@@ -38,6 +40,23 @@ package struct RunRecord: Sendable {
     package var confusion: [[Int]]
     /// Which images it validated on; nil for a run made before runs recorded it.
     package var validation: TrainingSplit.Record?
+
+    package struct CacheFile: Sendable {
+        package var path: String
+        /// nil when the file is gone.
+        package var bytes: Int?
+        /// What extracting it took, where the cache records it.
+        package var extractionSeconds: Double?
+    }
+
+    /// What the run cost from images to model: a head's training plus the extraction that made its cache (nil when the
+    /// cache does not record that), a fine-tuning's training.
+    package var totalSeconds: Double? {
+        guard let cache else { return wallSeconds }
+        return cache.extractionSeconds.map { $0 + wallSeconds }
+    }
+
+    var usesRandomWeights: Bool { !weights.isPretrained }
 
     private struct ConfigFile: Decodable {
         struct Cache: Decodable {
@@ -88,7 +107,8 @@ package struct RunRecord: Sendable {
             mode = .head
             frozen = "through \(config.head?.cutLayer ?? "the cut") (cached)"
             cache = config.cache.map { cache in
-                (cache.path, (try? FileManager.default.attributesOfItem(atPath: cache.path))?[.size] as? Int)
+                CacheFile(path: cache.path, bytes: (try? FileManager.default.attributesOfItem(atPath: cache.path))?[.size] as? Int,
+                          extractionSeconds: (try? FeatureCacheReader(path: cache.path))?.extractionSeconds)
             }
             imageSize = (try? Preprocessing(jsonDescription: config.cache?.fingerprint.preprocess ?? ""))?.crop ?? 224
         case "full-finetune":
@@ -100,7 +120,7 @@ package struct RunRecord: Sendable {
             throw ReportError("\(run(RunDirectory.configFile)): command '\(config.command)' is neither train-head nor full-finetune")
         }
         epochs = try Self.readMetrics(run(RunDirectory.metricsFile))
-        trainableParameters = try Self.trainableParameters(model: run(RunDirectory.modelFile))
+        (trainableParameters, weights) = try Self.modelAttributes(run(RunDirectory.modelFile))
         bestEpoch = summary.bestEpoch
         bestValidationAccuracy = summary.bestValAccuracy
         bestValidationLoss = summary.bestValLoss
@@ -135,13 +155,19 @@ package struct RunRecord: Sendable {
         }
     }
 
-    /// Elements of the layers model.h5 lists as trained, from the dataset shapes (nothing is read).
-    private static func trainableParameters(model path: String) throws -> Int {
+    /// Elements of the layers model.h5 lists as trained, from the dataset shapes (no parameter is read), and the
+    /// backbone weights it records.
+    private static func modelAttributes(_ path: String) throws -> (trainableParameters: Int, weights: WeightsIdentity) {
         let file = try StateDictFile.open(path: path)
         guard let listed = file.metadata["trainable_layers"],
               let layers = try? JSONDecoder().decode([String].self, from: Data(listed.utf8)) else {
             throw ReportError("\(path): no trainable_layers attribute (not a bottleneck model)")
         }
-        return file.entries.filter { entry in layers.contains { entry.key.hasPrefix($0 + ".") } }.reduce(0) { $0 + $1.elementCount }
+        guard let source = file.metadata["weights_source"], let fingerprint = file.metadata["weights_sha256"] else {
+            throw ReportError("\(path): no weights_source or weights_sha256 attribute (not a bottleneck model)")
+        }
+        let parameters = file.entries.filter { entry in layers.contains { entry.key.hasPrefix($0 + ".") } }
+            .reduce(0) { $0 + $1.elementCount }
+        return (parameters, WeightsIdentity(source: source, fingerprint: fingerprint))
     }
 }

@@ -1,7 +1,8 @@
 import Foundation
 import BottleneckKernels
 
-/// A line chart as inline SVG: axes with round-number ticks, a legend, one polyline (with dots) per series.
+/// A line chart as inline SVG: axes with round-number ticks, one polyline (with dots) per series; the legend is the
+/// page's (HTML wraps it on narrow screens, where a row of SVG text would not fit).
 /// No scripts and no external resources, so the report is one file that opens anywhere.
 struct LineChart {
     struct Series {
@@ -22,8 +23,10 @@ struct LineChart {
 
     private let width = 560.0
     private let height = 340.0
-    private let left = 62.0, right = 16.0, top = 56.0, bottom = 52.0
-    private let legendRowY = 40.0
+    private let right = 16.0, top = 36.0, bottom = 52.0
+    private static let maximumDots = 40
+    /// Width of one tick-label character at the largest font the page sets (on phones), in SVG units.
+    private let labelCharacterWidth = 10.5
 
     var svg: String {
         let points = series.flatMap(\.points).filter { $0.y.isFinite && (!logarithmicX || $0.x > 0) }
@@ -33,6 +36,8 @@ struct LineChart {
             ?? Ticks.linear(from: points.map(\.y).min()!, to: points.map(\.y).max()!)
         let xTicks = logarithmicX ? Ticks.decades(from: xs.min()!, to: xs.max()!)
             : Ticks.linear(from: xs.min()!, to: xs.max()!, integers: true)
+        // Room for the widest y label ("1.0995") at the phone's larger font, and never less than the axis title needs.
+        let left = max(62, 20 + labelCharacterWidth * Double(yTicks.labels.map(\.count).max() ?? 0))
         let plotWidth = width - left - right, plotHeight = height - top - bottom
         let xRange = xTicks.values.first!...xTicks.values.last!, yRange = yTicks.values.first!...yTicks.values.last!
         func px(_ x: Double) -> Double {
@@ -45,7 +50,7 @@ struct LineChart {
 
         var out = "<svg class=\"chart\" xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 \(Int(width)) \(Int(height))\" "
             + "role=\"img\" aria-label=\"\(HTML.escape(title))\">\n"
-        out += "<text x=\"\(number(left))\" y=\"20\" class=\"chart-title\">\(HTML.escape(title))</text>\n"
+        out += "<text x=\"8\" y=\"20\" class=\"chart-title\">\(HTML.escape(title))</text>\n"
         for (value, label) in zip(yTicks.values, yTicks.labels) {
             out += "<line x1=\"\(number(left))\" x2=\"\(number(width - right))\" "
                 + "y1=\"\(number(py(value)))\" y2=\"\(number(py(value)))\" class=\"grid\"/>"
@@ -63,28 +68,21 @@ struct LineChart {
             + "y1=\"\(number(top))\" y2=\"\(number(top + plotHeight))\" class=\"axis\"/>\n"
         out += "<text x=\"\(number(left + plotWidth / 2))\" y=\"\(number(height - 10))\" class=\"axis-label\" text-anchor=\"middle\">"
             + "\(HTML.escape(xLabel))</text>\n"
-        out += "<text transform=\"translate(16 \(number(top + plotHeight / 2))) rotate(-90)\" class=\"axis-label\" text-anchor=\"middle\">"
-            + "\(HTML.escape(yLabel))</text>\n"
+        out += "<text transform=\"translate(16 \(number(top + plotHeight / 2))) rotate(-90)\" class=\"axis-label y\" "
+            + "text-anchor=\"middle\">\(HTML.escape(yLabel))</text>\n"
 
         for line in series {
             let visible = line.points.filter { $0.y.isFinite && (!logarithmicX || $0.x > 0) }
             guard !visible.isEmpty else { continue }
             let coordinates = visible.map { "\(number(px($0.x))),\(number(py($0.y)))" }.joined(separator: " ")
             out += "<polyline points=\"\(coordinates)\" fill=\"none\" stroke=\"\(line.color)\" stroke-width=\"2.2\""
-                + (line.dashed ? " stroke-dasharray=\"6 4\"" : "") + " stroke-linejoin=\"round\"/>\n"
-            for point in visible {
+                + (line.dashed ? " stroke-dasharray=\"6 4\"" : "") + " stroke-linejoin=\"round\">"
+                + "<title>\(HTML.escape(line.name))</title></polyline>\n"
+            // Dots mark the epochs where they stay apart; hundreds of them would only thicken the line.
+            for point in visible where visible.count <= Self.maximumDots {
                 out += "<circle cx=\"\(number(px(point.x)))\" cy=\"\(number(py(point.y)))\" r=\"3\" fill=\"\(line.color)\"/>"
             }
             out += "\n"
-        }
-        // The legend sits in a row of its own between the title and the plot, so it never hides a curve.
-        var legendX = left
-        for line in series {
-            out += "<line x1=\"\(number(legendX))\" x2=\"\(number(legendX + 22))\" y1=\"\(number(legendRowY - 4))\" "
-                + "y2=\"\(number(legendRowY - 4))\" stroke=\"\(line.color)\" stroke-width=\"2.5\""
-                + (line.dashed ? " stroke-dasharray=\"6 4\"" : "") + "/>"
-            out += "<text x=\"\(number(legendX + 28))\" y=\"\(number(legendRowY))\" class=\"legend\">\(HTML.escape(line.name))</text>\n"
-            legendX += 28 + 7.2 * Double(line.name.count) + 20
         }
         return out + "</svg>"
     }
