@@ -234,7 +234,8 @@ final class FineTuneTests: XCTestCase {
     }
 
     /// The files both jobs write keep their keys: summary.json, config.json (but for the settings, which their
-    /// own types own) and metrics.csv's header, as they were before the two jobs shared a summary and an epoch type.
+    /// own types own) and metrics.csv's header, as they were before the two jobs shared a summary and an epoch type,
+    /// plus summary.json's backbone_weights.
     func testRunFilesKeepTheirKeys() throws {
         let images = try tinyImageFolder()
         let headRun = try trainedHead(on: images, epochs: 1)
@@ -268,7 +269,7 @@ final class FineTuneTests: XCTestCase {
     }
 
     private static let headSummaryKeys = [
-        "best_epoch", "best_val_accuracy", "best_val_loss", "chance_accuracy", "classes", "confusion_matrix",
+        "backbone_weights", "backbone_weights.fingerprint", "backbone_weights.source", "best_epoch", "best_val_accuracy", "best_val_loss", "chance_accuracy", "classes", "confusion_matrix",
         "data_loading", "epochs_run", "majority_class_accuracy", "model", "per_class", "per_class.[].f1",
         "per_class.[].name", "per_class.[].precision", "per_class.[].recall", "per_class.[].support",
         "samples_per_second", "split", "split.rule", "split.rule.seed", "split.rule.source",
@@ -276,7 +277,7 @@ final class FineTuneTests: XCTestCase {
         "train_rows", "val_rows", "wall_seconds",
     ]
     private static let fineTuneSummaryKeys = [
-        "best_epoch", "best_val_accuracy", "best_val_loss", "chance_accuracy", "classes", "confusion_matrix",
+        "backbone_weights", "backbone_weights.fingerprint", "backbone_weights.source", "best_epoch", "best_val_accuracy", "best_val_loss", "chance_accuracy", "classes", "confusion_matrix",
         "epochs_run", "failed_images", "frozen_through", "model", "peak_resident_bytes", "per_class", "per_class.[].f1",
         "per_class.[].name", "per_class.[].precision", "per_class.[].recall", "per_class.[].support", "split",
         "split.rule", "split.rule.seed", "split.rule.source", "split.rule.validation_fraction",
