@@ -3,6 +3,8 @@ import Bottleneck
 import Foundation
 import BottleneckKernels
 
+extension HeadTrainingSettings.ViewsChoice: ExpressibleByArgument {}
+
 struct TrainHead: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "train-head",
@@ -60,6 +62,12 @@ struct TrainHead: ParsableCommand {
         """, valueName: "FILE|random"))
     var weights: String?
 
+    @Option(help: ArgumentHelp("""
+        With a cache made by 'extract --views K': 'augmented' trains each row on one of its K augmented views per epoch, \
+        drawn by (seed, epoch, row); 'none' on the eval views only. Validation always uses the eval views.
+        """, valueName: "augmented|none"))
+    var views = HeadTrainingSettings().views
+
     @Flag(help: "Train on a cache whose extraction did not finish.") var allowIncomplete = false
     @Flag(help: "Replace a run already in RUN_DIR.") var overwrite = false
 
@@ -74,6 +82,7 @@ struct TrainHead: ParsableCommand {
         job.settings.patience = patience
         job.settings.trainFrom = trainFrom
         job.settings.threads = threads
+        job.settings.views = views
         if let memoryBudgetMb { job.settings.memoryBudgetBytes = memoryBudgetMb << 20 }
         job.weights = weights.map { WeightsChoice.resolve($0).choice }
         job.allowIncomplete = allowIncomplete
