@@ -62,11 +62,7 @@ struct TrainHead: ParsableCommand {
         """, valueName: "FILE|random"))
     var weights: String?
 
-    @Option(help: ArgumentHelp("""
-        With a cache made by 'extract --views K': 'augmented' trains each row on one of its K augmented views per epoch, \
-        drawn by (seed, epoch, row); 'none' on the eval views only. Validation always uses the eval views.
-        """, valueName: "augmented|none"))
-    var views = HeadTrainingSettings().views
+    @Option(name: .setting(.views), help: .setting(.views, in: .trainHead)) var views = HeadTrainingSettings().views
 
     @Flag(help: "Train on a cache whose extraction did not finish.") var allowIncomplete = false
     @Flag(help: "Replace a run already in RUN_DIR.") var overwrite = false

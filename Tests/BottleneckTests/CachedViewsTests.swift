@@ -105,6 +105,9 @@ final class CachedViewsTests: XCTestCase {
         XCTAssertThrowsError(try job(views: 3).run { _ in }) { error in
             XCTAssertTrue("\(error)".contains("views 2 per training image, not 3"), "\(error)")
         }
+        XCTAssertThrowsError(try job(views: -1).run { _ in }) { error in
+            XCTAssertEqual("\(error)", "--views must be between 0 and 1000, not -1")
+        }
         var overwrite = job(views: 3)
         overwrite.overwrite = true
         XCTAssertEqual(try overwrite.run { _ in }.extracted, 5)
