@@ -114,6 +114,40 @@ final class CachedViewsTests: XCTestCase {
         XCTAssertEqual(try FeatureCacheReader(path: path("cache.h5")).fingerprint.views, 3)
     }
 
+    /// The journal keeps each row's views: a run killed after a batch is continued with them; a batch whose rows
+    /// lack their views is refused.
+    func testAnInterruptedRunKeepsItsViews() throws {
+        var fingerprint = CacheFingerprint(config: SampleCaches.config, cut: try CutPoint("fc7", in: SampleCaches.config),
+                                           weights: .random(seed: 0), preprocessing: SampleCaches.preprocessing, imageRoot: folder.path)
+        fingerprint.views = 2
+        let train = ImageFolder.Item(path: "train/cats/a.jpg", label: 0, split: .train)
+        let validation = ImageFolder.Item(path: "val/cats/b.jpg", label: 0, split: .val)
+        let identity = FileIdentity(size: 1, mtimeNanoseconds: 0, ctimeNanoseconds: 0, inode: 0, sha256: Array(repeating: 7, count: 32))
+        func open() throws -> FeatureCacheBuilder {
+            try FeatureCacheBuilder.open(path: path("cache.h5"), fingerprint: fingerprint, classes: ["cats"], manifest: [train, validation],
+                                         overwrite: false) { _, recorded in recorded }
+        }
+        let trainValues = (0..<(3 * 64)).map { Float($0) }
+        do {
+            let builder = try open()
+            XCTAssertThrowsError(try Array(trainValues.prefix(64)).withUnsafeBufferPointer {
+                try builder.append(features: $0, rows: [(train, identity)], failed: [])
+            }) { error in XCTAssertTrue("\(error)".contains("64 feature values for 1 rows with 2 augmented views"), "\(error)") }
+            try trainValues.withUnsafeBufferPointer { _ = try builder.append(features: $0, rows: [(train, identity)], failed: []) }
+        }
+        let resumed = try open()
+        XCTAssertEqual(resumed.recoveredRowCount, 1)
+        XCTAssertEqual(resumed.pending, [validation])
+        try [Float](repeating: -1, count: 64).withUnsafeBufferPointer {
+            _ = try resumed.append(features: $0, rows: [(validation, identity)], failed: [])
+        }
+        _ = try resumed.finish(compress: true)
+        let cache = try FeatureCacheReader(path: path("cache.h5"))
+        XCTAssertEqual(cache.viewBlockOfRow, [0, -1])
+        XCTAssertEqual(try cache.readRows(0..<2).data, Array(trainValues.prefix(64)) + [Float](repeating: -1, count: 64))
+        XCTAssertEqual(try views(of: cache, row: 0), Array(trainValues.dropFirst(64)))
+    }
+
     func testShardsWithViewsMergeIntoTheSingleProcessCache() throws {
         _ = try job(views: 2, out: "single.h5", batchSize: 3).run { _ in }
         let shards = try [1, 2].map { index in
