@@ -113,7 +113,8 @@ final class HeadTrainingTests: FolderTestCase {
         for epoch in 0..<settings.epochs {
             let order = TrainingRandomness.shuffled(split.trainRows, seed: 11, epoch: epoch)
             let prefixOutput = Dictionary(uniqueKeysWithValues: order.map { row in
-                (row, prefixOutputs[row]![views == 0 ? 0 : 1 + TrainingRandomness.viewChoice(seed: 11, epoch: epoch, row: row, views: views)])
+                let view = views == 0 ? 0 : 1 + TrainingRandomness.viewChoice(seed: 11, epoch: epoch, row: row, views: views)
+                return (row, prefixOutputs[row]![view])
             })
             for start in stride(from: 0, to: order.count, by: settings.batchSize) {
                 let batch = Array(order[start..<min(start + settings.batchSize, order.count)])

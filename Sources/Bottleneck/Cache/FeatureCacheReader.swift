@@ -239,7 +239,8 @@ final class FeatureCacheReader: Sendable {
         var blockOfRow = [Int32](repeating: -1, count: rowCount)
         for (block, row) in rows.enumerated() {
             guard row >= 0, row < rowCount, block == 0 || row > rows[block - 1] else {
-                throw damaged("/\(CacheSchema.views)/\(CacheSchema.viewRows) holds \(row) at \(block): not an ascending row of the \(rowCount)")
+                throw damaged("/\(CacheSchema.views)/\(CacheSchema.viewRows) holds \(row) at \(block): "
+                              + "not an ascending row of the \(rowCount)")
             }
             blockOfRow[Int(row)] = Int32(block)
         }

@@ -148,7 +148,8 @@ package struct ExtractionJob: Sendable {
         let augmentation = Augmentation(matching: preprocessing)
         // An image and its views go through the network in forward passes of at most `batchSize` images.
         let decoder = BatchDecoder(folder: folder, items: pending, batchSize: max(1, batchSize / (1 + views)),
-                                   imageShape: preprocessing.outputShape, slotsPerItem: { slotsOfPending[$0] }) { image, index, view, slot in
+                                   imageShape: preprocessing.outputShape,
+                                   slotsPerItem: { slotsOfPending[$0] }) { image, index, view, slot in
             guard view > 0 else { return preprocessing.write(image, into: slot) }
             var generator = TrainingRandomness.cachedViewGenerator(path: pending[index].path, view: view)
             augmentation.write(image, generator: &generator, into: slot)
