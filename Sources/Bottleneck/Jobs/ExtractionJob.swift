@@ -140,8 +140,10 @@ package struct ExtractionJob: Sendable {
         }
         for note in loaded?.notes ?? [] { log("weights: \(note)") }
         if !pending.isEmpty {
+            let viewed = slotsOfPending.count { $0 > 1 }
             log("extracting \(pending.count) images at \(fingerprint.layer) (\(fingerprint.layerPath)), "
-                + "activation \(activationShape), batch \(batchSize)")
+                + "activation \(activationShape), batch \(batchSize)"
+                + (viewed > 0 ? ", and \(views) augmented views of each of the \(viewed) training images" : ""))
         }
         let rowSize = activationShape.reduce(1, *)
         let progress = ProgressReporter(label: "images", total: pending.count)
