@@ -60,6 +60,17 @@ final class HeadTrainingTests: FolderTestCase {
         XCTAssertNotEqual(try fc8("augmented"), try fc8("plain"))
     }
 
+    /// Views are kept in memory, never streamed: views over half the memory budget are refused, naming the way out.
+    func testViewsOverHalfTheMemoryBudgetAreRefused() throws {
+        var run = job(SampleCaches.shared.fc7SubsetViews, out: "small") { $0.memoryBudgetBytes = 4096 }
+        run.weights = SampleCaches.weights
+        XCTAssertThrowsError(try run.run { _ in }) { error in
+            XCTAssertTrue("\(error)".contains("the 2 augmented views of 12 training rows") && "\(error)".contains("--views none"), "\(error)")
+        }
+        run.settings.views = .evalOnly
+        XCTAssertNoThrow(try run.run { _ in })
+    }
+
     /// Trains the head on the cache with the trainer train-head runs, keeping fc8 after every epoch, and
     /// trains fc8 again from the images: each image (or, when the cache has views, the augmented crop of the
     /// view the epoch takes) through the frozen network to `referenceCut`, then the classifier's layers above
