@@ -65,7 +65,8 @@ final class HeadTrainingTests: FolderTestCase {
         var run = job(SampleCaches.shared.fc7SubsetViews, out: "small") { $0.memoryBudgetBytes = 4096 }
         run.weights = SampleCaches.weights
         XCTAssertThrowsError(try run.run { _ in }) { error in
-            XCTAssertTrue("\(error)".contains("the 2 augmented views of 12 training rows") && "\(error)".contains("--views none"), "\(error)")
+            let message = "\(error)"
+            XCTAssertTrue(message.contains("the 2 augmented views of 12 training rows") && message.contains("--views none"), message)
         }
         run.settings.views = .evalOnly
         XCTAssertNoThrow(try run.run { _ in })
