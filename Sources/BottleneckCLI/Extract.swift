@@ -49,6 +49,11 @@ struct Extract: ParsableCommand {
         join the shard caches with 'bottleneck merge'.
         """, valueName: "I/N"))
     var shard: String?
+    @Option(help: ArgumentHelp("""
+        Also store K augmented views (torchvision's RandomResizedCrop + RandomHorizontalFlip) of every labeled image \
+        outside val/ and test/, which train-head trains on; extraction of those images costs 1+K forward passes.
+        """, valueName: "K"))
+    var views = 0
 
     func run() throws {
         var job = ExtractionJob(imagesRoot: images, outputPath: out,
@@ -58,6 +63,7 @@ struct Extract: ParsableCommand {
         job.compress = compress
         job.overwrite = overwrite
         job.shard = try shard.map(Shard.init)
+        job.views = views
         let summary = try job.run(log: printErr)
         for failure in summary.failed { printErr("failed: \(failure.path): \(failure.reason)") }
         let rate = summary.processed > 0

@@ -3,6 +3,8 @@ import Bottleneck
 import Foundation
 import BottleneckKernels
 
+extension HeadTrainingSettings.ViewsChoice: ExpressibleByArgument {}
+
 struct TrainHead: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "train-head",
@@ -60,6 +62,8 @@ struct TrainHead: ParsableCommand {
         """, valueName: "FILE|random"))
     var weights: String?
 
+    @Option(name: .setting(.views), help: .setting(.views, in: .trainHead)) var views = HeadTrainingSettings().views
+
     @Flag(help: "Train on a cache whose extraction did not finish.") var allowIncomplete = false
     @Flag(help: "Replace a run already in RUN_DIR.") var overwrite = false
 
@@ -74,6 +78,7 @@ struct TrainHead: ParsableCommand {
         job.settings.patience = patience
         job.settings.trainFrom = trainFrom
         job.settings.threads = threads
+        job.settings.views = views
         if let memoryBudgetMb { job.settings.memoryBudgetBytes = memoryBudgetMb << 20 }
         job.weights = weights.map { WeightsChoice.resolve($0).choice }
         job.allowIncomplete = allowIncomplete

@@ -40,6 +40,7 @@ final class CommandLineTests: XCTestCase {
         case .freezeThrough: "conv3_3"
         case .backboneLrMult: "0.1"
         case .imageSize: "64"
+        case .views: "none"
         }
     }
 
@@ -214,7 +215,7 @@ final class CommandLineTests: XCTestCase {
                           BottleneckCommand.message(for: error))
         }
         XCTAssertEqual(Set(problems.keys), Set(TrainingSettingKey.allCases).subtracting([.seed, .splitSeed, .optimizer, .schedule,
-                                                                                      .trainFrom, .augment, .freezeThrough]),
+                                                                                      .trainFrom, .augment, .freezeThrough, .views]),
                        "every numeric setting is tried")
         XCTAssertEqual(try Extract.parse(["--images", "d", "--out", "c.h5", "--batch-size", "-2"]).batchSize, -2)
         XCTAssertEqual(try Evaluate.parse(["--model", "m", "--cache", "c.h5", "--batch-size", "-2"]).batchSize, -2)

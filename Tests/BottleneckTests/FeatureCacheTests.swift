@@ -133,7 +133,7 @@ final class FeatureCacheTests: XCTestCase {
         XCTAssertEqual(cache.labels, items.map(\.label))
         XCTAssertEqual(cache.splits, items.map(\.split))
         XCTAssertEqual(cache.failed, [])
-        XCTAssertEqual(cache.attributes["schema"], "bottleneck-cache/2")
+        XCTAssertEqual(cache.attributes["schema"], "bottleneck-cache/3")
         XCTAssertEqual(cache.identities, items.map(identity))
         XCTAssertEqual(cache.attributes["rows_done"], "12")
         XCTAssertEqual(cache.attributes["activation_shape"], "[2, 3]")
@@ -598,7 +598,7 @@ final class FeatureCacheTests: XCTestCase {
             .init(name: nil, perSplit: ["train": 1], total: 1),
         ])
         let report = inspection.report
-        for line in ["schema: bottleneck-cache/2", "layer: fc7 (classifier.4)", "activation shape: [2, 3]", "rows: 5",
+        for line in ["schema: bottleneck-cache/3", "layer: fc7 (classifier.4)", "activation shape: [2, 3]", "rows: 5",
                      "  class         train     val   total", "  cat               1       1       2",
                      "  (unlabeled)       1       0       1",
                      "image root: /data/pets", "storage: chunks of 5 rows, shuffle+deflate level 4", "failed: 1",

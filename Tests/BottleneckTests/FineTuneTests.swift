@@ -269,7 +269,8 @@ final class FineTuneTests: XCTestCase {
     }
 
     private static let headSummaryKeys = [
-        "backbone_weights", "backbone_weights.fingerprint", "backbone_weights.source", "best_epoch", "best_val_accuracy", "best_val_loss", "chance_accuracy", "classes", "confusion_matrix",
+        "backbone_weights", "backbone_weights.fingerprint", "backbone_weights.source",
+        "best_epoch", "best_val_accuracy", "best_val_loss", "chance_accuracy", "classes", "confusion_matrix",
         "data_loading", "epochs_run", "majority_class_accuracy", "model", "per_class", "per_class.[].f1",
         "per_class.[].name", "per_class.[].precision", "per_class.[].recall", "per_class.[].support",
         "samples_per_second", "split", "split.rule", "split.rule.seed", "split.rule.source",
@@ -277,7 +278,8 @@ final class FineTuneTests: XCTestCase {
         "train_rows", "val_rows", "wall_seconds",
     ]
     private static let fineTuneSummaryKeys = [
-        "backbone_weights", "backbone_weights.fingerprint", "backbone_weights.source", "best_epoch", "best_val_accuracy", "best_val_loss", "chance_accuracy", "classes", "confusion_matrix",
+        "backbone_weights", "backbone_weights.fingerprint", "backbone_weights.source",
+        "best_epoch", "best_val_accuracy", "best_val_loss", "chance_accuracy", "classes", "confusion_matrix",
         "epochs_run", "failed_images", "frozen_through", "model", "peak_resident_bytes", "per_class", "per_class.[].f1",
         "per_class.[].name", "per_class.[].precision", "per_class.[].recall", "per_class.[].support", "split",
         "split.rule", "split.rule.seed", "split.rule.source", "split.rule.validation_fraction",
@@ -288,7 +290,7 @@ final class FineTuneTests: XCTestCase {
         "cache", "cache.complete", "cache.fingerprint", "cache.fingerprint.activation_shape",
         "cache.fingerprint.backbone", "cache.fingerprint.image_root", "cache.fingerprint.layer",
         "cache.fingerprint.layer_path", "cache.fingerprint.preprocess", "cache.fingerprint.schema",
-        "cache.fingerprint.tool_version", "cache.fingerprint.weights_sha256", "cache.fingerprint.weights_source",
+        "cache.fingerprint.tool_version", "cache.fingerprint.views", "cache.fingerprint.weights_sha256", "cache.fingerprint.weights_source",
         "cache.path", "cache.rows", "classes", "command", "created", "head", "head.cut_layer", "head.cut_layer_path",
         "head.layers", "head.new_layer_init", "head.precomputed_layers", "head.trainable_layers", "loading",
         "loading.mode", "loading.row_floats", "loading.window_rows", "settings", "split", "split.rule", "split.rule.seed",

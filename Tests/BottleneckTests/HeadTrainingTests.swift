@@ -35,10 +35,48 @@ final class HeadTrainingTests: FolderTestCase {
         try assertCachedTrainingEqualsUncached(cache: SampleCaches.shared.pool5Subset, referenceCut: "fc6", tolerance: 1e-5)
     }
 
+    /// Cached augmented views (`extract --views 2`): training on them gives bit for bit the fc8 that training the
+    /// frozen network gives when each epoch runs it on the RandomResizedCrop + flip that (path, view) draws, the
+    /// view chosen per (seed, epoch, image).
+    func testTrainingOnCachedViewsEqualsFrozenNetworkTrainingOnTheSameCrops() throws {
+        try assertCachedTrainingEqualsUncached(cache: SampleCaches.shared.fc7SubsetViews, referenceCut: "fc7", tolerance: 0)
+    }
+
+    /// `--views none` trains on the eval views alone: the model of the same cache made without views.
+    func testViewsNoneTrainsOnTheEvalViews() throws {
+        var plain = job(SampleCaches.shared.fc7Subset, out: "plain")
+        plain.weights = SampleCaches.weights
+        _ = try plain.run { _ in }
+        var evalOnly = job(SampleCaches.shared.fc7SubsetViews, out: "eval-only") { $0.views = .evalOnly }
+        evalOnly.weights = SampleCaches.weights
+        _ = try evalOnly.run { _ in }
+        var augmented = job(SampleCaches.shared.fc7SubsetViews, out: "augmented")
+        augmented.weights = SampleCaches.weights
+        _ = try augmented.run { _ in }
+        let fc8 = { (run: String) in
+            try TrainedModel(contentsOf: self.path(run + "/model.h5")).stateDict.first { $0.key == "classifier.6.weight" }!.tensor
+        }
+        XCTAssertEqual(try fc8("eval-only"), try fc8("plain"))
+        XCTAssertNotEqual(try fc8("augmented"), try fc8("plain"))
+    }
+
+    /// Views are kept in memory, never streamed: views over half the memory budget are refused, naming the way out.
+    func testViewsOverHalfTheMemoryBudgetAreRefused() throws {
+        var run = job(SampleCaches.shared.fc7SubsetViews, out: "small") { $0.memoryBudgetBytes = 4096 }
+        run.weights = SampleCaches.weights
+        XCTAssertThrowsError(try run.run { _ in }) { error in
+            let message = "\(error)"
+            XCTAssertTrue(message.contains("the 2 augmented views of 12 training rows") && message.contains("--views none"), message)
+        }
+        run.settings.views = .evalOnly
+        XCTAssertNoThrow(try run.run { _ in })
+    }
+
     /// Trains the head on the cache with the trainer train-head runs, keeping fc8 after every epoch, and
-    /// trains fc8 again from the images: each image through the frozen network to `referenceCut`, then
-    /// the classifier's layers above it written out layer by layer, dropout in train mode with the masks
-    /// drawn per (seed, epoch, image, layer), cross-entropy, backward to fc8, SGD with momentum.
+    /// trains fc8 again from the images: each image (or, when the cache has views, the augmented crop of the
+    /// view the epoch takes) through the frozen network to `referenceCut`, then the classifier's layers above
+    /// it written out layer by layer, dropout in train mode with the masks drawn per (seed, epoch, image, layer),
+    /// cross-entropy, backward to fc8, SGD with momentum.
     private func assertCachedTrainingEqualsUncached(cache cachePath: String, referenceCut: String, tolerance: Float,
                                                     file: StaticString = #filePath, line: UInt = #line) throws {
         let config = SampleCaches.config
@@ -57,7 +95,8 @@ final class HeadTrainingTests: FolderTestCase {
         let head = try HeadNetwork.initial(config: headConfig, cut: try CutPoint(cache.fingerprint.layerPath, in: headConfig), dropout: 0.5,
                                            seed: 11, weights: SampleCaches.weights, fingerprint: cache.fingerprint.weightsSHA256)
         let trainer = try HeadTrainer(network: head, settings: settings)
-        let rows = try FeatureRows(cache: cache, needed: split.trainRows + split.validationRows,
+        let views = cache.fingerprint.views
+        let rows = try FeatureRows(cache: cache, needed: split.trainRows + split.validationRows, viewRows: split.trainRows,
                                    width: trainer.stemOutputWidth(activationShape: cache.activationShape), stem: trainer.applyStem,
                                    memoryBudgetBytes: 1 << 30, batchSize: settings.batchSize)
         var cachedFC8: [Linear] = []
@@ -67,14 +106,28 @@ final class HeadTrainingTests: FolderTestCase {
 
         let network = try NetworkLoader.load(config: config, weights: SampleCaches.weights).network
         let cut = try CutPoint(referenceCut, in: config)
-        let prefixOutput = Dictionary(uniqueKeysWithValues: try split.trainRows.map { row in
-            let image = try sampleImage(cache.fingerprint.imageRoot + "/" + cache.paths[row])
-            return (row, try network.forward(image, through: cut))
+        // Per training image, the network's output on its eval crop (view 0) and on each augmented view (1...views).
+        let prefixOutputs = Dictionary(uniqueKeysWithValues: try split.trainRows.map { row in
+            let image = try ImageDecoder.decode(path: cache.fingerprint.imageRoot + "/" + cache.paths[row])
+            let augmentation = Augmentation(matching: SampleCaches.preprocessing)
+            return (row, try (0...views).map { view in
+                var generator = TrainingRandomness.cachedViewGenerator(path: cache.paths[row], view: view)
+                let crop = Tensor(shape: [1] + SampleCaches.preprocessing.outputShape) { slot in
+                    if view == 0 { SampleCaches.preprocessing.write(image, into: slot) } else {
+                        augmentation.write(image, generator: &generator, into: slot)
+                    }
+                }
+                return try network.forward(crop, through: cut)
+            })
         })
         var fc8 = HeadNetwork.newLinear(inFeatures: config.hidden, outFeatures: 3, seed: 11)
         var optimizer = SGD(momentum: 0.9)
         for epoch in 0..<settings.epochs {
             let order = TrainingRandomness.shuffled(split.trainRows, seed: 11, epoch: epoch)
+            let prefixOutput = Dictionary(uniqueKeysWithValues: order.map { row in
+                let view = views == 0 ? 0 : 1 + TrainingRandomness.viewChoice(seed: 11, epoch: epoch, row: row, views: views)
+                return (row, prefixOutputs[row]![view])
+            })
             for start in stride(from: 0, to: order.count, by: settings.batchSize) {
                 let batch = Array(order[start..<min(start + settings.batchSize, order.count)])
                 var activation = Tensor(shape: [batch.count, prefixOutput[batch[0]]!.count], data: batch.flatMap { prefixOutput[$0]!.data })
@@ -122,12 +175,6 @@ final class HeadTrainingTests: FolderTestCase {
         }
         XCTAssertNotEqual(fc8.weight, HeadNetwork.newLinear(inFeatures: config.hidden, outFeatures: 3, seed: 11).weight, "fc8 moved",
                           file: file, line: line)
-    }
-
-    /// One image [1, 3, 32, 32], decoded and preprocessed as the sample caches were.
-    private func sampleImage(_ path: String) throws -> Tensor {
-        let image = SampleCaches.preprocessing.tensor(from: try ImageDecoder.decode(path: path))
-        return image.reshaped([1] + image.shape)
     }
 
     // MARK: the sample data
@@ -474,6 +521,8 @@ final class SampleCaches: @unchecked Sendable {
     let subsetRoot: String
     let fc7Subset: String
     let pool5Subset: String
+    /// fc7 of the subset with 2 augmented views per training image (`extract --views 2`).
+    let fc7SubsetViews: String
 
     private init() {
         let manager = FileManager.default
@@ -489,18 +538,20 @@ final class SampleCaches: @unchecked Sendable {
                 }
             }
         }
-        func extract(_ root: String, _ layer: String, batchSize: Int, as name: String) -> String {
+        func extract(_ root: String, _ layer: String, batchSize: Int, views: Int = 0, as name: String) -> String {
             var job = ExtractionJob(imagesRoot: root, outputPath: folder.appendingPathComponent(name).path, weights: Self.weights)
             job.config = Self.config
             job.preprocessing = Self.preprocessing
             job.layer = layer
             job.batchSize = batchSize
+            job.views = views
             return try! job.run { _ in }.path
         }
         pool5 = extract(Self.imagesRoot, "pool5", batchSize: 16, as: "shapes-pool5.h5")
         subsetRoot = subset.path
         fc7Subset = extract(subset.path, "fc7", batchSize: 1, as: "subset-fc7.h5")
         pool5Subset = extract(subset.path, "pool5", batchSize: 1, as: "subset-pool5.h5")
+        fc7SubsetViews = extract(subset.path, "fc7", batchSize: 1, views: 2, as: "subset-fc7-views.h5")
     }
 }
 

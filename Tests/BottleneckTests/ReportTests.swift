@@ -28,16 +28,17 @@ final class ReportTests: XCTestCase {
     private func writeRun(_ name: String, mode: TrainedModel.Mode, accuracies: [Double], epochSeconds: Double,
                           bestAccuracy: Double, bestLoss: Double = 0.4321, confusion: [[Int]],
                           weights: WeightsIdentity = .random(seed: 0),
-                          validation: TrainingSplit.Record? = sampleValidation) throws -> String {
+                          validation: TrainingSplit.Record? = sampleValidation, cacheViews: Int = 0,
+                          viewsSetting: String = "augmented") throws -> String {
         let directory = folder.appendingPathComponent(name)
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         let cachePath = folder.appendingPathComponent("features-fc7.h5").path
         if !FileManager.default.fileExists(atPath: cachePath) { try Data(count: 12_345).write(to: URL(fileURLWithPath: cachePath)) }
         let config: [String: Any] = mode == .head
-            ? ["command": "train-head", "head": ["cut_layer": "fc7"], "settings": ["epochs": accuracies.count],
+            ? ["command": "train-head", "head": ["cut_layer": "fc7"], "settings": ["epochs": accuracies.count, "views": viewsSetting],
                "cache": ["path": cachePath, "fingerprint": [
                    "schema": "bottleneck-cache/1", "backbone": Self.config.name, "layer": "fc7", "layer_path": "classifier.4",
-                   "activation_shape": [64], "weights_sha256": "x", "weights_source": "random",
+                   "activation_shape": [64], "weights_sha256": "x", "weights_source": "random", "views": cacheViews,
                    "preprocess": Preprocessing(resize: 37, crop: 32).jsonDescription, "image_root": "/images", "tool_version": "0"]]]
             : ["command": "full-finetune", "network": ["frozen_through": "conv3_3"], "settings": ["image_size": 32]]
         try JSONSerialization.data(withJSONObject: config).write(to: directory.appendingPathComponent("config.json"))
@@ -87,6 +88,18 @@ final class ReportTests: XCTestCase {
                                     weights: weights, validation: finetuneValidation)
         return try Report(title: "head <vs> finetune", runs: [try RunRecord(directory: head), try RunRecord(directory: finetune)],
                           allowDifferentValidation: allowDifferentValidation)
+    }
+
+    /// A head trained on a cache's augmented views says so where it says what was frozen; one trained with
+    /// `--views none` on the same cache does not.
+    func testHeadsOnAugmentedViewsAreLabelled() throws {
+        let confusion = [[8, 0, 0], [0, 8, 0], [0, 0, 8]]
+        let augmented = try writeRun("views", mode: .head, accuracies: [0.5], epochSeconds: 1, bestAccuracy: 0.5, confusion: confusion,
+                                     cacheViews: 4)
+        let evalOnly = try writeRun("eval-views", mode: .head, accuracies: [0.5], epochSeconds: 1, bestAccuracy: 0.5, confusion: confusion,
+                                    cacheViews: 4, viewsSetting: "none")
+        XCTAssertEqual(try RunRecord(directory: augmented).frozen, "through fc7 (cached, 4 augmented views)")
+        XCTAssertEqual(try RunRecord(directory: evalOnly).frozen, "through fc7 (cached)")
     }
 
     func testRunRecordsReadTheRunDirectories() throws {

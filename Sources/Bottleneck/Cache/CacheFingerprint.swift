@@ -9,7 +9,7 @@ import BottleneckKernels
 /// Coded with the names of the cache's root attributes, so the journal header
 /// and the HDF5 file spell every field the same way.
 package struct CacheFingerprint: Codable, Equatable, Sendable {
-    static let currentSchema = "bottleneck-cache/2"
+    static let currentSchema = "bottleneck-cache/3"
 
     var schema: String
     /// The network configuration, "vgg16".
@@ -30,6 +30,8 @@ package struct CacheFingerprint: Codable, Equatable, Sendable {
     var toolVersion: String
     /// "2/4" for one shard of a sharded extraction (`extract --shard 2/4`), nil for a whole collection.
     package var shard: String?
+    /// Augmented views stored per training-side image (`extract --views K`, see `viewCount(of:)`), 0 for none.
+    package var views = 0
 
     enum CodingKeys: String, CodingKey {
         case schema, backbone, layer
@@ -40,7 +42,7 @@ package struct CacheFingerprint: Codable, Equatable, Sendable {
         case preprocess
         case imageRoot = "image_root"
         case toolVersion = "tool_version"
-        case shard
+        case shard, views
     }
 
     package init(schema: String = CacheFingerprint.currentSchema, backbone: String, layer: String, layerPath: String,
@@ -71,6 +73,13 @@ package struct CacheFingerprint: Codable, Equatable, Sendable {
 
     var rowSize: Int { activationShape.reduce(1, *) }
 
+    /// The views `item` gets: `views` for a labeled image outside val/ and test/, none for the rest. The hashed
+    /// split is only decided at train time (its seed and fraction are train-head's), so every image it may put on the
+    /// training side has views; validation rows never use theirs.
+    func viewCount(of item: ImageFolder.Item) -> Int {
+        item.label >= 0 && (item.split == .train || item.split == .none) ? views : 0
+    }
+
     /// Whether `shape` can be one image's activation ([C, H, W], [F]): each size at least 1, and bounded so that
     /// every size computed from it (a row, a read buffer) stays far from overflow. A file's claim is checked
     /// with this before `rowSize` is used; conv1_1 at a crop of 8192 is 2^32 values.
@@ -96,6 +105,7 @@ package struct CacheFingerprint: Codable, Equatable, Sendable {
         }
         if let preprocessing = Self.preprocessDifference(preprocess, wanted.preprocess) { found.append(preprocessing) }
         if imageRoot != wanted.imageRoot { found.append("image root \(imageRoot), not \(wanted.imageRoot)") }
+        if views != wanted.views { found.append("views \(views) per training image, not \(wanted.views)") }
         if shard != wanted.shard { found.append("shard \(shard ?? "none (all images)"), not \(wanted.shard ?? "none (all images)")") }
         return found
     }

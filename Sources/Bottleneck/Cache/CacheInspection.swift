@@ -90,6 +90,7 @@ package struct CacheInspection: Codable, Sendable {
         lines.append("layer: \(fingerprint.layer) (\(fingerprint.layerPath))")
         lines.append("activation shape: \(fingerprint.activationShape)")
         lines.append("rows: \(rows)")
+        if fingerprint.views > 0 { lines.append("augmented views: \(fingerprint.views) per labeled image outside val/ and test/") }
         lines += classTable()
         let weights = WeightsIdentity(source: fingerprint.weightsSource, fingerprint: fingerprint.weightsSHA256)
         lines.append(weights.isPretrained ? "weights: sha256 \(weights.fingerprint) (from \(weights.source))"

@@ -29,8 +29,9 @@ struct JournalRow: Sendable {
     let className: String?
     let split: ImageFolder.Split
     let identity: FileIdentity
-    /// Byte offset of the row's float32 features in the journal.
+    /// Byte offset of the row's float32 features in the journal: its eval view, then its `views` augmented ones.
     let featureOffset: Int64
+    let views: Int
 }
 
 struct JournalHeader: Codable, Equatable {
@@ -65,8 +66,8 @@ struct JournalContents {
 ///
 ///     header   "BNJOURNL" | version u32 | length u32 | crc32 u32 | JSON {fingerprint, classes}
 ///     record   crc32 u32 (of the rest of the record) | kind u8 | length u64 | payload
-///       batch    rows u32 | failed u32 | rows × (label i32 | split str | path str | identity)
-///                | failed × (path str | reason str) | rows × row size × float32
+///       batch    rows u32 | failed u32 | rows × (label i32 | split str | path str | identity | views u32)
+///                | failed × (path str | reason str) | rows × (1 + views) × row size × float32
 ///       identity size i64 | mtime ns i64 | ctime ns i64 | inode u64 | sha256 32 bytes (see FileIdentity)
 ///       classes  count u32 | count × str   (the list later labels index)
 ///     str      length u32 | UTF-8 bytes
@@ -76,7 +77,7 @@ struct JournalContents {
 /// later batch only with another identity (its file changed): the same row twice is damage.
 final class CacheJournal {
     private static let magic = Array("BNJOURNL".utf8)
-    private static let version: UInt32 = 2
+    private static let version: UInt32 = 3
     private static let headerPrefixSize = 20
     private static let recordPrefixSize = 13
 
@@ -232,18 +233,19 @@ final class CacheJournal {
                                fileLength: fileLength, headerLength: Int64(headerPrefixSize + json.count))
     }
 
-    /// Appends one batch; the rows' labels index the class list of the latest header or classes record.
-    /// Returns the rows as the journal now holds them.
-    func appendBatch(_ rows: [(item: ImageFolder.Item, identity: FileIdentity)], failures: [CacheFailure],
+    /// Appends one batch; the rows' labels index the class list of the latest header or classes record, and
+    /// `features` holds each row's eval view then its `views` augmented ones. Returns the rows as the journal now holds them.
+    func appendBatch(_ rows: [(item: ImageFolder.Item, identity: FileIdentity, views: Int)], failures: [CacheFailure],
                      features: UnsafeBufferPointer<Float>) throws -> [JournalRow] {
         beginRecord(.batch)
         record.appendLittleEndian(UInt32(rows.count))
         record.appendLittleEndian(UInt32(failures.count))
-        for (item, identity) in rows {
+        for (item, identity, views) in rows {
             record.appendLittleEndian(item.label)
             record.appendString(item.split.rawValue)
             record.appendString(item.path)
             record.appendIdentity(identity)
+            record.appendLittleEndian(UInt32(views))
         }
         for failure in failures {
             record.appendString(failure.path)
@@ -252,10 +254,12 @@ final class CacheJournal {
         let featuresOffset = length + Int64(record.count)
         record.append(contentsOf: UnsafeRawBufferPointer(features))
         try endRecord(addingRows: rows.count)
-        let rowBytes = Int64(features.count / max(rows.count, 1) * MemoryLayout<Float>.size)
-        return rows.enumerated().map { index, row in
-            JournalRow(path: row.item.path, className: row.item.label < 0 ? nil : classes[Int(row.item.label)],
-                       split: row.item.split, identity: row.identity, featureOffset: featuresOffset + Int64(index) * rowBytes)
+        let viewBytes = Int64(features.count / max(rows.reduce(0) { $0 + 1 + $1.views }, 1) * MemoryLayout<Float>.size)
+        var offset = featuresOffset
+        return rows.map { row in
+            defer { offset += Int64(1 + row.views) * viewBytes }
+            return JournalRow(path: row.item.path, className: row.item.label < 0 ? nil : classes[Int(row.item.label)],
+                              split: row.item.split, identity: row.identity, featureOffset: offset, views: row.views)
         }
     }
 
@@ -331,7 +335,7 @@ private extension JournalContents {
     mutating func readBatch(_ reader: inout ByteReader, rowBytes: Int, payloadStart: Int64) throws {
         let rowCount = try reader.readCount(UInt32.self, "the row count")
         let failureCount = try reader.readCount(UInt32.self, "the failure count")
-        var batch: [(path: String, className: String?, split: ImageFolder.Split, identity: FileIdentity)] = []
+        var batch: [(path: String, className: String?, split: ImageFolder.Split, identity: FileIdentity, views: Int)] = []
         for _ in 0..<rowCount {
             let label = try reader.readInteger(Int32.self, "a label")
             guard let split = ImageFolder.Split(rawValue: try reader.readString("a split")) else {
@@ -340,19 +344,26 @@ private extension JournalContents {
             guard label >= -1, label < currentClasses.count else {
                 throw ByteLayoutProblem.malformed("label \(label) for \(currentClasses.count) classes")
             }
-            batch.append((try reader.readString("a path"), label < 0 ? nil : currentClasses[Int(label)], split,
-                          try reader.readIdentity()))
+            let path = try reader.readString("a path"), identity = try reader.readIdentity()
+            let views = try reader.readCount(UInt32.self, "a view count")
+            guard views == 0 || views == header.fingerprint.views else {
+                throw ByteLayoutProblem.malformed("\(views) views for \(path); the journal's runs make \(header.fingerprint.views)")
+            }
+            batch.append((path, label < 0 ? nil : currentClasses[Int(label)], split, identity, views))
         }
         for _ in 0..<failureCount {
             failures.append(CacheFailure(path: try reader.readString("a failed path"), reason: try reader.readString("a reason")))
         }
-        guard reader.remaining == rowCount * rowBytes else {
-            throw ByteLayoutProblem.malformed("\(reader.remaining) bytes of features for \(rowCount) rows of \(rowBytes)")
+        let viewCount = batch.reduce(0) { $0 + 1 + $1.views }
+        guard reader.remaining == viewCount * rowBytes else {
+            throw ByteLayoutProblem.malformed("\(reader.remaining) bytes of features for \(rowCount) rows "
+                                              + "(\(viewCount) views in all) of \(rowBytes)")
         }
-        let featuresStart = payloadStart + Int64(reader.position)
-        for (index, row) in batch.enumerated() {
+        var offset = payloadStart + Int64(reader.position)
+        for row in batch {
             let journalRow = JournalRow(path: row.path, className: row.className, split: row.split, identity: row.identity,
-                                        featureOffset: featuresStart + Int64(index * rowBytes))
+                                        featureOffset: offset, views: row.views)
+            offset += Int64((1 + row.views) * rowBytes)
             if let earlier = rowIndex[row.path] {
                 guard rows[earlier].identity != row.identity else {
                     throw ByteLayoutProblem.malformed("\(row.path) has the same row twice")

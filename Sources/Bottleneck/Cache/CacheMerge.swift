@@ -83,7 +83,18 @@ package enum CacheMerge {
                 // A resumed merge finds part of the rows already in the journal: only the others are copied.
                 let rows = block.filter { pending.contains(reader.paths[$0]) }
                 let items = rows.map { (item: manifest[itemIndex + $0], identity: reader.identities[$0]) }
-                if !rows.isEmpty || !failed.isEmpty {
+                if fingerprint.views > 0 {
+                    // Each row followed by its augmented views, as the builder takes them: rows are copied one at a time.
+                    var values: [Float] = []
+                    var views = [Float](repeating: 0, count: fingerprint.views * rowSize)
+                    for row in rows {
+                        values += try reader.readRows(row..<(row + 1)).data
+                        guard reader.viewBlockOfRow[row] >= 0 else { continue }
+                        try views.withUnsafeMutableBufferPointer { try reader.readViews(ofRow: row, into: $0) }
+                        values += views
+                    }
+                    try values.withUnsafeBufferPointer { _ = try builder.append(features: $0, rows: items, failed: failed) }
+                } else if !rows.isEmpty || !failed.isEmpty {
                     try buffer.withUnsafeMutableBufferPointer { storage in
                         let target = UnsafeMutableBufferPointer(rebasing: storage[0..<(rows.count * rowSize)])
                         if rows.count == block.count {

@@ -1,6 +1,6 @@
 import BottleneckKernels
 
-/// Names inside a cache file (schema "bottleneck-cache/2"), shared by the writer and the reader.
+/// Names inside a cache file (schema "bottleneck-cache/3"), shared by the writer and the reader.
 /// Every dataset is chunked with HDF5's fletcher32 checksum, strings are fixed-length UTF-8 (inside
 /// the checksummed chunks, not in the unchecked global heap), and `/source/*` identify the bytes each
 /// row was made from (`FileIdentity`).
@@ -19,6 +19,11 @@ enum CacheSchema {
     static let sourceCtime = "ctime_ns"
     static let sourceInode = "inode"
     static let sourceSHA256 = "sha256"
+    /// `extract --views K`: `/views/features` [M, K, ...activation] holds the K augmented views of the M rows that
+    /// have them, and `/views/rows` [M] (int64, ascending) the `/features` row each block belongs to.
+    static let views = "views"
+    static let viewFeatures = "features"
+    static let viewRows = "rows"
 
     static let created = "created"
     static let rowsDone = "rows_done"
@@ -54,6 +59,11 @@ extension CacheFingerprint {
             guard let value = try file.stringAttribute(key.rawValue) else { throw missing(key) }
             self[keyPath: field] = value
         }
+        guard let views = try file.attribute(CodingKeys.views.rawValue, as: Int64.self), (0...1 << 16).contains(views) else {
+            throw FeatureCacheError(.damaged, "\(file.path) is damaged: no '\(CodingKeys.views.rawValue)' attribute "
+                                    + "between 0 and 65536")
+        }
+        self.views = Int(views)
         guard let shape = try file.attributeValues(CodingKeys.activationShape.rawValue, as: Int64.self) else {
             throw missing(.activationShape)
         }
@@ -69,5 +79,6 @@ extension CacheFingerprint {
         for (key, field) in Self.stringAttributes { try file.setAttribute(key.rawValue, self[keyPath: field]) }
         try file.setAttribute(CodingKeys.activationShape.rawValue, values: activationShape.map { Int64($0) })
         if let shard { try file.setAttribute(CodingKeys.shard.rawValue, shard) }
+        try file.setAttribute(CodingKeys.views.rawValue, Int64(views))
     }
 }

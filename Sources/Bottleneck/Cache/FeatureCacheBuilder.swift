@@ -184,7 +184,7 @@ final class FeatureCacheBuilder {
             }
         }
         for row in contents?.rows ?? [] {
-            guard let index = manifestIndex[row.path], sources[index] == nil,
+            guard let index = manifestIndex[row.path], sources[index] == nil, row.views == fingerprint.viewCount(of: manifest[index]),
                   let current = currentIdentity(manifest[index], row.identity) else { continue }
             sources[index] = .journal(offset: row.featureOffset)
             identities[index] = current
@@ -200,8 +200,9 @@ final class FeatureCacheBuilder {
         self.recoveredRowCount = recovered
     }
 
-    /// Adds one batch: `features` holds `rows.count` rows of `fingerprint.rowSize` floats, row-major, made
-    /// from the bytes `identity` describes, and `failed` the inputs of the batch that could not be read.
+    /// Adds one batch: `features` holds, row after row, each row's eval view then its `fingerprint.viewCount(of:)`
+    /// augmented views, each of `fingerprint.rowSize` floats, made from the bytes `identity` describes, and `failed`
+    /// the inputs of the batch that could not be read.
     /// Only pending manifest items are accepted. A row holding a NaN or an infinity is never written: its image
     /// is recorded as failed instead. Returns the batch's failures, those given and those found; durable when
     /// this returns.
@@ -210,9 +211,12 @@ final class FeatureCacheBuilder {
                        failed: [(path: String, reason: String)]) throws -> [(path: String, reason: String)] {
         guard let journal else { throw FeatureCacheError(.invalidInput, "\(path) is already finished") }
         let rowSize = fingerprint.rowSize
-        guard features.count == rows.count * rowSize else {
+        let viewCounts = rows.map { fingerprint.viewCount(of: $0.item) }
+        // Where each row's values start in `features`, and one past the last row's.
+        let starts = viewCounts.reduce(into: [0]) { $0.append($0.last! + (1 + $1) * rowSize) }
+        guard features.count == starts.last! else {
             throw FeatureCacheError(.invalidInput, "\(path): \(features.count) feature values for \(rows.count) rows "
-                                    + "of \(rowSize) (\(fingerprint.activationShape))")
+                                    + "with \(viewCounts.reduce(0, +)) augmented views of \(rowSize) (\(fingerprint.activationShape))")
         }
         var batchPaths = Set<String>()
         for (item, _) in rows {
@@ -224,7 +228,7 @@ final class FeatureCacheBuilder {
             }
         }
         let nonFinite = (0..<rows.count).filter { row in
-            !Self.allFinite(UnsafeBufferPointer(rebasing: features[(row * rowSize)..<((row + 1) * rowSize)]))
+            !Self.allFinite(UnsafeBufferPointer(rebasing: features[starts[row]..<starts[row + 1]]))
         }
         let failed = failed + nonFinite.map {
             (path: rows[$0].item.path, reason: "the network gave non-finite (NaN or infinite) activations at \(fingerprint.layer)")
@@ -232,10 +236,10 @@ final class FeatureCacheBuilder {
         guard !rows.isEmpty || !failed.isEmpty else { return failed }
         let failures = failed.map { CacheFailure(path: $0.path, reason: $0.reason) }
         let kept = rows.indices.filter { !nonFinite.contains($0) }
-        let written = kept.map { rows[$0] }
+        let written = kept.map { (item: rows[$0].item, identity: rows[$0].identity, views: viewCounts[$0]) }
         let journalRows = try nonFinite.isEmpty
             ? journal.appendBatch(written, failures: failures, features: features)
-            : kept.flatMap { features[($0 * rowSize)..<(($0 + 1) * rowSize)] }.withUnsafeBufferPointer {
+            : kept.flatMap { features[starts[$0]..<starts[$0 + 1]] }.withUnsafeBufferPointer {
                 try journal.appendBatch(written, failures: failures, features: $0)
             }
         for journalRow in journalRows {
@@ -287,8 +291,9 @@ final class FeatureCacheBuilder {
             let metadataBytes = rowItems.count * 512 + failures.count * 512 + (1 << 20)
             do {
                 try FeatureCacheError.whenFileFails(.writeFailed) {
+                    let viewCount = rowItems.reduce(rowItems.count) { $0 + fingerprint.viewCount(of: manifest[$1]) }
                     try DurableFiles.checkFreeSpace(for: path,
-                                                    bytes: rowItems.count * fingerprint.rowSize * MemoryLayout<Float>.size + metadataBytes,
+                                                    bytes: viewCount * fingerprint.rowSize * MemoryLayout<Float>.size + metadataBytes,
                                                     keeping: "the extracted rows stay in \(journalPath): free some space and rerun")
                     try DurableFiles.writeThroughTemporary(to: path) { temporaryPath in
                         try writeCache(to: temporaryPath, from: journal, rowItems: rowItems, failures: failures, compress: compress,
@@ -357,6 +362,7 @@ final class FeatureCacheBuilder {
             position = end
         }
         try writer.flush()
+        if fingerprint.views > 0 { try writeViews(to: file, from: journal, rowItems: rowItems, compress: compress) }
 
         let items = rowItems.map { manifest[$0] }
         let rowIdentities = rowItems.map { identities[$0]! }
@@ -390,6 +396,32 @@ final class FeatureCacheBuilder {
         // Everything reaches the file here, where a failure (a full disk) can still be reported and
         // the journal kept; the close when the last object is released on return has nothing left to write.
         try file.flush()
+    }
+
+    /// `/views`: each row's block of augmented views, copied one block at a time (see `CacheSchema.views`).
+    private func writeViews(to file: HDF5File, from journal: CacheJournal, rowItems: [Int], compress: Bool) throws {
+        let blockSize = fingerprint.views * fingerprint.rowSize
+        let blockRows = rowItems.indices.filter { fingerprint.viewCount(of: manifest[rowItems[$0]]) > 0 }
+        let group = try file.createGroup(CacheSchema.views)
+        let chunkRows = max(1, min(CacheSchema.chunkBytes / (blockSize * MemoryLayout<Float>.size), blockRows.count))
+        let features = try group.createDataset(
+            CacheSchema.viewFeatures, of: Float.self, shape: [0, fingerprint.views] + fingerprint.activationShape,
+            layout: .extendibleRows(chunkRows: chunkRows, deflateLevel: compress ? CacheSchema.deflateLevel : nil, checksum: true))
+        var writer = FeatureBlockWriter(dataset: features, rowSize: blockSize, chunkRows: chunkRows)
+        let rowBytes = Int64(fingerprint.rowSize * MemoryLayout<Float>.size)
+        for row in blockRows {
+            try writer.append(1) { _, destination in
+                switch sources[rowItems[row]]! {
+                case .previous(let previousRow): try previous!.readViews(ofRow: previousRow, into: destination)
+                case .journal(let offset): try journal.readFeatures(from: offset + rowBytes, into: destination)
+                }
+            }
+        }
+        try writer.flush()
+        try group.createDataset(CacheSchema.viewRows, of: Int64.self, shape: [blockRows.count],
+                                layout: .extendibleRows(chunkRows: max(1, min(blockRows.count, CacheSchema.metadataChunkRows)),
+                                                        checksum: true))
+            .write(blockRows.map { Int64($0) })
     }
 }
 

@@ -32,6 +32,10 @@ final class FeatureCacheReader: Sendable {
     /// How `/features` is stored: chunk shape, compression filters.
     let storage: HDF5Storage
     private let features: HDF5Dataset
+    /// `/views/features` when the cache has views (`fingerprint.views` > 0).
+    private let viewFeatures: HDF5Dataset?
+    /// Per row, its block of augmented views in `/views/features`, -1 for a row without views.
+    let viewBlockOfRow: [Int32]
 
     var activationShape: [Int] { fingerprint.activationShape }
     var rowSize: Int { fingerprint.rowSize }
@@ -161,6 +165,7 @@ final class FeatureCacheReader: Sendable {
                 throw FeatureCacheError(.damaged, "\(path) is damaged: \(failedPaths.count) failed paths but \(reasons.count) reasons")
             }
             failed = zip(failedPaths, reasons).map { CacheFailure(path: $0, reason: $1) }
+            (viewFeatures, viewBlockOfRow) = try Self.openViews(of: file, path: path, fingerprint: fingerprint, rowCount: rowCount)
             attributes = try Self.attributesAsText(of: file)
         } catch let error as HDF5Error {
             throw FeatureCacheError(.damaged, "\(path) is damaged: \(error)")
@@ -202,6 +207,44 @@ final class FeatureCacheReader: Sendable {
                 for column in 0..<rowSize { output[outputRow * rowSize + column] = gathered[source + column] }
             }
         }
+    }
+
+    /// The augmented views of `row` [views, ...activation] into a buffer of exactly `fingerprint.views * rowSize` floats.
+    func readViews(ofRow row: Int, into buffer: UnsafeMutableBufferPointer<Float>) throws {
+        try checkRows([row])
+        guard let viewFeatures, viewBlockOfRow[row] >= 0 else {
+            throw FeatureCacheError(.invalidInput, "\(path): row \(row) (\(paths[row])) has no augmented views")
+        }
+        let block = Int(viewBlockOfRow[row])
+        try readFeatures { try viewFeatures.readRows([block..<(block + 1)], into: buffer) }
+    }
+
+    /// `/views`, checked against `/features`: nil and no blocks for a cache without views.
+    private static func openViews(of file: HDF5File, path: String, fingerprint: CacheFingerprint,
+                                  rowCount: Int) throws -> (HDF5Dataset?, [Int32]) {
+        guard fingerprint.views > 0 else { return (nil, Array(repeating: -1, count: rowCount)) }
+        func damaged(_ what: String) -> FeatureCacheError { FeatureCacheError(.damaged, "\(path) is damaged: \(what)") }
+        guard try file.contains(CacheSchema.views) else { throw damaged("views = \(fingerprint.views) but no /\(CacheSchema.views) group") }
+        let group = try file.openGroup(CacheSchema.views)
+        for name in [CacheSchema.viewFeatures, CacheSchema.viewRows] where try !group.contains(name) {
+            throw damaged("no /\(CacheSchema.views)/\(name) dataset")
+        }
+        let features = try group.openDataset(CacheSchema.viewFeatures)
+        let rows = try group.openDataset(CacheSchema.viewRows).read(as: Int64.self)
+        let shape = try features.shape()
+        guard shape == [rows.count, fingerprint.views] + fingerprint.activationShape else {
+            throw damaged("/\(CacheSchema.views)/\(CacheSchema.viewFeatures) has shape \(shape), not "
+                          + "\([rows.count, fingerprint.views] + fingerprint.activationShape)")
+        }
+        var blockOfRow = [Int32](repeating: -1, count: rowCount)
+        for (block, row) in rows.enumerated() {
+            guard row >= 0, row < rowCount, block == 0 || row > rows[block - 1] else {
+                throw damaged("/\(CacheSchema.views)/\(CacheSchema.viewRows) holds \(row) at \(block): "
+                              + "not an ascending row of the \(rowCount)")
+            }
+            blockOfRow[Int(row)] = Int32(block)
+        }
+        return (features, blockOfRow)
     }
 
     /// A chunk failing its checksum (a flipped bit on disk) or otherwise unreadable is one line naming the dataset.

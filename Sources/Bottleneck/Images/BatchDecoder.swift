@@ -5,7 +5,7 @@ import BottleneckKernels
 /// network (two batches buffered), so the cores never wait for JPEG decoding.
 final class BatchDecoder: @unchecked Sendable {
     struct Batch {
-        /// [items.count, 3, crop, crop]
+        /// [slots, 3, crop, crop]: each item's slots in turn (one per item unless `slotsPerItem` says more)
         var images: Tensor
         var items: [ImageFolder.Item]
         /// What each item's file held when it was read: the bytes that were decoded.
@@ -19,19 +19,22 @@ final class BatchDecoder: @unchecked Sendable {
     private var cancelled = false
     static let capacity = 2
 
-    /// Writes image `items[index]` as a [3, S, S] tensor into a batch slot.
-    typealias Transform = @Sendable (_ image: RGBImage, _ index: Int, _ slot: UnsafeMutableBufferPointer<Float>) -> Void
+    /// Writes image `items[index]` as a [3, S, S] tensor into its batch slot number `view` (from 0).
+    typealias Transform = @Sendable (_ image: RGBImage, _ index: Int, _ view: Int, _ slot: UnsafeMutableBufferPointer<Float>) -> Void
 
     convenience init(folder: ImageFolder, items: [ImageFolder.Item], batchSize: Int, preprocessing: Preprocessing) {
-        self.init(folder: folder, items: items, batchSize: batchSize, imageShape: preprocessing.outputShape) { image, _, slot in
+        self.init(folder: folder, items: items, batchSize: batchSize, imageShape: preprocessing.outputShape) { image, _, _, slot in
             preprocessing.write(image, into: slot)
         }
     }
 
-    /// `transform` runs on the decoding thread; training uses it for per-image random augmentation.
-    init(folder: ImageFolder, items: [ImageFolder.Item], batchSize: Int, imageShape: [Int], transform: @escaping Transform) {
+    /// `transform` runs on the decoding thread; training uses it for per-image random augmentation, extraction for
+    /// the `slotsPerItem(index)` views (eval and augmented) of one image, each decoded once.
+    init(folder: ImageFolder, items: [ImageFolder.Item], batchSize: Int, imageShape: [Int],
+         slotsPerItem: @escaping @Sendable (Int) -> Int = { _ in 1 }, transform: @escaping Transform) {
         let thread = Thread { [self] in
-            self.produce(folder: folder, items: items, batchSize: batchSize, imageShape: imageShape, transform: transform)
+            self.produce(folder: folder, items: items, batchSize: batchSize, imageShape: imageShape, slotsPerItem: slotsPerItem,
+                         transform: transform)
         }
         thread.name = "bottleneck-decode"
         thread.start()
@@ -55,7 +58,8 @@ final class BatchDecoder: @unchecked Sendable {
         condition.unlock()
     }
 
-    private func produce(folder: ImageFolder, items: [ImageFolder.Item], batchSize: Int, imageShape: [Int], transform: Transform) {
+    private func produce(folder: ImageFolder, items: [ImageFolder.Item], batchSize: Int, imageShape: [Int],
+                         slotsPerItem: (Int) -> Int, transform: Transform) {
         var index = 0
         let slotSize = imageShape.reduce(1, *)
         while index < items.count {
@@ -63,7 +67,8 @@ final class BatchDecoder: @unchecked Sendable {
             var identities: [FileIdentity] = []
             var failed: [(path: String, reason: String)] = []
             // Sized by the images left, not the batch size: `--batch-size 8000` on 2 images allocates 2 slots.
-            let slotCount = min(batchSize, items.count - index)
+            let slotCount = (index..<min(index + batchSize, items.count)).reduce(0) { $0 + slotsPerItem($1) }
+            var usedSlots = 0
             var buffer = [Float](repeating: 0, count: slotCount * slotSize)
             buffer.withUnsafeMutableBufferPointer { slots in
                 while batchItems.count < batchSize && index < items.count {
@@ -73,8 +78,11 @@ final class BatchDecoder: @unchecked Sendable {
                         let path = folder.url(of: item).path
                         let file = try FileIdentity.read(path: path)
                         let image = try ImageDecoder.decode(bytes: file.bytes, name: path)
-                        let slot = batchItems.count * slotSize
-                        transform(image, index - 1, UnsafeMutableBufferPointer(rebasing: slots[slot..<(slot + slotSize)]))
+                        for view in 0..<slotsPerItem(index - 1) {
+                            let slot = (usedSlots + view) * slotSize
+                            transform(image, index - 1, view, UnsafeMutableBufferPointer(rebasing: slots[slot..<(slot + slotSize)]))
+                        }
+                        usedSlots += slotsPerItem(index - 1)
                         batchItems.append(item)
                         identities.append(file.identity)
                     } catch let error as ImageDecodingError {
@@ -84,8 +92,8 @@ final class BatchDecoder: @unchecked Sendable {
                     }
                 }
             }
-            buffer.removeLast((slotCount - batchItems.count) * slotSize)
-            let batch = Batch(images: Tensor(shape: [batchItems.count] + imageShape, data: buffer),
+            buffer.removeLast((slotCount - usedSlots) * slotSize)
+            let batch = Batch(images: Tensor(shape: [usedSlots] + imageShape, data: buffer),
                               items: batchItems, identities: identities, failed: failed)
             condition.lock()
             while ready.count >= Self.capacity && !cancelled { condition.wait() }

@@ -17,6 +17,9 @@ package struct ExtractionJob: Sendable {
     /// Only this contiguous part of the sorted image list (`--shard 2/4`), for scale-out; `bottleneck merge`
     /// joins the shards' caches into what one process would have written.
     package var shard: Shard?
+    /// Augmented views (RandomResizedCrop + RandomHorizontalFlip, see `Augmentation`) stored per training-side image
+    /// besides its eval view (`extract --views K`; `CacheFingerprint.viewCount(of:)` says which images get them).
+    package var views = 0
     /// Bytes a run may plan to use; nil: MemAvailable from /proc/meminfo.
     var memoryLimitBytes: Int?
 
@@ -73,6 +76,7 @@ package struct ExtractionJob: Sendable {
     package func run(log: (String) -> Void) throws -> Summary {
         let start = ContinuousClock.now
         if let problem = MemoryEstimate.batchSizeProblem(batchSize) { throw ExtractionError(problem) }
+        guard (0...1000).contains(views) else { throw ExtractionError("--views must be between 0 and 1000, not \(views)") }
         // A mistyped layer is said before the folder is listed, which takes minutes on a large one.
         let isInputLayer = layer.lowercased() == Self.inputLayer
         let cut = isInputLayer ? nil : try CutPoint(layer, in: config)
@@ -104,6 +108,7 @@ package struct ExtractionJob: Sendable {
                              preprocess: preprocessing.jsonDescription, imageRoot: folder.root.path)
         }
         fingerprint.shard = shard?.description
+        fingerprint.views = views
         if let shard { log("shard \(shard): \(items.count) of the \(folder.items.count) images") }
         let builder = try FeatureCacheBuilder.open(path: outputPath, fingerprint: fingerprint, classes: folder.classes,
                                                    manifest: items, overwrite: overwrite) { item, recorded in
@@ -117,7 +122,8 @@ package struct ExtractionJob: Sendable {
         if builder.recoveredRowCount > 0 { log("resuming: \(builder.recoveredRowCount) rows were already durable from an interrupted run") }
 
         let pending = builder.pending
-        let largestBatch = min(batchSize, pending.count)
+        let slotsOfPending = pending.map { 1 + fingerprint.viewCount(of: $0) }
+        let largestBatch = min(batchSize, slotsOfPending.reduce(0, +))
         if let refusal = MemoryEstimate.refusal(forward: cut.map { _ in config }, imageShape: preprocessing.outputShape,
                                                 batchSize: largestBatch, limit: memoryLimitBytes) {
             builder.abandon()
@@ -134,19 +140,31 @@ package struct ExtractionJob: Sendable {
         }
         for note in loaded?.notes ?? [] { log("weights: \(note)") }
         if !pending.isEmpty {
+            let viewed = slotsOfPending.count { $0 > 1 }
             log("extracting \(pending.count) images at \(fingerprint.layer) (\(fingerprint.layerPath)), "
-                + "activation \(activationShape), batch \(batchSize)")
+                + "activation \(activationShape), batch \(batchSize)"
+                + (viewed > 0 ? ", and \(views) augmented views of each of the \(viewed) training images" : ""))
         }
         let rowSize = activationShape.reduce(1, *)
         let progress = ProgressReporter(label: "images", total: pending.count)
-        let decoder = BatchDecoder(folder: folder, items: pending, batchSize: batchSize, preprocessing: preprocessing)
+        let augmentation = Augmentation(matching: preprocessing)
+        // An image and its views go through the network in forward passes of at most `batchSize` images.
+        let decoder = BatchDecoder(folder: folder, items: pending, batchSize: max(1, batchSize / (1 + views)),
+                                   imageShape: preprocessing.outputShape,
+                                   slotsPerItem: { slotsOfPending[$0] }) { image, index, view, slot in
+            guard view > 0 else { return preprocessing.write(image, into: slot) }
+            var generator = TrainingRandomness.cachedViewGenerator(path: pending[index].path, view: view)
+            augmentation.write(image, generator: &generator, into: slot)
+        }
         defer { decoder.cancel() }
         var processed = 0
         let loopStart = ContinuousClock.now
         while let batch = decoder.next() {
             let rows = zip(batch.items, batch.identities).map { (item: $0, identity: $1) }
-            let features = if let loaded, let cut { try loaded.network.forward(batch.images, through: cut) } else { batch.images }
-            precondition(features.count == batch.items.count * rowSize, "activation shape disagrees with the cut")
+            let features = if let loaded, let cut {
+                try Self.forward(batch.images, through: cut, of: loaded.network, batchSize: batchSize)
+            } else { batch.images }
+            precondition(features.count == batch.images.shape[0] * rowSize, "activation shape disagrees with the cut")
             summary.failed += try features.data.withUnsafeBufferPointer {
                 try builder.append(features: $0, rows: rows, failed: batch.failed)
             }
@@ -167,6 +185,22 @@ package struct ExtractionJob: Sendable {
         summary.path = outputPath
         summary.seconds = start.secondsElapsed
         return summary
+    }
+}
+
+extension ExtractionJob {
+    /// `images` through the network to `cut` in passes of at most `batchSize` images (a batch holding views has more).
+    static func forward(_ images: Tensor, through cut: CutPoint, of network: VGG, batchSize: Int) throws -> Tensor {
+        let count = images.shape[0]
+        guard count > batchSize else { return try network.forward(images, through: cut) }
+        var values: [Float] = []
+        var activationShape: [Int] = []
+        for start in stride(from: 0, to: count, by: batchSize) {
+            let part = try network.forward(images.rows(start..<min(start + batchSize, count)), through: cut)
+            activationShape = Array(part.shape.dropFirst())
+            values += part.data
+        }
+        return Tensor(shape: [count] + activationShape, data: values)
     }
 }
 

@@ -123,7 +123,13 @@ package struct HeadTrainingJob: Sendable {
             + "\(trainedPaths.joined(separator: ", ")) (\(trainedParameters) parameters)")
         log("\(split.trainRows.count) training rows, \(split.validationRows.count) validation rows (\(split.rule.description))")
 
-        let rows = try FeatureRows(cache: cache, needed: split.trainRows + split.validationRows,
+        let viewRows = settings.views == .augmented ? split.trainRows.filter { cache.viewBlockOfRow[$0] >= 0 } : []
+        if !viewRows.isEmpty {
+            log("\(viewRows.count) training rows take one of their \(fingerprint.views) augmented views each epoch")
+        } else if fingerprint.views > 0 {
+            log("training on the eval views only (--views none); the cache's \(fingerprint.views) augmented views are unused")
+        }
+        let rows = try FeatureRows(cache: cache, needed: split.trainRows + split.validationRows, viewRows: viewRows,
                                    width: trainer.stemOutputWidth(activationShape: cache.activationShape),
                                    stem: trainer.applyStem, memoryBudgetBytes: settings.memoryBudgetBytes, batchSize: settings.batchSize)
         if !trainer.stemPositions.isEmpty { log("precomputed \(describe(trainer.stemPositions)) once per row (frozen)") }

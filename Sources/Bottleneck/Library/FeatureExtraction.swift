@@ -27,6 +27,9 @@ public struct FeatureExtraction: Sendable {
     public var batchSize = 16
     /// Start the cache afresh instead of refusing one made with other weights, layer or preprocessing.
     public var overwrite = false
+    /// Augmented views (RandomResizedCrop + RandomHorizontalFlip) also stored per labelled image outside `val/` and
+    /// `test/`, which head training then takes one of per epoch; 0 (default) stores none.
+    public var views = 0
 
     /// An extraction of `images` into `cache` at fc7 with torchvision's eval transform.
     public init(images: String, cache: String) {
@@ -54,6 +57,7 @@ public struct FeatureExtraction: Sendable {
             job.layer = layer
             job.batchSize = batchSize
             job.overwrite = overwrite
+            job.views = views
             guard Preprocessing.imageSizes.contains(imageSize) else {
                 throw BottleneckError(description: "imageSize \(Preprocessing.imageSizeRequirement), got \(imageSize)")
             }

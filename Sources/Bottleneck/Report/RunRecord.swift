@@ -12,7 +12,7 @@ package struct RunRecord: Sendable {
     /// The folder's name: how the report labels the run.
     package var name: String
     package var mode: Mode
-    /// "through fc7 (cached)", "through conv3_3", "none".
+    /// "through fc7 (cached)", "through fc7 (cached, 4 augmented views)", "through conv3_3", "none".
     package var frozen: String
     package var trainableParameters: Int
     /// metrics.csv's lines (without the steps' seconds, which the file does not keep).
@@ -62,6 +62,8 @@ package struct RunRecord: Sendable {
         struct Cache: Decodable {
             struct Fingerprint: Decodable {
                 var preprocess: String
+                /// nil in the configs of runs made before caches had views.
+                var views: Int?
             }
             var path: String
             var fingerprint: Fingerprint
@@ -74,6 +76,8 @@ package struct RunRecord: Sendable {
         }
         struct Settings: Decodable {
             var imageSize: Int?
+            /// train-head's `HeadTrainingSettings.ViewsChoice`.
+            var views: String?
         }
         var command: String
         var cache: Cache?
@@ -105,7 +109,9 @@ package struct RunRecord: Sendable {
         switch config.command {
         case "train-head":
             mode = .head
-            frozen = "through \(config.head?.cutLayer ?? "the cut") (cached)"
+            let trainedOnViews = config.settings.views != HeadTrainingSettings.ViewsChoice.evalOnly.rawValue
+            let views = trainedOnViews ? config.cache?.fingerprint.views ?? 0 : 0
+            frozen = "through \(config.head?.cutLayer ?? "the cut") (cached\(views > 0 ? ", \(views) augmented views" : ""))"
             cache = config.cache.map { cache in
                 CacheFile(path: cache.path, bytes: (try? FileManager.default.attributesOfItem(atPath: cache.path))?[.size] as? Int,
                           extractionSeconds: (try? FeatureCacheReader(path: cache.path))?.extractionSeconds)

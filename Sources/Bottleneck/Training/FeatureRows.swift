@@ -10,6 +10,10 @@ import BottleneckKernels
 /// budget holds (two are resident, so a batch may straddle a boundary, and each is at most one chunk
 /// over). A training pass takes the chunks in a shuffled order and the rows of each window shuffled,
 /// so every chunk is read once per pass, as `FeatureCacheReader` advises.
+///
+/// Rows with augmented views (`extract --views K`) keep them after the stem too, in memory (views are not streamed):
+/// a training pass takes each such row as one of its K views, drawn by (seed, epoch, row), never its eval view, as
+/// torchvision's training transform never gives the eval crop. Validation always takes the eval view.
 final class FeatureRows {
     /// An order of rows, cut into windows that are loaded whole.
     struct Pass {
@@ -19,6 +23,8 @@ final class FeatureRows {
         fileprivate let windowEnds: [Int]
         /// The epoch (from 0) that reads this pass, for messages.
         fileprivate let epoch: Int
+        /// Per position, the augmented view it takes (-1: the eval view); nil when every position takes the eval view.
+        fileprivate var views: [Int]?
     }
 
     /// Floats per row after the stem.
@@ -36,21 +42,38 @@ final class FeatureRows {
     private var slotOfRow: [Int32]
     private var resident: [(pass: Int, window: Int, rows: [Int])?] = [nil, nil]
     private var passCount = 0
+    /// Augmented views per row that has them, and those rows' views after the stem, `views` blocks of `width` each.
+    private let views: Int
+    private let viewStorage: UnsafeMutableBufferPointer<Float>
+    /// Per cache row, its block in `viewStorage`, -1 when its views are not loaded.
+    private let viewBlockOfRow: [Int32]
 
     /// Rows of raw cache features read and put through the stem at a time: bounds the memory a
     /// pool5 row (25 088 floats, 100 kB) needs before the stem shrinks it.
     private static let loadBytes = 64 << 20
 
-    /// Rows `needed` of `cache`, each put through `stem` (which maps [n, ...activation] to [n, width]).
-    /// Throws before training when a row holds NaN or infinity (and, streaming, when a pass finds one).
-    init(cache: FeatureCacheReader, needed: [Int], width: Int, stem: @escaping (Tensor) -> Tensor,
+    /// Rows `needed` of `cache`, each put through `stem` (which maps [n, ...activation] to [n, width]), and the
+    /// augmented views of those of `viewRows` that have them. Throws before training when a row holds NaN or infinity
+    /// (and, streaming, when a pass finds one), and when views would have to be streamed.
+    init(cache: FeatureCacheReader, needed: [Int], viewRows: [Int] = [], width: Int, stem: @escaping (Tensor) -> Tensor,
          memoryBudgetBytes: Int, batchSize: Int) throws {
         self.cache = cache
         self.stem = stem
         self.width = width
         slotOfRow = Array(repeating: -1, count: cache.count)
         let rowBytes = width * MemoryLayout<Float>.size
-        isStreaming = needed.count * rowBytes > memoryBudgetBytes
+        let withViews = viewRows.filter { cache.viewBlockOfRow[$0] >= 0 }.sorted()
+        views = withViews.isEmpty ? 0 : cache.fingerprint.views
+        guard withViews.count * views * rowBytes <= memoryBudgetBytes / 2 else {
+            throw TrainingError(.invalidInput, "\(cache.path): the \(views) augmented views of \(withViews.count) training rows "
+                                + "take \((withViews.count * views * rowBytes).formattedBytes) after the head's frozen layers, "
+                                + "over half the memory budget; raise --memory-budget-mb or train with --views none")
+        }
+        var blocks = [Int32](repeating: -1, count: cache.count)
+        for (block, row) in withViews.enumerated() { blocks[row] = Int32(block) }
+        viewBlockOfRow = blocks
+        viewStorage = .allocate(capacity: withViews.count * views * width)
+        isStreaming = needed.count * rowBytes > memoryBudgetBytes - withViews.count * views * rowBytes
         if isStreaming {
             windowRows = max(memoryBudgetBytes / (4 * rowBytes), batchSize)
             slotCapacity = windowRows + Self.blockRows(cache: cache, windowRows: windowRows)
@@ -62,6 +85,7 @@ final class FeatureRows {
             // Every property is set, so a throw from here runs deinit, which frees the storage.
             try load(needed.sorted(), slot: 0, epoch: nil)
         }
+        try loadViews(withViews)
     }
 
     /// Rows already in memory, [N, ...] (the benchmark's and the tests' own features): every row resident.
@@ -77,15 +101,31 @@ final class FeatureRows {
         storage = .allocate(capacity: transformed.count)
         _ = storage.initialize(from: transformed.data)
         slotOfRow = (0..<Int32(rows)).map { $0 }
+        views = 0
+        viewStorage = .allocate(capacity: 0)
+        viewBlockOfRow = []
         if let bad = Self.firstNonFiniteRow(features) {
             throw TrainingError(.invalidInput, "row \(bad) of the features holds NaN or infinity")
         }
     }
 
-    deinit { storage.deallocate() }
+    deinit {
+        storage.deallocate()
+        viewStorage.deallocate()
+    }
 
-    /// `rows` in the order `epoch` trains on them.
+    /// `rows` in the order `epoch` trains on them, each row with views as one of them.
     func trainingPass(_ rows: [Int], seed: UInt64, epoch: Int) -> Pass {
+        var pass = orderedTrainingPass(rows, seed: seed, epoch: epoch)
+        if views > 0 {
+            pass.views = pass.order.map { row in
+                viewBlockOfRow[row] < 0 ? -1 : TrainingRandomness.viewChoice(seed: seed, epoch: epoch, row: row, views: views)
+            }
+        }
+        return pass
+    }
+
+    private func orderedTrainingPass(_ rows: [Int], seed: UInt64, epoch: Int) -> Pass {
         passCount += 1
         guard isStreaming else {
             return Pass(id: passCount, order: TrainingRandomness.shuffled(rows, seed: seed, epoch: epoch),
@@ -114,6 +154,9 @@ final class FeatureRows {
         }
         let base = UnsafePointer(storage.baseAddress!)
         return positions.map { position in
+            if let view = pass.views?[position], view >= 0 {
+                return UnsafePointer(viewStorage.baseAddress!) + (Int(viewBlockOfRow[pass.order[position]]) * views + view) * width
+            }
             let slot = Int(slotOfRow[pass.order[position]])
             precondition(slot >= 0, "row \(pass.order[position]) is not resident")
             return base + slot * width
@@ -189,6 +232,24 @@ final class FeatureRows {
             for row in group {
                 slotOfRow[row] = Int32(next)
                 next += 1
+            }
+        }
+    }
+
+    /// The augmented views of `rows` (ascending, each with views) through the stem into `viewStorage`, one row at a time.
+    private func loadViews(_ rows: [Int]) throws {
+        guard let cache, views > 0 else { return }
+        var raw = Tensor(zeros: [views] + cache.activationShape)
+        for (block, row) in rows.enumerated() {
+            try raw.data.withUnsafeMutableBufferPointer { try cache.readViews(ofRow: row, into: $0) }
+            if let bad = Self.firstNonFiniteRow(raw) {
+                throw TrainingError(.invalidInput, "\(cache.path): augmented view \(bad + 1) of row \(row) (\(cache.paths[row])) holds "
+                                    + "NaN or infinite features; extract it again, or train with --views none")
+            }
+            let viewsOut = stem(raw)
+            precondition(viewsOut.count == views * width, "the stem gives \(viewsOut.shape), expected [\(views), \(width)]")
+            viewsOut.data.withUnsafeBufferPointer { values in
+                (viewStorage.baseAddress! + block * views * width).update(from: values.baseAddress!, count: values.count)
             }
         }
     }

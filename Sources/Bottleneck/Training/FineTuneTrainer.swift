@@ -151,12 +151,12 @@ final class FineTuneTrainer {
         let transform: BatchDecoder.Transform
         if let augmentation {
             let seed = settings.seed
-            transform = { image, index, slot in
+            transform = { image, index, _, slot in
                 var generator = SeededGenerator(seed: TrainingRandomness.seed(seed, .augmentation, UInt64(epoch), UInt64(order[index])))
                 augmentation.write(image, generator: &generator, into: slot)
             }
         } else {
-            transform = { [evaluation] image, _, slot in evaluation.write(image, into: slot) }
+            transform = { [evaluation] image, _, _, slot in evaluation.write(image, into: slot) }
         }
         return BatchDecoder(folder: folder, items: order.map { folder.items[$0] }, batchSize: settings.batchSize,
                             imageShape: evaluation.outputShape, transform: transform)

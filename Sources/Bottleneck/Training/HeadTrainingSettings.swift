@@ -11,6 +11,14 @@ package struct HeadTrainingSettings: Codable, Sendable, Equatable {
         case constant, step, cosine
     }
 
+    /// What the training rows of a cache with augmented views (`extract --views K`) train on.
+    package enum ViewsChoice: String, Codable, SettingChoice, Sendable {
+        /// Each epoch, one of the row's K views (see `FeatureRows`); rows without views take their eval view.
+        case augmented
+        /// The eval view alone, as a cache without views.
+        case evalOnly = "none"
+    }
+
     package var epochs = 30
     package var batchSize = 64
     /// nil: 0.01 for SGD, 0.001 for Adam and AdamW.
@@ -38,6 +46,7 @@ package struct HeadTrainingSettings: Codable, Sendable, Equatable {
     package var dropout = 0.5
     /// The lowest layer that learns; the layers between the cut and it stay frozen.
     package var trainFrom = "fc8"
+    package var views = ViewsChoice.augmented
     /// Cores the per-row work (gathering rows, dropout) is split across.
     package var threads = availableCores
     /// Above this many bytes of rows, training streams the cache instead of reading it once.

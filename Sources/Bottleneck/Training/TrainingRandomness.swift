@@ -13,6 +13,10 @@ enum TrainingRandomness {
         /// Full fine-tuning's random crop and flip of an image in an epoch. (4 drew the validation split
         /// before the split became a hash of the image; 5 keeps a seed's crops those of earlier runs.)
         case augmentation = 5
+        /// An augmented view that `extract --views` stores.
+        case cachedView
+        /// Which stored view a row trains on in an epoch.
+        case viewChoice
     }
 
     /// SplitMix64's finaliser folded over the parts: distinct inputs give unrelated seeds.
@@ -31,6 +35,20 @@ enum TrainingRandomness {
     /// cache row `row` in `epoch` (from 0).
     static func dropoutGenerator(seed: UInt64, epoch: Int, row: Int, layerPosition: Int) -> SeededGenerator {
         SeededGenerator(seed: Self.seed(seed, .dropout, UInt64(epoch), UInt64(row), UInt64(layerPosition)))
+    }
+
+    /// The generator of augmented view `view` (from 1) that `extract --views` stores for the image at `path` (relative to
+    /// the image root, as `/paths` holds it): a function of the two alone, so a rerun, or an image added to the
+    /// folder, leaves every other image's views as they were.
+    static func cachedViewGenerator(path: String, view: Int) -> SeededGenerator {
+        let pathHash = SHA256.digest(Array(path.utf8)).prefix(8).reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+        return SeededGenerator(seed: Self.seed(0, .cachedView, pathHash, UInt64(view)))
+    }
+
+    /// The stored view (0..<views) that cache row `row` trains on in `epoch` (from 0).
+    static func viewChoice(seed: UInt64, epoch: Int, row: Int, views: Int) -> Int {
+        var generator = SeededGenerator(seed: Self.seed(seed, .viewChoice, UInt64(epoch), UInt64(row)))
+        return Int(generator.next().multipliedFullWidth(by: UInt64(views)).high)
     }
 
     /// `rows` in the order `epoch` visits them: a uniform shuffle that depends only on the seed and epoch.

@@ -3,7 +3,7 @@
 /// The defaults are the settings types' own (`HeadTrainingSettings()`, `FineTuneSettings()`): the two commands differ.
 package enum TrainingSettingKey: String, CaseIterable, Sendable {
     case epochs, batchSize, lr, optimizer, momentum, weightDecay, schedule, stepSize, gamma, patience, valFraction, seed,
-         splitSeed, dropout, trainFrom, threads, memoryBudgetMb, augment, freezeThrough, backboneLrMult, imageSize
+         splitSeed, dropout, trainFrom, threads, memoryBudgetMb, views, augment, freezeThrough, backboneLrMult, imageSize
 
     /// The two training commands, and the pipeline stages of the same names.
     package enum Command: Sendable {
@@ -13,7 +13,7 @@ package enum TrainingSettingKey: String, CaseIterable, Sendable {
     /// train-head's settings.
     package static let trainHead: [TrainingSettingKey] = [
         .epochs, .batchSize, .lr, .optimizer, .momentum, .weightDecay, .schedule, .stepSize, .gamma, .patience,
-        .valFraction, .seed, .splitSeed, .dropout, .trainFrom, .threads, .memoryBudgetMb,
+        .valFraction, .seed, .splitSeed, .dropout, .trainFrom, .threads, .memoryBudgetMb, .views,
     ]
 
     /// full-finetune's settings.
@@ -36,8 +36,9 @@ package enum TrainingSettingKey: String, CaseIterable, Sendable {
     }
 
     /// The memory budget is the command line's alone: a pipeline stage takes the default, half the RAM of the
-    /// machine that runs the file.
-    package var isPipelineKey: Bool { self != .memoryBudgetMb }
+    /// machine that runs the file. A train-head stage does not read `views` yet (issue #15, item 3): it trains on
+    /// the views of its extract stage's cache, which has none unless the stage's extract made them.
+    package var isPipelineKey: Bool { self != .memoryBudgetMb && self != .views }
 
     /// `weight-decay`: the flag without its dashes, as the command line's `.customLong` takes it.
     package var longName: String { words.joined(separator: "-") }
@@ -84,6 +85,8 @@ package enum TrainingSettingKey: String, CaseIterable, Sendable {
         case .threads: "Cores to split per-row work across (all by default)."
         case .memoryBudgetMb: "Stream the cache in windows instead of reading it once when its rows exceed this many MB "
             + "(default: half the RAM)."
+        case .views: "With a cache made by 'extract --views K': augmented trains each row on one of its K augmented views "
+            + "per epoch (drawn by seed, epoch and row), none on the eval views only. Validation always uses the eval views."
         case .augment: "Training augmentation: standard (RandomResizedCrop + flip) or none."
         case .freezeThrough: "Freeze this layer and all below it (conv3_3, features.16, fc7)."
         case .backboneLrMult: "Learning-rate factor of the pretrained layers (the head learns at \(Self.lr.flag))."
