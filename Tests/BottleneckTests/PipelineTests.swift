@@ -404,5 +404,47 @@ final class PipelineTests: XCTestCase {
             let pipeline = try Pipeline(contentsOf: repository.appendingPathComponent("pipelines/\(name).yaml").path)
             XCTAssertEqual(pipeline.stages.map(\.kind), [.extract, .trainHead, .fullFinetune, .report], name)
         }
+        let views = try Pipeline(contentsOf: repository.appendingPathComponent("pipelines/views.yaml").path)
+        XCTAssertEqual(views.stages.map(\.kind), [.extract, .trainHead, .trainHead, .fullFinetune, .report])
+        guard case .extract(_, _, let count) = views.stages[0].settings, case .trainHead(let plain) = views.stages[1].settings,
+              case .trainHead(let augmented) = views.stages[2].settings else { return XCTFail("\(views.stages)") }
+        XCTAssertEqual([count], [4])
+        XCTAssertEqual([plain.views, augmented.views], [.evalOnly, .augmented])
+    }
+
+    /// `views:` on the extract stage caches augmented views, on a train-head stage picks them or the eval views;
+    /// the two heads differ, the report tells them apart, and another count reruns the extraction.
+    func testViewsKeysCacheViewsAndChooseThemPerHead() throws {
+        let images = try sampleImages()
+        func pipeline(views: Int) -> String {
+            fixturePipeline(images: images, out: "runs", stages: """
+              - stage: extract
+                batch_size: 8
+                views: \(views)
+              - stage: train-head
+                name: plain
+                views: none
+                epochs: 2
+              - stage: train-head
+                name: augmented
+                epochs: 2
+              - stage: report
+            """)
+        }
+        let first = try run(pipeline(views: 2))
+        XCTAssertEqual(first.outcomes.map(\.reused), [false, false, false, false])
+        let root = folder.appendingPathComponent("runs").path
+        XCTAssertEqual(try FeatureCacheReader(path: root + "/features-fc7.h5").fingerprint.views, 2)
+        let plain = try TrainedModel(contentsOf: root + "/plain/model.h5").stateDict
+        let augmented = try TrainedModel(contentsOf: root + "/augmented/model.h5").stateDict
+        XCTAssertNotEqual(plain.map(\.tensor.data), augmented.map(\.tensor.data))
+        let report = try String(contentsOfFile: root + "/report.md", encoding: .utf8)
+        XCTAssertTrue(report.contains("2 augmented views"), report)
+        XCTAssertEqual(try run(pipeline(views: 3)).outcomes.map(\.reused), [false, false, false, false])
+
+        XCTAssertThrowsError(try parse(pipeline(views: -1))) { XCTAssertTrue("\($0)".contains("views"), "\($0)") }
+        XCTAssertThrowsError(try parse(pipeline(views: ExtractionJob.mostViews + 1))) {
+            XCTAssertTrue("\($0)".contains("views must be between 0 and 1000"), "\($0)")
+        }
     }
 }

@@ -20,6 +20,7 @@ package struct ExtractionJob: Sendable {
     /// Augmented views (RandomResizedCrop + RandomHorizontalFlip, see `Augmentation`) stored per training-side image
     /// besides its eval view (`extract --views K`; `CacheFingerprint.viewCount(of:)` says which images get them).
     package var views = 0
+    package static let mostViews = 1000
     /// Bytes a run may plan to use; nil: MemAvailable from /proc/meminfo.
     var memoryLimitBytes: Int?
 
@@ -76,7 +77,9 @@ package struct ExtractionJob: Sendable {
     package func run(log: (String) -> Void) throws -> Summary {
         let start = ContinuousClock.now
         if let problem = MemoryEstimate.batchSizeProblem(batchSize) { throw ExtractionError(problem) }
-        guard (0...1000).contains(views) else { throw ExtractionError("--views must be between 0 and 1000, not \(views)") }
+        guard (0...Self.mostViews).contains(views) else {
+            throw ExtractionError("--views must be between 0 and \(Self.mostViews), not \(views)")
+        }
         // A mistyped layer is said before the folder is listed, which takes minutes on a large one.
         let isInputLayer = layer.lowercased() == Self.inputLayer
         let cut = isInputLayer ? nil : try CutPoint(layer, in: config)

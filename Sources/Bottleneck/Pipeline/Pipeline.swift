@@ -23,7 +23,7 @@ package struct Pipeline: Sendable {
 
     package struct Stage: Sendable {
         package enum Settings: Sendable {
-            case extract(batchSize: Int, compress: Bool)
+            case extract(batchSize: Int, compress: Bool, views: Int)
             case trainHead(HeadTrainingSettings)
             /// `initialHead`: the name of an earlier train-head stage whose model starts the head.
             case fullFinetune(FineTuneSettings, initialHead: String?)

@@ -97,13 +97,17 @@ extension Pipeline {
         let settings: Stage.Settings
         switch kind {
         case .extract:
-            try stageEntry.refuseUnknownKeys(["stage", "name", "batch_size", "compress"])
+            try stageEntry.refuseUnknownKeys(["stage", "name", "batch_size", "compress", "views"])
             if before.contains(where: { $0.kind == .extract }) {
                 throw entry.error(at: "stage", "a pipeline has one extract stage (one cut layer, the top-level 'layer')")
             }
             let batchSize = try stageEntry.int("batch_size") ?? 16
             guard batchSize >= 1 else { throw stageEntry.error(at: "batch_size", "batch_size must be at least 1") }
-            settings = .extract(batchSize: batchSize, compress: try stageEntry.bool("compress") ?? false)
+            let views = try stageEntry.nonNegativeInt("views") ?? 0
+            guard views <= ExtractionJob.mostViews else {
+                throw stageEntry.error(at: "views", "views must be between 0 and \(ExtractionJob.mostViews), not \(views)")
+            }
+            settings = .extract(batchSize: batchSize, compress: try stageEntry.bool("compress") ?? false, views: views)
         case .trainHead:
             guard before.contains(where: { $0.kind == .extract }) else {
                 throw entry.error(at: "stage", "train-head trains on the feature cache: put an extract stage before it")
@@ -224,6 +228,7 @@ extension Pipeline {
         .patience: { $0.patience = try $1.int($2)! },
         .trainFrom: { $0.trainFrom = try $1.string($2)! },
         .threads: { $0.threads = try $1.int($2)! },
+        .views: { $0.views = try $1.choice($2)! },
     ]) { shared, _ in shared }
 
     /// The readers of a full-finetune stage's own keys.

@@ -130,11 +130,12 @@ package struct PipelineRunner {
     private func run(_ stage: Pipeline.Stage, key: String, fromScratch: Bool, weights: WeightsChoice,
                      log: (String) -> Void) throws -> String {
         switch stage.settings {
-        case .extract(let batchSize, let compress):
+        case .extract(let batchSize, let compress, let views):
             var job = ExtractionJob(imagesRoot: pipeline.images, outputPath: pipeline.cachePath, weights: weights)
             job.layer = pipeline.layer
             job.batchSize = batchSize
             job.compress = compress
+            job.views = views
             job.overwrite = fromScratch
             job.config = pipeline.backbone
             job.preprocessing = pipeline.preprocessing
@@ -210,12 +211,13 @@ package struct PipelineRunner {
             "\(upstreamKeys[stageName] ?? "none") \(Self.fileIdentity(file))"
         }
         switch stage.settings {
-        case .extract(let batchSize, let compress):
+        case .extract(let batchSize, let compress, let views):
             ingredients["images"] = try Self.folderIdentity(pipeline.images)
             ingredients["weights"] = Self.identity(of: weights)
             ingredients["layer"] = pipeline.layer
             ingredients["preprocessing"] = pipeline.preprocessing.jsonDescription
-            ingredients["settings"] = "batch \(batchSize) compress \(compress)"
+            // Said only when there are views, so the stages of files written before views keep their keys.
+            ingredients["settings"] = "batch \(batchSize) compress \(compress)" + (views > 0 ? " views \(views)" : "")
         case .trainHead(var settings):
             // Cores and the memory budget change the speed, not the model.
             settings.threads = 0

@@ -36,9 +36,8 @@ package enum TrainingSettingKey: String, CaseIterable, Sendable {
     }
 
     /// The memory budget is the command line's alone: a pipeline stage takes the default, half the RAM of the
-    /// machine that runs the file. A train-head stage does not read `views` yet (issue #15, item 3): it trains on
-    /// the views of its extract stage's cache, which has none unless the stage's extract made them.
-    package var isPipelineKey: Bool { self != .memoryBudgetMb && self != .views }
+    /// machine that runs the file.
+    package var isPipelineKey: Bool { self != .memoryBudgetMb }
 
     /// `weight-decay`: the flag without its dashes, as the command line's `.customLong` takes it.
     package var longName: String { words.joined(separator: "-") }
