@@ -55,10 +55,13 @@ final class SlurmTests: XCTestCase {
         let merge = try command(["sbatch", "--parsable", "--wait", "--dependency=afterok:\(array)", "--kill-on-invalid-dep=yes",
                                  export, scripts.appendingPathComponent("merge.sbatch").path],
                                 in: submit, timeout: Self.jobsTimeout)
-        guard merge.status == 0 else {
-            return XCTFail("the merge job failed (\(merge.status)): \(merge.output)\n\(try jobLogs(in: submit))")
-        }
         let mergeID = merge.output.split(separator: "\n").first.map(String.init) ?? ""
+        // sbatch --wait exits 0 for a job cancelled before it ran, so each job's own state is what says it worked.
+        let states = try jobStates([array, mergeID])
+        guard merge.status == 0, states.count == 4, states.allSatisfy({ $0.state == "COMPLETED" }) else {
+            return XCTFail("the jobs did not all complete: \(states.map { "\($0.job) \($0.state)" }.joined(separator: ", "))\n"
+                           + "sbatch --wait (\(merge.status)): \(merge.output)\n\(try jobLogs(in: submit))")
+        }
 
         let single = folder.appendingPathComponent("single.h5").path
         let extracted = try command([binary, "extract", "--images", images, "--out", single, "--layer", "input",
@@ -104,11 +107,32 @@ final class SlurmTests: XCTestCase {
         return String(id)
     }
 
+    /// The state of every job (every task of an array) that `scontrol` still remembers, with its reason when it
+    /// has one, e.g. ("5", "CANCELLED (DependencyNeverSatisfied)").
+    private func jobStates(_ ids: [String]) throws -> [(job: String, state: String)] {
+        try ids.flatMap { id in
+            let shown = try command(["scontrol", "--oneliner", "show", "job", id], timeout: 30)
+            return shown.output.split(separator: "\n").map { line in
+                var fields: [String: String] = [:]
+                for field in line.split(separator: " ") {
+                    let parts = field.split(separator: "=", maxSplits: 1).map(String.init)
+                    if parts.count == 2 { fields[parts[0]] = parts[1] }
+                }
+                let job = fields["ArrayTaskId"].map { "\(fields["ArrayJobId"] ?? id)_\($0)" } ?? fields["JobId"] ?? id
+                let reason = fields["Reason"].flatMap { $0 == "None" ? nil : " (\($0))" } ?? ""
+                return (job, (fields["JobState"] ?? "unknown: \(line)") + reason)
+            }
+        }
+    }
+
     /// Each job's log, for a failure message: what a user would read to find out why.
     private func jobLogs(in directory: URL) throws -> String {
         let logs = try FileManager.default.contentsOfDirectory(atPath: directory.path).filter { $0.hasSuffix(".out") }.sorted()
         let queue = try command(["squeue", "--all"], timeout: 30).output
-        return "squeue:\n\(queue)\n" + logs.map { name in
+        // Why a task could not start (its log could not be opened, say) is only in slurmd's log.
+        let slurmd = (try? String(contentsOf: cluster.appendingPathComponent("slurmd.log"), encoding: .utf8)) ?? ""
+        let errors = slurmd.split(separator: "\n").filter { $0.contains("error:") }.suffix(10).joined(separator: "\n")
+        return "squeue:\n\(queue)\nslurmd's errors:\n\(errors)\n" + logs.map { name in
             "\(name):\n" + ((try? String(contentsOf: directory.appendingPathComponent(name), encoding: .utf8)) ?? "(unreadable)")
         }.joined(separator: "\n")
     }
