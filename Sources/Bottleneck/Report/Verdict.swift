@@ -107,6 +107,6 @@ struct Verdict {
             : runs.map { "\($0.name): \(weightsLabel($0))" }.joined(separator: ", ")
         guard runs.contains(where: \.usesRandomWeights) else { return "Weights: \(which)." }
         return "RANDOM WEIGHTS: \(which). A comparison on random weights is not meaningful for ImageNet transfer; "
-            + "get the pretrained torchvision weights with 'bottleneck weights download' and train again."
+            + "get the pretrained torchvision weights with '\(WeightsChoice.downloadCommand)' and train again."
     }
 }
