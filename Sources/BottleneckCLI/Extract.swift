@@ -47,8 +47,10 @@ struct Extract: ParsableCommand {
         join the shard caches with 'bottleneck merge'.
         """, valueName: "I/N"))
     var shard: String?
+    @OptionGroup var threads: ThreadsOption
 
     func run() throws {
+        threads.apply()
         var job = ExtractionJob(imagesRoot: images, outputPath: out,
                                 weights: weights.resolved(usingWeights: layer.lowercased() != ExtractionJob.inputLayer))
         job.layer = layer

@@ -59,8 +59,10 @@ struct Run: ParsableCommand {
                                             valueName: "STAGE"))
     var force: [String] = []
     @Flag(help: "Only read and validate the file; run nothing.") var check = false
+    @OptionGroup var threads: ThreadsOption
 
     func run() throws {
+        threads.apply()
         let definition = try Pipeline(contentsOf: pipeline)
         let runner = try PipelineRunner(pipeline: definition, force: force)
         if check {

@@ -45,7 +45,7 @@ struct TrainHead: ParsableCommand {
     @Option(name: .setting(.patience), help: .setting(.patience, in: .trainHead)) var patience = HeadTrainingSettings().patience
     @Option(name: .setting(.trainFrom), help: .setting(.trainFrom, in: .trainHead, valueName: "LAYER"))
     var trainFrom = HeadTrainingSettings().trainFrom
-    @Option(name: .setting(.threads), help: .setting(.threads, in: .trainHead)) var threads = HeadTrainingSettings().threads
+    @OptionGroup var threads: ThreadsOption
     @Option(name: .setting(.memoryBudgetMb), help: .setting(.memoryBudgetMb, in: .trainHead)) var memoryBudgetMb: Int?
 
     @Option(name: .long, help: ArgumentHelp("""
@@ -67,7 +67,7 @@ struct TrainHead: ParsableCommand {
         job.settings.gamma = gamma
         job.settings.patience = patience
         job.settings.trainFrom = trainFrom
-        job.settings.threads = threads
+        job.settings.threads = threads.threads
         if let memoryBudgetMb { job.settings.memoryBudgetBytes = memoryBudgetMb << 20 }
         job.weights = weights.map { WeightsChoice.resolve($0).choice }
         job.allowIncomplete = allowIncomplete
@@ -76,6 +76,7 @@ struct TrainHead: ParsableCommand {
     }
 
     func run() throws {
+        threads.apply()
         let summary = try job().run(log: printErr)
         print(String(format: "train-head: best epoch %d of %d, val accuracy %.4f (chance %.4f), val loss %.4f; "
                      + "%.1f s, %.0f samples/s; %@", summary.bestEpoch, summary.epochsRun, summary.bestValAccuracy,

@@ -116,7 +116,7 @@ final class CommandLineTests: XCTestCase {
                                                               "--help"]),
                        Set(TrainingSettingKey.trainHead.map(\.flag)))
         XCTAssertEqual(flags(of: FullFinetune.self).subtracting(["--images", "--out", "--weights", "--init-head", "--resume", "--overwrite",
-                                                                 "--help"]),
+                                                                 "--threads", "--help"]),
                        Set(TrainingSettingKey.fullFinetune.map(\.flag)))
         XCTAssertEqual(Set(Pipeline.headFields.keys), Set(TrainingSettingKey.trainHead.filter(\.isPipelineKey)))
         XCTAssertEqual(Set(Pipeline.finetuneFields.keys), Set(TrainingSettingKey.fullFinetune.filter(\.isPipelineKey)))
@@ -179,5 +179,30 @@ final class CommandLineTests: XCTestCase {
         XCTAssertTrue(BottleneckCommand.helpMessage(for: FullFinetune.self, columns: 1000).contains("(default: 0.001)"))
         XCTAssertTrue(BottleneckCommand.helpMessage(for: Run.self, columns: 1000)
             .contains("  train-head     epochs, batch_size, lr, optimizer, momentum, weight_decay, schedule, step_size, gamma,"))
+    }
+
+    /// One `--threads` on every command that computes, all cores by default, 0 refused naming the flag; the benches
+    /// that sweep take `--threads-sweep`; train-head's per-row split follows it.
+    func testThreadsOptionOnEveryComputingCommand() throws {
+        let commands: [ParsableCommand.Type] = [Extract.self, TrainHead.self, FullFinetune.self, Evaluate.self, Predict.self, Run.self,
+                                                ForwardBench.self, FinetuneBench.self, HeadBench.self]
+        for command in commands {
+            XCTAssertTrue(flags(of: command).contains("--threads"), "\(command)")
+        }
+        for command in [ForwardBench.self, FinetuneBench.self] as [ParsableCommand.Type] {
+            XCTAssertTrue(flags(of: command).contains("--threads-sweep"), "\(command)")
+        }
+        XCTAssertEqual(try ThreadsOption.parse([]).threads, availableCores)
+        XCTAssertEqual(try ThreadsOption.parse(["--threads", "3"]).threads, 3)
+        XCTAssertEqual(try FinetuneBench.parse(["--threads", "3"]).threads.threads, 3)
+        XCTAssertTrue(try ForwardBench.parse(["--threads-sweep"]).sweep.threadsSweep)
+        XCTAssertEqual(try headSettings(["--threads", "1"]).threads, 1)
+        let refused: [() throws -> Any] = [{ try ForwardBench.parse(["--threads", "0"]) },
+                                           { try TrainHead.parse(Self.required[.trainHead]! + ["--threads=0"]) }]
+        for parse in refused {
+            XCTAssertThrowsError(try parse()) { error in
+                XCTAssertEqual(BottleneckCommand.message(for: error), "--threads must be at least 1, got 0")
+            }
+        }
     }
 }
