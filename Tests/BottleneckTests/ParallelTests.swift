@@ -91,4 +91,11 @@ final class ParallelTests: XCTestCase {
         XCTAssertEqual(one.features.data, all.features.data)
         XCTAssertEqual(one.parameters.map(\.data), all.parameters.map(\.data))
     }
+
+    func testThreadSweepDoublesUpToTheMaximum() {
+        XCTAssertEqual(ThreadSweep.threadCounts(upTo: 1), [1])
+        XCTAssertEqual(ThreadSweep.threadCounts(upTo: 2), [1, 2])
+        XCTAssertEqual(ThreadSweep.threadCounts(upTo: 6), [1, 2, 4, 6])
+        XCTAssertEqual(ThreadSweep.threadCounts(upTo: 16), [1, 2, 4, 8, 16])
+    }
 }

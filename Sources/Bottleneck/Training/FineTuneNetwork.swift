@@ -273,7 +273,7 @@ package struct FineTuneNetwork: Sendable {
                 gradient = pool.backward(gradOutput: gradient.reshaped([batch, inputShape[1], pool.outputHeight, pool.outputWidth]),
                                          inputShape: inputShape)
             }
-            profile?.lap(position, .inputGradient)
+            if needsInputGradient { profile?.lap(position, .inputGradient) }
             if layer.parameterPrefix != nil {
                 // After the switch, whose binding of the layer would otherwise hold its tensors twice and make the update copy them.
                 optimizer.step(&modules, at: position, gradWeight: gradWeight, gradBias: gradBias, slot: slot,

@@ -81,7 +81,7 @@ package struct Conv2D: Sendable {
         let tilesPerImage = (outHeight + rowsPerTile - 1) / rowsPerTile
         let tiles = batch * tilesPerImage
         let workers = min(tiles, availableCores)
-        var columns = [Float](repeating: 0, count: workers * patch * rowsPerTile * outWidth)
+        var columns = Self.scratch(count: workers * patch * rowsPerTile * outWidth)
         return Tensor(shape: [batch, outChannels, outHeight, outWidth]) { out in
             x.data.withUnsafeBufferPointer { input in
                 weight.data.withUnsafeBufferPointer { weights in
@@ -133,15 +133,12 @@ package struct Conv2D: Sendable {
         let tiles = batch * tilesPerImage
         let workers = min(tiles, availableCores)
         let weightCount = outChannels * patch
-        // Worker 0 accumulates straight into gradWeight; the others into their own slices of this.
-        var partialWeights = [Float](repeating: 0, count: (workers - 1) * weightCount)
+        // Worker 0 accumulates straight into gradWeight; the others into their own slices of this. Each zeroes its
+        // own in the parallel region: zeroed up front, they would be a serial pass over the weights per worker.
+        var partialWeights = Self.scratch(count: (workers - 1) * weightCount)
         var partialBiases = [Double](repeating: 0, count: workers * outChannels)
-        var columns = [Float](repeating: 0, count: workers * patch * rowsPerTile * outWidth)
-        if gradWeight.shape == weight.shape {
-            gradWeight.data.withUnsafeMutableBufferPointer { $0.update(repeating: 0) }
-        } else {
-            gradWeight = Tensor(zeros: weight.shape)
-        }
+        var columns = Self.scratch(count: workers * patch * rowsPerTile * outWidth)
+        if gradWeight.shape != weight.shape { gradWeight = Tensor(zeros: weight.shape) }
         x.data.withUnsafeBufferPointer { input in
             dy.data.withUnsafeBufferPointer { gradOut in
                 gradWeight.data.withUnsafeMutableBufferPointer { gradWeights in
@@ -156,6 +153,7 @@ package struct Conv2D: Sendable {
                                         let target = worker == 0 ? gradWeights : partials! + (worker - 1) * weightCount
                                         let biasTarget = biasSums + worker * outChannels
                                         let col = columnBase + worker * patch * rowsPerTile * outWidth
+                                        target.update(repeating: 0, count: weightCount)
                                         for tile in Swift.stride(from: worker, to: tiles, by: workers) {
                                             let image = tile / tilesPerImage
                                             let firstRow = (tile % tilesPerImage) * rowsPerTile
@@ -174,9 +172,13 @@ package struct Conv2D: Sendable {
                                         }
                                     }
                                 }
-                                for worker in 1..<max(workers, 1) {
-                                    let partial = partials.baseAddress! + (worker - 1) * weightCount
-                                    for index in 0..<weightCount { gradWeights[index] += partial[index] }
+                                // In worker order for every element, so the sum is the same on any number of threads.
+                                let (gradWeights, partials) = (gradWeights.baseAddress!, partials.baseAddress)
+                                parallelForChunks(workers > 1 ? weightCount : 0) { chunk in
+                                    for worker in 1..<workers {
+                                        let partial = partials! + (worker - 1) * weightCount
+                                        for index in chunk { gradWeights[index] += partial[index] }
+                                    }
                                 }
                             }
                         }
@@ -203,17 +205,26 @@ package struct Conv2D: Sendable {
         let taps = kernel * kernel
         let transposed = Tensor(shape: [inChannels, outChannels, kernel, kernel]) { flipped in
             weight.data.withUnsafeBufferPointer { weights in
-                for output in 0..<outChannels {
-                    for input in 0..<inChannels {
-                        let source = weights.baseAddress! + (output * inChannels + input) * taps
-                        let target = flipped.baseAddress! + (input * outChannels + output) * taps
-                        for tap in 0..<taps { target[tap] = source[taps - 1 - tap] }
+                let (weights, flipped) = (weights.baseAddress!, flipped.baseAddress!)
+                parallelForChunks(inChannels, minimumParallelCount: 64) { inputs in
+                    for input in inputs {
+                        for output in 0..<outChannels {
+                            let source = weights + (output * inChannels + input) * taps
+                            let target = flipped + (input * outChannels + output) * taps
+                            for tap in 0..<taps { target[tap] = source[taps - 1 - tap] }
+                        }
                     }
                 }
             }
         }
         return Conv2D(weight: transposed, bias: Tensor(zeros: [inChannels]), stride: 1, padding: kernel - 1 - padding)
             .forward(dy)
+    }
+
+    /// Floats for buffers whose every element is written before it is read (im2col columns, per-worker partial
+    /// sums the worker zeroes), left unzeroed: zeroing them here is a serial pass the parallel region then repeats.
+    private static func scratch(count: Int) -> [Float] {
+        [Float](unsafeUninitializedCapacity: count) { _, initialized in initialized = count }
     }
 
     /// image [Cin, H, W] -> col [(ci, ky, kx), outputRows × Wo]. Padding positions are written

@@ -13,6 +13,15 @@ package func parallelFor(_ count: Int, _ body: (Int) -> Void) {
     ParallelRegions.shared.run(count, body)
 }
 
+/// Calls body on contiguous chunks of 0..<count: one per core when `count` reaches `minimumParallelCount` (below,
+/// a second core does not pay for starting a region), else one chunk. For elementwise work, whose result does not
+/// depend on the chunks. Bodies should take raw pointers out of their buffers first: a loop that reads them through
+/// the closure's captures reloads them after every store and is not vectorised.
+package func parallelForChunks(_ count: Int, minimumParallelCount: Int = 1 << 14, _ body: (Range<Int>) -> Void) {
+    let workers = count >= minimumParallelCount ? availableCores : 1
+    parallelFor(workers) { worker in body((worker * count / workers)..<((worker + 1) * count / workers)) }
+}
+
 /// The threads behind `parallelFor`: one helper per extra thread of the budget when first used, kept awake for a short while after each
 /// region, so that the many short regions of a training step (a head's step is ~0.3 ms with three of
 /// them) start within a microsecond. `DispatchQueue.concurrentPerform` wakes its threads through the
