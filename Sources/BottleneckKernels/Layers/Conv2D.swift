@@ -119,7 +119,8 @@ package struct Conv2D: Sendable {
     ///
     /// Tiled like the forward: each core takes (image, band of output rows) tiles in turn, im2cols the band
     /// and adds dy_band [Cout, band] · col [patch, band]ᵀ to a dW of its own with a single-threaded gemm;
-    /// the per-core partials are summed at the end.
+    /// the per-core partials are summed at the end. A layer with fewer tiles than cores (conv5 at batch 8: one per
+    /// image) has its images cut into bands until every core has one.
     package func parameterGradients(input x: Tensor, gradOutput dy: Tensor, weight gradWeight: inout Tensor,
                                    bias gradBias: inout Tensor) {
         let (batch, height, width) = (x.shape[0], x.shape[2], x.shape[3])
@@ -128,7 +129,8 @@ package struct Conv2D: Sendable {
         precondition(x.rank == 4 && x.shape[1] == inChannels, "conv backward expects x [N, \(inChannels), H, W], got \(x.shape)")
         precondition(dy.shape == [batch, outChannels, outHeight, outWidth],
                      "conv backward: input \(x.shape) but gradient \(dy.shape)")
-        let rowsPerTile = max(1, min(outHeight, Self.tileBytes / (patch * outWidth * MemoryLayout<Float>.size)))
+        let bandsForAllCores = (availableCores + batch - 1) / batch
+        let rowsPerTile = max(1, min(outHeight / bandsForAllCores, Self.tileBytes / (patch * outWidth * MemoryLayout<Float>.size)))
         let tilesPerImage = (outHeight + rowsPerTile - 1) / rowsPerTile
         let tiles = batch * tilesPerImage
         let workers = min(tiles, availableCores)
