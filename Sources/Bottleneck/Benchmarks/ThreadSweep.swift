@@ -18,6 +18,8 @@ package struct ThreadSweep: Sendable {
 
     /// `measure()`'s images per second under each budget up to `maximum` threads; the budget is `maximum` after.
     package init(upTo maximum: Int, progress: (String) -> Void = { _ in }, measure: () throws -> Double) rethrows {
+        ThreadBudget.limit(to: maximum)
+        startParallelHelpers()
         defer { ThreadBudget.limit(to: maximum) }
         points = []
         for threads in Self.threadCounts(upTo: maximum) {

@@ -13,6 +13,12 @@ package func parallelFor(_ count: Int, _ body: (Int) -> Void) {
     ParallelRegions.shared.run(count, body)
 }
 
+/// Starts `parallelFor`'s helpers now, one per extra thread of the current budget: a caller about to lower the
+/// budget for a while (a thread sweep) keeps them for when it raises it again.
+package func startParallelHelpers() {
+    _ = ParallelRegions.shared
+}
+
 /// Calls body on contiguous chunks of 0..<count: one per core when `count` reaches `minimumParallelCount` (below,
 /// a second core does not pay for starting a region), else one chunk. For elementwise work, whose result does not
 /// depend on the chunks. Bodies should take raw pointers out of their buffers first: a loop that reads them through
