@@ -23,11 +23,12 @@ struct HeadBench: ParsableCommand {
     @Option(parsing: .unconditional, help: "Rows per optimizer step.") var batchSize = 64
     @Option(parsing: .unconditional, help: "Dropout probability on the cached features.") var dropout = 0.5
     @Option(parsing: .unconditional, help: "Timed epochs (after one untimed); the median is reported.") var epochs = 3
-    @Option(parsing: .unconditional, help: "Cores for the per-row work.") var threads = availableCores
+    @OptionGroup var threads: ThreadsOption
     @Flag(help: "Skip the forward pass through the frozen network (no ratio).") var noForward = false
     @Flag(help: "Small sizes and a tiny network: checks the benchmark runs (not a measurement).") var quick = false
 
     func run() throws {
+        threads.apply()
         var benchmark = quick ? HeadBenchmark.quick() : HeadBenchmark()
         if !quick {
             benchmark.rows = rows
@@ -37,7 +38,7 @@ struct HeadBench: ParsableCommand {
         benchmark.classes = classes
         benchmark.batchSize = batchSize
         benchmark.dropout = dropout
-        benchmark.threads = threads
+        benchmark.threads = threads.threads
         if noForward { benchmark.forward = nil }
         printErr("bench head: \(benchmark.rows) x \(benchmark.features) cached features, \(benchmark.classes) classes, batch "
                  + "\(benchmark.batchSize), dropout \(benchmark.dropout), \(benchmark.threads) threads, BLAS core \(BLASRuntime.coreName)")

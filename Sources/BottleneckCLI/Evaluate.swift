@@ -42,8 +42,10 @@ struct Evaluate: ParsableCommand {
     func validate() throws {
         guard (cache == nil) != (images == nil) else { throw ValidationError("give exactly one of --cache CACHE.h5 and --images DIR") }
     }
+    @OptionGroup var threads: ThreadsOption
 
     func run() throws {
+        threads.apply()
         var job = EvaluationJob(modelPath: model, source: cache.map { .cache($0) } ?? .images(images!))
         job.split = split
         job.weights = weights.map { WeightsChoice.resolve($0).choice }

@@ -54,8 +54,10 @@ struct Extract: ParsableCommand {
         outside val/ and test/, which train-head trains on; extraction of those images costs 1+K forward passes.
         """, valueName: "K"))
     var views = 0
+    @OptionGroup var threads: ThreadsOption
 
     func run() throws {
+        threads.apply()
         var job = ExtractionJob(imagesRoot: images, outputPath: out,
                                 weights: weights.resolved(usingWeights: layer.lowercased() != ExtractionJob.inputLayer))
         job.layer = layer

@@ -71,8 +71,10 @@ struct FullFinetune: ParsableCommand {
         job.overwrite = overwrite
         return job
     }
+    @OptionGroup var threads: ThreadsOption
 
     func run() throws {
+        threads.apply()
         let summary = try job().run(log: printErr)
         print(String(format: "full-finetune: best epoch %d of %d, val acc %.4f, val loss %.4f (chance %.3f); %.2f img/s training, "
                      + "peak RSS %@; %@", summary.bestEpoch, summary.epochsRun, summary.bestValAccuracy, summary.bestValLoss,

@@ -31,8 +31,10 @@ struct Predict: ParsableCommand {
     enum PredictionFormat: String, ExpressibleByArgument, CaseIterable {
         case text, json, csv
     }
+    @OptionGroup var threads: ThreadsOption
 
     func run() throws {
+        threads.apply()
         var job = PredictionJob(modelPath: model, inputs: images)
         job.weights = weights.map { WeightsChoice.resolve($0).choice }
         job.topK = topK

@@ -60,8 +60,10 @@ struct Run: ParsableCommand {
                                             valueName: "STAGE"))
     var force: [String] = []
     @Flag(help: "Only read and validate the file and check that its images and weights exist; run nothing.") var check = false
+    @OptionGroup var threads: ThreadsOption
 
     func run() throws {
+        threads.apply()
         let definition = try Pipeline(contentsOf: pipeline)
         try definition.checkInputsExist()
         let runner = try PipelineRunner(pipeline: definition, force: force)

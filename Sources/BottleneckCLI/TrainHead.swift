@@ -51,8 +51,7 @@ struct TrainHead: ParsableCommand {
     var patience = HeadTrainingSettings().patience
     @Option(name: .setting(.trainFrom), help: .setting(.trainFrom, in: .trainHead, valueName: "LAYER"))
     var trainFrom = HeadTrainingSettings().trainFrom
-    @Option(name: .setting(.threads), parsing: .unconditional, help: .setting(.threads, in: .trainHead))
-    var threads = HeadTrainingSettings().threads
+    @OptionGroup var threads: ThreadsOption
     @Option(name: .setting(.memoryBudgetMb), parsing: .unconditional, help: .setting(.memoryBudgetMb, in: .trainHead))
     var memoryBudgetMb: Int?
 
@@ -77,7 +76,7 @@ struct TrainHead: ParsableCommand {
         job.settings.gamma = gamma
         job.settings.patience = patience
         job.settings.trainFrom = trainFrom
-        job.settings.threads = threads
+        job.settings.threads = threads.threads
         job.settings.views = views
         if let memoryBudgetMb { job.settings.memoryBudgetBytes = memoryBudgetMb << 20 }
         job.weights = weights.map { WeightsChoice.resolve($0).choice }
@@ -87,6 +86,7 @@ struct TrainHead: ParsableCommand {
     }
 
     func run() throws {
+        threads.apply()
         let summary = try job().run(log: printErr)
         print(String(format: "train-head: best epoch %d of %d, val accuracy %.4f (chance %.4f), val loss %.4f; "
                      + "%.1f s, %.0f samples/s; %@", summary.bestEpoch, summary.epochsRun, summary.bestValAccuracy,

@@ -117,7 +117,7 @@ final class CommandLineTests: XCTestCase {
                                                               "--help", "--version"]),
                        Set(TrainingSettingKey.trainHead.map(\.flag)))
         XCTAssertEqual(flags(of: FullFinetune.self).subtracting(["--images", "--out", "--weights", "--init-head", "--resume", "--overwrite",
-                                                                 "--help", "--version"]),
+                                                                 "--threads", "--help", "--version"]),
                        Set(TrainingSettingKey.fullFinetune.map(\.flag)))
         XCTAssertEqual(Set(Pipeline.headFields.keys), Set(TrainingSettingKey.trainHead.filter(\.isPipelineKey)))
         XCTAssertEqual(Set(Pipeline.finetuneFields.keys), Set(TrainingSettingKey.fullFinetune.filter(\.isPipelineKey)))
@@ -267,6 +267,31 @@ final class CommandLineTests: XCTestCase {
             for line in command.configuration.discussion.split(separator: "\n").map(String.init) where line.hasPrefix(" ") {
                 XCTAssertLessThan(line.count, 80, "\(command._commandName): \(line)")
                 XCTAssertTrue(helpLines.contains(line), "\(command._commandName): '\(line)' is rewrapped")
+            }
+        }
+    }
+
+    /// One `--threads` on every command that computes, all cores by default, 0 refused naming the flag; the benches
+    /// that sweep take `--threads-sweep`; train-head's per-row split follows it.
+    func testThreadsOptionOnEveryComputingCommand() throws {
+        let commands: [ParsableCommand.Type] = [Extract.self, TrainHead.self, FullFinetune.self, Evaluate.self, Predict.self, Run.self,
+                                                ForwardBench.self, FinetuneBench.self, HeadBench.self]
+        for command in commands {
+            XCTAssertTrue(flags(of: command).contains("--threads"), "\(command)")
+        }
+        for command in [ForwardBench.self, FinetuneBench.self] as [ParsableCommand.Type] {
+            XCTAssertTrue(flags(of: command).contains("--threads-sweep"), "\(command)")
+        }
+        XCTAssertEqual(try ThreadsOption.parse([]).threads, availableCores)
+        XCTAssertEqual(try ThreadsOption.parse(["--threads", "3"]).threads, 3)
+        XCTAssertEqual(try FinetuneBench.parse(["--threads", "3"]).threads.threads, 3)
+        XCTAssertTrue(try ForwardBench.parse(["--threads-sweep"]).sweep.threadsSweep)
+        XCTAssertEqual(try headSettings(["--threads", "1"]).threads, 1)
+        let refused: [() throws -> Any] = [{ try ForwardBench.parse(["--threads", "0"]) },
+                                           { try TrainHead.parse(Self.required[.trainHead]! + ["--threads=0"]) }]
+        for parse in refused {
+            XCTAssertThrowsError(try parse()) { error in
+                XCTAssertEqual(BottleneckCommand.message(for: error), "--threads must be at least 1, got 0")
             }
         }
     }

@@ -104,6 +104,34 @@ final class FineTuneTests: XCTestCase {
         return outcome
     }
 
+    /// `--per-layer`: a profiled step times each phase of each layer that runs it, and nothing of the frozen layers'
+    /// backward.
+    func testStepProfileTimesThePhasesEachLayerRuns() throws {
+        let config = VGGConfig.vgg16.narrowed(by: 16, hidden: 64, classes: 10)
+        var network = try FineTuneNetwork(VGG.randomlyInitialized(config: config, seed: 0), dropout: 0.5, frozenThrough: 15)
+        var generator = SeededGenerator(seed: 1)
+        let images = Tensor(shape: [2, 3, 32, 32]) { values in
+            for index in values.indices { values[index] = generator.nextNormal() }
+        }
+        var optimizer = SGD(momentum: 0.9)
+        let profile = StepProfile(layers: config.layers.count)
+        _ = network.trainStep(images: images, labels: [1, 2], optimizer: &optimizer, learningRate: { _ in 0.01 },
+                              profile: profile) { _, _ in SeededGenerator(seed: 0) }
+        for layer in config.layers {
+            let seconds = profile.seconds[layer.position]
+            let (forward, input, weight, update) = (seconds[0], seconds[1], seconds[2], seconds[3])
+            // A conv's ReLU runs inside the conv's forward.
+            var fusedReLU = false
+            if layer.kind == .relu, case .conv = config.layers[layer.position - 1].kind { fusedReLU = true }
+            XCTAssertEqual(forward > 0, !fusedReLU, layer.name)
+            let learns = layer.position > 15 && layer.parameterPrefix != nil
+            XCTAssertEqual(weight > 0, learns, layer.name)
+            XCTAssertEqual(update > 0, learns, layer.name)
+            // conv4_1 (position 17) is the lowest that learns: no input gradient at or below it.
+            XCTAssertEqual(input > 0, layer.position > 17, layer.name)
+        }
+    }
+
     // MARK: the job
 
     func testResumedRunEndsEqualToAnUninterruptedOne() throws {

@@ -11,6 +11,8 @@ package struct FineTuneBenchmark: Sendable {
     var warmup: Int
     /// The highest frozen layer; nil: everything trains.
     package var freezeThrough: String?
+    /// Whether to time each layer's phases (`--per-layer`).
+    package var perLayer = false
 
     /// VGG16 with a 10-class head at 224 px, as the torch reference.
     package static func full(batchSize: Int = 8, iterations: Int = 3, freezeThrough: String? = nil) -> FineTuneBenchmark {
@@ -31,6 +33,8 @@ package struct FineTuneBenchmark: Sendable {
         var secondsPerStep: [Double]
         package var peakResidentBytes: Int
         package var trainableParameters: Int
+        /// Each layer's seconds per step, the mean over the timed steps; nil unless `perLayer`.
+        package var profile: LayerProfile?
     }
 
     package func run(progress: (String) -> Void = { _ in }) throws -> Result {
@@ -43,10 +47,11 @@ package struct FineTuneBenchmark: Sendable {
         let labels = (0..<batchSize).map { Int32($0 % config.classes) }
         var optimizer = SGD(momentum: 0.9)
         var timings: [Double] = []
+        let profile = perLayer ? StepProfile(layers: config.layers.count) : nil
         for iteration in 0..<(warmup + iterations) {
             let start = ContinuousClock.now
-            let outcome = network.trainStep(images: images, labels: labels, optimizer: &optimizer,
-                                            learningRate: { _ in 1e-3 }) { row, position in
+            let outcome = network.trainStep(images: images, labels: labels, optimizer: &optimizer, learningRate: { _ in 1e-3 },
+                                            profile: iteration >= warmup ? profile : nil) { row, position in
                 TrainingRandomness.dropoutGenerator(seed: 0, epoch: iteration, row: row, layerPosition: position)
             }
             let seconds = start.secondsElapsed
@@ -59,6 +64,10 @@ package struct FineTuneBenchmark: Sendable {
         }
         let median = timings.sorted()[timings.count / 2]
         return Result(imagesPerSecond: Double(batchSize) / median, secondsPerStep: timings,
-                      peakResidentBytes: ResourceUsage.peakResidentBytes, trainableParameters: network.trainableParameterCount)
+                      peakResidentBytes: ResourceUsage.peakResidentBytes, trainableParameters: network.trainableParameterCount,
+                      profile: profile.map { profile in
+                          LayerProfile(profile, steps: iterations, layers: config.layers,
+                                       stepSeconds: timings.reduce(0, +) / Double(iterations))
+                      })
     }
 }

@@ -28,8 +28,8 @@ package struct ForwardBenchmark: Sendable {
         package var gigaflopsPerImage: Double
         var secondsPerBatch: [Double]
         package var peakResidentBytes: Int
-        /// Median seconds per batch of each layer that took measurable time, in order.
-        package var layerSeconds: [(layer: LayerInfo, seconds: Double)]
+        /// Median seconds per batch of each layer, and the rest of the median batch.
+        package var profile: LayerProfile
 
         package var effectiveGigaflops: Double { imagesPerSecond * gigaflopsPerImage }
     }
@@ -62,10 +62,10 @@ package struct ForwardBenchmark: Sendable {
                       gigaflopsPerImage: Double(config.forwardFlops(through: cut, imageSize: imageSize)) / 1e9,
                       secondsPerBatch: timings,
                       peakResidentBytes: ResourceUsage.peakResidentBytes,
-                      layerSeconds: layerTimings.keys.sorted().map { position in
+                      profile: LayerProfile(forward: layerTimings.keys.sorted().map { position in
                           let samples = layerTimings[position]!.sorted()
                           return (config.layers[position], samples[samples.count / 2])
-                      })
+                      }, stepSeconds: median))
     }
 }
 

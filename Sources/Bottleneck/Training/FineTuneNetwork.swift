@@ -176,9 +176,10 @@ package struct FineTuneNetwork: Sendable {
 
     /// One optimizer step on images [N, 3, S, S] with labels [N]. `dropoutGenerator(row, position)` gives the
     /// generator of row `row`'s mask at the dropout at `position`; `learningRate(layer)` each layer's rate
-    /// (parameter groups). When the loss is not finite nothing is updated: the caller stops the run.
+    /// (parameter groups). When the loss is not finite nothing is updated: the caller stops the run. `profile`, when
+    /// given, gets the step's seconds per layer and phase.
     package mutating func trainStep<Step: Optimizer>(images: Tensor, labels: [Int32], optimizer: inout Step,
-                                                    learningRate: (LayerInfo) -> Double,
+                                                    learningRate: (LayerInfo) -> Double, profile: StepProfile? = nil,
                                                     dropoutGenerator: (_ row: Int, _ position: Int) -> SeededGenerator) -> StepOutcome {
         let layers = config.layers
         let batch = images.shape[0]
@@ -188,8 +189,10 @@ package struct FineTuneNetwork: Sendable {
         var masks = [Tensor?](repeating: nil, count: modules.count)
         var activation = images
         var position = 0
+        profile?.start()
         // Its own walk, not `VGG.evaluate`: it keeps what backward reads and drops rows by their seeds.
         while position < modules.count {
+            let layerPosition = position
             let keeps = position >= firstTrainablePosition
             switch modules[position] {
             case .conv(let conv):
@@ -218,11 +221,14 @@ package struct FineTuneNetwork: Sendable {
             case .dropout:
                 break
             }
+            // A conv's fused ReLU counts as the conv's.
+            profile?.lap(layerPosition, .forward)
             position += 1
         }
 
         var gradient = Tensor(zeros: [])
         let loss = SoftmaxCrossEntropy.lossAndGradient(logits: activation, labels: labels, gradLogits: &gradient)
+        profile?.lapOther()
         var outcome = StepOutcome(loss: loss, updatedPositions: [], inputGradientPositions: [])
         guard loss.isFinite else { return outcome }
 
@@ -236,6 +242,7 @@ package struct FineTuneNetwork: Sendable {
                 gradWeight.reshapeKeepingStorage(linear.weight.shape)
                 gradBias.reshapeKeepingStorage(linear.bias.shape)
                 linear.parameterGradients(input: input, gradOutput: gradient, weight: &gradWeight, bias: &gradBias)
+                profile?.lap(position, .weightGradient)
                 if needsInputGradient {
                     var gradInput = Tensor(zeros: [])
                     linear.inputGradient(gradOutput: gradient, into: &gradInput)
@@ -246,6 +253,7 @@ package struct FineTuneNetwork: Sendable {
                 gradWeight.reshapeKeepingStorage(conv.weight.shape)
                 gradBias.reshapeKeepingStorage(conv.bias.shape)
                 conv.parameterGradients(input: inputs[position]!, gradOutput: gradient, weight: &gradWeight, bias: &gradBias)
+                profile?.lap(position, .weightGradient)
                 if needsInputGradient {
                     gradient = conv.inputGradient(gradOutput: gradient)
                     outcome.inputGradientPositions.append(position)
@@ -265,11 +273,13 @@ package struct FineTuneNetwork: Sendable {
                 gradient = pool.backward(gradOutput: gradient.reshaped([batch, inputShape[1], pool.outputHeight, pool.outputWidth]),
                                          inputShape: inputShape)
             }
+            if needsInputGradient { profile?.lap(position, .inputGradient) }
             if layer.parameterPrefix != nil {
                 // After the switch, whose binding of the layer would otherwise hold its tensors twice and make the update copy them.
                 optimizer.step(&modules, at: position, gradWeight: gradWeight, gradBias: gradBias, slot: slot,
                                learningRate: learningRate(layer))
                 outcome.updatedPositions.append(position)
+                profile?.lap(position, .optimizer)
             }
             // A ReLU below reads this input as its output; otherwise it is done with.
             if !(position - 1 >= firstTrainablePosition && layers[position - 1].kind == .relu) { inputs[position] = nil }

@@ -89,7 +89,7 @@ package struct SGD: Optimizer {
         guard momentum != 0 else {
             parameter.data.withUnsafeMutableBufferPointer { values in
                 gradient.data.withUnsafeBufferPointer { gradients in
-                    forEachChunk(values.count) { chunk in
+                    parallelForChunks(values.count) { chunk in
                         let (values, gradients) = (values.baseAddress!, gradients.baseAddress!)
                         for index in chunk { values[index] -= rate * (gradients[index] + decay * values[index]) }
                     }
@@ -105,7 +105,7 @@ package struct SGD: Optimizer {
         parameter.data.withUnsafeMutableBufferPointer { values in
             gradient.data.withUnsafeBufferPointer { gradients in
                 momentumBuffers[slot].withUnsafeMutableBufferPointer { buffer in
-                    forEachChunk(values.count) { chunk in
+                    parallelForChunks(values.count) { chunk in
                         let (values, gradients, buffer) = (values.baseAddress!, gradients.baseAddress!, buffer.baseAddress!)
                         for index in chunk {
                             buffer[index] = keep * buffer[index] + (gradients[index] + decay * values[index])
@@ -198,7 +198,7 @@ struct Adam: Optimizer {
             gradient.data.withUnsafeBufferPointer { gradients in
                 state.first.withUnsafeMutableBufferPointer { first in
                     state.second.withUnsafeMutableBufferPointer { second in
-                        forEachChunk(values.count) { chunk in
+                        parallelForChunks(values.count) { chunk in
                             let (values, gradients) = (values.baseAddress!, gradients.baseAddress!)
                             let (first, second) = (first.baseAddress!, second.baseAddress!)
                             for index in chunk {
@@ -214,16 +214,6 @@ struct Adam: Optimizer {
             }
         }
     }
-}
-
-/// Calls body on contiguous chunks of 0..<count, one per core for tensors large enough (fc8's 41k values
-/// already) that a second core pays for starting a parallel region; elementwise updates are independent,
-/// so the result is the same.
-/// Bodies take raw pointers out of their buffers first: a loop that reads them through the closure's
-/// captures reloads them after every store and is not vectorised.
-private func forEachChunk(_ count: Int, _ body: (Range<Int>) -> Void) {
-    let workers = count >= 1 << 14 ? availableCores : 1
-    parallelFor(workers) { worker in body((worker * count / workers)..<((worker + 1) * count / workers)) }
 }
 
 /// The slot of a state key "3.momentum_buffer" when it names `name`.

@@ -81,7 +81,7 @@ package struct Conv2D: Sendable {
         let tilesPerImage = (outHeight + rowsPerTile - 1) / rowsPerTile
         let tiles = batch * tilesPerImage
         let workers = min(tiles, availableCores)
-        var columns = [Float](repeating: 0, count: workers * patch * rowsPerTile * outWidth)
+        var columns = Self.scratch(count: workers * patch * rowsPerTile * outWidth)
         return Tensor(shape: [batch, outChannels, outHeight, outWidth]) { out in
             x.data.withUnsafeBufferPointer { input in
                 weight.data.withUnsafeBufferPointer { weights in
@@ -119,7 +119,8 @@ package struct Conv2D: Sendable {
     ///
     /// Tiled like the forward: each core takes (image, band of output rows) tiles in turn, im2cols the band
     /// and adds dy_band [Cout, band] · col [patch, band]ᵀ to a dW of its own with a single-threaded gemm;
-    /// the per-core partials are summed at the end.
+    /// the per-core partials are summed at the end. A layer with fewer tiles than cores (conv5 at batch 8: one per
+    /// image) has its images cut into bands until every core has one.
     package func parameterGradients(input x: Tensor, gradOutput dy: Tensor, weight gradWeight: inout Tensor,
                                    bias gradBias: inout Tensor) {
         let (batch, height, width) = (x.shape[0], x.shape[2], x.shape[3])
@@ -128,20 +129,18 @@ package struct Conv2D: Sendable {
         precondition(x.rank == 4 && x.shape[1] == inChannels, "conv backward expects x [N, \(inChannels), H, W], got \(x.shape)")
         precondition(dy.shape == [batch, outChannels, outHeight, outWidth],
                      "conv backward: input \(x.shape) but gradient \(dy.shape)")
-        let rowsPerTile = max(1, min(outHeight, Self.tileBytes / (patch * outWidth * MemoryLayout<Float>.size)))
+        let bandsForAllCores = (availableCores + batch - 1) / batch
+        let rowsPerTile = max(1, min(outHeight / bandsForAllCores, Self.tileBytes / (patch * outWidth * MemoryLayout<Float>.size)))
         let tilesPerImage = (outHeight + rowsPerTile - 1) / rowsPerTile
         let tiles = batch * tilesPerImage
         let workers = min(tiles, availableCores)
         let weightCount = outChannels * patch
-        // Worker 0 accumulates straight into gradWeight; the others into their own slices of this.
-        var partialWeights = [Float](repeating: 0, count: (workers - 1) * weightCount)
+        // Worker 0 accumulates straight into gradWeight; the others into their own slices of this. Each zeroes its
+        // own in the parallel region: zeroed up front, they would be a serial pass over the weights per worker.
+        var partialWeights = Self.scratch(count: (workers - 1) * weightCount)
         var partialBiases = [Double](repeating: 0, count: workers * outChannels)
-        var columns = [Float](repeating: 0, count: workers * patch * rowsPerTile * outWidth)
-        if gradWeight.shape == weight.shape {
-            gradWeight.data.withUnsafeMutableBufferPointer { $0.update(repeating: 0) }
-        } else {
-            gradWeight = Tensor(zeros: weight.shape)
-        }
+        var columns = Self.scratch(count: workers * patch * rowsPerTile * outWidth)
+        if gradWeight.shape != weight.shape { gradWeight = Tensor(zeros: weight.shape) }
         x.data.withUnsafeBufferPointer { input in
             dy.data.withUnsafeBufferPointer { gradOut in
                 gradWeight.data.withUnsafeMutableBufferPointer { gradWeights in
@@ -156,6 +155,7 @@ package struct Conv2D: Sendable {
                                         let target = worker == 0 ? gradWeights : partials! + (worker - 1) * weightCount
                                         let biasTarget = biasSums + worker * outChannels
                                         let col = columnBase + worker * patch * rowsPerTile * outWidth
+                                        target.update(repeating: 0, count: weightCount)
                                         for tile in Swift.stride(from: worker, to: tiles, by: workers) {
                                             let image = tile / tilesPerImage
                                             let firstRow = (tile % tilesPerImage) * rowsPerTile
@@ -174,9 +174,13 @@ package struct Conv2D: Sendable {
                                         }
                                     }
                                 }
-                                for worker in 1..<max(workers, 1) {
-                                    let partial = partials.baseAddress! + (worker - 1) * weightCount
-                                    for index in 0..<weightCount { gradWeights[index] += partial[index] }
+                                // In worker order for every element, so the sum is the same on any number of threads.
+                                let (gradWeights, partials) = (gradWeights.baseAddress!, partials.baseAddress)
+                                parallelForChunks(workers > 1 ? weightCount : 0) { chunk in
+                                    for worker in 1..<workers {
+                                        let partial = partials! + (worker - 1) * weightCount
+                                        for index in chunk { gradWeights[index] += partial[index] }
+                                    }
                                 }
                             }
                         }
@@ -203,17 +207,26 @@ package struct Conv2D: Sendable {
         let taps = kernel * kernel
         let transposed = Tensor(shape: [inChannels, outChannels, kernel, kernel]) { flipped in
             weight.data.withUnsafeBufferPointer { weights in
-                for output in 0..<outChannels {
-                    for input in 0..<inChannels {
-                        let source = weights.baseAddress! + (output * inChannels + input) * taps
-                        let target = flipped.baseAddress! + (input * outChannels + output) * taps
-                        for tap in 0..<taps { target[tap] = source[taps - 1 - tap] }
+                let (weights, flipped) = (weights.baseAddress!, flipped.baseAddress!)
+                parallelForChunks(inChannels, minimumParallelCount: 64) { inputs in
+                    for input in inputs {
+                        for output in 0..<outChannels {
+                            let source = weights + (output * inChannels + input) * taps
+                            let target = flipped + (input * outChannels + output) * taps
+                            for tap in 0..<taps { target[tap] = source[taps - 1 - tap] }
+                        }
                     }
                 }
             }
         }
         return Conv2D(weight: transposed, bias: Tensor(zeros: [inChannels]), stride: 1, padding: kernel - 1 - padding)
             .forward(dy)
+    }
+
+    /// Floats for buffers whose every element is written before it is read (im2col columns, per-worker partial
+    /// sums the worker zeroes), left unzeroed: zeroing them here is a serial pass the parallel region then repeats.
+    private static func scratch(count: Int) -> [Float] {
+        [Float](unsafeUninitializedCapacity: count) { _, initialized in initialized = count }
     }
 
     /// image [Cin, H, W] -> col [(ci, ky, kx), outputRows × Wo]. Padding positions are written

@@ -105,7 +105,10 @@ package struct Dropout: Sendable {
         precondition(dy.shape == mask.shape, "dropout backward: gradient \(dy.shape) vs mask \(mask.shape)")
         mask.data.withUnsafeBufferPointer { factors in
             dy.data.withUnsafeMutableBufferPointer { gradients in
-                for index in gradients.indices { gradients[index] *= factors[index] }
+                let (factors, gradients) = (factors.baseAddress!, gradients.baseAddress!)
+                parallelForChunks(mask.count) { chunk in
+                    for index in chunk { gradients[index] *= factors[index] }
+                }
             }
         }
     }

@@ -52,15 +52,16 @@ package struct MaxPool2D: Sendable {
         precondition(dy.shape == [x.shape[0], x.shape[1], outHeight, outWidth],
                      "max pool backward: input \(x.shape) but gradient \(dy.shape)")
         let (kernel, stride) = (self.kernel, self.stride)
-        var dx = Tensor(zeros: x.shape)
-        x.data.withUnsafeBufferPointer { input in
-            dy.data.withUnsafeBufferPointer { gradOut in
-                dx.data.withUnsafeMutableBufferPointer { gradIn in
+        // Each plane zeroed by the core that fills it: zeroed up front, pool1's 100 MB would be a serial pass.
+        return Tensor(shape: x.shape) { gradIn in
+            x.data.withUnsafeBufferPointer { input in
+                dy.data.withUnsafeBufferPointer { gradOut in
                     let shared = (input.baseAddress!, gradOut.baseAddress!, gradIn.baseAddress!)
                     parallelFor(planes) { plane in
                         let (input, gradOut, gradIn) = shared
                         let inPlane = input + plane * height * width
                         let gradInPlane = gradIn + plane * height * width
+                        gradInPlane.initialize(repeating: 0, count: height * width)
                         let gradOutPlane = gradOut + plane * outHeight * outWidth
                         for oy in 0..<outHeight {
                             for ox in 0..<outWidth {
@@ -80,6 +81,5 @@ package struct MaxPool2D: Sendable {
                 }
             }
         }
-        return dx
     }
 }

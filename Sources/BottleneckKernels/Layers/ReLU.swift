@@ -2,8 +2,12 @@
 package enum ReLU {
     /// x [any] -> x [same], in place: activations are the largest buffers, so no copy.
     package static func forward(_ x: inout Tensor) {
+        let count = x.count
         x.data.withUnsafeMutableBufferPointer { values in
-            for index in values.indices where values[index] < 0 { values[index] = 0 }
+            let values = values.baseAddress!
+            parallelForChunks(count) { chunk in
+                for index in chunk where values[index] < 0 { values[index] = 0 }
+            }
         }
     }
 
@@ -14,8 +18,9 @@ package enum ReLU {
         precondition(y.shape == dy.shape, "relu backward: output \(y.shape) vs gradient \(dy.shape)")
         y.data.withUnsafeBufferPointer { outputs in
             dy.data.withUnsafeMutableBufferPointer { gradients in
-                for index in gradients.indices {
-                    gradients[index] = outputs[index] > 0 ? gradients[index] : 0
+                let (outputs, gradients) = (outputs.baseAddress!, gradients.baseAddress!)
+                parallelForChunks(y.count) { chunk in
+                    for index in chunk { gradients[index] = outputs[index] > 0 ? gradients[index] : 0 }
                 }
             }
         }

@@ -5,7 +5,7 @@ import Synchronization
 /// files on every call (16 µs here, 7% of a head's training step when the optimizer asked for it).
 package let availableCores = ProcessInfo.processInfo.activeProcessorCount
 
-/// Runs `body(i)` for i in 0..<count on all cores. The body writes disjoint parts of
+/// Runs `body(i)` for i in 0..<count on up to `ThreadBudget.threads` cores. The body writes disjoint parts of
 /// buffers it captured as unsafe pointers; callers guarantee that disjointness. Which core runs
 /// which i varies, so a body's result must depend on i alone.
 @inline(__always)
@@ -13,15 +13,30 @@ package func parallelFor(_ count: Int, _ body: (Int) -> Void) {
     ParallelRegions.shared.run(count, body)
 }
 
-/// The threads behind `parallelFor`: one helper per extra core, kept awake for a short while after each
+/// Starts `parallelFor`'s helpers now, one per extra thread of the current budget: a caller about to lower the
+/// budget for a while (a thread sweep) keeps them for when it raises it again.
+package func startParallelHelpers() {
+    _ = ParallelRegions.shared
+}
+
+/// Calls body on contiguous chunks of 0..<count: one per core when `count` reaches `minimumParallelCount` (below,
+/// a second core does not pay for starting a region), else one chunk. For elementwise work, whose result does not
+/// depend on the chunks. Bodies should take raw pointers out of their buffers first: a loop that reads them through
+/// the closure's captures reloads them after every store and is not vectorised.
+package func parallelForChunks(_ count: Int, minimumParallelCount: Int = 1 << 14, _ body: (Range<Int>) -> Void) {
+    let workers = count >= minimumParallelCount ? availableCores : 1
+    parallelFor(workers) { worker in body((worker * count / workers)..<((worker + 1) * count / workers)) }
+}
+
+/// The threads behind `parallelFor`: one helper per extra thread of the budget when first used, kept awake for a short while after each
 /// region, so that the many short regions of a training step (a head's step is ~0.3 ms with three of
 /// them) start within a microsecond. `DispatchQueue.concurrentPerform` wakes its threads through the
 /// kernel every time: two 16 µs halves took 48 µs there, 17 µs here.
 ///
 /// A region started while another runs (a nested `parallelFor`, or a second thread's) runs its
-/// indices on the calling thread, in order.
+/// indices on the calling thread, in order. A region seats at most `ThreadBudget.threads - 1` helpers.
 final class ParallelRegions: Sendable {
-    static let shared = ParallelRegions(helpers: availableCores - 1)
+    static let shared = ParallelRegions(helpers: ThreadBudget.threads - 1)
 
     /// Polls of `generation` before a helper sleeps: some tens of microseconds, longer than the gaps
     /// between the regions of a training step, far shorter than anything a user would notice as load.
@@ -48,17 +63,18 @@ final class ParallelRegions: Sendable {
     }
 
     func run(_ count: Int, _ body: (Int) -> Void) {
-        guard count > 1, helpers > 0, busy.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged else {
+        let seats = min(helpers, ThreadBudget.threads - 1, count - 1)
+        guard seats > 0, busy.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged else {
             for index in 0..<count { body(index) }
             return
         }
         defer { busy.store(false, ordering: .releasing) }
         withoutActuallyEscaping(body) { body in
             withUnsafePointer(to: body) { body in
-                let region = Region(count: count, body: UnsafeRawPointer(body))
+                let region = Region(count: count, seats: seats, body: UnsafeRawPointer(body))
                 current.withLock { $0 = region }
                 generation.add(1, ordering: .sequentiallyConsistent)
-                for _ in 0..<min(sleepers.load(ordering: .sequentiallyConsistent), helpers) { wake.signal() }
+                for _ in 0..<min(sleepers.load(ordering: .sequentiallyConsistent), seats) { wake.signal() }
                 region.work()
                 var spins = 0
                 while region.finished.load(ordering: .acquiring) < count {
@@ -84,8 +100,8 @@ final class ParallelRegions: Sendable {
                 spins = 0
             }
             seen = generation.load(ordering: .acquiring)
-            // A helper late for a region may find the next one, or none: either is fine.
-            current.withLock { $0 }?.work()
+            // A helper late for a region may find the next one, or none, or a full one: all are fine.
+            if let region = current.withLock({ $0 }), region.takeSeat() { region.work() }
         }
     }
 }
@@ -98,10 +114,18 @@ private final class Region: Sendable {
     nonisolated(unsafe) let body: UnsafeRawPointer
     let next = Atomic<Int>(0)
     let finished = Atomic<Int>(0)
+    /// Helpers that may still join.
+    private let seats: Atomic<Int>
 
-    init(count: Int, body: UnsafeRawPointer) {
+    init(count: Int, seats: Int, body: UnsafeRawPointer) {
         self.count = count
+        self.seats = Atomic(seats)
         self.body = body
+    }
+
+    /// Whether a helper may work on this region: true for the first `seats` that ask.
+    func takeSeat() -> Bool {
+        seats.subtract(1, ordering: .relaxed).newValue >= 0
     }
 
     /// Runs indices until none are left.
