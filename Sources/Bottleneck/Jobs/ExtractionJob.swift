@@ -98,9 +98,10 @@ package struct ExtractionJob: Sendable {
         for empty in folder.emptyClassFolders { log("warning: class folder \(empty) holds no images") }
         for warning in folder.warnings { log("warning: \(warning)") }
 
-        let preprocessing = try self.preprocessing.adopting(cut == nil ? nil : NetworkLoader.inputNormalization(of: weights), log: log)
+        let described = try cut.map { _ in try NetworkLoader.identityAndNormalization(of: weights) }
+        let preprocessing = try self.preprocessing.adopting(described?.normalization, log: log)
         let activationShape = cut?.activationShape(config: config, imageSize: preprocessing.crop) ?? preprocessing.outputShape
-        let weightsIdentity = try cut.map { _ in try NetworkLoader.identity(of: weights) }
+        let weightsIdentity = described?.identity
         summary.weights = weightsIdentity
         var fingerprint = if let cut, let weightsIdentity {
             CacheFingerprint(config: config, cut: cut, weights: weightsIdentity, preprocessing: preprocessing,

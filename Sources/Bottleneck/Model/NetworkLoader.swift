@@ -77,11 +77,15 @@ extension NetworkLoader {
         }
     }
 
-    /// The input normalisation the weights imply, without building the network: what extraction fingerprints its cache with.
-    static func inputNormalization(of choice: WeightsChoice) throws -> InputNormalization? {
+    /// The identity of the weights and the input normalisation they imply, from one opening of the file and without
+    /// building the network: what extraction fingerprints its cache with.
+    static func identityAndNormalization(of choice: WeightsChoice) throws
+        -> (identity: WeightsIdentity, normalization: InputNormalization?) {
         switch choice {
-        case .random: return nil
-        case .file(let path): return try StateDictFile.open(path: path).normalization
+        case .random(let seed): return (.random(seed: seed), nil)
+        case .file(let path):
+            let file = try StateDictFile.open(path: path)
+            return (try identity(ofWeightsFile: file), file.normalization)
         }
     }
 
