@@ -101,6 +101,48 @@ final class WinogradTests: XCTestCase {
         XCTAssertEqual(Conv2D.$algorithm.withValue(.winograd) { strided.resolvedAlgorithm }, .im2col)
     }
 
+    /// The weight and bias gradients through Winograd against sums in Double, on shapes whose last tile row and
+    /// column hang over the edge, and against the im2col path. A wrong transform or a tile read past the edge gives
+    /// errors near 1; measured ≤ 2.1e-6 here.
+    func testFilterGradientMatchesDirectSums() {
+        var generator = SeededGenerator(seed: 17)
+        for (height, width) in [(1, 1), (2, 3), (5, 7), (13, 13), (14, 14), (17, 9)] {
+            for (inChannels, outChannels) in [(1, 4), (3, 17), (17, 3), (8, 8)] {
+                for batch in [1, 3] {
+                    let conv = Self.randomConv(inChannels: inChannels, outChannels: outChannels, using: &generator)
+                    let x = Self.randomTensor([batch, inChannels, height, width], using: &generator)
+                    let dy = Self.randomTensor([batch, outChannels, height, width], using: &generator)
+                    let (referenceWeight, referenceBias) = Self.directFilterGradient(x, dy)
+                    var (weight, bias) = (Tensor(zeros: []), Tensor(zeros: []))
+                    Conv2D.$algorithm.withValue(.winograd) {
+                        conv.parameterGradients(input: x, gradOutput: dy, weight: &weight, bias: &bias)
+                    }
+                    var (im2colWeight, im2colBias) = (Tensor(zeros: []), Tensor(zeros: []))
+                    Conv2D.$algorithm.withValue(.im2col) {
+                        conv.parameterGradients(input: x, gradOutput: dy, weight: &im2colWeight, bias: &im2colBias)
+                    }
+                    let shape = "x \(x.shape), dy \(dy.shape)"
+                    XCTAssertLessThanOrEqual(weight.relativeDifference(to: referenceWeight), Self.winogradTolerance, shape)
+                    XCTAssertLessThanOrEqual(bias.relativeDifference(to: referenceBias), Self.im2colTolerance, shape)
+                    XCTAssertLessThanOrEqual(im2colWeight.relativeDifference(to: referenceWeight), Self.im2colTolerance, shape)
+                }
+            }
+        }
+    }
+
+    /// Blocks of 16 tiles over 3 images of 5x6 tiles, more blocks than cores: each core adds several blocks into its
+    /// sums, blocks start inside tile rows and span images.
+    func testFilterGradientOverManyBlocks() {
+        var generator = SeededGenerator(seed: 19)
+        let x = Self.randomTensor([3, 6, 18, 21], using: &generator)
+        let dy = Self.randomTensor([3, 5, 18, 21], using: &generator)
+        let (referenceWeight, referenceBias) = Self.directFilterGradient(x, dy)
+        var (weight, bias) = (Tensor(zeros: []), Tensor(zeros: []))
+        Winograd.filterGradient(input: x, gradOutput: dy, weight: &weight, bias: &bias, tilesPerBlock: 16)
+        XCTAssertLessThanOrEqual(weight.relativeDifference(to: referenceWeight), Self.winogradTolerance)
+        XCTAssertLessThanOrEqual(bias.relativeDifference(to: referenceBias), Self.im2colTolerance)
+    }
+
     // MARK: Helpers
 
     static func randomTensor(_ shape: [Int], using generator: inout SeededGenerator) -> Tensor {
@@ -140,5 +182,40 @@ final class WinogradTests: XCTestCase {
             }
         }
         return y
+    }
+
+    /// x [N, Cin, H, W], dy [N, Cout, H, W] -> dWeight [Cout, Cin, 3, 3], dBias [Cout] of a 3x3 / stride 1 / padding 1
+    /// convolution, summed in Double.
+    static func directFilterGradient(_ x: Tensor, _ dy: Tensor) -> (weight: Tensor, bias: Tensor) {
+        let (batch, inChannels, height, width) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
+        let outChannels = dy.shape[1]
+        var weight = Tensor(zeros: [outChannels, inChannels, 3, 3])
+        var bias = Tensor(zeros: [outChannels])
+        for out in 0..<outChannels {
+            var biasSum = 0.0
+            for image in 0..<batch {
+                for index in 0..<(height * width) { biasSum += Double(dy.data[(image * outChannels + out) * height * width + index]) }
+            }
+            bias.data[out] = Float(biasSum)
+            for channel in 0..<inChannels {
+                for ky in 0..<3 {
+                    for kx in 0..<3 {
+                        var sum = 0.0
+                        for image in 0..<batch {
+                            for oy in 0..<height {
+                                for ox in 0..<width {
+                                    let (iy, ix) = (oy + ky - 1, ox + kx - 1)
+                                    guard (0..<height).contains(iy), (0..<width).contains(ix) else { continue }
+                                    sum += Double(x.data[((image * inChannels + channel) * height + iy) * width + ix])
+                                        * Double(dy.data[((image * outChannels + out) * height + oy) * width + ox])
+                                }
+                            }
+                        }
+                        weight.data[((out * inChannels + channel) * 3 + ky) * 3 + kx] = Float(sum)
+                    }
+                }
+            }
+        }
+        return (weight, bias)
     }
 }

@@ -2,7 +2,8 @@ import Foundation
 
 /// 2-D convolution, torchvision's `nn.Conv2d` with bias, lowered to gemm through im2col, or
 /// through Winograd F(4x4, 3x3) for 3x3 / stride 1 / padding 1 layers where that is faster. Backward: the
-/// parameter gradients through the same im2col tiles, the input gradient as a forward of the flipped kernels.
+/// parameter gradients through the same lowering as the forward (Winograd's or im2col tiles), the input gradient as
+/// a forward of the flipped kernels.
 package struct Conv2D: Sendable {
     /// [outChannels, inChannels, kernel, kernel]
     package var weight: Tensor {
@@ -123,6 +124,9 @@ package struct Conv2D: Sendable {
     /// image) has its images cut into bands until every core has one.
     package func parameterGradients(input x: Tensor, gradOutput dy: Tensor, weight gradWeight: inout Tensor,
                                    bias gradBias: inout Tensor) {
+        if resolvedAlgorithm == .winograd {
+            return Winograd.filterGradient(input: x, gradOutput: dy, weight: &gradWeight, bias: &gradBias)
+        }
         let (batch, height, width) = (x.shape[0], x.shape[2], x.shape[3])
         let (outHeight, outWidth) = outputSize(height: height, width: width)
         let (outChannels, plane, patch) = (self.outChannels, outHeight * outWidth, inChannels * kernel * kernel)

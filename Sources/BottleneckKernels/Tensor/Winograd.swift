@@ -292,14 +292,15 @@ enum Winograd {
         }
     }
 
-    /// plane [H, W] -> window [6, 18]: rows top..<top+6, columns left..<left+18, zero outside the plane.
+    /// plane [H, W] -> window [rows, columns]: rows top..<top+rows, columns left..<left+columns, zero outside the
+    /// plane (an input group's 6 x 18 window, or an output gradient group's 4 x 16).
     static func copyWindow(_ plane: UnsafePointer<Float>, height: Int, width: Int, top: Int, left: Int,
-                           into window: UnsafeMutablePointer<Float>) {
-        window.update(repeating: 0, count: inputTile * groupWindowWidth)
-        let firstColumn = max(0, left), endColumn = min(width, left + groupWindowWidth)
+                           rows: Int = inputTile, columns: Int = groupWindowWidth, into window: UnsafeMutablePointer<Float>) {
+        window.update(repeating: 0, count: rows * columns)
+        let firstColumn = max(0, left), endColumn = min(width, left + columns)
         guard firstColumn < endColumn else { return }
-        for windowRow in 0..<inputTile where (0..<height).contains(top + windowRow) {
-            (window + windowRow * groupWindowWidth + firstColumn - left)
+        for windowRow in 0..<rows where (0..<height).contains(top + windowRow) {
+            (window + windowRow * columns + firstColumn - left)
                 .update(from: plane + (top + windowRow) * width + firstColumn, count: endColumn - firstColumn)
         }
     }
