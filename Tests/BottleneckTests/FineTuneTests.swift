@@ -51,6 +51,28 @@ final class FineTuneTests: XCTestCase {
         XCTAssertEqual(gradInput, try load("grad_input"))
     }
 
+    /// The pool's backward through the ReLU below it is the two backwards one after the other, on a ReLU's output
+    /// with zeros, ties and NaN, on sizes the windows do not cover (whose last row and column get no gradient).
+    func testMaxPoolBackwardThroughReLUIsBothBackwards() {
+        var generator = SeededGenerator(seed: 14)
+        for (height, width) in [(4, 6), (5, 7), (3, 2)] {
+            var x = randomTensor([2, 3, height, width], &generator)
+            x.data[1] = .nan
+            x.data[x.count - 1] = .nan
+            ReLU.forward(&x)
+            for pool in [MaxPool2D(), MaxPool2D(kernel: 3, stride: 1)] {
+                let (outHeight, outWidth) = pool.outputSize(height: height, width: width)
+                guard outHeight > 0, outWidth > 0 else { continue }
+                let probe = randomTensor([2, 3, outHeight, outWidth], &generator)
+                var expected = pool.backward(input: x, gradOutput: probe)
+                ReLU.backward(output: x, gradOutput: &expected)
+                let fused = pool.backward(input: x, gradOutput: probe, throughReLU: true)
+                XCTAssertEqual(fused.data.map(\.bitPattern), expected.data.map(\.bitPattern),
+                               "\(height)x\(width), kernel \(pool.kernel) stride \(pool.stride)")
+            }
+        }
+    }
+
     /// Windows overlap when the input is smaller than the output (1x1 -> 7x7) or does not divide it (5 -> 3).
     func testAdaptiveAvgPoolBackwardMatchesFiniteDifferences() {
         var generator = SeededGenerator(seed: 13)

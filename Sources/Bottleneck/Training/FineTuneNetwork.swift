@@ -236,6 +236,8 @@ package struct FineTuneNetwork: Sendable {
             let layer = layers[position]
             let needsInputGradient = position > firstTrainablePosition
             let slot = Self.slot(ofParameterLayerAt: position, in: layers)
+            // A ReLU below that runs backward: it reads this layer's input as its output.
+            let reluBelow = position - 1 >= firstTrainablePosition && layers[position - 1].kind == .relu
             switch modules[position] {
             case .linear(let linear):
                 let input = inputs[position]!
@@ -259,15 +261,17 @@ package struct FineTuneNetwork: Sendable {
                     outcome.inputGradientPositions.append(position)
                 }
             case .relu:
-                // The layer above kept this ReLU's output as its own input.
-                let output = inputs[position + 1]!
-                ReLU.backward(output: output.reshaped(gradient.shape), gradOutput: &gradient)
+                // The layer above kept this ReLU's output as its own input; a max pool above has applied its mask.
+                if case .maxPool = modules[position + 1] {} else {
+                    let output = inputs[position + 1]!
+                    ReLU.backward(output: output.reshaped(gradient.shape), gradOutput: &gradient)
+                }
                 inputs[position + 1] = nil
             case .dropout(let dropout):
                 dropout.backward(gradOutput: &gradient, mask: masks[position]!)
                 masks[position] = nil
             case .maxPool(let pool):
-                gradient = pool.backward(input: inputs[position]!, gradOutput: gradient)
+                gradient = pool.backward(input: inputs[position]!, gradOutput: gradient, throughReLU: reluBelow)
             case .adaptiveAvgPool(let pool):
                 let inputShape = inputs[position]!.shape
                 gradient = pool.backward(gradOutput: gradient.reshaped([batch, inputShape[1], pool.outputHeight, pool.outputWidth]),
@@ -281,8 +285,7 @@ package struct FineTuneNetwork: Sendable {
                 outcome.updatedPositions.append(position)
                 profile?.lap(position, .optimizer)
             }
-            // A ReLU below reads this input as its output; otherwise it is done with.
-            if !(position - 1 >= firstTrainablePosition && layers[position - 1].kind == .relu) { inputs[position] = nil }
+            if !reluBelow { inputs[position] = nil }
         }
         return outcome
     }

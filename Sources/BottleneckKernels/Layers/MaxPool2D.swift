@@ -46,13 +46,20 @@ package struct MaxPool2D: Sendable {
     /// tensor would be as large as half the input). The scan is torch's CPU kernel: row-major, a value
     /// replaces the best when greater or NaN, so a tie goes to the earliest element and a NaN to the last
     /// NaN; a window of only -inf gives its first element.
-    package func backward(input x: Tensor, gradOutput dy: Tensor) -> Tensor {
+    ///
+    /// `throughReLU`: x is a ReLU's output, and dx is that ReLU's backward too, a gradient reaching only inputs
+    /// > 0 (as `ReLU.backward`): one pass over the network's largest activations instead of two.
+    package func backward(input x: Tensor, gradOutput dy: Tensor, throughReLU: Bool = false) -> Tensor {
         let (planes, height, width) = (x.shape[0] * x.shape[1], x.shape[2], x.shape[3])
         let (outHeight, outWidth) = outputSize(height: height, width: width)
         precondition(dy.shape == [x.shape[0], x.shape[1], outHeight, outWidth],
                      "max pool backward: input \(x.shape) but gradient \(dy.shape)")
         let (kernel, stride) = (self.kernel, self.stride)
-        // Each plane zeroed by the core that fills it: zeroed up front, pool1's 100 MB would be a serial pass.
+        // Windows that tile the plane (kernel == stride, VGG's) write each of their inputs, the gradient or 0, so only
+        // the rows and columns past the last window need zeroing; overlapping windows add into a zeroed plane. Each
+        // plane is zeroed by the core that fills it: zeroed up front, pool1's 100 MB would be a serial pass.
+        let tiling = kernel == stride
+        let (coveredHeight, coveredWidth) = (outHeight * stride, outWidth * stride)
         return Tensor(shape: x.shape) { gradIn in
             x.data.withUnsafeBufferPointer { input in
                 dy.data.withUnsafeBufferPointer { gradOut in
@@ -61,7 +68,14 @@ package struct MaxPool2D: Sendable {
                         let (input, gradOut, gradIn) = shared
                         let inPlane = input + plane * height * width
                         let gradInPlane = gradIn + plane * height * width
-                        gradInPlane.initialize(repeating: 0, count: height * width)
+                        if tiling {
+                            for row in 0..<coveredHeight where coveredWidth < width {
+                                (gradInPlane + row * width + coveredWidth).initialize(repeating: 0, count: width - coveredWidth)
+                            }
+                            (gradInPlane + coveredHeight * width).initialize(repeating: 0, count: (height - coveredHeight) * width)
+                        } else {
+                            gradInPlane.initialize(repeating: 0, count: height * width)
+                        }
                         let gradOutPlane = gradOut + plane * outHeight * outWidth
                         for oy in 0..<outHeight {
                             for ox in 0..<outWidth {
@@ -74,7 +88,15 @@ package struct MaxPool2D: Sendable {
                                         bestIndex = rowStart + kx
                                     }
                                 }
-                                gradInPlane[bestIndex] += gradOutPlane[oy * outWidth + ox]
+                                let gradient = throughReLU && !(best > 0) ? 0 : gradOutPlane[oy * outWidth + ox]
+                                if tiling {
+                                    for ky in 0..<kernel {
+                                        (gradInPlane + (oy * stride + ky) * width + ox * stride).initialize(repeating: 0, count: kernel)
+                                    }
+                                    gradInPlane[bestIndex] = gradient
+                                } else {
+                                    gradInPlane[bestIndex] += gradient
+                                }
                             }
                         }
                     }
