@@ -73,6 +73,28 @@ final class FineTuneTests: XCTestCase {
         }
     }
 
+    /// A conv's input gradient through the ReLU below it is the two backwards one after the other, through Winograd
+    /// and im2col, on sizes whose last tiles hang over the edge, with zeros and NaN in the ReLU's output.
+    func testConvInputGradientThroughReLUIsBothBackwards() {
+        var generator = SeededGenerator(seed: 15)
+        for (height, width) in [(5, 7), (8, 8), (13, 6)] {
+            var x = randomTensor([2, 9, height, width], &generator)
+            x.data[3] = .nan
+            ReLU.forward(&x)
+            let conv = Conv2D(weight: randomTensor([10, 9, 3, 3], &generator), bias: randomTensor([10], &generator))
+            let dy = randomTensor([2, 10, height, width], &generator)
+            for algorithm in [Conv2D.Algorithm.winograd, .im2col] {
+                Conv2D.$algorithm.withValue(algorithm) {
+                    var expected = conv.inputGradient(gradOutput: dy)
+                    ReLU.backward(output: x, gradOutput: &expected)
+                    let fused = conv.inputGradient(gradOutput: dy, throughReLUWithOutput: x)
+                    XCTAssertEqual(fused.data.map(\.bitPattern), expected.data.map(\.bitPattern), "\(height)x\(width), \(algorithm)")
+                    XCTAssertTrue(fused.data.contains(0) && fused.data.contains { $0 != 0 }, "the mask keeps some and drops some")
+                }
+            }
+        }
+    }
+
     /// Windows overlap when the input is smaller than the output (1x1 -> 7x7) or does not divide it (5 -> 3).
     func testAdaptiveAvgPoolBackwardMatchesFiniteDifferences() {
         var generator = SeededGenerator(seed: 13)

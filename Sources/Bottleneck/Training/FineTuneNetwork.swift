@@ -257,14 +257,14 @@ package struct FineTuneNetwork: Sendable {
                 conv.parameterGradients(input: inputs[position]!, gradOutput: gradient, weight: &gradWeight, bias: &gradBias)
                 profile?.lap(position, .weightGradient)
                 if needsInputGradient {
-                    gradient = conv.inputGradient(gradOutput: gradient)
+                    gradient = conv.inputGradient(gradOutput: gradient, throughReLUWithOutput: reluBelow ? inputs[position] : nil)
                     outcome.inputGradientPositions.append(position)
                 }
             case .relu:
-                // The layer above kept this ReLU's output as its own input; a max pool above has applied its mask.
-                if case .maxPool = modules[position + 1] {} else {
-                    let output = inputs[position + 1]!
-                    ReLU.backward(output: output.reshaped(gradient.shape), gradOutput: &gradient)
+                // The layer above kept this ReLU's output as its own input; a max pool or conv above has applied its mask.
+                switch modules[position + 1] {
+                case .maxPool, .conv: break
+                default: ReLU.backward(output: inputs[position + 1]!.reshaped(gradient.shape), gradOutput: &gradient)
                 }
                 inputs[position + 1] = nil
             case .dropout(let dropout):

@@ -70,10 +70,16 @@ package struct Conv2D: Sendable {
     /// The output is cut into tiles (one image, a band of output rows); each core takes tiles
     /// in turn: col [Cin*k*k, band] = im2col(x[n], rows); y[n][:, band] = weight · col + bias.
     package func forward(_ x: Tensor, fusingReLU: Bool = false) -> Tensor {
+        forward(x, fusingReLU: fusingReLU, mask: nil)
+    }
+
+    /// As `forward(_:fusingReLU:)`, each output then zeroed where `mask` [N, Cout, Ho, Wo] is not > 0.
+    private func forward(_ x: Tensor, fusingReLU: Bool, mask: UnsafePointer<Float>?) -> Tensor {
         precondition(x.rank == 4 && x.shape[1] == inChannels,
                      "conv expects [N, \(inChannels), H, W], got \(x.shape)")
         if resolvedAlgorithm == .winograd {
-            return Winograd.convolve(x, filters: winogradFilters.filters(for: weight), bias: bias, fusingReLU: fusingReLU)
+            return Winograd.convolve(x, filters: winogradFilters.filters(for: weight), bias: bias, fusingReLU: fusingReLU,
+                                     mask: mask)
         }
         let (batch, height, width) = (x.shape[0], x.shape[2], x.shape[3])
         let (outHeight, outWidth) = outputSize(height: height, width: width)
@@ -101,10 +107,10 @@ package struct Conv2D: Sendable {
                                         let band = rows * outWidth
                                         im2col(input + image * inChannels * height * width, height: height, width: width,
                                                outputRows: firstRow..<(firstRow + rows), into: col)
-                                        let target = out + image * outChannels * plane + firstRow * outWidth
-                                        sgemm(m: outChannels, n: band, k: patch, a: weights, b: col, c: target, ldc: plane)
-                                        addBias(biases, to: target, channels: outChannels, count: band, rowStride: plane,
-                                                fusingReLU: fusingReLU)
+                                        let offset = image * outChannels * plane + firstRow * outWidth
+                                        sgemm(m: outChannels, n: band, k: patch, a: weights, b: col, c: out + offset, ldc: plane)
+                                        addBias(biases, to: out + offset, channels: outChannels, count: band, rowStride: plane,
+                                                fusingReLU: fusingReLU, mask: mask.map { $0 + offset })
                                     }
                                 }
                             }
@@ -204,7 +210,10 @@ package struct Conv2D: Sendable {
     /// dy [N, Cout, Ho, Wo] -> dx [N, Cin, H, W], the transposed convolution of dy. For stride 1 that is
     /// itself a convolution: of dy, padded by k-1-padding, with the kernels flipped in both axes and the
     /// channel axes swapped, so it runs through `forward` and gets its tiling (and Winograd) for free.
-    package func inputGradient(gradOutput dy: Tensor) -> Tensor {
+    ///
+    /// `reluOutput` [N, Cin, H, W]: this layer's input is that ReLU's output, and dx is the ReLU's backward too, kept
+    /// where the output is > 0 (as `ReLU.backward`), in the same pass.
+    package func inputGradient(gradOutput dy: Tensor, throughReLUWithOutput reluOutput: Tensor? = nil) -> Tensor {
         precondition(stride == 1, "conv input gradient is implemented for stride 1 (VGG's), not \(stride)")
         precondition(dy.rank == 4 && dy.shape[1] == outChannels, "conv backward expects dy [N, \(outChannels), Ho, Wo], got \(dy.shape)")
         let (inChannels, outChannels, kernel) = (self.inChannels, self.outChannels, self.kernel)
@@ -223,8 +232,14 @@ package struct Conv2D: Sendable {
                 }
             }
         }
-        return Conv2D(weight: transposed, bias: Tensor(zeros: [inChannels]), stride: 1, padding: kernel - 1 - padding)
-            .forward(dy)
+        let transposedConv = Conv2D(weight: transposed, bias: Tensor(zeros: [inChannels]), stride: 1, padding: kernel - 1 - padding)
+        guard let reluOutput else { return transposedConv.forward(dy) }
+        let (height, width) = transposedConv.outputSize(height: dy.shape[2], width: dy.shape[3])
+        precondition(reluOutput.shape == [dy.shape[0], inChannels, height, width],
+                     "conv backward: ReLU output \(reluOutput.shape) for gradient \(dy.shape)")
+        return reluOutput.data.withUnsafeBufferPointer { mask in
+            transposedConv.forward(dy, fusingReLU: false, mask: mask.baseAddress!)
+        }
     }
 
     /// Floats for buffers whose every element is written before it is read (im2col columns, per-worker partial
@@ -268,9 +283,10 @@ package struct Conv2D: Sendable {
         }
     }
 
-    /// y[c, 0..<count] += bias[c] for each channel row, then max(0, ·) when fusing ReLU.
+    /// y[c, 0..<count] += bias[c] for each channel row, then max(0, ·) when fusing ReLU, then 0 where `mask`
+    /// (laid out as y) is not > 0.
     func addBias(_ biases: UnsafePointer<Float>, to output: UnsafeMutablePointer<Float>, channels: Int, count: Int,
-                 rowStride: Int, fusingReLU: Bool) {
+                 rowStride: Int, fusingReLU: Bool, mask: UnsafePointer<Float>?) {
         for channel in 0..<channels {
             let row = output + channel * rowStride
             let value = biases[channel]
@@ -278,6 +294,10 @@ package struct Conv2D: Sendable {
                 for index in 0..<count { row[index] = max(row[index] + value, 0) }
             } else {
                 for index in 0..<count { row[index] += value }
+            }
+            if let mask {
+                let maskRow = mask + channel * rowStride
+                for index in 0..<count where !(maskRow[index] > 0) { row[index] = 0 }
             }
         }
     }

@@ -121,14 +121,15 @@ enum Winograd {
     // MARK: Convolution
 
     /// x [N, Cin, H, W], filters U [36, Cout, Cin] (from `transformFilters`), bias [Cout]
-    /// -> y [N, Cout, H, W], with ReLU applied in the output transform when `fusingReLU`.
+    /// -> y [N, Cout, H, W], with ReLU applied in the output transform when `fusingReLU`, and each output kept only
+    /// where `mask` [N, Cout, H, W], when given, is > 0 (zero elsewhere).
     /// The tiles of the whole batch, numbered image by image and row by row, are cut into blocks;
     /// each core takes a run of consecutive blocks and for each runs, in its own buffers:
     ///   V [36, Cin, T] = Bᵀ d B of the block's T tiles,
     ///   M[ξ] [Cout, T] = U[ξ] · V[ξ] for the 36 positions (single-threaded sgemm),
     ///   y tiles = Aᵀ M A + bias.
     /// `tilesPerBlock` (rounded down to whole groups) is a parameter only so tests can force many small blocks.
-    static func convolve(_ x: Tensor, filters: [Float], bias: Tensor, fusingReLU: Bool,
+    static func convolve(_ x: Tensor, filters: [Float], bias: Tensor, fusingReLU: Bool, mask: UnsafePointer<Float>? = nil,
                          tilesPerBlock: Int? = nil) -> Tensor {
         let (batch, inChannels, height, width) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
         let outChannels = bias.count
@@ -165,7 +166,7 @@ enum Winograd {
                                         }
                                         transformOutput(products, columnStride: blocking.tilesPerBlock,
                                                         positionStride: blocking.productPositionStride, biases: biases,
-                                                        channels: outChannels, fusingReLU: fusingReLU,
+                                                        channels: outChannels, fusingReLU: fusingReLU, mask: mask,
                                                         grid: grid, tiles: tiles, into: out)
                                     }
                                 }
@@ -356,10 +357,11 @@ enum Winograd {
     // MARK: Output transform
 
     /// M [36, positionStride ≥ Cout * columnStride] -> y [N, Cout, H, W] for the block's tiles:
-    /// y tile = Aᵀ M A + bias[k], then max(0, ·) when fusing ReLU. Tiles hanging over the bottom or
-    /// right edge keep only their part inside the image.
+    /// y tile = Aᵀ M A + bias[k], then max(0, ·) when fusing ReLU, then zeroed where `mask` (as y) is not > 0.
+    /// Tiles hanging over the bottom or right edge keep only their part inside the image.
     static func transformOutput(_ products: UnsafePointer<Float>, columnStride: Int, positionStride: Int,
-                                biases: UnsafePointer<Float>, channels: Int, fusingReLU: Bool, grid: TileGrid,
+                                biases: UnsafePointer<Float>, channels: Int, fusingReLU: Bool,
+                                mask: UnsafePointer<Float>?, grid: TileGrid,
                                 tiles: Range<Int>, into output: UnsafeMutablePointer<Float>) {
         let (height, width) = (grid.height, grid.width)
         for channel in 0..<channels {
@@ -367,14 +369,15 @@ enum Winograd {
             let bias = biases[channel]
             grid.forEachRowRun(in: tiles) { image, tileRow, tileColumns, blockColumn in
                 let top = tileRow * outputTile
-                let plane = output + (image * channels + channel) * height * width
+                let plane = (image * channels + channel) * height * width
                 for firstTile in Swift.stride(from: tileColumns.lowerBound, to: tileColumns.upperBound, by: lanes) {
                     let left = firstTile * outputTile
+                    let corner = plane + top * width + left
                     transformOutputGroup(row + blockColumn + firstTile - tileColumns.lowerBound,
                                          positionStride: positionStride,
                                          tileCount: min(lanes, tileColumns.upperBound - firstTile), bias: bias,
-                                         fusingReLU: fusingReLU, into: plane + top * width + left, rowStride: width,
-                                         rows: min(outputTile, height - top), columns: width - left)
+                                         fusingReLU: fusingReLU, mask: mask.map { $0 + corner }, into: output + corner,
+                                         rowStride: width, rows: min(outputTile, height - top), columns: width - left)
                 }
             }
         }
@@ -384,8 +387,8 @@ enum Winograd {
     /// at output (row stride `rowStride`), keeping `rows` rows and the first `columns` columns.
     @inline(__always)
     static func transformOutputGroup(_ products: UnsafePointer<Float>, positionStride: Int, tileCount: Int, bias: Float,
-                                     fusingReLU: Bool, into output: UnsafeMutablePointer<Float>, rowStride: Int,
-                                     rows: Int, columns: Int) {
+                                     fusingReLU: Bool, mask: UnsafePointer<Float>?, into output: UnsafeMutablePointer<Float>,
+                                     rowStride: Int, rows: Int, columns: Int) {
         withUnsafeTemporaryAllocation(of: Lanes.self, capacity: outputTile * inputTile) { columnPass in
             // columnPass[i][j] = Σ_r Aᵀ[i][r] M[r][j]
             for j in 0..<inputTile {
@@ -406,13 +409,13 @@ enum Winograd {
                 }
                 // y.j holds column j of the four tiles; transposed, tiles[q] is tile q's row, output columns 4q..<4q+4.
                 let tiles = transpose(finish(y.0), finish(y.1), finish(y.2), finish(y.3))
-                let outputRow = output + i * rowStride
                 @inline(__always) func emit(_ q: Int, _ tileRow: Lanes) {
-                    if fullWidth {
-                        store(tileRow, to: outputRow + q * outputTile, count: outputTile)
-                    } else if q < tileCount {
-                        store(tileRow, to: outputRow + q * outputTile, count: max(0, min(outputTile, columns - q * outputTile)))
-                    }
+                    let count = fullWidth ? outputTile : q < tileCount ? max(0, min(outputTile, columns - q * outputTile)) : 0
+                    guard count > 0 else { return }
+                    let offset = i * rowStride + q * outputTile
+                    var tileRow = tileRow
+                    if let mask { tileRow.replace(with: 0, where: .!(load(mask + offset, count: count) .> 0)) }
+                    store(tileRow, to: output + offset, count: count)
                 }
                 emit(0, tiles.0); emit(1, tiles.1); emit(2, tiles.2); emit(3, tiles.3)
             }
@@ -443,6 +446,15 @@ enum Winograd {
     @inline(__always)
     static func load(_ pointer: UnsafePointer<Float>) -> Lanes {
         UnsafeRawPointer(pointer).loadUnaligned(as: Lanes.self)
+    }
+
+    /// The first `count` values at `pointer`, zeros in the lanes past them, reading nothing past them.
+    @inline(__always)
+    static func load(_ pointer: UnsafePointer<Float>, count: Int) -> Lanes {
+        guard count < lanes else { return load(pointer) }
+        var value = Lanes()
+        for lane in 0..<count { value[lane] = pointer[lane] }
+        return value
     }
 
     /// Writes the first `count` values of `value` at `pointer`, nothing past them.
