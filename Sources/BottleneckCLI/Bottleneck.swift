@@ -20,6 +20,7 @@ struct BottleneckCommand: ParsableCommand {
 /// then parses the command line and runs the command.
 public func runBottleneckCommand() -> Never {
     BLASRuntime.reexecWithFastKernelIfNeeded()
+    FreedMemory.keepForReuse()
     BottleneckCommand.main()
     exit(0)
 }
