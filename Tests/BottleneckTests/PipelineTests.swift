@@ -126,20 +126,7 @@ final class PipelineTests: XCTestCase {
 
     /// A copy of part of data/shapes, so that the test can add an image.
     private func sampleImages(into name: String = "shapes") throws -> String {
-        let manager = FileManager.default
-        let source = Fixtures.root.deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("data/shapes")
-        let target = folder.appendingPathComponent(name)
-        for (split, count) in [("train", 5), ("val", 2)] {
-            for name in ["checkerboard", "discs", "stripes"] {
-                let into = target.appendingPathComponent("\(split)/\(name)")
-                try manager.createDirectory(at: into, withIntermediateDirectories: true)
-                let from = source.appendingPathComponent("\(split)/\(name)")
-                for file in try manager.contentsOfDirectory(atPath: from.path).sorted().prefix(count) {
-                    try manager.copyItem(at: from.appendingPathComponent(file), to: into.appendingPathComponent(file))
-                }
-            }
-        }
-        return target.path
+        try Fixtures.sampleImages(into: folder.appendingPathComponent(name))
     }
 
     /// pipelines/demo.yaml's stages on the test suite's narrow network at 32 px.
