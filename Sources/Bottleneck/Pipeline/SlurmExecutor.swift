@@ -43,10 +43,11 @@ package struct SlurmExecutor {
             logPattern.replacingOccurrences(of: "%A_%a", with: task).replacingOccurrences(of: "%j", with: task)
         }
 
-        /// "extract shard 2/3 (job 12_2)", "head (job 14)".
+        /// "extract shard 2/3 (job 12_2)", "extract shards [2-3] of 3 (job 12_[2-3])" (pending together), "head (job 14)".
         func describe(task: String) -> String {
             guard let shards, let index = task.split(separator: "_").last else { return "\(stage.name) (job \(task))" }
-            return "\(stage.name) shard \(index)/\(shards) (job \(task))"
+            return index.allSatisfy(\.isNumber) ? "\(stage.name) shard \(index)/\(shards) (job \(task))"
+                                                 : "\(stage.name) shards \(index) of \(shards) (job \(task))"
         }
     }
 
@@ -54,10 +55,15 @@ package struct SlurmExecutor {
         let pipeline = runner.pipeline
         let upToDate = try runner.upToDateStages()
         var submittedStages: Set<String> = []
-        for stage in pipeline.stages where !upToDate.contains(stage.name) || runner.upstream(of: stage).contains(where: submittedStages.contains) {
-            submittedStages.insert(stage.name)
+        for stage in pipeline.stages {
+            if !upToDate.contains(stage.name) || runner.upstream(of: stage).contains(where: submittedStages.contains) {
+                submittedStages.insert(stage.name)
+            } else {
+                log("\(stage.name): up to date (\(runner.outputPaths(of: stage).joined(separator: ", "))), reused")
+            }
         }
-        let submission = Date()
+        // In whole seconds, as the records say when they finished.
+        let submission = Date(timeIntervalSince1970: Date().timeIntervalSince1970.rounded(.down))
         var jobs: [Job] = []
         if !submittedStages.isEmpty {
             do {
@@ -85,8 +91,8 @@ package struct SlurmExecutor {
             guard let record = runner.finishedRecord(of: stage) else {
                 throw PipelineError("stage \(stage.name): its job completed but left no record under \(pipeline.outputRoot)/.stages")
             }
+            // A submitted stage's job may have found it up to date after all: then its record is older than the submission.
             let reused = !submittedStages.contains(stage.name) || record.finished < submission
-            if !submittedStages.contains(stage.name) { log("\(stage.name): up to date (\(outputs.joined(separator: ", "))), reused") }
             return PipelineRunner.StageOutcome(name: stage.name, kind: stage.kind, reused: reused, outputs: outputs,
                                                seconds: reused ? 0 : record.seconds, result: record.result)
         }
