@@ -70,16 +70,7 @@ final class SlurmTests: XCTestCase {
                                     timeout: Self.jobsTimeout)
         XCTAssertEqual(extracted.status, 0, extracted.output)
 
-        let expected = try FeatureCacheReader(path: single)
-        let merged = try FeatureCacheReader(path: out + ".h5")
-        XCTAssertEqual(merged.count, 84)
-        XCTAssertEqual(merged.paths, expected.paths)
-        XCTAssertEqual(merged.labels, expected.labels)
-        XCTAssertEqual(merged.splits, expected.splits)
-        XCTAssertEqual(merged.classes, expected.classes)
-        XCTAssertEqual(merged.fingerprint, expected.fingerprint)
-        XCTAssertEqual(try merged.readRows(0..<merged.count).data.map(\.bitPattern),
-                       try expected.readRows(0..<expected.count).data.map(\.bitPattern), "merged /features differ")
+        try assertSameCache(out + ".h5", single, rows: 84)
 
         // Every task and the merge logged into the folder they were submitted from, as the scripts say.
         for task in 1...3 {
@@ -121,15 +112,8 @@ final class SlurmTests: XCTestCase {
         let local = try PipelineRunner(pipeline: try parse(fixturePipeline(images: images, out: "local", executor: ""))).run { _ in }
         XCTAssertEqual(local.map(\.reused), [false, false, false])
 
-        let merged = try FeatureCacheReader(path: folder.appendingPathComponent("on-slurm/features-fc7.h5").path)
-        let expected = try FeatureCacheReader(path: folder.appendingPathComponent("local/features-fc7.h5").path)
-        XCTAssertEqual(merged.count, 21)
-        XCTAssertEqual(merged.paths, expected.paths)
-        XCTAssertEqual(merged.labels, expected.labels)
-        XCTAssertEqual(merged.splits, expected.splits)
-        XCTAssertEqual(merged.fingerprint, expected.fingerprint)
-        XCTAssertEqual(try merged.readRows(0..<merged.count).data.map(\.bitPattern),
-                       try expected.readRows(0..<expected.count).data.map(\.bitPattern), "merged /features differ")
+        try assertSameCache(folder.appendingPathComponent("on-slurm/features-fc7.h5").path,
+                            folder.appendingPathComponent("local/features-fc7.h5").path, rows: 21)
         // The head's epochs, less their wall times, and its best epoch.
         for run in ["on-slurm", "local"] {
             XCTAssertTrue(FileManager.default.fileExists(atPath: folder.appendingPathComponent("\(run)/report.md").path), run)
@@ -231,6 +215,22 @@ final class SlurmTests: XCTestCase {
           - stage: report
             formats: [md]
         """
+    }
+
+    /// The merged cache holds the single process's rows: paths, labels, splits, classes, fingerprint and every bit.
+    private func assertSameCache(_ mergedPath: String, _ expectedPath: String, rows: Int,
+                                 file: StaticString = #filePath, line: UInt = #line) throws {
+        let merged = try FeatureCacheReader(path: mergedPath)
+        let expected = try FeatureCacheReader(path: expectedPath)
+        XCTAssertEqual(merged.count, rows, file: file, line: line)
+        XCTAssertEqual(merged.paths, expected.paths, file: file, line: line)
+        XCTAssertEqual(merged.labels, expected.labels, file: file, line: line)
+        XCTAssertEqual(merged.splits, expected.splits, file: file, line: line)
+        XCTAssertEqual(merged.classes, expected.classes, file: file, line: line)
+        XCTAssertEqual(merged.fingerprint, expected.fingerprint, file: file, line: line)
+        XCTAssertEqual(try merged.readRows(0..<merged.count).data.map(\.bitPattern),
+                       try expected.readRows(0..<expected.count).data.map(\.bitPattern), "merged /features differ",
+                       file: file, line: line)
     }
 
     /// The head's metrics.csv without its wall-time column.
