@@ -235,6 +235,12 @@ package struct PipelineRunner {
             }
             // The shards' processes (`--shard I/N`, a Slurm array) have run: the stage is their merge.
             let shards = (1...shardCount).map { pipeline.shardCachePath(Shard(index: $0, count: shardCount)) }
+            let missing = (1...shardCount).filter { !FileManager.default.fileExists(atPath: shards[$0 - 1]) }
+            guard missing.isEmpty else {
+                throw PipelineError("\(stage.name): the shard caches of " + missing.map { "\($0)/\(shardCount)" }.joined(separator: ", ")
+                                    + " are missing (\(shards[missing[0] - 1])): run 'run \(pipeline.path) --stage \(stage.name) "
+                                    + "--shard I/\(shardCount)' for each first, as the Slurm array does")
+            }
             func merge(overwrite: Bool) throws -> CacheSummary {
                 try CacheMerge.merge(shards: shards, into: pipeline.cachePath, compress: compress, overwrite: overwrite, log: log)
             }

@@ -74,16 +74,22 @@ package struct SlurmExecutor {
         }
         // The job that finishes each stage, for the stages after it to wait on.
         var stageJobs: [String: String] = [:]
-        for stage in pipeline.stages where submittedStages.contains(stage.name) {
-            var dependencies = runner.upstream(of: stage).compactMap { stageJobs[$0] }
-            if stage.kind == .extract && pipeline.extractShardCount > 1 {
-                let array = try submit(stage, shards: pipeline.extractShardCount, after: dependencies, log: log)
-                jobs.append(array)
-                dependencies = [array.id]
+        do {
+            for stage in pipeline.stages where submittedStages.contains(stage.name) {
+                var dependencies = runner.upstream(of: stage).compactMap { stageJobs[$0] }
+                if stage.kind == .extract && pipeline.extractShardCount > 1 {
+                    let array = try submit(stage, shards: pipeline.extractShardCount, after: dependencies, log: log)
+                    jobs.append(array)
+                    dependencies = [array.id]
+                }
+                let job = try submit(stage, shards: nil, after: dependencies, log: log)
+                jobs.append(job)
+                stageJobs[stage.name] = job.id
             }
-            let job = try submit(stage, shards: nil, after: dependencies, log: log)
-            jobs.append(job)
-            stageJobs[stage.name] = job.id
+        } catch {
+            // Half a pipeline must not run on unwatched: the jobs already submitted go too.
+            if !jobs.isEmpty { _ = try? Self.slurm("scancel", jobs.map(\.id)) }
+            throw error
         }
         try wait(for: jobs, log: log)
         return try pipeline.stages.map { stage in
@@ -154,9 +160,9 @@ package struct SlurmExecutor {
                 // A dependent cancelled for its failed dependency is not the cause: name the failures that are.
                 let causes = failed.filter { $0.task.reason != "DependencyNeverSatisfied" }
                 let cancelled = try cancel(tasks.filter { !$0.task.hasEnded })
-                let shown = (causes.isEmpty ? failed : causes).map { "\($0.job.describe(task: $0.task.id)) \($0.task.description), "
+                let shown = (causes.isEmpty ? failed : causes).map { "stage \($0.job.describe(task: $0.task.id)) \($0.task.description), "
                                                                      + "log \($0.job.logPath(ofTask: $0.task.id))" }
-                throw PipelineError("stage " + shown.joined(separator: "; ")
+                throw PipelineError(shown.joined(separator: "; ")
                                     + (cancelled.isEmpty ? "" : "; cancelled the jobs left: " + cancelled.joined(separator: ", ")))
             }
             if tasks.allSatisfy(\.task.hasEnded) { return }
