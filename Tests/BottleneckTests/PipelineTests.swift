@@ -76,6 +76,7 @@ final class PipelineTests: XCTestCase {
         XCTAssertEqual(SlurmTime.seconds("1-12"), 129_600)
         XCTAssertEqual(SlurmTime.seconds("1-00:30"), 88_200)
         XCTAssertEqual(SlurmTime.seconds("1-00:00:10"), 86_410)
+        XCTAssertEqual([90, 7200, 86_410].map(SlurmTime.text), ["00:01:30", "02:00:00", "1-00:00:10"])
         for bad in ["", "2h", "1:2:3:4", "-5", "1-", "a-1", "1--2", ":"] { XCTAssertNil(SlurmTime.seconds(bad), bad) }
     }
 

@@ -154,6 +154,19 @@ final class SlurmTests: XCTestCase {
         XCTAssertEqual(queue.output.trimmingCharacters(in: .whitespacesAndNewlines), "", "still queued: \(queue.output)")
     }
 
+    /// `max_wait` bounds the wait: past it, run cancels the jobs and fails, saying so.
+    func testRunWaitsAtMostMaxWaitThenCancelsTheJobs() throws {
+        let images = try Fixtures.sampleImages(into: folder.appendingPathComponent("shapes"))
+        let start = Date()
+        XCTAssertThrowsError(try runOnSlurm(fixturePipeline(images: images, out: "slow",
+                                                            executor: "executor: slurm\nslurm:\n  max_wait: \"0:01\""))) { error in
+            XCTAssertTrue("\(error)".contains(": the Slurm jobs did not finish within max_wait (00:00:01); cancelled extract (job "), "\(error)")
+        }
+        XCTAssertLessThan(Date().timeIntervalSince(start), 30)
+        let queue = try command(["squeue", "--noheader", "--format=%i %T %r"], timeout: 30)
+        XCTAssertEqual(queue.output.trimmingCharacters(in: .whitespacesAndNewlines), "", "still queued: \(queue.output)")
+    }
+
     /// What a job runs: the arguments `bottleneck run FILE --stage NAME [--shard I/N] [--force NAME]` would get, done as
     /// the command does them, on the fixture network. Run by the suite, it has no job and is skipped.
     func testRunsTheStageOfItsJob() throws {

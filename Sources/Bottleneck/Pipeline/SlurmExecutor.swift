@@ -170,13 +170,13 @@ package struct SlurmExecutor {
             if waited >= Double(settings.maxWaitSeconds) {
                 let cancelled = try cancel(tasks.filter { !$0.task.hasEnded })
                 throw PipelineError("\(runner.pipeline.path): the Slurm jobs did not finish within max_wait "
-                                    + "(\(Report.duration(Double(settings.maxWaitSeconds)))); cancelled " + cancelled.joined(separator: ", "))
+                                    + "(\(SlurmTime.text(settings.maxWaitSeconds))); cancelled " + cancelled.joined(separator: ", "))
             }
             if Date().timeIntervalSince(lastProgress) >= Self.progressInterval {
                 let waiting = tasks.filter { !$0.task.hasEnded }
                 let counts = Dictionary(grouping: waiting, by: \.task.state).map { "\($1.count) \($0.lowercased())" }.sorted()
                 log("slurm: waiting for \(waiting.count) job\(waiting.count == 1 ? "" : "s") (\(counts.joined(separator: ", "))), "
-                    + "\(Report.duration(waited)) of at most \(Report.duration(Double(settings.maxWaitSeconds)))")
+                    + "\(SlurmTime.text(Int(waited))) of at most \(SlurmTime.text(settings.maxWaitSeconds))")
                 lastProgress = Date()
             }
             Thread.sleep(forTimeInterval: Self.pollInterval)
@@ -286,5 +286,11 @@ enum SlurmTime {
         // With days, the first number is hours; without, MINUTES[:SECONDS] or HOURS:MINUTES:SECONDS.
         let units = dayParts.count == 2 ? [3600, 60, 1] : numbers.count == 3 ? [3600, 60, 1] : [60, 1]
         return days * 86400 + zip(numbers, units).map(*).reduce(0, +)
+    }
+
+    /// "02:30:00", "1-00:00:00": as the file would give it.
+    static func text(_ seconds: Int) -> String {
+        let clock = String(format: "%02d:%02d:%02d", seconds % 86400 / 3600, seconds % 3600 / 60, seconds % 60)
+        return seconds >= 86400 ? "\(seconds / 86400)-" + clock : clock
     }
 }
