@@ -16,8 +16,11 @@ package struct SlurmExecutor {
     /// The `bottleneck` every job runs: this one, by its absolute path.
     let tool: String
 
-    /// How often `scontrol` is asked: often enough to see a job end within a second, seldom enough to be no load.
-    static let pollInterval: TimeInterval = 1
+    /// How often `scontrol` is asked after waiting `waited` seconds: every second at first, so that short jobs are
+    /// followed closely, then less often, up to every 10 s, so that hours of waiting are no load on the controller.
+    static func pollInterval(after waited: TimeInterval) -> TimeInterval {
+        min(10, max(1, waited / 60))
+    }
     /// How often a line says that `run` is still waiting, when no job changed state.
     static let progressInterval: TimeInterval = 30
 
@@ -87,7 +90,7 @@ package struct SlurmExecutor {
                 stageJobs[stage.name] = job.id
             }
         } catch {
-            // Half a pipeline must not run on unwatched: the jobs already submitted go too.
+            // Jobs that no run waits for, whose later stages were never submitted, must not run: cancel them.
             if !jobs.isEmpty { _ = try? Self.slurm("scancel", jobs.map(\.id)) }
             throw error
         }
@@ -179,7 +182,7 @@ package struct SlurmExecutor {
                     + "\(SlurmTime.text(Int(waited))) of at most \(SlurmTime.text(settings.maxWaitSeconds))")
                 lastProgress = Date()
             }
-            Thread.sleep(forTimeInterval: Self.pollInterval)
+            Thread.sleep(forTimeInterval: Self.pollInterval(after: waited))
         }
     }
 
