@@ -145,9 +145,10 @@ final class SlurmTests: XCTestCase {
             let message = "\(error)"
             XCTAssertTrue(message.hasPrefix("stage extract shard "), message)
             XCTAssertTrue(message.contains(" FAILED (NonZeroExitCode, exit code 1:0), log "), message)
-            // The log it names is there, and says why.
+            // The log it names is there and says why, and the message quotes its last line, the error.
             let logs = folder.appendingPathComponent("failing/slurm-logs/extract-shards-").path
-            guard let log = message.components(separatedBy: ", log ").dropFirst().first?.prefix(while: { $0 != ";" && $0 != "," }) else {
+            XCTAssertTrue(message.contains(".out ('Error: \(self.folder.appendingPathComponent("no-images").path): no images found"), message)
+            guard let log = message.components(separatedBy: ", log ").dropFirst().first?.prefix(while: { $0 != " " }) else {
                 return XCTFail("no log in: \(message)")
             }
             XCTAssertTrue(log.hasPrefix(logs), message)
@@ -182,12 +183,19 @@ final class SlurmTests: XCTestCase {
         var options: [String: String] = [:]
         while arguments.count >= 2 { options[arguments.removeFirst()] = arguments.removeFirst() }
         guard arguments.isEmpty, let stage = options["--stage"] else { throw TestFailure("no --stage in: \(joined)") }
-        let runner = try PipelineRunner(pipeline: try Pipeline(contentsOf: file, backbones: PipelineTests.backbones),
-                                        force: options["--force"].map { [$0] } ?? [])
-        if let shard = options["--shard"] {
-            print(try runner.extractShard(try Shard(shard), stage: stage) { print($0) })
-        } else {
-            print(try runner.run(stage: stage) { print($0) }.result)
+        do {
+            let runner = try PipelineRunner(pipeline: try Pipeline(contentsOf: file, backbones: PipelineTests.backbones),
+                                            force: options["--force"].map { [$0] } ?? [])
+            if let shard = options["--shard"] {
+                print(try runner.extractShard(try Shard(shard), stage: stage) { print($0) })
+            } else {
+                print(try runner.run(stage: stage) { print($0) }.result)
+            }
+        } catch {
+            // As the tool ends on an error: its last line, and a failed job.
+            print("Error: \(error)")
+            fflush(nil)
+            exit(1)
         }
     }
 

@@ -163,8 +163,10 @@ package struct SlurmExecutor {
                 // A dependent cancelled for its failed dependency is not the cause: name the failures that are.
                 let causes = failed.filter { $0.task.reason != "DependencyNeverSatisfied" }
                 let cancelled = try cancel(tasks.filter { !$0.task.hasEnded })
-                let shown = (causes.isEmpty ? failed : causes).map { "stage \($0.job.describe(task: $0.task.id)) \($0.task.description), "
-                                                                     + "log \($0.job.logPath(ofTask: $0.task.id))" }
+                let shown = (causes.isEmpty ? failed : causes).map { job, task in
+                    let log = job.logPath(ofTask: task.id)
+                    return "stage \(job.describe(task: task.id)) \(task.description), log \(log)" + (Self.lastLine(of: log).map { " ('\($0)')" } ?? "")
+                }
                 throw PipelineError(shown.joined(separator: "; ")
                                     + (cancelled.isEmpty ? "" : "; cancelled the jobs left: " + cancelled.joined(separator: ", ")))
             }
@@ -184,6 +186,14 @@ package struct SlurmExecutor {
             }
             Thread.sleep(forTimeInterval: Self.pollInterval(after: waited))
         }
+    }
+
+    /// The last line a failed job wrote, usually its error: what the user would look for first in the log.
+    static func lastLine(of log: String) -> String? {
+        guard let text = try? DurableFiles.readText(log, atMost: 1 << 20) else { return nil }
+        // Progress lines redraw themselves with carriage returns: the last drawing is the line.
+        return text.split(separator: "\n").last { !$0.trimmingCharacters(in: .whitespaces).isEmpty }
+            .flatMap { $0.split(separator: "\r").last }.map(String.init)
     }
 
     /// Cancels the jobs of these tasks and returns how they were named.
