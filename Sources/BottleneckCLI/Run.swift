@@ -23,7 +23,8 @@ struct Run: ParsableCommand {
         link, device or FIFO where one goes is refused, never written through or replaced.
 
         Top-level keys: name, images, weights (FILE, random, random:SEED; default: torchvision's download if \
-        found, else random with a warning), backbone (vgg16), layer (fc7), image_size (224), out, stages.
+        found, else random with a warning), backbone (vgg16), layer (fc7), image_size (224), out, stages, \
+        executor (local or slurm), slurm.
         Stage keys (each stage a '- stage: KIND' item, optional 'name:', a plain name: letters, digits, '-', '_', \
         '.', not starting with '.'):
           extract        batch_size, compress
@@ -32,10 +33,27 @@ struct Run: ParsableCommand {
           report         formats ([html, md])
         The keys mean what the flags of the same name (with dashes) mean in train-head and full-finetune.
 
+        On Slurm ('executor: slurm'), run submits the stages as jobs and waits: the extract stage as a job array \
+        of 'run FILE --stage extract --shard I/N' and a job that merges the shards, each later stage as a job \
+        after the ones it reads (--dependency=afterok). Each job runs one stage of the same file with --stage, \
+        reused when up to date, as here; an up-to-date stage is not submitted. Run prints each job's id and \
+        state; a failed job cancels the rest and makes run fail with its id, state and log. The 'slurm' keys: \
+        shards (1), partition, account, time (sbatch --time, e.g. 02:00:00), cpus_per_task (also the jobs' \
+        --threads), mem (e.g. 4G), max_wait (the most time run waits: 1-00:00:00), logs (OUT/slurm-logs). \
+        For example:
+          executor: slurm
+          slurm:
+            shards: 8
+            partition: cpu
+            time: 02:00:00
+            cpus_per_task: 8
+
         Examples:
           bottleneck run pipelines/demo.yaml
           bottleneck run pipelines/demo.yaml --force train-head
           bottleneck run pipelines/realistic.yaml --check
+          bottleneck run pipelines/slurm.yaml        (on a Slurm login node)
+          bottleneck run pipelines/slurm.yaml --stage head
         """)
 
     private static func pipelineKeys(of command: TrainingSettingKey.Command) -> [String] {
@@ -60,7 +78,17 @@ struct Run: ParsableCommand {
                                             valueName: "STAGE"))
     var force: [String] = []
     @Flag(help: "Only read and validate the file and check that its images and weights exist; run nothing.") var check = false
+    @Option(help: ArgumentHelp("Run only this stage (a name or a kind), here, as a whole run would in its turn: reused when up to "
+                               + "date. What each Slurm job runs.", valueName: "STAGE"))
+    var stage: String?
+    @Option(help: ArgumentHelp("With --stage extract: extract only shard I of N, into OUT/shards/ (a Slurm array task); "
+                               + "--stage extract without it merges the N shards.", valueName: "I/N"))
+    var shard: String?
     @OptionGroup var threads: ThreadsOption
+
+    func validate() throws {
+        if shard != nil && stage == nil { throw ValidationError("--shard I/N goes with --stage extract") }
+    }
 
     func run() throws {
         threads.apply()
@@ -68,12 +96,26 @@ struct Run: ParsableCommand {
         try definition.checkInputsExist()
         let runner = try PipelineRunner(pipeline: definition, force: force)
         if check {
+            let executor = if case .slurm(let settings) = definition.executor { "; on Slurm, extract in \(settings.shards) shards" } else { "" }
             print("\(pipeline): valid; stages " + definition.stages.map { "\($0.name) (\($0.kind.rawValue))" }.joined(separator: ", ")
-                  + "; output under \(definition.outputRoot)")
+                  + "; output under \(definition.outputRoot)" + executor)
+            return
+        }
+        if let stage {
+            if let shard {
+                print("run: " + (try runner.extractShard(try Shard(shard), stage: stage, log: printErr)))
+            } else {
+                print("run: " + (try runner.run(stage: stage, log: printErr)).result)
+            }
             return
         }
         let start = ContinuousClock.now
-        let outcomes = try runner.run(log: printErr)
+        let outcomes = if case .slurm = definition.executor {
+            // The jobs run this very binary, by its absolute path.
+            try SlurmExecutor(runner: runner, tool: Bundle.main.executableURL!.path).run(log: printErr)
+        } else {
+            try runner.run(log: printErr)
+        }
         print("run: \(definition.name) finished in \(Report.duration(start.secondsElapsed))")
         for outcome in outcomes {
             print("  \(outcome.name.padding(toLength: 10, withPad: " ", startingAt: 0)) "

@@ -253,6 +253,26 @@ final class CommandLineTests: XCTestCase {
         }
     }
 
+    /// `run --stage` and `--shard`, as each Slurm job runs them: a shard goes with the extract stage of a pipeline
+    /// sharded that many ways, and a mistyped stage is refused with the stages there are.
+    func testRunStageAndShardAreRefusedWhereTheyDoNotFit() throws {
+        XCTAssertThrowsError(try Run.parse(["pipelines/slurm.yaml", "--shard", "1/4"])) { error in
+            XCTAssertEqual(BottleneckCommand.message(for: error), "--shard I/N goes with --stage extract")
+        }
+        let slurm = Fixtures.root.deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("pipelines/slurm.yaml").path
+        let runner = try PipelineRunner(pipeline: try Pipeline(contentsOf: slurm))
+        XCTAssertThrowsError(try runner.run(stage: "haed") { _ in }) { error in
+            XCTAssertEqual("\(error)", "--stage haed: \(slurm) has no such stage (its stages: extract, head, finetune, report) "
+                           + "(did you mean 'head'?)")
+        }
+        XCTAssertThrowsError(try runner.extractShard(try Shard("1/3"), stage: "extract") { _ in }) { error in
+            XCTAssertEqual("\(error)", "--shard 1/3: \(slurm) extracts in 4 shards, not 3")
+        }
+        XCTAssertThrowsError(try runner.extractShard(try Shard("1/4"), stage: "head") { _ in }) { error in
+            XCTAssertEqual("\(error)", "--shard 1/4: stage head of \(slurm) is train-head; only the extract stage is sharded")
+        }
+    }
+
     /// Every command.
     private static func commands(_ root: ParsableCommand.Type = BottleneckCommand.self) -> [ParsableCommand.Type] {
         [root] + root.configuration.subcommands.flatMap { commands($0) }

@@ -10,6 +10,23 @@ enum Fixtures {
 
     static func path(_ relative: String) -> String { root.appendingPathComponent(relative).path }
 
+    /// 5 train and 2 val images of each class of data/shapes, copied into `target`: 21 images, a pipeline in seconds.
+    static func sampleImages(into target: URL) throws -> String {
+        let manager = FileManager.default
+        let source = root.deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("data/shapes")
+        for (split, count) in [("train", 5), ("val", 2)] {
+            for name in ["checkerboard", "discs", "stripes"] {
+                let into = target.appendingPathComponent("\(split)/\(name)")
+                try manager.createDirectory(at: into, withIntermediateDirectories: true)
+                let from = source.appendingPathComponent("\(split)/\(name)")
+                for file in try manager.contentsOfDirectory(atPath: from.path).sorted().prefix(count) {
+                    try manager.copyItem(at: from.appendingPathComponent(file), to: into.appendingPathComponent(file))
+                }
+            }
+        }
+        return target.path
+    }
+
     /// A raw little-endian float32 file as a tensor of `shape`.
     static func float32(_ relative: String, shape: [Int]) throws -> Tensor {
         let data = try Data(contentsOf: root.appendingPathComponent(relative))

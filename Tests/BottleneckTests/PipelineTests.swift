@@ -42,6 +42,44 @@ final class PipelineTests: XCTestCase {
             epochs: 3
         """
 
+    func testSlurmKeysAreReadAndBadOnesRefusedWithTheLine() throws {
+        let slurm = valid + "\nexecutor: slurm\nslurm:\n  shards: 4\n  partition: cpu\n  time: 1-02:00:00\n  cpus_per_task: 8\n"
+            + "  mem: 4G\n  max_wait: \"90\"\n"
+        guard case .slurm(let settings) = try parse(slurm).executor else { return XCTFail("not on Slurm") }
+        XCTAssertEqual(settings.shards, 4)
+        XCTAssertEqual(settings.partition, "cpu")
+        XCTAssertEqual(settings.time, "1-02:00:00")
+        XCTAssertEqual(settings.cpusPerTask, 8)
+        XCTAssertEqual(settings.memory, "4G")
+        XCTAssertEqual(settings.maxWaitSeconds, 90 * 60)
+        XCTAssertEqual(settings.logs, "runs/x/slurm-logs")
+        XCTAssertEqual(try parse(slurm).extractShardCount, 4)
+        guard case .local = try parse(valid).executor else { return XCTFail("not local") }
+
+        assertRefused(valid + "\nexecutor: lsf\n", "pipelines/x.yaml:6: unknown executor 'lsf' (local or slurm)")
+        assertRefused(valid + "\nslurm:\n  shards: 2\n", "pipelines/x.yaml:7: 'slurm' settings are read only with 'executor: slurm'")
+        assertRefused(valid + "\nexecutor: slurm\nslurm:\n  shard: 2\n",
+                      "pipelines/x.yaml:8: unknown key 'shard' in slurm (did you mean 'shards'?)")
+        assertRefused(valid + "\nexecutor: slurm\nslurm:\n  shards: 0\n", "pipelines/x.yaml:8: shards must be between 1 and 100000, not 0")
+        assertRefused(valid + "\nexecutor: slurm\nslurm:\n  time: 2h\n",
+                      "pipelines/x.yaml:8: time must be a Slurm time limit (MINUTES, HH:MM:SS or DAYS-HH:MM:SS), got '2h'")
+        assertRefused(valid + "\nexecutor: slurm\nslurm:\n  mem: lots\n", "pipelines/x.yaml:8: mem must be a size")
+        assertRefused(valid + "\nexecutor: slurm\nslurm:\n  max_wait: 0\n", "pipelines/x.yaml:8: max_wait must be a positive Slurm time")
+        assertRefused(valid + "\nexecutor: slurm\nslurm:\n  cpus_per_task: 0\n", "pipelines/x.yaml:8: cpus_per_task must be at least 1")
+        assertRefused(valid + "\nexecutor: slurm\nslurm: 4\n", "pipelines/x.yaml:7: slurm must be a mapping")
+    }
+
+    func testSlurmTimesAreSlurmsFormats() {
+        XCTAssertEqual(SlurmTime.seconds("30"), 1800)
+        XCTAssertEqual(SlurmTime.seconds("30:15"), 1815)
+        XCTAssertEqual(SlurmTime.seconds("02:00:00"), 7200)
+        XCTAssertEqual(SlurmTime.seconds("1-12"), 129_600)
+        XCTAssertEqual(SlurmTime.seconds("1-00:30"), 88_200)
+        XCTAssertEqual(SlurmTime.seconds("1-00:00:10"), 86_410)
+        XCTAssertEqual([90, 7200, 86_410].map(SlurmTime.text), ["00:01:30", "02:00:00", "1-00:00:10"])
+        for bad in ["", "2h", "1:2:3:4", "-5", "1-", "a-1", "1--2", ":"] { XCTAssertNil(SlurmTime.seconds(bad), bad) }
+    }
+
     func testValidFileGivesStagesWithDefaults() throws {
         let pipeline = try parse(valid)
         XCTAssertEqual(pipeline.name, "x")
@@ -126,20 +164,7 @@ final class PipelineTests: XCTestCase {
 
     /// A copy of part of data/shapes, so that the test can add an image.
     private func sampleImages(into name: String = "shapes") throws -> String {
-        let manager = FileManager.default
-        let source = Fixtures.root.deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("data/shapes")
-        let target = folder.appendingPathComponent(name)
-        for (split, count) in [("train", 5), ("val", 2)] {
-            for name in ["checkerboard", "discs", "stripes"] {
-                let into = target.appendingPathComponent("\(split)/\(name)")
-                try manager.createDirectory(at: into, withIntermediateDirectories: true)
-                let from = source.appendingPathComponent("\(split)/\(name)")
-                for file in try manager.contentsOfDirectory(atPath: from.path).sorted().prefix(count) {
-                    try manager.copyItem(at: from.appendingPathComponent(file), to: into.appendingPathComponent(file))
-                }
-            }
-        }
-        return target.path
+        try Fixtures.sampleImages(into: folder.appendingPathComponent(name))
     }
 
     /// pipelines/demo.yaml's stages on the test suite's narrow network at 32 px.
@@ -400,9 +425,10 @@ final class PipelineTests: XCTestCase {
 
     func testShippedPipelinesAreValid() throws {
         let repository = Fixtures.root.deletingLastPathComponent().deletingLastPathComponent()
-        for name in ["demo", "realistic"] {
+        for name in ["demo", "realistic", "slurm"] {
             let pipeline = try Pipeline(contentsOf: repository.appendingPathComponent("pipelines/\(name).yaml").path)
             XCTAssertEqual(pipeline.stages.map(\.kind), [.extract, .trainHead, .fullFinetune, .report], name)
+            XCTAssertEqual(pipeline.extractShardCount, name == "slurm" ? 4 : 1, name)
         }
         let views = try Pipeline(contentsOf: repository.appendingPathComponent("pipelines/views.yaml").path)
         XCTAssertEqual(views.stages.map(\.kind), [.extract, .trainHead, .trainHead, .fullFinetune, .report])

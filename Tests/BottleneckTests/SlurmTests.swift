@@ -20,6 +20,13 @@ final class SlurmTests: XCTestCase {
     private var cluster: URL { folder.appendingPathComponent("cluster") }
 
     override func setUpWithError() throws {
+        // A job's child process runs one stage on the cluster its parent started; run by the suite, it has no job.
+        if name.hasSuffix("testRunsTheStageOfItsJob") {
+            guard ProcessInfo.processInfo.environment[Self.jobArgumentsVariable] != nil else {
+                throw XCTSkip("runs only as a Slurm job of testRunOnSlurmGivesTheLocalRunsCacheAndHead")
+            }
+            return
+        }
         guard FileManager.default.isExecutableFile(atPath: "/usr/sbin/slurmctld") else {
             throw XCTSkip("Slurm is not installed (apt-get install slurm-wlm, as .ci/run does)")
         }
@@ -29,10 +36,13 @@ final class SlurmTests: XCTestCase {
         // The script's watchdog stops the cluster when this process exits, should tearDown never run.
         let started = try command([Self.clusterScript, "start", cluster.path, "\(getpid())"], timeout: 60)
         guard started.status == 0 else { throw TestFailure("the one-node Slurm did not start:\n\(started.output)") }
+        // `run` on Slurm (SlurmExecutor) calls sbatch and scontrol in this process, and its jobs inherit the setting.
+        setenv("SLURM_CONF", cluster.appendingPathComponent("slurm.conf").path, 1)
     }
 
     override func tearDownWithError() throws {
         guard let folder else { return }
+        unsetenv("SLURM_CONF")
         let stopped = try command([Self.clusterScript, "stop", cluster.path], timeout: 60)
         XCTAssertEqual(stopped.status, 0, "stopping the one-node Slurm:\n\(stopped.output)")
         try FileManager.default.removeItem(at: folder)
@@ -65,16 +75,7 @@ final class SlurmTests: XCTestCase {
                                     timeout: Self.jobsTimeout)
         XCTAssertEqual(extracted.status, 0, extracted.output)
 
-        let expected = try FeatureCacheReader(path: single)
-        let merged = try FeatureCacheReader(path: out + ".h5")
-        XCTAssertEqual(merged.count, 84)
-        XCTAssertEqual(merged.paths, expected.paths)
-        XCTAssertEqual(merged.labels, expected.labels)
-        XCTAssertEqual(merged.splits, expected.splits)
-        XCTAssertEqual(merged.classes, expected.classes)
-        XCTAssertEqual(merged.fingerprint, expected.fingerprint)
-        XCTAssertEqual(try merged.readRows(0..<merged.count).data.map(\.bitPattern),
-                       try expected.readRows(0..<expected.count).data.map(\.bitPattern), "merged /features differ")
+        try assertSameCache(out + ".h5", single, rows: 84)
 
         // Every task and the merge logged into the folder they were submitted from, as the scripts say.
         for task in 1...3 {
@@ -83,6 +84,187 @@ final class SlurmTests: XCTestCase {
         }
         let mergeLog = try String(contentsOf: submit.appendingPathComponent("bottleneck-merge-\(merge).out"), encoding: .utf8)
         XCTAssertTrue(mergeLog.contains("rows: 84"), mergeLog)
+    }
+
+    // MARK: bottleneck run with executor: slurm
+
+    /// The variable that hands a job's arguments (`run FILE --stage NAME …`, one a line) to `testRunsTheStageOfItsJob`.
+    private static let jobArgumentsVariable = "BOTTLENECK_TEST_SLURM_JOB"
+
+    /// `run FILE` with `executor: slurm` on the fixture network at 32 px (the tool refuses that network, and the debug
+    /// build's VGG16 needs ~20 s per process to make its random weights): every stage a job, the extract stage an array
+    /// of 2 shards and their merge. Each job runs `testRunsTheStageOfItsJob` in a child of this test bundle, which does
+    /// what `bottleneck run FILE --stage NAME [--shard I/N]` does. The result is that of a local run of the same file.
+    func testRunOnSlurmGivesTheLocalRunsCacheAndHead() throws {
+        let images = try Fixtures.sampleImages(into: folder.appendingPathComponent("shapes"))
+        let start = Date()
+        let onSlurm = try runOnSlurm(fixturePipeline(images: images, out: "on-slurm", executor: """
+            executor: slurm
+            slurm:
+              shards: 2
+              time: "10"
+              max_wait: "3:00"
+            """))
+        let slurmSeconds = Date().timeIntervalSince(start)
+        XCTAssertEqual(onSlurm.outcomes.map(\.name), ["extract", "head", "report"])
+        XCTAssertEqual(onSlurm.outcomes.map(\.reused), [false, false, false], onSlurm.log.joined(separator: "\n"))
+        // 2 shards, their merge, the head and the report, each reported with its id as it ended.
+        let completed = onSlurm.log.filter { $0.hasPrefix("slurm: ") && $0.hasSuffix(": COMPLETED") }
+        XCTAssertEqual(completed.count, 5, onSlurm.log.joined(separator: "\n"))
+        for shard in 1...2 { XCTAssertTrue(completed.contains { $0.contains("extract shard \(shard)/2 (job ") }, "\(completed)") }
+        XCTAssertTrue(onSlurm.log.contains { $0.hasPrefix("head: submitted job ") && $0.contains("(after ") }, "\(onSlurm.log)")
+
+        let local = try PipelineRunner(pipeline: try parse(fixturePipeline(images: images, out: "local", executor: ""))).run { _ in }
+        XCTAssertEqual(local.map(\.reused), [false, false, false])
+
+        try assertSameCache(folder.appendingPathComponent("on-slurm/features-fc7.h5").path,
+                            folder.appendingPathComponent("local/features-fc7.h5").path, rows: 21)
+        // The head's epochs, less their wall times, and its best epoch.
+        for run in ["on-slurm", "local"] {
+            XCTAssertTrue(FileManager.default.fileExists(atPath: folder.appendingPathComponent("\(run)/report.md").path), run)
+        }
+        XCTAssertEqual(try headMetrics(in: "on-slurm"), try headMetrics(in: "local"))
+        XCTAssertEqual(try headSummary(in: "on-slurm")["best_val_accuracy"] as? Double,
+                       try headSummary(in: "local")["best_val_accuracy"] as? Double)
+
+        // Nothing changed: nothing is submitted, every stage is reused as a local run would reuse it.
+        let again = try runOnSlurm(fixturePipeline(images: images, out: "on-slurm", executor: "executor: slurm\nslurm:\n  shards: 2"))
+        XCTAssertEqual(again.outcomes.map(\.reused), [true, true, true])
+        XCTAssertFalse(again.log.contains { $0.contains("submitted") }, "\(again.log)")
+        print("run on the one-node Slurm: \(String(format: "%.1f", slurmSeconds)) s")
+    }
+
+    /// A failing stage (here every extract shard: the image folder has no images) makes `run` fail with the job's id,
+    /// state and log, and the jobs after it, which can never run, are cancelled rather than waited on.
+    func testFailedJobFailsTheRunAndCancelsItsDependents() throws {
+        let images = folder.appendingPathComponent("no-images/train/discs")
+        try FileManager.default.createDirectory(at: images, withIntermediateDirectories: true)
+        let start = Date()
+        XCTAssertThrowsError(try runOnSlurm(fixturePipeline(images: folder.appendingPathComponent("no-images").path, out: "failing",
+                                                            executor: "executor: slurm\nslurm:\n  shards: 2\n  max_wait: \"2:00\""))) { error in
+            let message = "\(error)"
+            XCTAssertTrue(message.hasPrefix("stage extract shard "), message)
+            XCTAssertTrue(message.contains(" FAILED (NonZeroExitCode, exit code 1:0), log "), message)
+            // The log it names is there and says why, and the message quotes its last line, the error.
+            let logs = folder.appendingPathComponent("failing/slurm-logs/extract-shards-").path
+            XCTAssertTrue(message.contains(".out ('Error: \(self.folder.appendingPathComponent("no-images").path): no images found"), message)
+            guard let log = message.components(separatedBy: ", log ").dropFirst().first?.prefix(while: { $0 != " " }) else {
+                return XCTFail("no log in: \(message)")
+            }
+            XCTAssertTrue(log.hasPrefix(logs), message)
+            XCTAssertTrue(((try? String(contentsOfFile: String(log), encoding: .utf8)) ?? "").contains("no images found"), String(log))
+        }
+        XCTAssertLessThan(Date().timeIntervalSince(start), 60)
+        // Neither the merge nor the head nor the report is left queued.
+        let queue = try command(["squeue", "--noheader", "--format=%i %T %r"], timeout: 30)
+        XCTAssertEqual(queue.output.trimmingCharacters(in: .whitespacesAndNewlines), "", "still queued: \(queue.output)")
+    }
+
+    /// `max_wait` bounds the wait: past it, run cancels the jobs and fails, saying so.
+    func testRunWaitsAtMostMaxWaitThenCancelsTheJobs() throws {
+        let images = try Fixtures.sampleImages(into: folder.appendingPathComponent("shapes"))
+        let start = Date()
+        XCTAssertThrowsError(try runOnSlurm(fixturePipeline(images: images, out: "slow",
+                                                            executor: "executor: slurm\nslurm:\n  max_wait: \"0:01\""))) { error in
+            XCTAssertTrue("\(error)".contains(": the Slurm jobs did not finish within max_wait (00:00:01); cancelled extract (job "), "\(error)")
+        }
+        XCTAssertLessThan(Date().timeIntervalSince(start), 30)
+        let queue = try command(["squeue", "--noheader", "--format=%i %T %r"], timeout: 30)
+        XCTAssertEqual(queue.output.trimmingCharacters(in: .whitespacesAndNewlines), "", "still queued: \(queue.output)")
+    }
+
+    /// What a job runs: the arguments `bottleneck run FILE --stage NAME [--shard I/N] [--force NAME]` would get, done as
+    /// the command does them, on the fixture network. Run by the suite, it has no job and is skipped (by setUp).
+    func testRunsTheStageOfItsJob() throws {
+        let joined = ProcessInfo.processInfo.environment[Self.jobArgumentsVariable]!
+        var arguments = joined.split(separator: "\n").map(String.init)
+        guard arguments.count >= 2, arguments.removeFirst() == "run" else { throw TestFailure("not a run: \(joined)") }
+        let file = arguments.removeFirst()
+        var options: [String: String] = [:]
+        while arguments.count >= 2 { options[arguments.removeFirst()] = arguments.removeFirst() }
+        guard arguments.isEmpty, let stage = options["--stage"] else { throw TestFailure("no --stage in: \(joined)") }
+        do {
+            let runner = try PipelineRunner(pipeline: try Pipeline(contentsOf: file, backbones: PipelineTests.backbones),
+                                            force: options["--force"].map { [$0] } ?? [])
+            if let shard = options["--shard"] {
+                print(try runner.extractShard(try Shard(shard), stage: stage) { print($0) })
+            } else {
+                print(try runner.run(stage: stage) { print($0) }.result)
+            }
+        } catch {
+            // As the tool ends on an error: its last line, and a failed job.
+            print("Error: \(error)")
+            fflush(nil)
+            exit(1)
+        }
+    }
+
+    /// `bottleneck run` of the file with its Slurm jobs run by `testRunsTheStageOfItsJob`: a script standing for the
+    /// tool, which hands its arguments to a child of this test bundle.
+    private func runOnSlurm(_ yaml: String) throws -> (outcomes: [PipelineRunner.StageOutcome], log: [String]) {
+        let tool = folder.appendingPathComponent("bottleneck-job")
+        try """
+            #!/bin/sh
+            export \(Self.jobArgumentsVariable)="$(printf '%s\\n' "$@")"
+            exec '\(Bundle.main.executableURL!.path)' BottleneckTests.SlurmTests/testRunsTheStageOfItsJob
+            """.write(to: tool, atomically: true, encoding: .utf8)
+        try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: tool.path)
+        var messages: [String] = []
+        let outcomes = try SlurmExecutor(runner: try PipelineRunner(pipeline: try parse(yaml)), tool: tool.path).run { messages.append($0) }
+        return (outcomes, messages)
+    }
+
+    private func parse(_ yaml: String) throws -> Pipeline {
+        let file = folder.appendingPathComponent("pipeline-\(UUID().uuidString).yaml")
+        try yaml.write(to: file, atomically: true, encoding: .utf8)
+        return try Pipeline(contentsOf: file.path, backbones: PipelineTests.backbones)
+    }
+
+    /// Extract, train-head and a Markdown report on the fixture network, under `out` in the test's folder.
+    private func fixturePipeline(images: String, out: String, executor: String) -> String {
+        """
+        name: slurm-fixture
+        images: \(images)
+        weights: \(Fixtures.path("network/narrow_vgg16_legacy.pth"))
+        backbone: vgg16-narrow16
+        layer: fc7
+        image_size: 32
+        out: \(folder.appendingPathComponent(out).path)
+        \(executor)
+        stages:
+          - stage: extract
+            batch_size: 4
+          - stage: train-head
+            epochs: 3
+          - stage: report
+            formats: [md]
+        """
+    }
+
+    /// The merged cache holds the single process's rows: paths, labels, splits, classes, fingerprint and every bit.
+    private func assertSameCache(_ mergedPath: String, _ expectedPath: String, rows: Int,
+                                 file: StaticString = #filePath, line: UInt = #line) throws {
+        let merged = try FeatureCacheReader(path: mergedPath)
+        let expected = try FeatureCacheReader(path: expectedPath)
+        XCTAssertEqual(merged.count, rows, file: file, line: line)
+        XCTAssertEqual(merged.paths, expected.paths, file: file, line: line)
+        XCTAssertEqual(merged.labels, expected.labels, file: file, line: line)
+        XCTAssertEqual(merged.splits, expected.splits, file: file, line: line)
+        XCTAssertEqual(merged.classes, expected.classes, file: file, line: line)
+        XCTAssertEqual(merged.fingerprint, expected.fingerprint, file: file, line: line)
+        XCTAssertEqual(try merged.readRows(0..<merged.count).data.map(\.bitPattern),
+                       try expected.readRows(0..<expected.count).data.map(\.bitPattern), "merged /features differ",
+                       file: file, line: line)
+    }
+
+    /// The head's metrics.csv without its wall-time column.
+    private func headMetrics(in run: String) throws -> [String] {
+        try String(contentsOf: folder.appendingPathComponent("\(run)/head/metrics.csv"), encoding: .utf8)
+            .split(separator: "\n").map { $0.split(separator: ",").dropLast().joined(separator: ",") }
+    }
+
+    private func headSummary(in run: String) throws -> [String: Any] {
+        try JSONSerialization.jsonObject(with: Data(contentsOf: folder.appendingPathComponent("\(run)/head/summary.json"))) as! [String: Any]
     }
 
     /// The `bottleneck` that `swift build` (and `swift test`) put beside this test bundle.

@@ -22,6 +22,12 @@ package struct Shard: Sendable, Equatable, CustomStringConvertible {
         self.count = count
     }
 
+    package init(index: Int, count: Int) {
+        precondition((1...Self.maximumCount).contains(count) && (1...count).contains(index), "shard \(index)/\(count)")
+        self.index = index
+        self.count = count
+    }
+
     package var description: String { "\(index)/\(count)" }
 
     func range(of total: Int, alignedTo batchSize: Int) -> Range<Int> {

@@ -55,6 +55,8 @@ package struct Pipeline: Sendable {
     /// Where every stage writes: the cache, one folder per training stage, the report.
     package var outputRoot: String
     package var stages: [Stage]
+    /// Where the stages run: here, one after another, or as jobs of a Slurm cluster (`executor: slurm`).
+    package var executor: Executor = .local
     /// The line of each input path the file gives (`images`, `weights`), for `checkInputsExist`.
     var inputLines: [String: Int]
 
@@ -64,9 +66,44 @@ package struct Pipeline: Sendable {
 
     package var cachePath: String { outputRoot + "/features-\(layer).h5" }
 
+    /// How many `extract --shard I/N` processes make the cache: the Slurm array's size, one locally.
+    package var extractShardCount: Int {
+        if case .slurm(let settings) = executor { settings.shards } else { 1 }
+    }
+
+    /// The cache one shard's process writes; the extract stage merges them into `cachePath`.
+    package func shardCachePath(_ shard: Shard) -> String {
+        outputRoot + "/shards/features-\(layer).shard-\(shard.index)-of-\(shard.count).h5"
+    }
+
     package func runDirectory(of stage: Stage) -> String { outputRoot + "/" + stage.name }
 
     func reportPath(_ format: ReportFormat) -> String { outputRoot + "/report." + format.rawValue }
+}
+
+extension Pipeline {
+    package enum Executor: Sendable {
+        case local
+        case slurm(SlurmSettings)
+    }
+
+    /// The file's `slurm:` keys: what every job asks of the cluster, and how long `run` waits for them.
+    package struct SlurmSettings: Sendable {
+        /// Array tasks of the extract stage, each `run FILE --stage extract --shard I/N`.
+        package var shards = 1
+        package var partition: String?
+        package var account: String?
+        /// Each job's time limit, as sbatch's --time takes it ("30", "02:00:00", "1-12:00:00").
+        package var time: String?
+        package var cpusPerTask: Int?
+        /// Each job's memory, as sbatch's --mem takes it ("4G", "500M").
+        package var memory: String?
+        /// The most seconds `run` waits for the jobs before it cancels them and fails.
+        package var maxWaitSeconds = 24 * 3600
+        /// The jobs' logs; made before submission, since Slurm makes no folders and a job whose log cannot be
+        /// opened dies unseen.
+        package var logs: String
+    }
 }
 
 struct PipelineError: Error, CustomStringConvertible, Sendable {

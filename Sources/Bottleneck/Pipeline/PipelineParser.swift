@@ -29,7 +29,7 @@ extension Pipeline {
         }
         guard let root else { throw PipelineError("\(path): the file is empty") }
         let top = try YAMLMapping(root, file: path, context: "the pipeline")
-        try top.refuseUnknownKeys(["name", "images", "weights", "backbone", "layer", "image_size", "out", "stages"])
+        try top.refuseUnknownKeys(["name", "images", "weights", "backbone", "layer", "image_size", "out", "stages", "executor", "slurm"])
 
         self.path = path
         name = try top.string("name") ?? URL(fileURLWithPath: path).deletingPathExtension().lastPathComponent
@@ -55,6 +55,7 @@ extension Pipeline {
             throw top.error(at: "image_size", "image_size \(Preprocessing.imageSizeRequirement)")
         }
         outputRoot = Self.expandingTilde(try top.string("out") ?? "runs/\(name)")
+        executor = try Self.executor(from: top, outputRoot: outputRoot)
 
         guard let stageList = top.value("stages") else {
             throw top.missing("stages", example: "stages:\n  - stage: extract\n  - stage: train-head")
@@ -172,6 +173,57 @@ extension Pipeline {
             settings = .report(formats: formats)
         }
         return Stage(name: name, settings: settings)
+    }
+
+    /// `executor: local` (the default) or `executor: slurm` with its `slurm:` keys.
+    private static func executor(from top: YAMLMapping, outputRoot: String) throws -> Executor {
+        let name = try top.string("executor") ?? "local"
+        switch name {
+        case "local":
+            if top.value("slurm") != nil {
+                throw top.error(at: "slurm", "'slurm' settings are read only with 'executor: slurm'")
+            }
+            return .local
+        case "slurm":
+            var settings = SlurmSettings(logs: outputRoot + "/slurm-logs")
+            guard let node = top.value("slurm") else { return .slurm(settings) }
+            let slurm = try YAMLMapping(node, file: top.file, context: "slurm")
+            try slurm.refuseUnknownKeys(["shards", "partition", "account", "time", "cpus_per_task", "mem", "max_wait", "logs"])
+            settings.shards = try slurm.int("shards") ?? 1
+            guard (1...Shard.maximumCount).contains(settings.shards) else {
+                throw slurm.error(at: "shards", "shards must be between 1 and \(Shard.maximumCount), not \(settings.shards)")
+            }
+            settings.partition = try slurm.string("partition")
+            settings.account = try slurm.string("account")
+            if let time = try slurm.string("time") {
+                guard SlurmTime.seconds(time) != nil else {
+                    throw slurm.error(at: "time", "time must be a Slurm time limit (MINUTES, HH:MM:SS or DAYS-HH:MM:SS), got '\(time)'")
+                }
+                settings.time = time
+            }
+            if let cpus = try slurm.int("cpus_per_task") {
+                guard cpus >= 1 else { throw slurm.error(at: "cpus_per_task", "cpus_per_task must be at least 1, got \(cpus)") }
+                settings.cpusPerTask = cpus
+            }
+            if let memory = try slurm.string("mem") {
+                let digits = memory.prefix { $0.isASCII && $0.isNumber }
+                guard !digits.isEmpty, ["", "K", "M", "G", "T"].contains(memory.dropFirst(digits.count).uppercased()) else {
+                    throw slurm.error(at: "mem", "mem must be a size as sbatch --mem takes it (e.g. 500M, 4G), got '\(memory)'")
+                }
+                settings.memory = memory
+            }
+            if let wait = try slurm.string("max_wait") {
+                guard let seconds = SlurmTime.seconds(wait), seconds > 0 else {
+                    throw slurm.error(at: "max_wait", "max_wait must be a positive Slurm time (MINUTES, HH:MM:SS or "
+                                      + "DAYS-HH:MM:SS), got '\(wait)'")
+                }
+                settings.maxWaitSeconds = seconds
+            }
+            if let logs = try slurm.string("logs") { settings.logs = expandingTilde(logs) }
+            return .slurm(settings)
+        default:
+            throw top.error(at: "executor", "unknown executor '\(name)' (local or slurm)")
+        }
     }
 
     /// Refuses, at its line, an input that no stage makes and that is not there: the image folder and a weights file

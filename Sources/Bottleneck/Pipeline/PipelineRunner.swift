@@ -62,51 +62,145 @@ package struct PipelineRunner {
         let (weights, fellBack) = WeightsChoice.resolve(pipeline.weights)
         // Said once, by the first stage that runs the network on stand-in weights; reused stages say nothing.
         var warnOfRandomWeights = fellBack
-        do {
-            try FileManager.default.createDirectory(atPath: pipeline.outputRoot, withIntermediateDirectories: true)
-        } catch {
-            throw PipelineError("cannot create \(pipeline.outputRoot): \(error.localizedDescription)")
-        }
+        try createOutputRoot()
         var keys: [String: String] = [:]
         var outcomes: [StageOutcome] = []
         for stage in pipeline.stages {
             let key = try stageKey(stage, weights: weights, upstreamKeys: keys)
             keys[stage.name] = key
-            let outputs = outputPaths(of: stage)
-            let recordPath = self.recordPath(of: stage)
-            let record = Self.read(StageRecord.self, from: recordPath)
-            let isForced = forced.contains(stage.name) || forced.contains(stage.kind.rawValue)
-            if !isForced, let record, record.key == key, outputs.allSatisfy(FileManager.default.fileExists) {
-                log("\(stage.name): up to date (\(outputs.joined(separator: ", "))), reused")
-                outcomes.append(StageOutcome(name: stage.name, kind: stage.kind, reused: true, outputs: outputs, seconds: 0,
-                                             result: record.result))
-                continue
-            }
-            // The record stays until the stage succeeds: a run that fails leaves the last good one in place.
-            log("\(stage.name): \(isForced ? "forced" : record == nil ? "running" : "inputs or settings changed, running") "
-                + "\(stage.kind.rawValue)")
-            if warnOfRandomWeights && [.extract, .fullFinetune].contains(stage.kind) {
-                log(WeightsChoice.randomFallbackWarning())
-                warnOfRandomWeights = false
-            }
-            let start = ContinuousClock.now
-            let result: String
-            do {
-                result = try run(stage, key: key, fromScratch: isForced, weights: weights, log: log)
-            } catch let error as SettingError {
-                // Found only once the stage runs (train_from below the cut): said in the file's spelling.
-                throw PipelineError("\(pipeline.path): stage \(stage.name): \(error.key.pipelineKey) \(error.problem)")
-            }
-            let seconds = start.secondsElapsed
-            log("\(stage.name): \(result)")
-            try write(StageRecord(stage: stage.name, kind: stage.kind.rawValue, key: key,
-                                  finished: ISO8601DateFormatter().string(from: Date()), seconds: seconds, result: result),
-                      to: recordPath)
-            try? FileManager.default.removeItem(atPath: startedRecordPath(of: stage))
-            outcomes.append(StageOutcome(name: stage.name, kind: stage.kind, reused: false, outputs: outputs, seconds: seconds,
-                                         result: result))
+            outcomes.append(try runUnlessUpToDate(stage, key: key, weights: weights, warnOfRandomWeights: &warnOfRandomWeights,
+                                                  log: log))
         }
         return outcomes
+    }
+
+    /// `run FILE --stage NAME`: that stage alone, as `run` would run it in its turn (reused when up to date), taking
+    /// the outputs of the stages before it as they are. Each Slurm job runs one stage this way.
+    package func run(stage name: String, log: (String) -> Void) throws -> StageOutcome {
+        let stage = try self.stage(named: name)
+        let (weights, fellBack) = WeightsChoice.resolve(pipeline.weights)
+        var warnOfRandomWeights = fellBack
+        try createOutputRoot()
+        let key = try currentKeys(through: stage.name, weights: weights)[stage.name]!
+        return try runUnlessUpToDate(stage, key: key, weights: weights, warnOfRandomWeights: &warnOfRandomWeights, log: log)
+    }
+
+    /// `run FILE --stage extract --shard I/N`: one shard's cache (`Pipeline.shardCachePath`), which the extract stage
+    /// merges once every shard is there. No stage record: the stage is finished only when merged.
+    package func extractShard(_ shard: Shard, stage name: String, log: (String) -> Void) throws -> String {
+        let stage = try self.stage(named: name)
+        guard case .extract(let batchSize, _, let views) = stage.settings else {
+            throw PipelineError("--shard \(shard): stage \(name) of \(pipeline.path) is \(stage.kind.rawValue); only the extract stage is sharded")
+        }
+        guard shard.count == pipeline.extractShardCount else {
+            throw PipelineError("--shard \(shard): \(pipeline.path) extracts in \(pipeline.extractShardCount) shards, not \(shard.count)")
+        }
+        let (weights, fellBack) = WeightsChoice.resolve(pipeline.weights)
+        if fellBack { log(WeightsChoice.randomFallbackWarning()) }
+        try createOutputRoot()
+        var job = extractionJob(batchSize: batchSize, compress: false, views: views, output: pipeline.shardCachePath(shard),
+                                weights: weights, fromScratch: isForced(stage))
+        job.shard = shard
+        let summary = try runExtraction(&job, stage: stage, log: log)
+        return "shard \(shard): \(summary.counts); \(summary.path)"
+    }
+
+    /// The names of the stages that `run` would reuse now, each judged as if the stages before it were reused too.
+    /// The Slurm executor submits the others and those that read them (whose jobs then judge again, once their
+    /// inputs are made).
+    package func upToDateStages() throws -> Set<String> {
+        let weights = WeightsChoice.resolve(pipeline.weights).choice
+        let keys = try currentKeys(through: pipeline.stages.last!.name, weights: weights)
+        return Set(pipeline.stages.filter { upToDateRecord(of: $0, key: keys[$0.name]!) != nil }.map(\.name))
+    }
+
+    /// The stages whose outputs this stage reads: when one of them reruns, so may this one.
+    package func upstream(of stage: Pipeline.Stage) -> [String] {
+        switch stage.settings {
+        case .extract: []
+        case .trainHead: pipeline.stages.filter { $0.kind == .extract }.map(\.name)
+        case .fullFinetune(_, let initialHead): initialHead.map { [$0] } ?? []
+        case .report: trainingStages.map(\.name)
+        }
+    }
+
+    /// The record a stage's last finished run left, read by the Slurm executor once its job has ended.
+    package func finishedRecord(of stage: Pipeline.Stage) -> (finished: Date, seconds: Double, result: String)? {
+        guard let record = Self.read(StageRecord.self, from: recordPath(of: stage)),
+              let finished = ISO8601DateFormatter().date(from: record.finished) else { return nil }
+        return (finished, record.seconds, record.result)
+    }
+
+    private func stage(named name: String) throws -> Pipeline.Stage {
+        guard let stage = pipeline.stages.first(where: { $0.name == name || $0.kind.rawValue == name }) else {
+            let known = pipeline.stages.map(\.name)
+            throw PipelineError("--stage \(name): \(pipeline.path) has no such stage (its stages: \(known.joined(separator: ", ")))"
+                                + Suggestion.didYouMean(name, among: known))
+        }
+        return stage
+    }
+
+    /// The keys of the stages up to `last`, from the files as they are now.
+    private func currentKeys(through last: String, weights: WeightsChoice) throws -> [String: String] {
+        var keys: [String: String] = [:]
+        for stage in pipeline.stages {
+            keys[stage.name] = try stageKey(stage, weights: weights, upstreamKeys: keys)
+            if stage.name == last { break }
+        }
+        return keys
+    }
+
+    private func createOutputRoot() throws {
+        do {
+            try FileManager.default.createDirectory(atPath: pipeline.outputRoot, withIntermediateDirectories: true)
+        } catch {
+            throw PipelineError("cannot create \(pipeline.outputRoot): \(error.localizedDescription)")
+        }
+    }
+
+    func isForced(_ stage: Pipeline.Stage) -> Bool {
+        forced.contains(stage.name) || forced.contains(stage.kind.rawValue)
+    }
+
+    /// The stage's record when its settings and inputs are those of its last finished run and its output is there.
+    private func upToDateRecord(of stage: Pipeline.Stage, key: String) -> StageRecord? {
+        guard !isForced(stage), let record = Self.read(StageRecord.self, from: recordPath(of: stage)), record.key == key,
+              outputPaths(of: stage).allSatisfy(FileManager.default.fileExists) else { return nil }
+        return record
+    }
+
+    private func runUnlessUpToDate(_ stage: Pipeline.Stage, key: String, weights: WeightsChoice, warnOfRandomWeights: inout Bool,
+                                   log: (String) -> Void) throws -> StageOutcome {
+        let outputs = outputPaths(of: stage)
+        let recordPath = self.recordPath(of: stage)
+        if let record = upToDateRecord(of: stage, key: key) {
+            log("\(stage.name): up to date (\(outputs.joined(separator: ", "))), reused")
+            return StageOutcome(name: stage.name, kind: stage.kind, reused: true, outputs: outputs, seconds: 0, result: record.result)
+        }
+        let isForced = isForced(stage)
+        let hadRecord = Self.read(StageRecord.self, from: recordPath) != nil
+        // The record stays until the stage succeeds: a run that fails leaves the last good one in place.
+        log("\(stage.name): \(isForced ? "forced" : !hadRecord ? "running" : "inputs or settings changed, running") "
+            + "\(stage.kind.rawValue)")
+        if warnOfRandomWeights && [.extract, .fullFinetune].contains(stage.kind) {
+            log(WeightsChoice.randomFallbackWarning())
+            warnOfRandomWeights = false
+        }
+        let start = ContinuousClock.now
+        let result: String
+        do {
+            result = try run(stage, key: key, fromScratch: isForced, weights: weights, log: log)
+        } catch let error as SettingError {
+            // Found only once the stage runs (train_from below the cut): said in the file's spelling.
+            throw PipelineError("\(pipeline.path): stage \(stage.name): \(error.key.pipelineKey) \(error.problem)")
+        }
+        let seconds = start.secondsElapsed
+        log("\(stage.name): \(result)")
+        try write(StageRecord(stage: stage.name, kind: stage.kind.rawValue, key: key,
+                              finished: ISO8601DateFormatter().string(from: Date()), seconds: seconds, result: result),
+                  to: recordPath)
+        try? FileManager.default.removeItem(atPath: startedRecordPath(of: stage))
+        return StageOutcome(name: stage.name, kind: stage.kind, reused: false, outputs: outputs, seconds: seconds, result: result)
     }
 
     /// The file whose presence shows the stage finished (a run's summary.json is written last).
@@ -131,29 +225,38 @@ package struct PipelineRunner {
                      log: (String) -> Void) throws -> String {
         switch stage.settings {
         case .extract(let batchSize, let compress, let views):
-            var job = ExtractionJob(imagesRoot: pipeline.images, outputPath: pipeline.cachePath, weights: weights)
-            job.layer = pipeline.layer
-            job.batchSize = batchSize
-            job.compress = compress
-            job.views = views
-            job.overwrite = fromScratch
-            job.config = pipeline.backbone
-            job.preprocessing = pipeline.preprocessing
-            let summary: ExtractionJob.Summary
+            let shardCount = pipeline.extractShardCount
+            guard shardCount > 1 else {
+                var job = extractionJob(batchSize: batchSize, compress: compress, views: views, output: pipeline.cachePath,
+                                        weights: weights, fromScratch: fromScratch)
+                let summary = try runExtraction(&job, stage: stage, log: log)
+                return "\(summary.counts), "
+                    + String(format: "%.2f img/s; ", summary.imagesPerSecond) + "\(summary.path) (\(summary.fileBytes.formattedBytes))"
+            }
+            // The shards' processes (`--shard I/N`, a Slurm array) have run: the stage is their merge.
+            let shards = (1...shardCount).map { pipeline.shardCachePath(Shard(index: $0, count: shardCount)) }
+            let missing = (1...shardCount).filter { !FileManager.default.fileExists(atPath: shards[$0 - 1]) }
+            guard missing.isEmpty else {
+                throw PipelineError("\(stage.name): the shard caches of " + missing.map { "\($0)/\(shardCount)" }.joined(separator: ", ")
+                                    + " are missing (\(shards[missing[0] - 1])): run 'run \(pipeline.path) --stage \(stage.name) "
+                                    + "--shard I/\(shardCount)' for each first, as the Slurm array does")
+            }
+            func merge(overwrite: Bool) throws -> CacheSummary {
+                try CacheMerge.merge(shards: shards, into: pipeline.cachePath, compress: compress, overwrite: overwrite, log: log)
+            }
+            let summary: CacheSummary
             do {
-                summary = try job.run(log: log)
+                summary = try merge(overwrite: fromScratch)
             } catch let error as FeatureCacheError where error.kind == .mismatch {
-                // Weights, preprocessing or the image folder changed in the file: that cache (or journal) can never
-                // serve this pipeline again, while a journal of this fingerprint never gets here (a mere resume).
+                // As for one process's cache below: a cache of other weights or preprocessing is started afresh.
                 log("\(stage.name): \(error.finding); starting the cache afresh")
-                job.overwrite = true
-                summary = try job.run(log: log)
+                summary = try merge(overwrite: true)
             }
             guard summary.rows > 0 else {
-                throw PipelineError("\(stage.name): no image of \(pipeline.images) could be read (\(summary.failed.count) failed)")
+                throw PipelineError("\(stage.name): no image of \(pipeline.images) could be read (\(summary.failed) failed)")
             }
-            return "\(summary.counts), "
-                + String(format: "%.2f img/s; ", summary.imagesPerSecond) + "\(summary.path) (\(summary.fileBytes.formattedBytes))"
+            return "merged \(shardCount) shards: \(summary.rows) rows, \(summary.failed) failed; "
+                + "\(summary.path) (\(summary.fileBytes.formattedBytes))"
         case .trainHead(let settings):
             var job = HeadTrainingJob(cachePath: pipeline.cachePath, runDirectory: pipeline.runDirectory(of: stage))
             job.settings = settings
@@ -198,6 +301,36 @@ package struct PipelineRunner {
             }
             return "report of \(runs.count) runs: " + formats.map(pipeline.reportPath).joined(separator: ", ")
         }
+    }
+
+    private func extractionJob(batchSize: Int, compress: Bool, views: Int, output: String, weights: WeightsChoice,
+                               fromScratch: Bool) -> ExtractionJob {
+        var job = ExtractionJob(imagesRoot: pipeline.images, outputPath: output, weights: weights)
+        job.layer = pipeline.layer
+        job.batchSize = batchSize
+        job.compress = compress
+        job.views = views
+        job.overwrite = fromScratch
+        job.config = pipeline.backbone
+        job.preprocessing = pipeline.preprocessing
+        return job
+    }
+
+    private func runExtraction(_ job: inout ExtractionJob, stage: Pipeline.Stage, log: (String) -> Void) throws -> ExtractionJob.Summary {
+        let summary: ExtractionJob.Summary
+        do {
+            summary = try job.run(log: log)
+        } catch let error as FeatureCacheError where error.kind == .mismatch {
+            // Weights, preprocessing or the image folder changed in the file: that cache (or journal) can never
+            // serve this pipeline again, while a journal of this fingerprint never gets here (a mere resume).
+            log("\(stage.name): \(error.finding); starting the cache afresh")
+            job.overwrite = true
+            summary = try job.run(log: log)
+        }
+        guard summary.rows > 0 else {
+            throw PipelineError("\(stage.name): no image of \(pipeline.images) could be read (\(summary.failed.count) failed)")
+        }
+        return summary
     }
 
     private func headModelPath(ofStage name: String) -> String {
