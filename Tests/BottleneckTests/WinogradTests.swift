@@ -65,6 +65,25 @@ final class WinogradTests: XCTestCase {
         }
     }
 
+    /// The input gradient's filters transformed from the weights directly are those of the turned, transposed
+    /// weights, bit for bit, for channel counts whose filter count is not a multiple of the lanes.
+    func testTransposedFiltersAreThoseOfTheTurnedWeights() {
+        var generator = SeededGenerator(seed: 23)
+        for (outChannels, inChannels) in [(5, 7), (1, 1), (16, 3)] {
+            let weight = Self.randomTensor([outChannels, inChannels, 3, 3], using: &generator)
+            var turned = Tensor(zeros: [inChannels, outChannels, 3, 3])
+            for output in 0..<outChannels {
+                for input in 0..<inChannels {
+                    for tap in 0..<9 {
+                        turned.data[(input * outChannels + output) * 9 + tap] = weight.data[(output * inChannels + input) * 9 + 8 - tap]
+                    }
+                }
+            }
+            XCTAssertEqual(Winograd.transformFilters(weight, transposingAndFlipping: true), Winograd.transformFilters(turned),
+                           "\(outChannels) x \(inChannels)")
+        }
+    }
+
     func testChangedWeightsAreTransformedAgain() {
         var generator = SeededGenerator(seed: 3)
         var conv = Self.randomConv(inChannels: 5, outChannels: 6, using: &generator)

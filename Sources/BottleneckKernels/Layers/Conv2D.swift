@@ -39,10 +39,15 @@ package struct Conv2D: Sendable {
 
     /// The lowering this layer's forward runs under the current `Conv2D.algorithm`: `.im2col` or `.winograd`.
     var resolvedAlgorithm: Algorithm {
+        Self.resolvedAlgorithm(kernel: kernel, stride: stride, padding: padding, inChannels: inChannels)
+    }
+
+    /// The lowering of a convolution of this shape under the current `Conv2D.algorithm`.
+    static func resolvedAlgorithm(kernel: Int, stride: Int, padding: Int, inChannels: Int) -> Algorithm {
         guard kernel == 3, stride == 1, padding == 1 else { return .im2col }
-        switch Self.algorithm {
-        case .auto: return inChannels >= Self.winogradMinimumInputChannels ? .winograd : .im2col
-        case .im2col, .winograd: return Self.algorithm
+        switch algorithm {
+        case .auto: return inChannels >= winogradMinimumInputChannels ? .winograd : .im2col
+        case .im2col, .winograd: return algorithm
         }
     }
 
@@ -217,28 +222,40 @@ package struct Conv2D: Sendable {
         precondition(stride == 1, "conv input gradient is implemented for stride 1 (VGG's), not \(stride)")
         precondition(dy.rank == 4 && dy.shape[1] == outChannels, "conv backward expects dy [N, \(outChannels), Ho, Wo], got \(dy.shape)")
         let (inChannels, outChannels, kernel) = (self.inChannels, self.outChannels, self.kernel)
-        let taps = kernel * kernel
-        let transposed = Tensor(shape: [inChannels, outChannels, kernel, kernel]) { flipped in
+        let transposedPadding = kernel - 1 - padding
+        func convolve(mask: UnsafePointer<Float>?) -> Tensor {
+            let bias = Tensor(zeros: [inChannels])
+            if Self.resolvedAlgorithm(kernel: kernel, stride: 1, padding: transposedPadding, inChannels: outChannels) == .winograd {
+                // Transformed straight from the weights, without the tensor of turned filters that im2col needs.
+                let filters = Winograd.transformFilters(weight, transposingAndFlipping: true)
+                return Winograd.convolve(dy, filters: filters, bias: bias, fusingReLU: false, mask: mask)
+            }
+            return Conv2D(weight: transposedTurnedWeight(), bias: bias, stride: 1, padding: transposedPadding)
+                .forward(dy, fusingReLU: false, mask: mask)
+        }
+        guard let reluOutput else { return convolve(mask: nil) }
+        let (height, width) = (dy.shape[2] + 2 * transposedPadding - kernel + 1, dy.shape[3] + 2 * transposedPadding - kernel + 1)
+        precondition(reluOutput.shape == [dy.shape[0], inChannels, height, width],
+                     "conv backward: ReLU output \(reluOutput.shape) for gradient \(dy.shape)")
+        return reluOutput.data.withUnsafeBufferPointer { convolve(mask: $0.baseAddress!) }
+    }
+
+    /// weight [Cout, Cin, k, k] -> [Cin, Cout, k, k], each filter turned by 180°: the input gradient's convolution.
+    private func transposedTurnedWeight() -> Tensor {
+        let (inChannels, outChannels, taps) = (self.inChannels, self.outChannels, kernel * kernel)
+        return Tensor(shape: [inChannels, outChannels, kernel, kernel]) { turned in
             weight.data.withUnsafeBufferPointer { weights in
-                let (weights, flipped) = (weights.baseAddress!, flipped.baseAddress!)
+                let (weights, turned) = (weights.baseAddress!, turned.baseAddress!)
                 parallelForChunks(inChannels, minimumParallelCount: 64) { inputs in
                     for input in inputs {
                         for output in 0..<outChannels {
                             let source = weights + (output * inChannels + input) * taps
-                            let target = flipped + (input * outChannels + output) * taps
+                            let target = turned + (input * outChannels + output) * taps
                             for tap in 0..<taps { target[tap] = source[taps - 1 - tap] }
                         }
                     }
                 }
             }
-        }
-        let transposedConv = Conv2D(weight: transposed, bias: Tensor(zeros: [inChannels]), stride: 1, padding: kernel - 1 - padding)
-        guard let reluOutput else { return transposedConv.forward(dy) }
-        let (height, width) = transposedConv.outputSize(height: dy.shape[2], width: dy.shape[3])
-        precondition(reluOutput.shape == [dy.shape[0], inChannels, height, width],
-                     "conv backward: ReLU output \(reluOutput.shape) for gradient \(dy.shape)")
-        return reluOutput.data.withUnsafeBufferPointer { mask in
-            transposedConv.forward(dy, fusingReLU: false, mask: mask.baseAddress!)
         }
     }
 
