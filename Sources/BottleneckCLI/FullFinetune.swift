@@ -26,7 +26,7 @@ struct FullFinetune: ParsableCommand {
         with --resume and it ends where an uninterrupted run would have. A diverging loss (NaN, inf) stops the run \
         and keeps the last epoch's checkpoint. A batch that would not fit in memory is refused before anything runs.
 
-        Data-parallel over MPI: started by mpirun (or srun --mpi=pmi2) as K ranks, each rank decodes and trains on \
+        Data-parallel over MPI: started by mpirun (or srun --mpi=pmi2 or pmix) as K ranks, each rank decodes and trains on \
         its share of every --batch-size batch, the ranks sum their gradients (MPI_Iallreduce) before each update, and \
         all end with the model one process would have made (within float32 rounding). Each rank uses --threads \
         threads: on one machine, K ranks x --threads should not exceed its cores. Rank 0 alone writes RUN_DIR; \
@@ -92,7 +92,7 @@ struct FullFinetune: ParsableCommand {
     func run() throws {
         threads.apply()
         var job = job()
-        if ProcessGroup.isLaunchedAsRanks {
+        if try ProcessGroup.isLaunchedAsRanks() {
             job.group = try ProcessGroup(collectiveTimeout: .seconds(collectiveTimeout))
         }
         let summary: TrainingSummary

@@ -97,7 +97,9 @@ final class FineTuneTrainer {
             // A rank whose images ran out (its share of the last batch is empty, or unreadable images made the decoder
             // take later ones) still joins every step's sums, with nothing of its own.
             let emptyBatch = BatchDecoder.Batch(images: Tensor(zeros: [0] + evaluation.outputShape), items: [], identities: [], failed: [])
-            let progress = ProgressReporter(label: "epoch \(epoch + 1) images", total: split.trainRows.count)
+            // The global batch's figures, so rank 0's alone.
+            let progress = group?.isCoordinator == false ? nil : ProgressReporter(label: "epoch \(epoch + 1) images",
+                                                                                  total: split.trainRows.count)
             var trainLoss = 0.0
             var trainCorrect = 0
             var trainCount = 0
@@ -115,7 +117,7 @@ final class FineTuneTrainer {
                 }
                 epochStepSeconds += stepStart.secondsElapsed
                 guard outcome.loss.isFinite else {
-                    progress.finish()
+                    progress?.finish()
                     throw TrainingError(.diverged, "the loss became \(outcome.loss.mean) at epoch \(epoch + 1), step \(step) "
                                         + "(images \(batch.items.first!.path) …): training diverged, nothing of this step was applied; "
                                         + "\(kept); lower --lr")
@@ -124,9 +126,9 @@ final class FineTuneTrainer {
                 trainCorrect += outcome.loss.correct
                 trainCount += outcome.loss.count
                 samplesTrained += outcome.loss.count
-                progress.update(done: trainCount + failedImages.count, extra: String(format: "loss %.4f", trainLoss / Double(trainCount)))
+                progress?.update(done: trainCount + failedImages.count, extra: String(format: "loss %.4f", trainLoss / Double(trainCount)))
             }
-            progress.finish()
+            progress?.finish()
             guard trainCount > 0 else { throw TrainingError(.invalidInput, "no training image could be read") }
             let validation = try validate(network, log: log)
             guard validation.meanLoss.isFinite else {

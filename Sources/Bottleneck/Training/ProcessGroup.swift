@@ -26,11 +26,17 @@ package final class ProcessGroup: @unchecked Sendable {
     package var isCoordinator: Bool { rank == 0 }
 
     /// Whether an MPI launcher started this process as one of several ranks: mpirun sets OMPI_COMM_WORLD_SIZE,
-    /// srun with --mpi=pmi2 sets PMI_SIZE. A plain `sbatch` job sets neither, and a world of one needs no MPI.
-    package static var isLaunchedAsRanks: Bool {
+    /// srun PMI_SIZE (--mpi=pmi2) or PMIX_RANK (--mpi=pmix). A plain `sbatch` job sets none, and a world of one
+    /// needs no MPI. Several srun tasks without any of them would be independent runs writing one folder: refused.
+    package static func isLaunchedAsRanks() throws -> Bool {
         let environment = ProcessInfo.processInfo.environment
-        let size = environment["OMPI_COMM_WORLD_SIZE"] ?? environment["PMI_SIZE"]
-        return (size.flatMap(Int.init) ?? 1) > 1
+        if let size = (environment["OMPI_COMM_WORLD_SIZE"] ?? environment["PMI_SIZE"]).flatMap(Int.init) { return size > 1 }
+        let srunTasks = environment["SLURM_STEP_NUM_TASKS"].flatMap(Int.init) ?? 1
+        if srunTasks > 1 && environment["PMIX_RANK"] == nil {
+            throw TrainingError(.invalidInput, "srun started \(srunTasks) tasks, but not as MPI ranks (no PMI): use srun --mpi=pmi2 "
+                                + "or --mpi=pmix for data-parallel fine-tuning, or run one task")
+        }
+        return srunTasks > 1
     }
 
     /// Initialises MPI and joins MPI_COMM_WORLD; call once, from the thread that will train.
