@@ -192,10 +192,13 @@ final class FineTuneTrainer {
         return start..<(start + base + (rank < extra ? 1 : 0))
     }
 
-    /// The validation images through `network` in evaluation mode; those that cannot be read are skipped.
+    /// The validation images through `network` in evaluation mode; those that cannot be read are skipped. Under MPI
+    /// each rank scores its share of them and the figures are summed, so every rank gets the whole set's.
     func validate(_ network: FineTuneNetwork, log: (String) -> Void) throws -> ClassificationMetrics {
         var metrics = ClassificationMetrics(classes: folder.classes)
-        let decoder = BatchDecoder(folder: folder, items: split.validationRows.map { folder.items[$0] }, batchSize: settings.batchSize,
+        let rows = group.map { split.validationRows[Self.share(of: split.validationRows.count, rank: $0.rank, ranks: $0.size)] }
+            ?? split.validationRows[...]
+        let decoder = BatchDecoder(folder: folder, items: rows.map { folder.items[$0] }, batchSize: settings.batchSize,
                                    preprocessing: evaluation)
         defer { decoder.cancel() }
         while let batch = decoder.next() {
@@ -203,7 +206,13 @@ final class FineTuneTrainer {
             guard !batch.items.isEmpty else { continue }
             metrics.add(logits: network.logits(batch.images), labels: batch.items.map(\.label))
         }
-        return metrics
+        guard let group else { return metrics }
+        // Validation ends every epoch and the run: where each rank learns the images the others could not read (in
+        // training too), so that rank 0's summary lists them all.
+        var unreadable = folder.items.map { failedImages.contains($0.path) ? 1.0 : 0 }
+        group.sum(&unreadable, "the unreadable images")
+        for (item, count) in zip(folder.items, unreadable) where count > 0 { failedImages.insert(item.path) }
+        return metrics.summed(over: group)
     }
 
     private func skip(_ failures: [(path: String, reason: String)], log: (String) -> Void) {
