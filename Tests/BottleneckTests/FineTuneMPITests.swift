@@ -63,6 +63,34 @@ extension FineTuneTests {
         XCTAssertEqual(try metricsLines(parallel).count, 3)
     }
 
+    /// Each rank reads only its share of the images, yet rank 0's summary lists every unreadable one, as one
+    /// process's does. (Their batches differ from one process's: a rank fills a failed image's place from its next.)
+    func testMPIRunReportsTheImagesAnyRankCouldNotRead() throws {
+        let images = try tinyImageFolder()
+        // One in each class folder of both splits, so both ranks meet some.
+        for folder in try ["train", "val"].flatMap({ split in
+            try FileManager.default.contentsOfDirectory(atPath: "\(images)/\(split)").map { "\(images)/\(split)/\($0)" }
+        }) {
+            try Data("not an image".utf8).write(to: URL(fileURLWithPath: folder + "/broken.jpg"))
+        }
+        let single = try temporaryDirectory()
+        var oneProcess = job(images: images, out: single, epochs: 1)
+        oneProcess.settings.batchSize = Self.parallelBatchSize
+        _ = try oneProcess.run { _ in }
+
+        let parallel = try temporaryDirectory()
+        let ranks = try mpirun(images: images, out: parallel, epochs: 1)
+        XCTAssertEqual(ranks.status, 0, ranks.output)
+        func reported(_ run: String) throws -> [String: Any] {
+            let summary = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: run + "/summary.json")))
+            let fields = summary as! [String: Any]
+            return ["failed": fields["failed_images"] as! [String], "val": fields["val_images"] as! Int, "train": fields["train_images"] as! Int]
+        }
+        let expected = try reported(single)
+        XCTAssertEqual((expected["failed"] as! [String]).count, 6)
+        XCTAssertEqual(try reported(parallel) as NSDictionary, expected as NSDictionary)
+    }
+
     /// One rank of the runs above: skipped unless one of them started it under mpirun.
     func testRankOfAnMPIRun() throws {
         let environment = ProcessInfo.processInfo.environment
