@@ -28,14 +28,7 @@ extension FineTuneTests {
 
     func testTwoMPIRanksTrainTheModelOfOneProcess() throws {
         let images = try tinyImageFolder()
-        let single = try temporaryDirectory()
-        var oneProcess = job(images: images, out: single, epochs: 1)
-        oneProcess.settings.batchSize = Self.parallelBatchSize
-        _ = try oneProcess.run { _ in }
-
-        let parallel = try temporaryDirectory()
-        let ranks = try mpirun(images: images, out: parallel, epochs: 1)
-        XCTAssertEqual(ranks.status, 0, ranks.output)
+        let (single, parallel) = try oneProcessAndTwoRanks(images: images, epochs: 1)
         try assertSameModel(parallel, single)
         // Rank 0 wrote the run as one process does, and the other rank nothing besides it.
         XCTAssertEqual(try runFiles(parallel), try runFiles(single))
@@ -46,11 +39,7 @@ extension FineTuneTests {
     /// same mpirun with --resume ends with the model of one uninterrupted process.
     func testMPIRunWithAHungRankFailsResumably() throws {
         let images = try tinyImageFolder()
-        let single = try temporaryDirectory()
-        var oneProcess = job(images: images, out: single, epochs: 2)
-        oneProcess.settings.batchSize = Self.parallelBatchSize
-        _ = try oneProcess.run { _ in }
-
+        let single = try oneProcessRun(images: images, epochs: 2)
         let parallel = try temporaryDirectory()
         let hung = try mpirun(images: images, out: parallel, epochs: 2, extra: [Self.rankHangVariable: "1", Self.rankTimeoutVariable: "3"])
         XCTAssertNotEqual(hung.status, 0, hung.output)
@@ -73,14 +62,7 @@ extension FineTuneTests {
         }) {
             try Data("not an image".utf8).write(to: URL(fileURLWithPath: folder + "/broken.jpg"))
         }
-        let single = try temporaryDirectory()
-        var oneProcess = job(images: images, out: single, epochs: 1)
-        oneProcess.settings.batchSize = Self.parallelBatchSize
-        _ = try oneProcess.run { _ in }
-
-        let parallel = try temporaryDirectory()
-        let ranks = try mpirun(images: images, out: parallel, epochs: 1)
-        XCTAssertEqual(ranks.status, 0, ranks.output)
+        let (single, parallel) = try oneProcessAndTwoRanks(images: images, epochs: 1)
         func reported(_ run: String) throws -> [String: Any] {
             let summary = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: run + "/summary.json")))
             let fields = summary as! [String: Any]
@@ -116,6 +98,25 @@ extension FineTuneTests {
     }
 
     // MARK: helpers
+
+    /// The run folder of one process on `images` with the ranks' settings.
+    private func oneProcessRun(images: String, epochs: Int) throws -> String {
+        let single = try temporaryDirectory()
+        var oneProcess = job(images: images, out: single, epochs: epochs)
+        oneProcess.settings.batchSize = Self.parallelBatchSize
+        _ = try oneProcess.run { _ in }
+        return single
+    }
+
+    /// The run folders of one process and of two MPI ranks (which must succeed) with the same settings.
+    private func oneProcessAndTwoRanks(images: String, epochs: Int,
+                                       file: StaticString = #filePath, line: UInt = #line) throws -> (single: String, parallel: String) {
+        let single = try oneProcessRun(images: images, epochs: epochs)
+        let parallel = try temporaryDirectory()
+        let ranks = try mpirun(images: images, out: parallel, epochs: epochs)
+        XCTAssertEqual(ranks.status, 0, ranks.output, file: file, line: line)
+        return (single, parallel)
+    }
 
     /// `mpirun -n 2` of testRankOfAnMPIRun, its stdout and stderr together; killed past `mpirunTimeout`.
     private func mpirun(images: String, out: String, epochs: Int,
