@@ -118,9 +118,10 @@ final class FineTuneTrainer {
                 epochStepSeconds += stepStart.secondsElapsed
                 guard outcome.loss.isFinite else {
                     progress?.finish()
-                    throw TrainingError(.diverged, "the loss became \(outcome.loss.mean) at epoch \(epoch + 1), step \(step) "
-                                        + "(images \(batch.items.first!.path) …): training diverged, nothing of this step was applied; "
-                                        + "\(kept); lower --lr")
+                    // A rank may have had no images of its own in the step.
+                    let images = batch.items.first.map { " (images \($0.path) …)" } ?? ""
+                    throw TrainingError(.diverged, "the loss became \(outcome.loss.mean) at epoch \(epoch + 1), step \(step)\(images): "
+                                        + "training diverged, nothing of this step was applied; \(kept); lower --lr")
                 }
                 trainLoss += outcome.loss.mean * Double(outcome.loss.count)
                 trainCorrect += outcome.loss.correct
