@@ -101,7 +101,7 @@ package final class ProcessGroup: @unchecked Sendable {
             if done != 0 { return }
             if ContinuousClock.now > deadline {
                 fail("rank \(rank) of \(size) waited \(collectiveTimeout) for the other ranks in \(what()): one died or hangs; "
-                     + "aborting the job (the same command with --resume continues from the last epoch's checkpoint)")
+                     + "aborting the job (once an epoch has finished, the same command with --resume continues from its checkpoint)")
             }
             polls += 1
             if polls > 1000 { usleep(100) }
