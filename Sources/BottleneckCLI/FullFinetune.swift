@@ -26,6 +26,13 @@ struct FullFinetune: ParsableCommand {
         with --resume and it ends where an uninterrupted run would have. A diverging loss (NaN, inf) stops the run \
         and keeps the last epoch's checkpoint. A batch that would not fit in memory is refused before anything runs.
 
+        Data-parallel over MPI: started by mpirun (or srun --mpi=pmi2 or pmix) as K ranks, each rank decodes and trains on \
+        its share of every --batch-size batch, the ranks sum their gradients (MPI_Iallreduce) before each update, and \
+        all end with the model one process would have made (within float32 rounding). Each rank uses --threads \
+        threads: on one machine, K ranks x --threads should not exceed its cores. Rank 0 alone writes RUN_DIR; \
+        --resume works the same. A rank that dies or hangs ends the job after --collective-timeout seconds, with the \
+        last epoch's checkpoint kept. OpenMPI's libmpi.so.40 is loaded only then (apt-get install openmpi-bin).
+
         Examples:
           bottleneck full-finetune --images data/shapes --out runs/shapes-ft \\
               --weights random --epochs 1 --image-size 112
@@ -33,6 +40,8 @@ struct FullFinetune: ParsableCommand {
               --init-head runs/pets-head --backbone-lr-mult 0.1
           bottleneck full-finetune --images data/pets --out runs/pets-conv5 \\
               --freeze-through conv4_3 --lr 1e-3
+          mpirun -n 2 bottleneck full-finetune --threads 1 --images data/shapes \\
+              --out runs/shapes-ft2 --weights random --epochs 1 --image-size 112
         """)
 
     @Option(name: .long, help: ArgumentHelp("Image folder (ImageFolder layout, optionally train/ val/).", valueName: "DIR"))
@@ -56,6 +65,13 @@ struct FullFinetune: ParsableCommand {
     var imageSize = FineTuneSettings().imageSize
     @Flag(help: "Continue the interrupted run in RUN_DIR from its last checkpoint (same settings).") var resume = false
     @Flag(help: "Replace a run already in RUN_DIR.") var overwrite = false
+    @Option(parsing: .unconditional, help: ArgumentHelp("Under mpirun: seconds a rank waits for the others in one gradient sum "
+                                                         + "before it ends the job (a rank died or hangs).", valueName: "SECONDS"))
+    var collectiveTimeout = 600.0
+
+    func validate() throws {
+        guard collectiveTimeout > 0 else { throw ValidationError("--collective-timeout must be positive, got \(collectiveTimeout)") }
+    }
 
     /// The job the command line describes.
     func job() -> FineTuneJob {
@@ -75,7 +91,27 @@ struct FullFinetune: ParsableCommand {
 
     func run() throws {
         threads.apply()
-        let summary = try job().run(log: printErr)
+        var job = job()
+        if try ProcessGroup.isLaunchedAsRanks() {
+            job.group = try ProcessGroup(collectiveTimeout: .seconds(collectiveTimeout))
+        }
+        let summary: TrainingSummary
+        if let group = job.group {
+            do {
+                // Only rank 0 speaks, but for the images it alone could not read.
+                summary = try job.run { line in
+                    if group.isCoordinator { printErr(line) } else if line.hasPrefix("warning:") { printErr("rank \(group.rank): \(line)") }
+                }
+            } catch {
+                // The other ranks would wait at their next sum until the timeout: end them now.
+                printErr("error: rank \(group.rank): \(error)")
+                group.abort(code: 1)
+            }
+            group.finish()
+            guard group.isCoordinator else { return }
+        } else {
+            summary = try job.run(log: printErr)
+        }
         print(String(format: "full-finetune: best epoch %d of %d, val acc %.4f, val loss %.4f (chance %.3f); %.2f img/s training, "
                      + "peak RSS %@; %@", summary.bestEpoch, summary.epochsRun, summary.bestValAccuracy, summary.bestValLoss,
                      summary.chanceAccuracy, summary.throughput, (summary.peakResidentBytes ?? 0).formattedBytes, summary.model))

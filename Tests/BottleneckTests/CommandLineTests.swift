@@ -117,7 +117,7 @@ final class CommandLineTests: XCTestCase {
                                                               "--help", "--version"]),
                        Set(TrainingSettingKey.trainHead.map(\.flag)))
         XCTAssertEqual(flags(of: FullFinetune.self).subtracting(["--images", "--out", "--weights", "--init-head", "--resume", "--overwrite",
-                                                                 "--threads", "--help", "--version"]),
+                                                                 "--threads", "--collective-timeout", "--help", "--version"]),
                        Set(TrainingSettingKey.fullFinetune.map(\.flag)))
         XCTAssertEqual(Set(Pipeline.headFields.keys), Set(TrainingSettingKey.trainHead.filter(\.isPipelineKey)))
         XCTAssertEqual(Set(Pipeline.finetuneFields.keys), Set(TrainingSettingKey.fullFinetune.filter(\.isPipelineKey)))

@@ -384,9 +384,9 @@ final class FineTuneTests: XCTestCase {
 
     // MARK: helpers
 
-    private static let config = VGGConfig.vgg16.narrowed(by: 16, hidden: 64, classes: 10)
+    static let config = VGGConfig.vgg16.narrowed(by: 16, hidden: 64, classes: 10)
 
-    private func job(images: String, out: String, epochs: Int) -> FineTuneJob {
+    func job(images: String, out: String, epochs: Int) -> FineTuneJob {
         var job = FineTuneJob(imagesRoot: images, runDirectory: out, weights: .random(seed: 1))
         job.config = Self.config
         job.settings.epochs = epochs
@@ -403,7 +403,7 @@ final class FineTuneTests: XCTestCase {
     }
 
     /// 4 training and 2 validation images of each of the sample dataset's 3 classes.
-    private func tinyImageFolder() throws -> String {
+    func tinyImageFolder() throws -> String {
         let root = try temporaryDirectory()
         let sample = Fixtures.root.deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("data/shapes")
         let manager = FileManager.default
@@ -420,7 +420,7 @@ final class FineTuneTests: XCTestCase {
         return root
     }
 
-    private func temporaryDirectory() throws -> String {
+    func temporaryDirectory() throws -> String {
         let url = FileManager.default.temporaryDirectory.appendingPathComponent("finetune-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
         addTeardownBlock { try? FileManager.default.removeItem(at: url) }

@@ -21,6 +21,9 @@ package struct FineTuneJob: Sendable {
     /// Stop, as an interruption would, once this invocation has checkpointed this many epochs (a batch
     /// scheduler's time slice; the tests' interruption).
     var interruptAfterEpochs: Int?
+    /// The MPI ranks this process is one of (data-parallel fine-tuning); nil: it trains alone. Every rank splits
+    /// each batch with the others and ends with the same model; rank 0 alone writes the run folder, all read it.
+    package var group: ProcessGroup?
 
     package init(imagesRoot: String, runDirectory: String, weights: WeightsChoice) {
         self.imagesRoot = imagesRoot
@@ -57,6 +60,10 @@ package struct FineTuneJob: Sendable {
     package func run(log: (String) -> Void) throws -> TrainingSummary {
         let start = ContinuousClock.now
         try settings.validate()
+        if let group, settings.batchSize < group.size {
+            throw TrainingError(.invalidInput, "--batch-size \(settings.batchSize) cannot be split over \(group.size) MPI ranks: "
+                                + "each needs at least one image of every batch; use a --batch-size of at least \(group.size)")
+        }
         // Before the folder is listed (minutes on a large one); the layers' names and positions do not depend on the classes.
         let freezePoint = try settings.freezeThrough.map { try CutPoint($0, in: config) }
         let frozenThrough = freezePoint?.position ?? -1
@@ -85,7 +92,7 @@ package struct FineTuneJob: Sendable {
             log("started the head (\(headLayers.joined(separator: ", "))) from \(initialHead)")
         }
         let trainer = FineTuneTrainer(network: consume network, settings: settings, folder: folder, split: split,
-                                      headLayers: headLayers, normalization: normalization, log: log)
+                                      headLayers: headLayers, normalization: normalization, group: group, log: log)
         let trainableLayers = trainer.network.trainableLayers
         let trainableParameters = trainer.network.trainableParameterCount
         let frozenNote = freezePoint.map { "frozen through \($0.name) (\($0.layer.path)), " } ?? ""
@@ -93,24 +100,28 @@ package struct FineTuneJob: Sendable {
             + "\(trainableLayers.last!), \(trainableParameters) parameters); step needs about \(estimate.formattedBytes)")
         log("\(split.trainRows.count) training images, \(split.validationRows.count) validation images (\(split.rule.description))")
 
-        let run: RunDirectory
+        // nil on the ranks other than 0, which write nothing (the folder's lock is the writer's alone).
+        let run: RunDirectory?
         let firstEpoch: Int
+        let writes = group?.isCoordinator ?? true
         if resume {
-            (run, firstEpoch) = try resumeRun(trainer, log: log)
+            (run, firstEpoch) = try resumeRun(trainer, writes: writes, log: log)
+        } else if !writes {
+            (run, firstEpoch) = (nil, 0)
         } else {
-            run = try RunDirectory(path: runDirectory, overwrite: overwrite)
+            let created = try RunDirectory(path: runDirectory, overwrite: overwrite)
             firstEpoch = 0
             // A checkpoint of the replaced run would otherwise be what a --resume after a kill in this run's first
             // epoch continues from: other parameters under this run's config.json.
             do {
-                if FileManager.default.fileExists(atPath: run.file(FineTuneCheckpoint.fileName)) {
-                    try FileManager.default.removeItem(atPath: run.file(FineTuneCheckpoint.fileName))
+                if FileManager.default.fileExists(atPath: created.file(FineTuneCheckpoint.fileName)) {
+                    try FileManager.default.removeItem(atPath: created.file(FineTuneCheckpoint.fileName))
                 }
             } catch {
-                throw TrainingError(.runDirectory, "cannot remove the old \(run.file(FineTuneCheckpoint.fileName)): "
+                throw TrainingError(.runDirectory, "cannot remove the old \(created.file(FineTuneCheckpoint.fileName)): "
                                     + "\(error.localizedDescription)")
             }
-            try run.writeJSON(Configuration(
+            try created.writeJSON(Configuration(
                 images: folder.root.path, classes: folder.classes, settings: settings.resolved, preprocessing: trainer.evaluation,
                 augmentation: trainer.augmentation,
                 network: .init(backbone: modelConfig.name, frozenThrough: freezePoint?.name, frozenThroughPath: freezePoint?.layer.path,
@@ -118,23 +129,33 @@ package struct FineTuneJob: Sendable {
                                headLayers: headLayers, initialHead: initialHead, weights: weightsIdentity),
                 trainImages: split.trainRows.count, valImages: split.validationRows.count, split: split.rule,
                 estimatedStepBytes: estimate), to: RunDirectory.configFile)
-            try run.startMetrics()
+            try created.startMetrics()
+            run = created
         }
 
-        let checkpointPath = run.file(FineTuneCheckpoint.fileName)
+        let checkpointPath = file(FineTuneCheckpoint.fileName)
+        let modelPath = file(RunDirectory.modelFile)
         let outcome = try trainer.train(checkpointPath: checkpointPath, log: log) { record in
-            try run.appendMetrics(record)
+            try run?.appendMetrics(record)
             log(String(format: "epoch %3d  train loss %.4f acc %.3f  val loss %.4f acc %.3f  %.1f s", record.epoch,
                        record.trainLoss, record.trainAccuracy, record.validationLoss, record.validationAccuracy, record.seconds))
         } onCheckpoint: { checkpoint, newBest in
             // model.h5 before the checkpoint: a kill between the two reruns the epoch, which writes it again.
-            if newBest {
-                try TrainedModel(mode: .finetune, config: modelConfig, classes: folder.classes, cut: try CutPoint("fc7", in: modelConfig),
-                                 cutName: "fc7", weights: weightsIdentity, preprocessing: trainer.evaluation,
-                                 trainableLayers: trainableLayers, dropout: settings.dropout, split: split.rule,
-                                 stateDict: checkpoint.stateDict).save(to: run.file(RunDirectory.modelFile))
+            if run != nil {
+                if newBest {
+                    try TrainedModel(mode: .finetune, config: modelConfig, classes: folder.classes, cut: try CutPoint("fc7", in: modelConfig),
+                                     cutName: "fc7", weights: weightsIdentity, preprocessing: trainer.evaluation,
+                                     trainableLayers: trainableLayers, dropout: settings.dropout, split: split.rule,
+                                     stateDict: checkpoint.stateDict).save(to: modelPath)
+                }
+                try checkpoint.save(to: checkpointPath)
             }
-            try checkpoint.save(to: checkpointPath)
+            // The other ranks go on only once rank 0 has written: none ends (an interruption) while it writes, and
+            // what they may read later (model.h5 below) is there.
+            if let group {
+                var written = [0.0]
+                group.sum(&written, "waiting for rank 0's checkpoint")
+            }
             let done = checkpoint.epochsDone
             if let limit = interruptAfterEpochs, done - firstEpoch >= limit, done < settings.epochs {
                 throw TrainingError(.runDirectory, "interrupted after epoch \(done) of \(settings.epochs) as asked; "
@@ -144,22 +165,27 @@ package struct FineTuneJob: Sendable {
 
         // A resumed run whose best epoch came before the interruption evaluates the saved best model again.
         let best = try outcome.validation ?? trainer.validate(
-            try Self.network(from: TrainedModel(contentsOf: run.file(RunDirectory.modelFile)), dropout: Float(settings.dropout)), log: log)
+            try Self.network(from: TrainedModel(contentsOf: modelPath), dropout: Float(settings.dropout)), log: log)
         let scoredValidation = split.validationRows.map { folder.items[$0].path }.filter { !trainer.failedImages.contains($0) }
         let summary = TrainingSummary(
             bestEpoch: outcome.bestEpoch, bestValAccuracy: best.accuracy, bestValLoss: best.meanLoss, epochsRun: outcome.epochs.count,
             split: TrainingSplit.Record(rule: split.rule, validationPaths: scoredValidation),
             chanceAccuracy: 1 / Double(folder.classes.count), classes: folder.classes, perClass: best.perClass,
-            confusionMatrix: best.confusion, wallSeconds: start.secondsElapsed, model: run.file(RunDirectory.modelFile),
+            confusionMatrix: best.confusion, wallSeconds: start.secondsElapsed, model: modelPath,
             backboneWeights: weightsIdentity, trainImages: split.trainRows.count, valImages: scoredValidation.count, frozenThrough: freezePoint?.name,
             trainableLayers: trainableLayers, trainableParameters: trainableParameters,
             trainImagesPerSecond: outcome.samplesPerSecond, peakResidentBytes: ResourceUsage.peakResidentBytes,
             failedImages: trainer.failedImages.sorted())
-        try run.writeJSON(summary, to: RunDirectory.summaryFile)
-        // Finished: the checkpoint (parameters and optimizer state, twice the model's size) has no further use.
-        try? FileManager.default.removeItem(atPath: checkpointPath)
+        if let run {
+            try run.writeJSON(summary, to: RunDirectory.summaryFile)
+            // Finished: the checkpoint (parameters and optimizer state, twice the model's size) has no further use.
+            try? FileManager.default.removeItem(atPath: checkpointPath)
+        }
         return summary
     }
+
+    /// `name` in the run folder, on every rank (only rank 0 holds the RunDirectory).
+    private func file(_ name: String) -> String { (runDirectory as NSString).appendingPathComponent(name) }
 
     /// Bytes a training step needs; refuses settings that need more than is available.
     private func estimatedStepBytes(config: VGGConfig, frozenThrough: Int) throws -> Int {
@@ -176,19 +202,22 @@ package struct FineTuneJob: Sendable {
         return estimate
     }
 
-    /// Opens the interrupted run and puts its checkpoint into `trainer`, refusing other settings; metrics.csv is
-    /// rewritten from the checkpoint's epochs. Returns the run and the epochs it had done.
-    private func resumeRun(_ trainer: FineTuneTrainer, log: (String) -> Void) throws -> (RunDirectory, epochsDone: Int) {
-        let run = try RunDirectory(resuming: runDirectory)
-        let checkpoint = try FineTuneCheckpoint(contentsOf: run.file(FineTuneCheckpoint.fileName))
+    /// Puts the interrupted run's checkpoint into `trainer`, refusing other settings; when it `writes` (rank 0), opens
+    /// the run and rewrites metrics.csv from the checkpoint's epochs. Returns the run (nil when it does not write)
+    /// and the epochs it had done.
+    private func resumeRun(_ trainer: FineTuneTrainer, writes: Bool, log: (String) -> Void) throws -> (RunDirectory?, epochsDone: Int) {
+        let run = writes ? try RunDirectory(resuming: runDirectory) : nil
+        let checkpoint = try FineTuneCheckpoint(contentsOf: file(FineTuneCheckpoint.fileName))
         let settingsJSON = FineTuneCheckpoint.settingsJSON(settings)
         guard checkpoint.settingsJSON == settingsJSON else {
             throw TrainingError(.mismatch, "--resume with other settings than the interrupted run: it ran with "
                                 + "\(checkpoint.settingsJSON), this command asks for \(settingsJSON)")
         }
-        try trainer.resume(from: checkpoint, path: run.file(FineTuneCheckpoint.fileName))
-        try run.startMetrics()
-        for record in checkpoint.history { try run.appendMetrics(record) }
+        try trainer.resume(from: checkpoint, path: file(FineTuneCheckpoint.fileName))
+        if let run {
+            try run.startMetrics()
+            for record in checkpoint.history { try run.appendMetrics(record) }
+        }
         log("resuming after epoch \(checkpoint.epochsDone) of \(settings.epochs)")
         return (run, checkpoint.epochsDone)
     }

@@ -45,6 +45,18 @@ package struct ClassificationMetrics: Codable, Sendable, Equatable {
         count += labels.count
     }
 
+    /// The figures of every rank's rows together, on every rank: counts and loss sums add up.
+    func summed(over group: ProcessGroup) -> ClassificationMetrics {
+        let classCount = classes.count
+        var figures = confusion.flatMap { $0.map(Double.init) } + [Double(count), lossSum]
+        group.sum(&figures, "the validation figures")
+        var total = self
+        total.confusion = (0..<classCount).map { row in (0..<classCount).map { Int(figures[row * classCount + $0]) } }
+        total.count = Int(figures[classCount * classCount])
+        total.lossSum = figures[classCount * classCount + 1]
+        return total
+    }
+
     var correct: Int { classes.indices.reduce(0) { $0 + confusion[$1][$1] } }
     package var accuracy: Double { count > 0 ? Double(correct) / Double(count) : 0 }
     package var meanLoss: Double { count > 0 ? lossSum / Double(count) : .nan }

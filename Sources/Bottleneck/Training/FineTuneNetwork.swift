@@ -178,12 +178,19 @@ package struct FineTuneNetwork: Sendable {
     /// generator of row `row`'s mask at the dropout at `position`; `learningRate(layer)` each layer's rate
     /// (parameter groups). When the loss is not finite nothing is updated: the caller stops the run. `profile`, when
     /// given, gets the step's seconds per layer and phase.
+    ///
+    /// With a `group`, `images` are this rank's share of a global batch (possibly none) and the step is that of the
+    /// global batch: the loss and its gradient become the global mean's (each rank's dlogits scaled by its rows over
+    /// the global rows), each layer's parameter gradients are summed across the ranks before its update, and the
+    /// outcome's loss is the global batch's. Every rank then applies the same update to the same parameters.
     package mutating func trainStep<Step: Optimizer>(images: Tensor, labels: [Int32], optimizer: inout Step,
                                                     learningRate: (LayerInfo) -> Double, profile: StepProfile? = nil,
+                                                    group: ProcessGroup? = nil,
                                                     dropoutGenerator: (_ row: Int, _ position: Int) -> SeededGenerator) -> StepOutcome {
         let layers = config.layers
         let batch = images.shape[0]
         precondition(labels.count == batch, "\(batch) images but \(labels.count) labels")
+        precondition(batch > 0 || group != nil, "a training step needs images")
         // inputs[p]: the activation entering layer p, kept for trainable layers whose backward reads it.
         var inputs = [Tensor?](repeating: nil, count: modules.count)
         var masks = [Tensor?](repeating: nil, count: modules.count)
@@ -191,7 +198,7 @@ package struct FineTuneNetwork: Sendable {
         var position = 0
         profile?.start()
         // Its own walk, not `VGG.evaluate`: it keeps what backward reads and drops rows by their seeds.
-        while position < modules.count {
+        while batch > 0 && position < modules.count {
             let layerPosition = position
             let keeps = position >= firstTrainablePosition
             switch modules[position] {
@@ -227,10 +234,13 @@ package struct FineTuneNetwork: Sendable {
         }
 
         var gradient = Tensor(zeros: [])
-        let loss = SoftmaxCrossEntropy.lossAndGradient(logits: activation, labels: labels, gradLogits: &gradient)
+        var loss = batch == 0 ? SoftmaxCrossEntropy.Loss(mean: 0, correct: 0, count: 0)
+            : SoftmaxCrossEntropy.lossAndGradient(logits: activation, labels: labels, gradLogits: &gradient)
+        if let group { loss = Self.globalLoss(loss, scalingGradient: &gradient, over: group) }
         profile?.lapOther()
         var outcome = StepOutcome(loss: loss, updatedPositions: [], inputGradientPositions: [])
-        guard loss.isFinite else { return outcome }
+        // Every image of the global batch failed to decode: nothing to learn from, on any rank.
+        guard loss.isFinite && loss.count > 0 else { return outcome }
 
         for position in stride(from: modules.count - 1, through: firstTrainablePosition, by: -1) {
             let layer = layers[position]
@@ -238,47 +248,59 @@ package struct FineTuneNetwork: Sendable {
             let slot = Self.slot(ofParameterLayerAt: position, in: layers)
             // A ReLU below that runs backward: it reads this layer's input as its output.
             let reluBelow = position - 1 >= firstTrainablePosition && layers[position - 1].kind == .relu
-            switch modules[position] {
-            case .linear(let linear):
-                let input = inputs[position]!
-                gradWeight.reshapeKeepingStorage(linear.weight.shape)
-                gradBias.reshapeKeepingStorage(linear.bias.shape)
-                linear.parameterGradients(input: input, gradOutput: gradient, weight: &gradWeight, bias: &gradBias)
-                profile?.lap(position, .weightGradient)
-                if needsInputGradient {
-                    var gradInput = Tensor(zeros: [])
-                    linear.inputGradient(gradOutput: gradient, into: &gradInput)
-                    gradient = gradInput
-                    outcome.inputGradientPositions.append(position)
+            if batch == 0 {
+                // This rank has no images in the step: its share of each layer's gradient sum is zero.
+                if let shapes = parameterShapes(at: position) {
+                    gradWeight = Tensor(zeros: shapes.weight)
+                    gradBias = Tensor(zeros: shapes.bias)
                 }
-            case .conv(let conv):
-                gradWeight.reshapeKeepingStorage(conv.weight.shape)
-                gradBias.reshapeKeepingStorage(conv.bias.shape)
-                conv.parameterGradients(input: inputs[position]!, gradOutput: gradient, weight: &gradWeight, bias: &gradBias)
-                profile?.lap(position, .weightGradient)
-                if needsInputGradient {
-                    gradient = conv.inputGradient(gradOutput: gradient, throughReLUWithOutput: reluBelow ? inputs[position] : nil)
-                    outcome.inputGradientPositions.append(position)
+            } else {
+                switch modules[position] {
+                case .linear(let linear):
+                    let input = inputs[position]!
+                    gradWeight.reshapeKeepingStorage(linear.weight.shape)
+                    gradBias.reshapeKeepingStorage(linear.bias.shape)
+                    linear.parameterGradients(input: input, gradOutput: gradient, weight: &gradWeight, bias: &gradBias)
+                    profile?.lap(position, .weightGradient)
+                    if needsInputGradient {
+                        var gradInput = Tensor(zeros: [])
+                        linear.inputGradient(gradOutput: gradient, into: &gradInput)
+                        gradient = gradInput
+                        outcome.inputGradientPositions.append(position)
+                    }
+                case .conv(let conv):
+                    gradWeight.reshapeKeepingStorage(conv.weight.shape)
+                    gradBias.reshapeKeepingStorage(conv.bias.shape)
+                    conv.parameterGradients(input: inputs[position]!, gradOutput: gradient, weight: &gradWeight, bias: &gradBias)
+                    profile?.lap(position, .weightGradient)
+                    if needsInputGradient {
+                        gradient = conv.inputGradient(gradOutput: gradient, throughReLUWithOutput: reluBelow ? inputs[position] : nil)
+                        outcome.inputGradientPositions.append(position)
+                    }
+                case .relu:
+                    // The layer above kept this ReLU's output as its own input; a max pool or conv above has applied its mask.
+                    switch modules[position + 1] {
+                    case .maxPool, .conv: break
+                    default: ReLU.backward(output: inputs[position + 1]!.reshaped(gradient.shape), gradOutput: &gradient)
+                    }
+                    inputs[position + 1] = nil
+                case .dropout(let dropout):
+                    dropout.backward(gradOutput: &gradient, mask: masks[position]!)
+                    masks[position] = nil
+                case .maxPool(let pool):
+                    gradient = pool.backward(input: inputs[position]!, gradOutput: gradient, throughReLU: reluBelow)
+                case .adaptiveAvgPool(let pool):
+                    let inputShape = inputs[position]!.shape
+                    gradient = pool.backward(gradOutput: gradient.reshaped([batch, inputShape[1], pool.outputHeight, pool.outputWidth]),
+                                             inputShape: inputShape)
                 }
-            case .relu:
-                // The layer above kept this ReLU's output as its own input; a max pool or conv above has applied its mask.
-                switch modules[position + 1] {
-                case .maxPool, .conv: break
-                default: ReLU.backward(output: inputs[position + 1]!.reshaped(gradient.shape), gradOutput: &gradient)
-                }
-                inputs[position + 1] = nil
-            case .dropout(let dropout):
-                dropout.backward(gradOutput: &gradient, mask: masks[position]!)
-                masks[position] = nil
-            case .maxPool(let pool):
-                gradient = pool.backward(input: inputs[position]!, gradOutput: gradient, throughReLU: reluBelow)
-            case .adaptiveAvgPool(let pool):
-                let inputShape = inputs[position]!.shape
-                gradient = pool.backward(gradOutput: gradient.reshaped([batch, inputShape[1], pool.outputHeight, pool.outputWidth]),
-                                         inputShape: inputShape)
             }
             if needsInputGradient { profile?.lap(position, .inputGradient) }
             if layer.parameterPrefix != nil {
+                if let group {
+                    gradWeight.data.withUnsafeMutableBufferPointer { group.sum($0, "\(layer.path).weight's gradient") }
+                    gradBias.data.withUnsafeMutableBufferPointer { group.sum($0, "\(layer.path).bias's gradient") }
+                }
                 // After the switch, whose binding of the layer would otherwise hold its tensors twice and make the update copy them.
                 optimizer.step(&modules, at: position, gradWeight: gradWeight, gradBias: gradBias, slot: slot,
                                learningRate: learningRate(layer))
@@ -288,6 +310,32 @@ package struct FineTuneNetwork: Sendable {
             if !reluBelow { inputs[position] = nil }
         }
         return outcome
+    }
+
+    /// The global batch's loss from each rank's `local` one; `gradient` (this rank's dlogits [n, K], the local mean's)
+    /// becomes its rows' part of the global mean's, (softmax - onehot) / N, so that the ranks' gradients sum to it.
+    private static func globalLoss(_ local: SoftmaxCrossEntropy.Loss, scalingGradient gradient: inout Tensor,
+                                   over group: ProcessGroup) -> SoftmaxCrossEntropy.Loss {
+        var figures = [local.mean * Double(local.count), Double(local.correct), Double(local.count)]
+        group.sum(&figures, "the step's loss")
+        let globalCount = Int(figures[2])
+        guard globalCount > 0 else { return SoftmaxCrossEntropy.Loss(mean: 0, correct: 0, count: 0) }
+        if local.count > 0 {
+            let share = Float(Double(local.count) / Double(globalCount))
+            gradient.data.withUnsafeMutableBufferPointer { values in
+                for index in values.indices { values[index] *= share }
+            }
+        }
+        return SoftmaxCrossEntropy.Loss(mean: figures[0] / Double(globalCount), correct: Int(figures[1]), count: globalCount)
+    }
+
+    /// The weight and bias shapes of the conv or linear at `position`; nil for a layer without parameters.
+    private func parameterShapes(at position: Int) -> (weight: [Int], bias: [Int])? {
+        switch modules[position] {
+        case .conv(let conv): (conv.weight.shape, conv.bias.shape)
+        case .linear(let linear): (linear.weight.shape, linear.bias.shape)
+        case .relu, .maxPool, .adaptiveAvgPool, .dropout: nil
+        }
     }
 
     /// activation [N, ...] -> the same with row n dropped by `dropoutGenerator(n, position)`, mask [N, ...]

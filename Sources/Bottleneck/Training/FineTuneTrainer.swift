@@ -39,12 +39,15 @@ final class FineTuneTrainer {
     private var optimizer: any Optimizer
     private var history: [EpochRecord] = []
     private var best = BestEpoch()
+    /// The ranks this trainer is one of, each training on its share of every batch; nil: this process alone.
+    private let group: ProcessGroup?
 
     /// `network` is taken, not shared: nothing else may keep its tensors, so the first update changes them in
     /// place instead of copying the whole network.
     package init(network: consuming FineTuneNetwork, settings: FineTuneSettings, folder: ImageFolder, split: TrainingSplit,
-                 headLayers: [String], normalization: InputNormalization?, log: (String) -> Void) {
+                 headLayers: [String], normalization: InputNormalization?, group: ProcessGroup? = nil, log: (String) -> Void) {
         self.network = network
+        self.group = group
         self.settings = settings
         self.folder = folder
         self.split = split
@@ -89,38 +92,44 @@ final class FineTuneTrainer {
         var bestValidation: ClassificationMetrics?
         for epoch in history.count..<settings.epochs {
             let epochStart = ContinuousClock.now
-            let decoder = trainingBatches(epoch: epoch)
+            let (decoder, steps) = trainingBatches(epoch: epoch)
             defer { decoder.cancel() }
-            let progress = ProgressReporter(label: "epoch \(epoch + 1) images", total: split.trainRows.count)
+            // A rank whose images ran out (its share of the last batch is empty, or unreadable images made the decoder
+            // take later ones) still joins every step's sums, with nothing of its own.
+            let emptyBatch = BatchDecoder.Batch(images: Tensor(zeros: [0] + evaluation.outputShape), items: [], identities: [], failed: [])
+            // The global batch's figures, so rank 0's alone.
+            let progress = group?.isCoordinator == false ? nil : ProgressReporter(label: "epoch \(epoch + 1) images",
+                                                                                  total: split.trainRows.count)
             var trainLoss = 0.0
             var trainCorrect = 0
             var trainCount = 0
             var step = 0
             var epochStepSeconds = 0.0
-            while let batch = decoder.next() {
+            while let batch = decoder.next() ?? (group != nil && step < steps ? emptyBatch : nil) {
                 skip(batch.failed, log: log)
-                guard !batch.items.isEmpty else { continue }
+                guard !batch.items.isEmpty || group != nil else { continue }
                 step += 1
                 let rows = batch.items.map { itemIndex[$0.path]! }
                 let stepStart = ContinuousClock.now
                 let outcome = network.trainStep(images: batch.images, labels: batch.items.map(\.label), optimizer: &optimizer,
-                                                learningRate: rate) { [seed = settings.seed] row, position in
+                                                learningRate: rate, group: group) { [seed = settings.seed] row, position in
                     TrainingRandomness.dropoutGenerator(seed: seed, epoch: epoch, row: rows[row], layerPosition: position)
                 }
                 epochStepSeconds += stepStart.secondsElapsed
                 guard outcome.loss.isFinite else {
-                    progress.finish()
-                    throw TrainingError(.diverged, "the loss became \(outcome.loss.mean) at epoch \(epoch + 1), step \(step) "
-                                        + "(images \(batch.items.first!.path) …): training diverged, nothing of this step was applied; "
-                                        + "\(kept); lower --lr")
+                    progress?.finish()
+                    // A rank may have had no images of its own in the step.
+                    let images = batch.items.first.map { " (images \($0.path) …)" } ?? ""
+                    throw TrainingError(.diverged, "the loss became \(outcome.loss.mean) at epoch \(epoch + 1), step \(step)\(images): "
+                                        + "training diverged, nothing of this step was applied; \(kept); lower --lr")
                 }
                 trainLoss += outcome.loss.mean * Double(outcome.loss.count)
                 trainCorrect += outcome.loss.correct
                 trainCount += outcome.loss.count
                 samplesTrained += outcome.loss.count
-                progress.update(done: trainCount + failedImages.count, extra: String(format: "loss %.4f", trainLoss / Double(trainCount)))
+                progress?.update(done: trainCount + failedImages.count, extra: String(format: "loss %.4f", trainLoss / Double(trainCount)))
             }
-            progress.finish()
+            progress?.finish()
             guard trainCount > 0 else { throw TrainingError(.invalidInput, "no training image could be read") }
             let validation = try validate(network, log: log)
             guard validation.meanLoss.isFinite else {
@@ -145,27 +154,52 @@ final class FineTuneTrainer {
                        samplesTrained: samplesTrained)
     }
 
-    /// Epoch `epoch`'s training images in its shuffled order, augmented with draws of (seed, epoch, image).
-    private func trainingBatches(epoch: Int) -> BatchDecoder {
-        let order = TrainingRandomness.shuffled(split.trainRows, seed: settings.seed, epoch: epoch)
+    /// Epoch `epoch`'s training images in its shuffled order, augmented with draws of (seed, epoch, image), and the
+    /// number of global batches. A rank decodes only its share of each batch: contiguous slices as even as can be,
+    /// the first ranks one image more, so its batches are its slices in turn. Crops, flips and dropout masks are
+    /// drawn per image (TrainingRandomness), never per rank or batch, so the ranks' slices together are exactly
+    /// the batch one process would train on.
+    private func trainingBatches(epoch: Int) -> (BatchDecoder, steps: Int) {
+        let globalOrder = TrainingRandomness.shuffled(split.trainRows, seed: settings.seed, epoch: epoch)
+        let steps = (globalOrder.count + settings.batchSize - 1) / settings.batchSize
+        var order = globalOrder
+        var batchSize = settings.batchSize
+        if let group {
+            // The last batch's shares are never larger than the others', so a fixed batch size cuts the slices apart.
+            batchSize = Self.share(of: settings.batchSize, rank: group.rank, ranks: group.size).count
+            order = stride(from: 0, to: globalOrder.count, by: settings.batchSize).flatMap { start in
+                let batch = globalOrder[start..<min(start + settings.batchSize, globalOrder.count)]
+                return Self.share(of: batch.count, rank: group.rank, ranks: group.size).map { batch[start + $0] }
+            }
+        }
         let transform: BatchDecoder.Transform
         if let augmentation {
             let seed = settings.seed
-            transform = { image, index, _, slot in
+            transform = { [order] image, index, _, slot in
                 var generator = SeededGenerator(seed: TrainingRandomness.seed(seed, .augmentation, UInt64(epoch), UInt64(order[index])))
                 augmentation.write(image, generator: &generator, into: slot)
             }
         } else {
             transform = { [evaluation] image, _, _, slot in evaluation.write(image, into: slot) }
         }
-        return BatchDecoder(folder: folder, items: order.map { folder.items[$0] }, batchSize: settings.batchSize,
-                            imageShape: evaluation.outputShape, transform: transform)
+        return (BatchDecoder(folder: folder, items: order.map { folder.items[$0] }, batchSize: batchSize,
+                             imageShape: evaluation.outputShape, transform: transform), steps)
     }
 
-    /// The validation images through `network` in evaluation mode; those that cannot be read are skipped.
+    /// Rank `rank`'s positions in a batch of `count` images split over `ranks`.
+    static func share(of count: Int, rank: Int, ranks: Int) -> Range<Int> {
+        let (base, extra) = count.quotientAndRemainder(dividingBy: ranks)
+        let start = rank * base + min(rank, extra)
+        return start..<(start + base + (rank < extra ? 1 : 0))
+    }
+
+    /// The validation images through `network` in evaluation mode; those that cannot be read are skipped. Under MPI
+    /// each rank scores its share of them and the figures are summed, so every rank gets the whole set's.
     func validate(_ network: FineTuneNetwork, log: (String) -> Void) throws -> ClassificationMetrics {
         var metrics = ClassificationMetrics(classes: folder.classes)
-        let decoder = BatchDecoder(folder: folder, items: split.validationRows.map { folder.items[$0] }, batchSize: settings.batchSize,
+        let rows = group.map { split.validationRows[Self.share(of: split.validationRows.count, rank: $0.rank, ranks: $0.size)] }
+            ?? split.validationRows[...]
+        let decoder = BatchDecoder(folder: folder, items: rows.map { folder.items[$0] }, batchSize: settings.batchSize,
                                    preprocessing: evaluation)
         defer { decoder.cancel() }
         while let batch = decoder.next() {
@@ -173,7 +207,13 @@ final class FineTuneTrainer {
             guard !batch.items.isEmpty else { continue }
             metrics.add(logits: network.logits(batch.images), labels: batch.items.map(\.label))
         }
-        return metrics
+        guard let group else { return metrics }
+        // Validation ends every epoch and the run: where each rank learns the images the others could not read (in
+        // training too), so that rank 0's summary lists them all.
+        var unreadable = folder.items.map { failedImages.contains($0.path) ? 1.0 : 0 }
+        group.sum(&unreadable, "the unreadable images")
+        for (item, count) in zip(folder.items, unreadable) where count > 0 { failedImages.insert(item.path) }
+        return metrics.summed(over: group)
     }
 
     private func skip(_ failures: [(path: String, reason: String)], log: (String) -> Void) {

@@ -12,6 +12,12 @@ package enum SoftmaxCrossEntropy {
         package let correct: Int
         package let count: Int
 
+        package init(mean: Double, correct: Int, count: Int) {
+            self.mean = mean
+            self.correct = correct
+            self.count = count
+        }
+
         /// False once a NaN or infinite logit made the loss NaN or infinite: the run has diverged, and
         /// its gradients must not reach the parameters.
         package var isFinite: Bool { mean.isFinite }
