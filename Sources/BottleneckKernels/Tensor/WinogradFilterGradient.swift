@@ -10,20 +10,16 @@
 /// The tile sum at each of the 36 positions ξ is a gemm, dU[ξ] [Cout, Cin] += W[ξ] [Cout, T] · V[ξ]ᵀ [T, Cin]:
 /// 2.25 multiply-adds per output position and filter pair instead of im2col's 9.
 extension Winograd {
-    /// Tiles per block of the weight gradient: the gemms' inner dimension, so longer than the forward's
-    /// cache-sized blocks. Each block adds its 36 products into the core's dU, which a short block reads and
-    /// writes as often as it multiplies (512 x 512 channels: 1 MB of dU per position). 64 to 1024 measured within
-    /// the noise of a loaded 2-core machine at full size; 256 is the forward's choice for large filters too.
-    static let filterGradientTilesPerBlock = 256
-
     /// x [N, Cin, H, W] (the forward's input), dy [N, Cout, H, W] -> dWeight [Cout, Cin, 3, 3] and dBias [Cout].
     /// The batch's tiles are cut into blocks; each core takes a run of consecutive blocks and, in its own buffers,
     /// transforms V [36, Cin, T] and W [36, Cout, T] = A dY Aᵀ for each block and adds their 36 products into a
     /// dU [36, Cout, Cin] of its own. The cores' dU are then summed in core order and transformed back, so the
-    /// result depends on the machine's core count, never on the thread budget. `tilesPerBlock` is a parameter
-    /// only so tests can force many blocks.
+    /// result depends on the machine's core count, never on the thread budget. Blocks are the forward's
+    /// (`preferredTilesPerBlock`), for the same reasons: measured at full size on 2 cores, conv1_2's gradient took
+    /// 98 ms in blocks of 32-64 tiles against 112 in 256 and 135 in 512, conv4_2's 72 ms in 256 against 79 in 32.
+    /// `tilesPerBlock` is a parameter only so tests can force many blocks.
     static func filterGradient(input x: Tensor, gradOutput dy: Tensor, weight gradWeight: inout Tensor,
-                               bias gradBias: inout Tensor, tilesPerBlock: Int = filterGradientTilesPerBlock) {
+                               bias gradBias: inout Tensor, tilesPerBlock: Int? = nil) {
         let (batch, inChannels, height, width) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
         let outChannels = dy.shape[1]
         precondition(dy.shape == [batch, outChannels, height, width], "Winograd gradient: input \(x.shape), gradient \(dy.shape)")
