@@ -76,6 +76,29 @@ extension FineTuneTests {
         XCTAssertEqual(try reported(parallel) as NSDictionary, expected as NSDictionary)
     }
 
+    /// The same ranks started by Slurm's `srun --mpi=pmix` inside a job step of the one-node cluster the Slurm tests
+    /// use, as on a cluster: OpenMPI finds its peers through Slurm's PMIx instead of mpirun's.
+    func testSrunRanksTrainTheModelOfOneProcess() throws {
+        guard FileManager.default.isExecutableFile(atPath: "/usr/sbin/slurmctld") else {
+            throw XCTSkip("Slurm is not installed (apt-get install slurm-wlm, as .ci/run does)")
+        }
+        guard getuid() == 0 else { throw XCTSkip("the one-node Slurm runs as root (slurmd starts each job as its user)") }
+        let images = try tinyImageFolder()
+        let single = try oneProcessRun(images: images, epochs: 1)
+        let cluster = try temporaryDirectory()
+        let script = Fixtures.root.deletingLastPathComponent().appendingPathComponent("slurm/one-node-cluster.sh").path
+        // The script's watchdog stops the cluster when this process exits, should the stop below never run.
+        let started = try runChild(script, ["start", cluster, "\(getpid())"], timeout: 60, logFolder: cluster)
+        guard started.status == 0 else { throw TestFailure("the one-node Slurm did not start:\n\(started.output)") }
+        defer { _ = try? runChild(script, ["stop", cluster], timeout: 60, logFolder: cluster) }
+        let parallel = try temporaryDirectory()
+        let ranks = try launchRanks("/usr/bin/srun", ["--mpi=pmix", "-n", "2", "-c", "1"], images: images, out: parallel,
+                                    epochs: 1, extra: ["SLURM_CONF": cluster + "/slurm.conf"])
+        XCTAssertEqual(ranks.status, 0, ranks.output)
+        try assertSameModel(parallel, single)
+        XCTAssertEqual(try runFiles(parallel), try runFiles(single))
+    }
+
     /// One rank of the runs above: skipped unless one of them started it under mpirun.
     func testRankOfAnMPIRun() throws {
         let environment = ProcessInfo.processInfo.environment
@@ -87,6 +110,8 @@ extension FineTuneTests {
         ThreadBudget.limit(to: 1)
         let timeout = environment[Self.rankTimeoutVariable].flatMap(Double.init) ?? Self.mpirunTimeout
         let group = try ProcessGroup(collectiveTimeout: .seconds(timeout))
+        // Ranks that did not find each other would each train alone on the whole batch, the single process's model.
+        XCTAssertEqual(group.size, 2, "the launcher's ranks did not join one world")
         var rank = job(images: images, out: out, epochs: epochs)
         rank.settings.batchSize = Self.parallelBatchSize
         rank.resume = environment[Self.rankResumeVariable] != nil
@@ -128,29 +153,19 @@ extension FineTuneTests {
             .map({ "\($0)/mpirun" }).first(where: FileManager.default.isExecutableFile(atPath:)) else {
             throw XCTSkip("mpirun is not installed (apt-get install openmpi-bin, as .ci/run does)")
         }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: mpirun)
+        return try launchRanks(mpirun, ["-n", "2", "--oversubscribe", "--allow-run-as-root"], images: images, out: out,
+                               epochs: epochs, extra: extra)
+    }
+
+    /// Two ranks of testRankOfAnMPIRun started by `launcher` with `arguments`, their stdout and stderr together;
+    /// killed past `mpirunTimeout`.
+    private func launchRanks(_ launcher: String, _ arguments: [String], images: String, out: String, epochs: Int,
+                             extra: [String: String] = [:]) throws -> (status: Int32, output: String) {
         // On Linux the test bundle is an executable that runs the tests its arguments name.
-        process.arguments = ["-n", "2", "--oversubscribe", "--allow-run-as-root", Bundle.main.executableURL!.path,
-                             "BottleneckTests.FineTuneTests/testRankOfAnMPIRun"]
-        process.environment = ProcessInfo.processInfo.environment.merging(
-            [Self.rankImagesVariable: images, Self.rankOutVariable: out, Self.rankEpochsVariable: "\(epochs)"].merging(extra) { $1 }) { $1 }
-        // A file, not a pipe: a full pipe would block a chatty child and look like a hang.
-        let log = try temporaryDirectory() + "/mpirun.log"
-        guard FileManager.default.createFile(atPath: log, contents: nil) else { throw CocoaError(.fileWriteUnknown) }
-        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
-        defer { try? handle.close() }
-        process.standardOutput = handle
-        process.standardError = handle
-        try process.run()
-        let giveUp = Date().addingTimeInterval(Self.mpirunTimeout)
-        while process.isRunning && Date() < giveUp { usleep(50_000) }
-        let timedOut = process.isRunning
-        // SIGTERM: mpirun passes it on to the ranks and ends them before it exits.
-        if timedOut { process.terminate() }
-        process.waitUntilExit()
-        let output = try String(contentsOfFile: log, encoding: .utf8)
-        return timedOut ? (-1, "timed out after \(Int(Self.mpirunTimeout)) s\n\(output)") : (process.terminationStatus, output)
+        try runChild(launcher, arguments + [Bundle.main.executableURL!.path, "BottleneckTests.FineTuneTests/testRankOfAnMPIRun"],
+                     environment: [Self.rankImagesVariable: images, Self.rankOutVariable: out,
+                                   Self.rankEpochsVariable: "\(epochs)"].merging(extra) { $1 },
+                     timeout: Self.mpirunTimeout, logFolder: try temporaryDirectory())
     }
 
     private func assertSameModel(_ parallel: String, _ single: String, file: StaticString = #filePath, line: UInt = #line) throws {

@@ -336,32 +336,7 @@ final class SlurmTests: XCTestCase {
     /// Runs a program (looked up on PATH) with this cluster's SLURM_CONF, its stdout and stderr together; a run
     /// past `timeout` is killed and reported as such.
     private func command(_ arguments: [String], in directory: URL? = nil, timeout: TimeInterval) throws -> (status: Int32, output: String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = arguments
-        process.currentDirectoryURL = directory
-        process.environment = ProcessInfo.processInfo.environment.merging(
-            ["SLURM_CONF": cluster.appendingPathComponent("slurm.conf").path]) { $1 }
-        // A file, not a pipe: a full pipe would block a chatty child and look like a hang.
-        let log = folder.appendingPathComponent("command-\(UUID().uuidString).log")
-        guard FileManager.default.createFile(atPath: log.path, contents: nil) else { throw CocoaError(.fileWriteUnknown) }
-        let handle = try FileHandle(forWritingTo: log)
-        defer { try? handle.close() }
-        process.standardOutput = handle
-        process.standardError = handle
-        try process.run()
-        let giveUp = Date().addingTimeInterval(timeout)
-        while process.isRunning && Date() < giveUp { usleep(50_000) }
-        let timedOut = process.isRunning
-        if timedOut { process.terminate() }
-        process.waitUntilExit()
-        let output = try String(contentsOf: log, encoding: .utf8)
-        return timedOut ? (-1, "timed out after \(Int(timeout)) s: \(arguments.joined(separator: " "))\n\(output)")
-                        : (process.terminationStatus, output)
+        try runChild("/usr/bin/env", arguments, environment: ["SLURM_CONF": cluster.appendingPathComponent("slurm.conf").path],
+                     in: directory, timeout: timeout, logFolder: folder.path)
     }
-}
-
-private struct TestFailure: Error, CustomStringConvertible {
-    let description: String
-    init(_ description: String) { self.description = description }
 }
