@@ -298,29 +298,44 @@ enum Winograd {
     // MARK: Input transform
 
     /// x [N, C, H, W] -> V [36, positionStride ≥ C * columnStride], V[ξ][c * columnStride + t] = (Bᵀ d B)[ξ]
-    /// for the block's tile t and channel c. Windows that reach over the image edge (the padding) are
-    /// first copied into a zero-filled scratch window.
+    /// for the block's tile t and channel c.
     static func transformInput(_ input: UnsafePointer<Float>, channels: Int, grid: TileGrid, tiles: Range<Int>,
                                into transformed: UnsafeMutablePointer<Float>, columnStride: Int, positionStride: Int) {
+        forEachTileGroup(input, channels: channels, grid: grid, tiles: tiles, windowRows: inputTile,
+                         windowColumns: groupWindowWidth, margin: 1, into: transformed, columnStride: columnStride) {
+            window, rowStride, tileCount, destination in
+            transformInputGroup(window, rowStride: rowStride, tileCount: tileCount, into: destination, positionStride: positionStride)
+        }
+    }
+
+    /// Calls `transform(window, rowStride, tileCount, destination)` for each group of up to four side-by-side tiles of
+    /// the block's `tiles`, in every channel of `planes` [N, C, H, W]: `window` is the group's `windowRows` x
+    /// `windowColumns` window of the plane, from `margin` rows and columns before the group's first output (the
+    /// padding); `destination` is the group's first column in `transformed`, channel c's at c * columnStride. Windows
+    /// that reach over the plane's edge are first copied into a zero-filled scratch window.
+    @inline(__always)
+    static func forEachTileGroup(_ planes: UnsafePointer<Float>, channels: Int, grid: TileGrid, tiles: Range<Int>,
+                                 windowRows: Int, windowColumns: Int, margin: Int,
+                                 into transformed: UnsafeMutablePointer<Float>, columnStride: Int,
+                                 _ transform: (UnsafePointer<Float>, Int, Int, UnsafeMutablePointer<Float>) -> Void) {
         let (height, width) = (grid.height, grid.width)
-        withUnsafeTemporaryAllocation(of: Float.self, capacity: inputTile * groupWindowWidth) { scratch in
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: windowRows * windowColumns) { scratch in
             let scratch = scratch.baseAddress!
             for channel in 0..<channels {
                 let row = transformed + channel * columnStride
                 grid.forEachRowRun(in: tiles) { image, tileRow, tileColumns, blockColumn in
-                    let plane = input + (image * channels + channel) * height * width
-                    let top = tileRow * outputTile - 1
+                    let plane = planes + (image * channels + channel) * height * width
+                    let top = tileRow * outputTile - margin
                     for firstTile in Swift.stride(from: tileColumns.lowerBound, to: tileColumns.upperBound, by: lanes) {
                         let tileCount = min(lanes, tileColumns.upperBound - firstTile)
-                        let left = firstTile * outputTile - 1
+                        let left = firstTile * outputTile - margin
                         let destination = row + blockColumn + firstTile - tileColumns.lowerBound
-                        if top >= 0 && top + inputTile <= height && left >= 0 && left + groupWindowWidth <= width {
-                            transformInputGroup(plane + top * width + left, rowStride: width, tileCount: tileCount,
-                                                into: destination, positionStride: positionStride)
+                        if top >= 0 && top + windowRows <= height && left >= 0 && left + windowColumns <= width {
+                            transform(plane + top * width + left, width, tileCount, destination)
                         } else {
-                            copyWindow(plane, height: height, width: width, top: top, left: left, into: scratch)
-                            transformInputGroup(scratch, rowStride: groupWindowWidth, tileCount: tileCount,
-                                                into: destination, positionStride: positionStride)
+                            copyWindow(plane, height: height, width: width, top: top, left: left,
+                                       rows: windowRows, columns: windowColumns, into: scratch)
+                            transform(scratch, windowColumns, tileCount, destination)
                         }
                     }
                 }
@@ -331,7 +346,7 @@ enum Winograd {
     /// plane [H, W] -> window [rows, columns]: rows top..<top+rows, columns left..<left+columns, zero outside the
     /// plane (an input group's 6 x 18 window, or an output gradient group's 4 x 16).
     static func copyWindow(_ plane: UnsafePointer<Float>, height: Int, width: Int, top: Int, left: Int,
-                           rows: Int = inputTile, columns: Int = groupWindowWidth, into window: UnsafeMutablePointer<Float>) {
+                           rows: Int, columns: Int, into window: UnsafeMutablePointer<Float>) {
         window.update(repeating: 0, count: rows * columns)
         let firstColumn = max(0, left), endColumn = min(width, left + columns)
         guard firstColumn < endColumn else { return }

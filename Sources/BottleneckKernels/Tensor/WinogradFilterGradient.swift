@@ -146,31 +146,11 @@ extension Winograd {
     static func transformOutputGradient(_ gradOut: UnsafePointer<Float>, channels: Int, grid: TileGrid, tiles: Range<Int>,
                                         into transformed: UnsafeMutablePointer<Float>, columnStride: Int,
                                         positionStride: Int) {
-        let (height, width) = (grid.height, grid.width)
-        let groupWidth = lanes * outputTile
-        withUnsafeTemporaryAllocation(of: Float.self, capacity: outputTile * groupWidth) { scratch in
-            let scratch = scratch.baseAddress!
-            for channel in 0..<channels {
-                let row = transformed + channel * columnStride
-                grid.forEachRowRun(in: tiles) { image, tileRow, tileColumns, blockColumn in
-                    let plane = gradOut + (image * channels + channel) * height * width
-                    let top = tileRow * outputTile
-                    for firstTile in Swift.stride(from: tileColumns.lowerBound, to: tileColumns.upperBound, by: lanes) {
-                        let tileCount = min(lanes, tileColumns.upperBound - firstTile)
-                        let left = firstTile * outputTile
-                        let destination = row + blockColumn + firstTile - tileColumns.lowerBound
-                        if top + outputTile <= height && left + groupWidth <= width {
-                            transformOutputGradientGroup(plane + top * width + left, rowStride: width, tileCount: tileCount,
-                                                         into: destination, positionStride: positionStride)
-                        } else {
-                            copyWindow(plane, height: height, width: width, top: top, left: left,
-                                       rows: outputTile, columns: groupWidth, into: scratch)
-                            transformOutputGradientGroup(scratch, rowStride: groupWidth, tileCount: tileCount,
-                                                         into: destination, positionStride: positionStride)
-                        }
-                    }
-                }
-            }
+        forEachTileGroup(gradOut, channels: channels, grid: grid, tiles: tiles, windowRows: outputTile,
+                         windowColumns: lanes * outputTile, margin: 0, into: transformed, columnStride: columnStride) {
+            window, rowStride, tileCount, destination in
+            transformOutputGradientGroup(window, rowStride: rowStride, tileCount: tileCount, into: destination,
+                                         positionStride: positionStride)
         }
     }
 
