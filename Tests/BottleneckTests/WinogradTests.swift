@@ -120,9 +120,9 @@ final class WinogradTests: XCTestCase {
         XCTAssertEqual(Conv2D.$algorithm.withValue(.winograd) { strided.resolvedAlgorithm }, .im2col)
     }
 
-    /// The weight and bias gradients through Winograd against sums in Double, on shapes whose last tile row and
-    /// column hang over the edge, and against the im2col path. A wrong transform or a tile read past the edge gives
-    /// errors near 1; measured ≤ 2.1e-6 here.
+    /// The weight and bias gradients through Winograd, split by tiles and by positions, against sums in Double, on
+    /// shapes whose last tile row and column hang over the edge, and the im2col path's. A wrong transform or a tile
+    /// read past the edge gives errors near 1; measured ≤ 2.1e-6 here.
     func testFilterGradientMatchesDirectSums() {
         var generator = SeededGenerator(seed: 17)
         for (height, width) in [(1, 1), (2, 3), (5, 7), (13, 13), (14, 14), (17, 9)] {
@@ -132,18 +132,19 @@ final class WinogradTests: XCTestCase {
                     let x = Self.randomTensor([batch, inChannels, height, width], using: &generator)
                     let dy = Self.randomTensor([batch, outChannels, height, width], using: &generator)
                     let (referenceWeight, referenceBias) = Self.directFilterGradient(x, dy)
-                    var (weight, bias) = (Tensor(zeros: []), Tensor(zeros: []))
-                    Conv2D.$algorithm.withValue(.winograd) {
-                        conv.parameterGradients(input: x, gradOutput: dy, weight: &weight, bias: &bias)
+                    for split in [Winograd.FilterGradientSplit.tiles(tilesPerBlock: nil), .positions] {
+                        var (weight, bias) = (Tensor(zeros: []), Tensor(zeros: []))
+                        Winograd.filterGradient(input: x, gradOutput: dy, weight: &weight, bias: &bias, split: split)
+                        let shape = "x \(x.shape), dy \(dy.shape), \(split)"
+                        XCTAssertLessThanOrEqual(weight.relativeDifference(to: referenceWeight), Self.winogradTolerance, shape)
+                        XCTAssertLessThanOrEqual(bias.relativeDifference(to: referenceBias), Self.im2colTolerance, shape)
                     }
                     var (im2colWeight, im2colBias) = (Tensor(zeros: []), Tensor(zeros: []))
                     Conv2D.$algorithm.withValue(.im2col) {
                         conv.parameterGradients(input: x, gradOutput: dy, weight: &im2colWeight, bias: &im2colBias)
                     }
-                    let shape = "x \(x.shape), dy \(dy.shape)"
-                    XCTAssertLessThanOrEqual(weight.relativeDifference(to: referenceWeight), Self.winogradTolerance, shape)
-                    XCTAssertLessThanOrEqual(bias.relativeDifference(to: referenceBias), Self.im2colTolerance, shape)
-                    XCTAssertLessThanOrEqual(im2colWeight.relativeDifference(to: referenceWeight), Self.im2colTolerance, shape)
+                    XCTAssertLessThanOrEqual(im2colWeight.relativeDifference(to: referenceWeight), Self.im2colTolerance,
+                                             "x \(x.shape), dy \(dy.shape), im2col")
                 }
             }
         }
@@ -157,9 +158,22 @@ final class WinogradTests: XCTestCase {
         let dy = Self.randomTensor([3, 5, 18, 21], using: &generator)
         let (referenceWeight, referenceBias) = Self.directFilterGradient(x, dy)
         var (weight, bias) = (Tensor(zeros: []), Tensor(zeros: []))
-        Winograd.filterGradient(input: x, gradOutput: dy, weight: &weight, bias: &bias, tilesPerBlock: 16)
+        Winograd.filterGradient(input: x, gradOutput: dy, weight: &weight, bias: &bias, split: .tiles(tilesPerBlock: 16))
         XCTAssertLessThanOrEqual(weight.relativeDifference(to: referenceWeight), Self.winogradTolerance)
         XCTAssertLessThanOrEqual(bias.relativeDifference(to: referenceBias), Self.im2colTolerance)
+    }
+
+    /// conv4 and conv5 at 224 px and batch 8 split their weight gradient by positions, the larger conv1-conv3 by tiles;
+    /// and a layer's gradient through `Conv2D` is the split's it prefers.
+    func testFilterGradientSplitFollowsTheLayersSize() {
+        func split(_ inChannels: Int, _ outChannels: Int, side: Int) -> String {
+            let tiles = 8 * Winograd.TileGrid(height: side, width: side).tilesPerImage
+            return "\(Winograd.preferredFilterGradientSplit(inChannels: inChannels, outChannels: outChannels, totalTiles: tiles))"
+        }
+        XCTAssertEqual(split(64, 64, side: 224), "tiles(tilesPerBlock: nil)")
+        XCTAssertEqual(split(256, 256, side: 56), "tiles(tilesPerBlock: nil)")
+        XCTAssertEqual(split(512, 512, side: 28), "positions")
+        XCTAssertEqual(split(512, 512, side: 14), "positions")
     }
 
     // MARK: Helpers

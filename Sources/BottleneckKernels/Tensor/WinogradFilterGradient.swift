@@ -10,77 +10,61 @@
 /// The tile sum at each of the 36 positions ξ is a gemm, dU[ξ] [Cout, Cin] += W[ξ] [Cout, T] · V[ξ]ᵀ [T, Cin]:
 /// 2.25 multiply-adds per output position and filter pair instead of im2col's 9.
 extension Winograd {
-    /// x [N, Cin, H, W] (the forward's input), dy [N, Cout, H, W] -> dWeight [Cout, Cin, 3, 3] and dBias [Cout].
-    /// The batch's tiles are cut into blocks; each core takes a run of consecutive blocks and, in its own buffers,
-    /// transforms V [36, Cin, T] and W [36, Cout, T] = A dY Aᵀ for each block and adds their 36 products into a
-    /// dU [36, Cout, Cin] of its own. The cores' dU are then summed in core order and transformed back, so the
-    /// result depends on the machine's core count, never on the thread budget. Blocks are the forward's
-    /// (`preferredTilesPerBlock`), for the same reasons: measured at full size on 2 cores, conv1_2's gradient took
-    /// 98 ms in blocks of 32-64 tiles against 112 in 256 and 135 in 512, conv4_2's 72 ms in 256 against 79 in 32.
-    /// `tilesPerBlock` is a parameter only so tests can force many blocks.
+    /// How the weight gradient shares its work between the cores.
+    enum FilterGradientSplit {
+        /// Each core takes a run of blocks of tiles (`tilesPerBlock`, nil: the forward's `preferredTilesPerBlock`),
+        /// transforms them and adds their 36 products into a dU of its own; the cores' dU are summed at the end. The
+        /// forward's blocks for the same reasons: measured at full size on 2 cores, conv1_2's gradient took 98 ms in
+        /// blocks of 32-64 tiles against 112 in 256 and 135 in 512.
+        case tiles(tilesPerBlock: Int?)
+        /// The cores transform the whole batch's tiles into shared buffers, then each takes whole positions: the gemm
+        /// of position ξ runs over every tile straight into dU[ξ], with no per-core dU to sum.
+        case positions
+    }
+
+    /// Largest whole-batch transforms (V and W, all tiles) the `.positions` split holds at once. conv4 and conv5 at
+    /// 224 px and batch 8 need 43-58 MB; conv1-conv3 need 115-460 MB, and split by tiles instead.
+    static let largestWholeBatchTransformBytes = 64 << 20
+
+    /// `.positions` where the whole batch's transforms fit in `largestWholeBatchTransformBytes`, else `.tiles`. Split by
+    /// tiles, a 512-channel layer's per-core dU is 38 MB to write, read and sum for the few blocks conv4 and conv5 have,
+    /// on every core: 600 MB on 16. Split by positions it is written once, whatever the core count. (On 2 cores the two
+    /// measured alike: a fine-tuning step within 1%, alternating runs.)
+    static func preferredFilterGradientSplit(inChannels: Int, outChannels: Int, totalTiles: Int) -> FilterGradientSplit {
+        let bytes = positions * (inChannels + outChannels) * roundedUpToGroups(totalTiles) * MemoryLayout<Float>.size
+        return bytes <= largestWholeBatchTransformBytes ? .positions : .tiles(tilesPerBlock: nil)
+    }
+
+    /// x [N, Cin, H, W] (the forward's input), dy [N, Cout, H, W] -> dWeight [Cout, Cin, 3, 3] and dBias [Cout], the
+    /// cores sharing the work by `split` (nil: `preferredFilterGradientSplit`). Either way the sums' order depends on
+    /// the shapes and the machine's core count alone, never on the thread budget. `split` is a parameter only so
+    /// tests can run both.
     static func filterGradient(input x: Tensor, gradOutput dy: Tensor, weight gradWeight: inout Tensor,
-                               bias gradBias: inout Tensor, tilesPerBlock: Int? = nil) {
+                               bias gradBias: inout Tensor, split: FilterGradientSplit? = nil) {
         let (batch, inChannels, height, width) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
         let outChannels = dy.shape[1]
         precondition(dy.shape == [batch, outChannels, height, width], "Winograd gradient: input \(x.shape), gradient \(dy.shape)")
         let grid = TileGrid(height: height, width: width)
-        let blocking = Blocking(totalTiles: batch * grid.tilesPerImage, inChannels: inChannels, outChannels: outChannels,
-                                preferredTilesPerBlock: tilesPerBlock, cores: availableCores)
-        let pairs = outChannels * inChannels
-        let partialCount = positions * pairs
-        var biasSums = [Double](repeating: 0, count: max(1, blocking.workers) * outChannels)
+        let totalTiles = batch * grid.tilesPerImage
         gradWeight.reshapeKeepingStorage([outChannels, inChannels, 3, 3])
-        guard batch * grid.tilesPerImage > 0 else {
+        var biasSums = [Double](repeating: 0, count: outChannels)
+        if totalTiles == 0 {
             gradWeight.data.withUnsafeMutableBufferPointer { $0.update(repeating: 0) }
-            gradBias = Tensor(zeros: [outChannels])
-            return
-        }
-        x.data.withUnsafeBufferPointer { input in
-            dy.data.withUnsafeBufferPointer { gradOut in
-                biasSums.withUnsafeMutableBufferPointer { biasSums in
-                    gradWeight.data.withUnsafeMutableBufferPointer { gradWeights in
-                        WinogradWorkspace.shared.withBuffer(count: blocking.workers * blocking.floatsPerWorker) { workspace in
-                            WinogradWorkspace.shared.withBuffer(count: blocking.workers * partialCount) { partials in
-                                let shared = (input.baseAddress!, gradOut.baseAddress!, workspace, partials,
-                                                                biasSums.baseAddress!)
-                                BLASThreads.withSingleThreadedGemm {
-                                    parallelFor(blocking.workers) { worker in
-                                        let (input, gradOut, workspace, partials, biasSums) = shared
-                                        let transformedInput = workspace + worker * blocking.floatsPerWorker
-                                        let transformedOutput = transformedInput + positions * blocking.inputPositionStride
-                                        let partial = partials + worker * partialCount
-                                        for (index, block) in blocking.blocks(of: worker).enumerated() {
-                                            let tiles = blocking.tiles(ofBlock: block)
-                                            transformInput(input, channels: inChannels, grid: grid, tiles: tiles,
-                                                           into: transformedInput, columnStride: blocking.tilesPerBlock,
-                                                           positionStride: blocking.inputPositionStride)
-                                            transformOutputGradient(gradOut, channels: outChannels, grid: grid, tiles: tiles,
-                                                                    into: transformedOutput,
-                                                                    columnStride: blocking.tilesPerBlock,
-                                                                    positionStride: blocking.productPositionStride)
-                                            for position in 0..<positions {
-                                                sgemm(transposeB: true, m: outChannels, n: inChannels, k: tiles.count,
-                                                      a: transformedOutput + position * blocking.productPositionStride,
-                                                      lda: blocking.tilesPerBlock,
-                                                      b: transformedInput + position * blocking.inputPositionStride,
-                                                      ldb: blocking.tilesPerBlock,
-                                                      beta: index == 0 ? 0 : 1, c: partial + position * pairs)
-                                            }
-                                            addTileSums(transformedOutput + tileSumPosition * blocking.productPositionStride,
-                                                        columnStride: blocking.tilesPerBlock, channels: outChannels,
-                                                        tiles: tiles.count, into: biasSums + worker * outChannels)
-                                        }
-                                    }
-                                }
-                                // Into core 0's, in core order for every element, as each core's blocks are fixed by the core count.
-                                parallelForChunks(blocking.workers > 1 ? partialCount : 0) { chunk in
-                                    for worker in 1..<blocking.workers {
-                                        let partial = partials + worker * partialCount
-                                        for index in chunk { partials[index] += partial[index] }
-                                    }
-                                }
-                                transformFilterGradients(partials, outChannels: outChannels, inChannels: inChannels,
-                                                         into: gradWeights.baseAddress!)
+        } else {
+            x.data.withUnsafeBufferPointer { input in
+                dy.data.withUnsafeBufferPointer { gradOut in
+                    biasSums.withUnsafeMutableBufferPointer { biasSums in
+                        gradWeight.data.withUnsafeMutableBufferPointer { gradWeights in
+                            let layer = FilterGradientLayer(input: input.baseAddress!, gradOut: gradOut.baseAddress!,
+                                                            inChannels: inChannels, outChannels: outChannels, grid: grid,
+                                                            totalTiles: totalTiles)
+                            switch split ?? preferredFilterGradientSplit(inChannels: inChannels, outChannels: outChannels,
+                                                                         totalTiles: totalTiles) {
+                            case .tiles(let tilesPerBlock):
+                                filterGradientByTiles(layer, tilesPerBlock: tilesPerBlock, into: gradWeights.baseAddress!,
+                                                      biasSums: biasSums.baseAddress!)
+                            case .positions:
+                                filterGradientByPositions(layer, into: gradWeights.baseAddress!, biasSums: biasSums.baseAddress!)
                             }
                         }
                     }
@@ -88,11 +72,111 @@ extension Winograd {
             }
         }
         gradBias = Tensor(shape: [outChannels]) { biases in
-            for channel in 0..<outChannels {
-                var sum = 0.0
-                for worker in 0..<blocking.workers { sum += biasSums[worker * outChannels + channel] }
-                biases[channel] = Float(sum)
+            for channel in 0..<outChannels { biases[channel] = Float(biasSums[channel]) }
+        }
+    }
+
+    /// What both splits read: the layer's input and output gradient, their shapes and tiles.
+    struct FilterGradientLayer: @unchecked Sendable {
+        let input: UnsafePointer<Float>
+        let gradOut: UnsafePointer<Float>
+        let inChannels: Int
+        let outChannels: Int
+        let grid: TileGrid
+        let totalTiles: Int
+        var pairs: Int { inChannels * outChannels }
+    }
+
+    /// `.tiles`: dU [36, Cout, Cin] -> the core 0's partial, then Gᵀ dU G into `gradWeights`; the bias sums into
+    /// `biasSums` [Cout], added core by core.
+    private static func filterGradientByTiles(_ layer: FilterGradientLayer, tilesPerBlock: Int?,
+                                              into gradWeights: UnsafeMutablePointer<Float>,
+                                              biasSums: UnsafeMutablePointer<Double>) {
+        let (inChannels, outChannels, grid, pairs) = (layer.inChannels, layer.outChannels, layer.grid, layer.pairs)
+        let blocking = Blocking(totalTiles: layer.totalTiles, inChannels: inChannels, outChannels: outChannels,
+                                preferredTilesPerBlock: tilesPerBlock, cores: availableCores)
+        let partialCount = positions * pairs
+        var coreBiasSums = [Double](repeating: 0, count: blocking.workers * outChannels)
+        coreBiasSums.withUnsafeMutableBufferPointer { coreBiasSums in
+            WinogradWorkspace.shared.withBuffer(count: blocking.workers * blocking.floatsPerWorker) { workspace in
+                WinogradWorkspace.shared.withBuffer(count: blocking.workers * partialCount) { partials in
+                    let shared = (workspace, partials, coreBiasSums.baseAddress!)
+                    BLASThreads.withSingleThreadedGemm {
+                        parallelFor(blocking.workers) { worker in
+                            let (workspace, partials, coreBiasSums) = shared
+                            let transformedInput = workspace + worker * blocking.floatsPerWorker
+                            let transformedOutput = transformedInput + positions * blocking.inputPositionStride
+                            let partial = partials + worker * partialCount
+                            for (index, block) in blocking.blocks(of: worker).enumerated() {
+                                let tiles = blocking.tiles(ofBlock: block)
+                                transformInput(layer.input, channels: inChannels, grid: grid, tiles: tiles,
+                                               into: transformedInput, columnStride: blocking.tilesPerBlock,
+                                               positionStride: blocking.inputPositionStride)
+                                transformOutputGradient(layer.gradOut, channels: outChannels, grid: grid, tiles: tiles,
+                                                        into: transformedOutput, columnStride: blocking.tilesPerBlock,
+                                                        positionStride: blocking.productPositionStride)
+                                for position in 0..<positions {
+                                    sgemm(transposeB: true, m: outChannels, n: inChannels, k: tiles.count,
+                                          a: transformedOutput + position * blocking.productPositionStride,
+                                          lda: blocking.tilesPerBlock,
+                                          b: transformedInput + position * blocking.inputPositionStride,
+                                          ldb: blocking.tilesPerBlock, beta: index == 0 ? 0 : 1, c: partial + position * pairs)
+                                }
+                                addTileSums(transformedOutput + tileSumPosition * blocking.productPositionStride,
+                                            columnStride: blocking.tilesPerBlock, channels: outChannels,
+                                            tiles: tiles.count, into: coreBiasSums + worker * outChannels)
+                            }
+                        }
+                    }
+                    // Into core 0's, in core order for every element, as each core's blocks are fixed by the core count.
+                    parallelForChunks(blocking.workers > 1 ? partialCount : 0) { chunk in
+                        for worker in 1..<blocking.workers {
+                            let partial = partials + worker * partialCount
+                            for index in chunk { partials[index] += partial[index] }
+                        }
+                    }
+                    transformFilterGradients(partials, outChannels: outChannels, inChannels: inChannels, into: gradWeights)
+                }
             }
+            for worker in 0..<blocking.workers {
+                for channel in 0..<outChannels { biasSums[channel] += coreBiasSums[worker * outChannels + channel] }
+            }
+        }
+    }
+
+    /// `.positions`: V [36, Cin, T] and W [36, Cout, T] of all T tiles, each core transforming a contiguous run of
+    /// them; then dU[ξ] = W[ξ] · V[ξ]ᵀ, one position per index of a parallel loop; then Gᵀ dU G into `gradWeights` and
+    /// the bias sums (position `tileSumPosition`'s rows) into `biasSums` [Cout].
+    private static func filterGradientByPositions(_ layer: FilterGradientLayer, into gradWeights: UnsafeMutablePointer<Float>,
+                                                  biasSums: UnsafeMutablePointer<Double>) {
+        let (inChannels, outChannels, grid, pairs, totalTiles) = (layer.inChannels, layer.outChannels, layer.grid,
+                                                                  layer.pairs, layer.totalTiles)
+        let columnStride = roundedUpToGroups(totalTiles)
+        let inputStride = Blocking.paddedPositionStride(inChannels * columnStride)
+        let outputStride = Blocking.paddedPositionStride(outChannels * columnStride)
+        let workers = min(availableCores, (totalTiles + lanes - 1) / lanes)
+        WinogradWorkspace.shared.withBuffer(count: positions * (inputStride + outputStride + pairs)) { workspace in
+            let (transformedInput, transformedOutput) = (workspace, workspace + positions * inputStride)
+            let transformedGradient = transformedOutput + positions * outputStride
+            parallelFor(workers) { worker in
+                let tiles = (worker * totalTiles / workers)..<((worker + 1) * totalTiles / workers)
+                transformInput(layer.input, channels: inChannels, grid: grid, tiles: tiles,
+                               into: transformedInput + tiles.lowerBound, columnStride: columnStride, positionStride: inputStride)
+                transformOutputGradient(layer.gradOut, channels: outChannels, grid: grid, tiles: tiles,
+                                        into: transformedOutput + tiles.lowerBound, columnStride: columnStride,
+                                        positionStride: outputStride)
+            }
+            BLASThreads.withSingleThreadedGemm {
+                parallelFor(positions) { position in
+                    sgemm(transposeB: true, m: outChannels, n: inChannels, k: totalTiles,
+                          a: transformedOutput + position * outputStride, lda: columnStride,
+                          b: transformedInput + position * inputStride, ldb: columnStride,
+                          c: transformedGradient + position * pairs)
+                }
+            }
+            addTileSums(transformedOutput + tileSumPosition * outputStride, columnStride: columnStride, channels: outChannels,
+                        tiles: totalTiles, into: biasSums)
+            transformFilterGradients(transformedGradient, outChannels: outChannels, inChannels: inChannels, into: gradWeights)
         }
     }
 
