@@ -251,8 +251,11 @@ package struct FineTuneNetwork: Sendable {
             if batch == 0 {
                 // This rank has no images in the step: its share of each layer's gradient sum is zero.
                 if let shapes = parameterShapes(at: position) {
-                    gradWeight = Tensor(zeros: shapes.weight)
-                    gradBias = Tensor(zeros: shapes.bias)
+                    // In the kept storage, as the other ranks' steps fill it, so fc6's 400 MB is not allocated afresh.
+                    gradWeight.reshapeKeepingStorage(shapes.weight)
+                    gradBias.reshapeKeepingStorage(shapes.bias)
+                    gradWeight.data.withUnsafeMutableBufferPointer { $0.update(repeating: 0) }
+                    gradBias.data.withUnsafeMutableBufferPointer { $0.update(repeating: 0) }
                 }
             } else {
                 switch modules[position] {

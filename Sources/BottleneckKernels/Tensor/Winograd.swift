@@ -84,8 +84,6 @@ enum Winograd {
     static func transformFilters(_ weight: Tensor, transposingAndFlipping transposing: Bool = false) -> [Float] {
         precondition(weight.rank == 4 && weight.shape[2] == 3 && weight.shape[3] == 3, "Winograd needs 3x3 filters")
         let (outChannels, inChannels) = (weight.shape[0], weight.shape[1])
-        // U's [rows, columns] at each position.
-        let columns = transposing ? outChannels : inChannels
         let pairs = outChannels * inChannels
         let width = FilterLanes.scalarCount
         let groups = (pairs + width - 1) / width
@@ -103,9 +101,10 @@ enum Winograd {
                                 let first = group * width
                                 let count = min(width, pairs - first)
                                 for lane in 0..<count {
-                                    let (row, column) = (first + lane).quotientAndRemainder(dividingBy: columns)
                                     if transposing {
-                                        let filter = weights + (column * inChannels + row) * 9
+                                        // U[ξ] is [Cin, Cout]: filter (c, k) is weight k's c-th, turned.
+                                        let (input, output) = (first + lane).quotientAndRemainder(dividingBy: outChannels)
+                                        let filter = weights + (output * inChannels + input) * 9
                                         for tap in 0..<9 { taps[tap][lane] = Double(filter[8 - tap]) }
                                     } else {
                                         let filter = weights + (first + lane) * 9
